@@ -1,0 +1,79 @@
+"""Datasets that need no network: scikit-learn's bundled digits and synthetic concentric spheres."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.datasets import load_digits as _sklearn_digits
+from sklearn.model_selection import train_test_split
+
+from data.splits import make_bundle
+from data.tensors import DataBundle
+from runner.errors import ConfigError, check_fraction, check_positive
+
+
+def load_digits(
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    subset: int | None = None,
+    batch_size: int = 128,
+    seed: int = 0,
+    root: str | None = None,
+) -> DataBundle:
+    """scikit-learn's 1,797 handwritten 8x8 digits (real data, shipped with the package) as 1x8x8 images.
+
+    There is no official test split, so a stratified, seeded `test_fraction` is held out first.
+    `root` is accepted for a uniform data config and unused.
+    """
+    check_fraction("test_fraction", test_fraction)
+    digits = _sklearn_digits()
+    images = (digits.images.astype(np.float32) / 8.0 - 1.0)[:, None]  # pixel values 0..16 -> [-1, 1]
+    train_x, test_x, train_y, test_y = train_test_split(
+        images, digits.target, test_size=test_fraction, stratify=digits.target, random_state=seed
+    )
+    return make_bundle("digits", train_x, train_y, test_x, test_y, [str(c) for c in digits.target_names],
+                       val_fraction, subset, seed, batch_size)
+
+
+def sample_spheres(n: int, dim: int, inner_radius: float, shell: tuple[float, float], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """n points, half uniform in the ball |x| < inner_radius (class 0), half uniform in the shell (class 1).
+
+    Dupont et al. (2019): no homeomorphism of R^dim maps these classes apart, so an ODE flow in the
+    input space cannot separate them without augmented dimensions.
+    """
+    n_inner = n // 2
+    directions = rng.standard_normal((n, dim))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    u = rng.random(n)
+    low = np.where(np.arange(n) < n_inner, 0.0, shell[0])
+    high = np.where(np.arange(n) < n_inner, inner_radius, shell[1])
+    # Radius with density proportional to r^(dim-1) between low and high: uniform in volume.
+    radii = (low**dim + u * (high**dim - low**dim)) ** (1.0 / dim)
+    labels = (np.arange(n) >= n_inner).astype(np.int64)
+    return (directions * radii[:, None]).astype(np.float32), labels
+
+
+def load_spheres(
+    dim: int = 2,
+    n_train: int = 2000,
+    n_test: int = 1000,
+    inner_radius: float = 0.5,
+    shell_inner: float = 1.0,
+    shell_outer: float = 1.5,
+    val_fraction: float = 0.2,
+    subset: int | None = None,
+    batch_size: int = 128,
+    seed: int = 0,
+    root: str | None = None,
+) -> DataBundle:
+    """Concentric spheres in `dim` dimensions, scaled by the outer radius into [-1, 1]."""
+    check_positive("dim", dim)
+    check_positive("n_train", n_train)
+    check_positive("n_test", n_test)
+    if not 0 < inner_radius < shell_inner < shell_outer:
+        raise ConfigError("inner_radius", (inner_radius, shell_inner, shell_outer),
+                          "0 < inner_radius < shell_inner < shell_outer")
+    rng = np.random.default_rng(seed)
+    shell = (shell_inner, shell_outer)
+    train_x, train_y = sample_spheres(n_train, dim, inner_radius, shell, rng)
+    test_x, test_y = sample_spheres(n_test, dim, inner_radius, shell, rng)
+    return make_bundle("spheres", train_x / shell_outer, train_y, test_x / shell_outer, test_y, ["inner", "outer"],
+                       val_fraction, subset, seed, batch_size)

@@ -1,0 +1,58 @@
+"""Seeded subset and validation split, shared by every dataset."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from data.tensors import DataBundle, Split
+from runner.errors import ConfigError, check_fraction, check_positive
+
+
+def make_bundle(
+    name: str,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    class_names: list[str],
+    val_fraction: float,
+    subset: int | None,
+    seed: int,
+    batch_size: int,
+) -> DataBundle:
+    """Take an optional seeded subset of the training pool, then hold out `val_fraction` of it for validation.
+
+    Inputs must already be float arrays normalised to [-1, 1]; labels integer class indices.
+    """
+    check_fraction("val_fraction", val_fraction)
+    check_positive("batch_size", batch_size)
+    rng = np.random.default_rng(seed)
+    pool = len(train_y)
+    if subset is not None:
+        check_positive("subset", subset)
+        if subset > pool:
+            raise ConfigError("subset", subset, f"at most {pool}, the size of the {name} training set (or null for all of it)")
+        keep = rng.choice(pool, size=subset, replace=False)
+        train_x, train_y, pool = train_x[keep], train_y[keep], subset
+    order = rng.permutation(pool)
+    n_val = int(round(val_fraction * pool))
+    if n_val == 0 or n_val == pool:
+        raise ConfigError("val_fraction", val_fraction, f"a fraction that leaves both splits non-empty for {pool} training samples")
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    return DataBundle(
+        name=name,
+        train=_split(train_x[train_idx], train_y[train_idx]),
+        val=_split(train_x[val_idx], train_y[val_idx]),
+        test=_split(test_x, test_y),
+        class_names=list(class_names),
+        batch_size=int(batch_size),
+    )
+
+
+def _split(x: np.ndarray, y: np.ndarray) -> Split:
+    return Split(torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32), torch.as_tensor(np.asarray(y), dtype=torch.long))
+
+
+def scale_uint8(images: np.ndarray) -> np.ndarray:
+    """uint8 pixels [0, 255] -> float32 [-1, 1] (thesis 5.3)."""
+    return images.astype(np.float32) / 127.5 - 1.0

@@ -1,0 +1,98 @@
+"""The ODE block: integrates dz/dt = f(z) over [0, T] and counts function evaluations."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchdiffeq import odeint, odeint_adjoint
+
+from models.solvers import SolverSpec
+from runner.errors import ConfigError, SolverError
+
+_SOLVER_FAILURES = {
+    "underflow in dt": "the adaptive step size collapsed (underflow in dt): the learned dynamics became stiff",
+    "max_num_steps exceeded": "the solver needed more steps than solver.max_steps allows",
+    "non-finite values in state": "the ODE state became NaN or infinite",
+}
+_SOLVER_FIX = (
+    "loosen solver.rtol/solver.atol, raise solver.max_steps, set solver.min_step > 0, lower train.lr, "
+    "use model.norm=group instead of batch (thesis 7.1.3), or train with a fixed-step solver (e.g. solver=rk4)"
+)
+
+
+class CountingODEFunc(nn.Module):
+    """Wraps f(z) as f(t, z) for torchdiffeq and counts every evaluation."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.nfe = 0
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        self.nfe += 1
+        return self.net(z)
+
+
+class ODEBlock(nn.Module):
+    """z(T) = z(0) + integral_0^T f(z(t)) dt, solved numerically with the given SolverSpec.
+
+    Counting follows torchdiffeq's odenet_mnist example: `forward_nfe` holds the evaluations of the last
+    forward pass; evaluations made after it (the adjoint's backward pass) accumulate in `func.nfe` until
+    the next forward pass and are read through `backward_nfe`.
+    """
+
+    def __init__(self, net: nn.Module, solver: SolverSpec, t_final: float = 1.0) -> None:
+        super().__init__()
+        if not t_final > 0:
+            raise ConfigError("t_final", t_final, "a final time T > 0")
+        self.func = CountingODEFunc(net)
+        self.solver = solver
+        self.t_final = float(t_final)
+        self.forward_nfe = 0
+
+    @property
+    def backward_nfe(self) -> int:
+        return self.func.nfe
+
+    def forward(self, z0: torch.Tensor) -> torch.Tensor:
+        self.func.nfe = 0
+        t = torch.tensor([0.0, self.t_final], dtype=z0.dtype, device=z0.device)
+        kwargs = self.solver.odeint_kwargs()
+        try:
+            if self.solver.adjoint:
+                # The adjoint has its own solve; bound it the same way.
+                kwargs["adjoint_options"] = dict(kwargs["options"])
+                zs = odeint_adjoint(self.func, z0, t, **kwargs)
+            else:
+                zs = odeint(self.func, z0, t, **kwargs)
+        except AssertionError as exc:
+            raise translate_solver_failure(exc, self.solver) from exc
+        self.forward_nfe = self.func.nfe
+        self.func.nfe = 0
+        return zs[-1]
+
+
+def translate_solver_failure(exc: BaseException, solver: SolverSpec) -> BaseException:
+    """A SolverError naming the cause and the fix for torchdiffeq's assertion failures; others unchanged."""
+    text = str(exc)
+    for marker, cause in _SOLVER_FAILURES.items():
+        if marker in text:
+            return SolverError(f"{solver.describe()} failed: {cause} ({text.splitlines()[0][:120]})", _SOLVER_FIX)
+    return exc
+
+
+def ode_blocks(model: nn.Module) -> list[ODEBlock]:
+    return [m for m in model.modules() if isinstance(m, ODEBlock)]
+
+
+def set_solver(model: nn.Module, solver: SolverSpec) -> None:
+    """Switch every ODE block of `model` to another solver (re-evaluation with other settings)."""
+    for block in ode_blocks(model):
+        block.solver = solver
+
+
+def forward_nfe(model: nn.Module) -> int:
+    return sum(b.forward_nfe for b in ode_blocks(model))
+
+
+def backward_nfe(model: nn.Module) -> int:
+    return sum(b.backward_nfe for b in ode_blocks(model))

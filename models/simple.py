@@ -1,0 +1,91 @@
+"""The simple architecture of thesis section 7.3.1, as an ODEnet or a ResNet of matched structure.
+
+stem (1x1 conv with stride, or a linear layer for vector data) -> optional activation -> zero-augment ->
+body (one ODE block, or N residual blocks) -> linear classifier. The body's f is conv3x3 -> norm ->
+activation (linear -> norm -> activation for vectors), the same function in both families.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from models.layers import ZeroPadChannels, make_activation, normalization
+from models.ode_block import ODEBlock
+from models.solvers import SolverSpec
+from runner.errors import ConfigError, check_choice, check_positive
+
+BLOCK_KINDS = ("ode", "residual")
+
+
+class ResidualBlock(nn.Module):
+    """z + f(z): one explicit Euler step of size 1."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z + self.net(z)
+
+
+def dynamics(width: int, image: bool, act: str, norm: str) -> nn.Sequential:
+    """f of the simple models: conv3x3 (or linear) -> norm -> activation, width preserved."""
+    layer = nn.Conv2d(width, width, 3, padding=1) if image else nn.Linear(width, width)
+    return nn.Sequential(layer, normalization(norm, width, image=image), make_activation(act))
+
+
+def make_body(kind: str, nets: Sequence[nn.Module], solver: SolverSpec | None, t_final: float) -> nn.Module:
+    """One ODE block over f, or a chain of residual blocks (one per net)."""
+    check_choice("block", kind, BLOCK_KINDS)
+    if kind == "residual":
+        return nn.Sequential(*(ResidualBlock(n) for n in nets))
+    if solver is None:
+        raise ConfigError("solver", None, "a solver for an ODE model")
+    if len(nets) != 1:
+        raise ConfigError("num_blocks", len(nets), "1 for an ODE block (its weights are shared over time)")
+    return ODEBlock(nets[0], solver, t_final)
+
+
+class SimpleNet(nn.Module):
+    """Thesis 7.3.1 simple ODEnet / small ResNet / large ResNet, for images (C, H, W) or vectors (D,)."""
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        block: str = "ode",
+        num_blocks: int = 1,
+        channels: int = 64,
+        augment_dims: int = 2,
+        stride: int = 2,
+        activation: str = "relu",
+        activation_before: str = "none",
+        norm: str = "group",
+        t_final: float = 1.0,
+        solver: SolverSpec | None = None,
+    ) -> None:
+        super().__init__()
+        check_positive("channels", channels)
+        check_positive("augment_dims", augment_dims, allow_zero=True)
+        check_positive("stride", stride)
+        check_positive("num_blocks", num_blocks)
+        image = len(input_shape) == 3
+        if len(input_shape) not in (1, 3):
+            raise ConfigError("input_shape", tuple(input_shape), "(channels, height, width) images or (features,) vectors")
+        width = channels + augment_dims
+        if image:
+            in_channels, height, width_px = input_shape
+            stem: nn.Module = nn.Conv2d(in_channels, channels, 1, stride=stride)
+            out_h, out_w = (height - 1) // stride + 1, (width_px - 1) // stride + 1
+            features = width * out_h * out_w
+        else:
+            stem = nn.Linear(input_shape[0], channels)
+            features = width
+        self.stem = nn.Sequential(stem, make_activation(activation_before, "activation_before"), ZeroPadChannels(width))
+        self.body = make_body(block, [dynamics(width, image, activation, norm) for _ in range(num_blocks)], solver, t_final)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(features, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.body(self.stem(x)))

@@ -1,0 +1,78 @@
+"""ODE solver settings: every torchdiffeq method by name, validated up front."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
+from torchdiffeq._impl.solvers import AdaptiveStepsizeODESolver, FixedGridODESolver
+
+from runner.errors import ConfigError, check_choice, check_positive
+
+# Built from torchdiffeq's own table so a method it adds is available here by name. scipy_solver is left
+# out: it leaves the autograd graph, so it can neither train nor count backward evaluations.
+FIXED_STEP_METHODS = frozenset(n for n, c in _TORCHDIFFEQ_SOLVERS.items() if issubclass(c, FixedGridODESolver))
+ADAPTIVE_METHODS = frozenset(n for n, c in _TORCHDIFFEQ_SOLVERS.items() if issubclass(c, AdaptiveStepsizeODESolver))
+METHODS = FIXED_STEP_METHODS | ADAPTIVE_METHODS
+
+# Function evaluations per step of the fixed-step Runge-Kutta methods (torchdiffeq evaluates f once per stage).
+STAGES_PER_STEP = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """How an ODE block integrates: method, tolerances, step size, gradient method and fail-fast bounds.
+
+    rtol/atol only matter for adaptive methods, step_size only for fixed-step ones. max_steps bounds the
+    number of (accepted + rejected) adaptive steps per solve, so a collapsing step size fails fast instead
+    of running for hours; min_step > 0 keeps the step from collapsing at all (torchdiffeq then accepts it).
+    """
+
+    method: str = "dopri5"
+    rtol: float = 1e-3
+    atol: float = 1e-3
+    step_size: float | None = None
+    adjoint: bool = False
+    max_steps: int = 1000
+    min_step: float = 0.0
+    extra_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_choice("method", self.method, METHODS)
+        check_positive("rtol", self.rtol)
+        check_positive("atol", self.atol)
+        check_positive("max_steps", self.max_steps)
+        check_positive("min_step", self.min_step, allow_zero=True)
+        if self.step_size is not None:
+            check_positive("step_size", self.step_size)
+        if self.is_fixed_step and self.step_size is None:
+            raise ConfigError("step_size", None, "a number > 0 for the fixed-step method " + self.method)
+
+    @property
+    def is_fixed_step(self) -> bool:
+        return self.method in FIXED_STEP_METHODS
+
+    def odeint_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for torchdiffeq.odeint / odeint_adjoint."""
+        options: dict[str, Any] = dict(self.extra_options)
+        if self.is_fixed_step:
+            options["step_size"] = self.step_size
+        else:
+            options["max_num_steps"] = self.max_steps
+            if self.min_step > 0:
+                options["min_step"] = self.min_step
+            if self.step_size is not None:
+                options["first_step"] = self.step_size
+        return {"method": self.method, "rtol": self.rtol, "atol": self.atol, "options": options}
+
+    def steps_over(self, duration: float) -> int | None:
+        """Number of fixed steps over an interval of this length (None for adaptive methods)."""
+        if not self.is_fixed_step:
+            return None
+        return math.ceil(duration / self.step_size - 1e-9)
+
+    def describe(self) -> str:
+        if self.is_fixed_step:
+            return f"{self.method}(h={self.step_size})"
+        return f"{self.method}(rtol={self.rtol:g}, atol={self.atol:g})"

@@ -1,0 +1,83 @@
+"""The entry point's body: turn the composed config into typed objects and wire the four stages."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from models.ode_block import ode_blocks
+from runner import pipeline
+from runner.checkpoint import model_recipe
+from runner.errors import UserError
+from runner.factories import instantiate_group, to_plain
+from runner.settings import resolve_device, seed_everything
+from runner.summary import format_summary
+from runner.tracking import RunLog, run_tracked
+
+
+def run_experiment(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None = None) -> dict[str, Any]:
+    """Validate everything, then load -> build -> train -> evaluate inside one tracked run. Returns the summary."""
+    config = to_plain(cfg)
+    solver = instantiate_group("solver", cfg.solver)
+    settings = instantiate_group("train", cfg.train)
+    store = instantiate_group("tracking", cfg.tracking)
+    device = resolve_device(settings.device)
+    seed_everything(settings.seed, settings.deterministic)
+    data = pipeline.load(instantiate_group("data", cfg.data), device)
+    recipe = model_recipe(config["model"], config["solver"], data.input_shape, data.num_classes)
+    model = pipeline.build(recipe, data, device)
+    is_ode = bool(ode_blocks(model))
+    model_name = (choices or {}).get("model", recipe["_target_"])
+    print(f"{cfg.name}: {model_name} on {data.name} {data.sizes()} | solver {solver.describe() if is_ode else '-'} | "
+          f"device {device} | runs in {store.describe()}", flush=True)
+    outcome: dict[str, Any] = {}
+
+    def body(run: RunLog) -> float:
+        run.set_info("device", str(device))
+        run.set_info("choices", choices or {})
+        run.set_info("dataset_sizes", data.sizes())
+        fit_result = pipeline.train(model, data, settings,
+                                    lambda m: run.log_metrics({k: v for k, v in m.items() if k != "epoch"}, int(m["epoch"])))
+        results = pipeline.evaluate(model, data)
+        run.set_info("parameters", results["parameters"])
+        for name, path in pipeline.write_outputs(out_dir, model, recipe, config, fit_result, results).items():
+            run.add_artifact(path, name)
+        outcome.update(results, fit=fit_result)
+        return results["test.acc"]
+
+    run_id, _ = run_tracked(cfg.name, config, store, body)
+    fit_result = outcome["fit"]
+    last = fit_result.history[-1]
+    summary = {
+        "run_id": run_id, "name": cfg.name, "model": model_name, "dataset": data.name,
+        "solver": solver.describe() if is_ode else None,
+        "test_acc": outcome["test.acc"], "test_loss": outcome["test.loss"],
+        "best_val_loss": fit_result.best_val_loss, "best_epoch": fit_result.best_epoch, "epochs": len(fit_result.history),
+        "params_total": outcome["parameters"]["total"], "params_not_in_fc": outcome["parameters"]["not_in_fc"],
+        "fnfe": last["nfe.forward"] if is_ode else None, "bnfe": last["nfe.backward"] if is_ode else None,
+        "test_fnfe": outcome["test.nfe.forward"] if is_ode else None,
+        "epoch_time": sum(h["epoch.time"] for h in fit_result.history) / len(fit_result.history),
+    }
+    (out_dir / "result.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def run_from_hydra(cfg: DictConfig) -> float:
+    """Hydra task function body: run, print the summary, return the objective (best validation loss)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    try:
+        summary = run_experiment(cfg, Path(hydra_cfg.runtime.output_dir), 
+                                 {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra/")})
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise
+        raise SystemExit(2) from None
+    print(format_summary([summary]), flush=True)
+    return float(summary["best_val_loss"])

@@ -1,0 +1,33 @@
+"""Checkpoints that carry everything needed to rebuild and evaluate the model (nanoGPT style)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from runner.factories import instantiate_group
+
+
+def model_recipe(model_cfg: dict[str, Any], solver_cfg: dict[str, Any], input_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+    """A plain, Hydra-instantiable description of a model: its config plus the data-derived arguments."""
+    return {**model_cfg, "input_shape": list(input_shape), "num_classes": int(num_classes), "solver": dict(solver_cfg)}
+
+
+def build_model(recipe: dict[str, Any]) -> nn.Module:
+    return instantiate_group("model", recipe)
+
+
+def save_checkpoint(path: Path, model: nn.Module, recipe: dict[str, Any], config: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"recipe": recipe, "config": config, "state_dict": model.state_dict(), **(extra or {})}, path)
+    return path
+
+
+def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The rebuilt model with its best weights, and the whole checkpoint dict."""
+    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    model = build_model(checkpoint["recipe"]).to(device)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model, checkpoint

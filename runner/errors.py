@@ -1,0 +1,71 @@
+"""Errors a user can cause. Each names the cause and the fix; the CLI prints them without a traceback.
+
+Models, datasets and solvers raise these too (they validate their own typed arguments), so this module
+has no dependencies on the rest of the project.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class UserError(Exception):
+    """An error caused by input the user controls (config, files, environment)."""
+
+    def __init__(self, cause: str, fix: str = "") -> None:
+        super().__init__(cause)
+        self.cause = cause
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return f"{self.cause}\n  fix: {self.fix}" if self.fix else self.cause
+
+
+class ConfigError(UserError, ValueError):
+    """A config value is invalid. `key` is a dotted config key; `within` adds the group prefix."""
+
+    def __init__(self, key: str, value: object, expected: str, fix: str = "") -> None:
+        self.key, self.value, self.expected = key, value, expected
+        super().__init__(f"{key}={value!r} is invalid: expected {expected}", fix or f"set {key} to {expected}")
+
+    def within(self, group: str) -> "ConfigError":
+        """The same error with its key prefixed by the config group it came from."""
+        if self.key.startswith(group + "."):
+            return self
+        default_fix = f"set {self.key} to {self.expected}"
+        fix = "" if self.fix == default_fix else self.fix
+        return ConfigError(f"{group}.{self.key}", self.value, self.expected, fix)
+
+
+class DatasetNotFoundError(UserError):
+    """Dataset files are missing and could not be downloaded."""
+
+
+class SolverError(UserError, RuntimeError):
+    """The ODE solver failed (step size underflow, too many steps, non-finite state)."""
+
+
+class TrainingDivergedError(UserError, RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def check_choice(key: str, value: str, choices: Iterable[str]) -> str:
+    """Return `value` if it is one of `choices`, else raise a ConfigError listing them."""
+    options = sorted(choices)
+    if value not in options:
+        raise ConfigError(key, value, "one of " + ", ".join(options))
+    return value
+
+
+def check_positive(key: str, value: float | int | None, allow_zero: bool = False) -> float | int:
+    """Return `value` if it is > 0 (or >= 0 with allow_zero), else raise a ConfigError."""
+    ok = value is not None and not isinstance(value, bool) and (value > 0 or (allow_zero and value == 0))
+    if not ok:
+        raise ConfigError(key, value, "a number >= 0" if allow_zero else "a number > 0")
+    return value
+
+
+def check_fraction(key: str, value: float | None) -> float:
+    """Return `value` if it lies strictly between 0 and 1, else raise a ConfigError."""
+    if value is None or not 0.0 < value < 1.0:
+        raise ConfigError(key, value, "a fraction strictly between 0 and 1")
+    return value

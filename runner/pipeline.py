@@ -1,0 +1,70 @@
+"""The four stages of an experiment: load -> build -> train -> evaluate. Each takes plain arguments."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from data.tensors import DataBundle
+from models.parameters import count_parameters
+from runner.checkpoint import build_model as build_from_recipe
+from runner.checkpoint import save_checkpoint
+from runner.errors import ConfigError
+from runner.evaluation import classification_report, predict
+from runner.settings import TrainSettings
+from runner.training import EpochCallback, FitResult, fit
+
+
+def load(data: DataBundle, device: torch.device) -> DataBundle:
+    """Move the whole dataset onto the training device once."""
+    return data.to(device)
+
+
+def build(recipe: dict[str, Any], data: DataBundle, device: torch.device) -> nn.Module:
+    """Build the model and check it fits the data with one evaluation-mode forward pass on two samples."""
+    model = build_from_recipe(recipe).to(device)
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(data.train.x[:2])
+    except RuntimeError as exc:
+        raise ConfigError("model", recipe.get("_target_"), f"a model that fits inputs of shape {data.input_shape}: "
+                          + str(exc).splitlines()[0][:200]) from exc
+    finally:
+        model.train()
+    if tuple(out.shape) != (min(2, len(data.train)), data.num_classes):
+        raise ConfigError("model", recipe.get("_target_"), f"{data.num_classes} outputs per sample, got shape {tuple(out.shape)}")
+    return model
+
+
+def train(model: nn.Module, data: DataBundle, settings: TrainSettings, on_epoch: EpochCallback | None = None) -> FitResult:
+    return fit(model, data, settings, on_epoch)
+
+
+def evaluate(model: nn.Module, data: DataBundle) -> dict[str, Any]:
+    """Test loss/accuracy, mean FNFE, classification report, parameter counts and evaluation time."""
+    start = time.perf_counter()
+    test = predict(model, data.test, data.batch_size)
+    return {
+        "test.loss": test.loss,
+        "test.acc": test.accuracy,
+        "test.nfe.forward": test.mean_fnfe,
+        "test.time": time.perf_counter() - start,
+        "report": classification_report(test.labels, test.probabilities, data.class_names),
+        "parameters": count_parameters(model),
+    }
+
+
+def write_outputs(out_dir: Path, model: nn.Module, recipe: dict[str, Any], config: dict[str, Any],
+                  fit_result: FitResult, results: dict[str, Any]) -> dict[str, Path]:
+    """Best checkpoint and evaluation report in `out_dir`; returns their paths by artifact name."""
+    checkpoint = save_checkpoint(out_dir / "best_checkpoint.pt", model, recipe, config,
+                                 {"best_epoch": fit_result.best_epoch, "history": fit_result.history})
+    report = out_dir / "evaluation_report.json"
+    report.write_text(json.dumps({**results, "fit": {k: v for k, v in asdict(fit_result).items()}}, indent=2, default=float))
+    return {"best_checkpoint.pt": checkpoint, "evaluation_report.json": report}

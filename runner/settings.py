@@ -1,0 +1,79 @@
+"""Typed settings built from the `train` config group, and the device and seeding they imply."""
+from __future__ import annotations
+
+import os
+import random
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from runner.errors import ConfigError, check_choice, check_positive
+
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimizer, schedule, early stopping and execution settings of one training run."""
+
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    max_epochs: int = 30
+    patience: int = 5
+    min_delta: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    deterministic: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_positive("lr", self.lr)
+        check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        check_positive("momentum", self.momentum, allow_zero=True)
+        check_positive("max_epochs", self.max_epochs)
+        if not isinstance(self.patience, int) or self.patience < 1:
+            raise ConfigError("patience", self.patience, "an integer >= 1 (epochs without validation-loss improvement before stopping)")
+        check_positive("min_delta", self.min_delta, allow_zero=True)
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
+            raise ConfigError("device", self.device, "auto, cpu, cuda or cuda:N")
+
+
+def make_optimizer(settings: TrainSettings, params) -> torch.optim.Optimizer:
+    """The optimizer named in the settings (thesis HPO searched over these)."""
+    name, lr, wd = settings.optimizer, settings.lr, settings.weight_decay
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=wd, momentum=settings.momentum)
+    return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=settings.momentum)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA when available, else CPU; asking for CUDA without it is a config error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device", name, "auto or cpu: no CUDA device is visible on this machine")
+        index = torch.device(name).index or 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError("train.device", name, f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and torch; with `deterministic`, make torch pick deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False

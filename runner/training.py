@@ -1,0 +1,112 @@
+"""The training loop: per-epoch metrics, NFE counts, early stopping that restores the best weights."""
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from data.tensors import DataBundle
+from models.ode_block import backward_nfe, forward_nfe, ode_blocks, translate_solver_failure
+from runner.errors import TrainingDivergedError
+from runner.evaluation import predict
+from runner.settings import TrainSettings, make_optimizer
+
+EpochCallback = Callable[[dict[str, float]], None]
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_loss: float = math.inf
+    stopped_early: bool = False
+
+
+def _train_one_epoch(model: nn.Module, data: DataBundle, optimizer: torch.optim.Optimizer,
+                     generator: torch.Generator, bar: tqdm | None, epoch: int) -> dict[str, float]:
+    model.train()
+    has_ode = bool(ode_blocks(model))
+    total_loss, correct, seen, fnfe, bnfe, batches = 0.0, 0, 0, 0, 0, 0
+    for x, y in data.train.batches(data.batch_size, generator):
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"training loss became {loss.item()} in epoch {epoch}, batch {batches + 1}",
+                "lower train.lr, add train.weight_decay, or use model.norm=group",
+            )
+        batch_fnfe = forward_nfe(model)
+        try:
+            loss.backward()
+        except AssertionError as exc:  # torchdiffeq's adjoint solve fails inside autograd
+            solver = ode_blocks(model)[0].solver if has_ode else None
+            raise (translate_solver_failure(exc, solver) if solver else exc) from exc
+        optimizer.step()
+        n = len(y)
+        total_loss += loss.item() * n
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += n
+        fnfe += batch_fnfe
+        bnfe += backward_nfe(model)
+        batches += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", nfe=f"{batch_fnfe}/{backward_nfe(model)}" if has_ode else "-")
+    return {"train.loss": total_loss / seen, "train.acc": correct / seen, "nfe.forward": fnfe / batches, "nfe.backward": bnfe / batches}
+
+
+def fit(model: nn.Module, data: DataBundle, settings: TrainSettings, on_epoch: EpochCallback | None = None) -> FitResult:
+    """Train until max_epochs or until validation loss has not improved for `patience` epochs (thesis 6.2.2).
+
+    The best epoch's weights are restored before returning. `on_epoch` receives each epoch's metrics:
+    train.loss, train.acc, val.loss, val.acc, val.nfe.forward, nfe.forward, nfe.backward (mean per batch),
+    epoch.time (seconds).
+    """
+    optimizer = make_optimizer(settings, model.parameters())
+    generator = torch.Generator().manual_seed(settings.seed)
+    result = FitResult()
+    best_state = copy.deepcopy(model.state_dict())
+    waited = 0
+    show_bar = settings.progress and sys.stderr.isatty()
+    for epoch in range(1, settings.max_epochs + 1):
+        start = time.perf_counter()
+        with tqdm(total=data.train.num_batches(data.batch_size), desc=f"epoch {epoch}/{settings.max_epochs}",
+                  leave=False, disable=not show_bar, file=sys.stderr) as bar:
+            metrics = _train_one_epoch(model, data, optimizer, generator, bar if show_bar else None, epoch)
+        val = predict(model, data.val, data.batch_size)
+        metrics.update({"val.loss": val.loss, "val.acc": val.accuracy, "val.nfe.forward": val.mean_fnfe,
+                        "epoch.time": time.perf_counter() - start, "epoch": epoch})
+        result.history.append(metrics)
+        improved = val.loss < result.best_val_loss - settings.min_delta
+        if improved:
+            result.best_val_loss, result.best_epoch, waited = val.loss, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            waited += 1
+        if settings.progress:
+            print(format_epoch(metrics, settings.max_epochs, improved), flush=True)
+        if on_epoch is not None:
+            on_epoch(metrics)
+        if waited >= settings.patience:
+            result.stopped_early = epoch < settings.max_epochs
+            if settings.progress:
+                print(f"early stopping: validation loss has not improved for {settings.patience} epochs; "
+                      f"restoring epoch {result.best_epoch}", flush=True)
+            break
+    model.load_state_dict(best_state)
+    return result
+
+
+def format_epoch(m: dict[str, float], max_epochs: int, improved: bool) -> str:
+    return (f"epoch {int(m['epoch']):>3}/{max_epochs}  train loss {m['train.loss']:.4f} acc {m['train.acc']:.4f}  "
+            f"val loss {m['val.loss']:.4f} acc {m['val.acc']:.4f}  NFE fwd {m['nfe.forward']:.1f} bwd {m['nfe.backward']:.1f}  "
+            f"{m['epoch.time']:.1f}s{'  *' if improved else ''}")

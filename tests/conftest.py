@@ -1,0 +1,33 @@
+"""Shared fixtures: Hydra compose on the real config tree, CPU-only, runs written under tmp_path."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+def compose_config(overrides: list[str], runs_dir: Path) -> DictConfig:
+    """The config `python -m runner <overrides>` would get, with CPU, no progress output and runs in tmp."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=[f"paths.runs={runs_dir}", "train.device=cpu", "train.progress=false", *overrides])
+
+
+def run_cli(args: list[str], runs_dir: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m runner <args>` in a subprocess, the way a user runs it."""
+    env = {**os.environ, "ODEFLOW_RUNS": str(runs_dir)}
+    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def runs_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "runs"
+    path.mkdir()
+    return path

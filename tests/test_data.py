@@ -1,0 +1,86 @@
+"""Loaders on small files in the real formats, seeded splits, normalisation and missing-file errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from data import load_cifar10, load_digits, load_fashion_mnist, load_spheres
+from runner.errors import ConfigError, DatasetNotFoundError
+from tests.dataset_files import write_cifar10, write_fashion_mnist
+
+
+def test_fashion_mnist_reads_idx_files(tmp_path: Path):
+    written = write_fashion_mnist(tmp_path, n_train=50, n_test=20)
+    bundle = load_fashion_mnist(root=str(tmp_path), download=False, val_fraction=0.2, batch_size=16)
+    assert bundle.sizes() == {"train": 40, "val": 10, "test": 20}
+    assert bundle.input_shape == (1, 28, 28) and bundle.num_classes == 10
+    expected = torch.as_tensor(written["test_x"].astype(np.float32) / 127.5 - 1.0)
+    assert torch.allclose(bundle.test.x[:, 0], expected)  # test order kept, pixels mapped to [-1, 1]
+    assert bundle.test.y.tolist() == written["test_y"].tolist()
+
+
+def test_cifar10_reads_pickled_batches(tmp_path: Path):
+    written = write_cifar10(tmp_path, per_batch=8, n_test=12)
+    bundle = load_cifar10(root=str(tmp_path), download=False, verify_checksums=False, val_fraction=0.25)
+    assert bundle.sizes() == {"train": 30, "val": 10, "test": 12}
+    assert bundle.input_shape == (3, 32, 32) and bundle.class_names[0] == "airplane"
+    # channel-first: the first 1024 bytes of a row are the red plane
+    red = written["test_x"][3, :1024].reshape(32, 32).astype(np.float32) / 127.5 - 1.0
+    assert torch.allclose(bundle.test.x[3, 0], torch.as_tensor(red))
+
+
+def test_cifar10_checksum_mismatch_is_explained(tmp_path: Path):
+    write_cifar10(tmp_path)
+    with pytest.raises(DatasetNotFoundError, match="verify_checksums=false"):
+        load_cifar10(root=str(tmp_path), download=False)
+
+
+@pytest.mark.parametrize("loader,files", [
+    (load_fashion_mnist, ["train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
+    (load_cifar10, ["data_batch_1", "test_batch", "batches.meta"]),
+])
+def test_missing_files_name_the_files_and_the_layout(tmp_path: Path, loader, files):
+    with pytest.raises(DatasetNotFoundError) as info:
+        loader(root=str(tmp_path), download=False)
+    message = str(info.value)
+    for name in files:
+        assert name in message
+    assert str(tmp_path) in message and "data.root" in message
+
+
+def test_split_is_seeded_and_disjoint():
+    a, b, c = load_digits(seed=1), load_digits(seed=1), load_digits(seed=2)
+    assert torch.equal(a.val.x, b.val.x) and not torch.equal(a.val.x, c.val.x)
+    rows = {tuple(r.tolist()) for r in a.train.x.flatten(1)}
+    assert not any(tuple(r.tolist()) in rows for r in a.val.x.flatten(1)[:50])
+
+
+def test_subset_and_normalisation():
+    bundle = load_digits(subset=500, val_fraction=0.2)
+    assert len(bundle.train) + len(bundle.val) == 500 and len(bundle.val) == 100
+    assert bundle.train.x.min() == -1.0 and bundle.train.x.max() == 1.0
+
+
+def test_subset_larger_than_dataset_is_a_config_error():
+    with pytest.raises(ConfigError, match="subset"):
+        load_digits(subset=10_000)
+
+
+def test_spheres_geometry():
+    bundle = load_spheres(dim=3, n_train=400, n_test=200, seed=0)
+    radius = bundle.test.x.norm(dim=1) * 1.5  # undo the scaling by the outer radius
+    inner, outer = radius[bundle.test.y == 0], radius[bundle.test.y == 1]
+    assert inner.max() < 0.5 and outer.min() > 1.0 and outer.max() < 1.5
+    assert bundle.input_shape == (3,) and bundle.num_classes == 2
+
+
+def test_batches_cover_the_split_once_in_a_seeded_order():
+    split = load_digits().train
+    order_a = torch.cat([y for _, y in split.batches(100, torch.Generator().manual_seed(3))])
+    order_b = torch.cat([y for _, y in split.batches(100, torch.Generator().manual_seed(3))])
+    assert torch.equal(order_a, order_b)
+    assert sorted(order_a.tolist()) == sorted(split.y.tolist())
+    assert split.num_batches(100) == len(list(split.batches(100)))

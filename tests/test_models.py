@@ -1,0 +1,124 @@
+"""Parameter budgets of thesis table 7.4 / 7.5 (SPEC 4), NFE counting and solver failure messages."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from models import ComplexNet, ODEBlock, SimpleNet, SolverSpec, backward_nfe, count_parameters, forward_nfe, set_solver
+from models.layers import group_count
+from runner.errors import ConfigError, SolverError
+
+FMNIST, CIFAR = (1, 28, 28), (3, 32, 32)
+DOPRI5 = SolverSpec("dopri5")
+
+
+def simple(shape, kind: str, channels: int) -> nn.Module:
+    if kind == "ode":
+        return SimpleNet(shape, 10, "ode", 1, channels, 2, solver=DOPRI5)
+    return SimpleNet(shape, 10, "residual", 3 if kind == "large" else 1, channels + 2, 0)
+
+
+# (input shape, model, thesis total, thesis not-in-FC): SPEC section 4
+TABLE = [
+    (FMNIST, lambda: simple(FMNIST, "small", 64), 169_000, 40_100),
+    (FMNIST, lambda: simple(FMNIST, "large", 64), 248_000, 119_000),
+    (FMNIST, lambda: simple(FMNIST, "ode", 64), 169_000, 40_000),
+    (CIFAR, lambda: simple(CIFAR, "small", 256), 1_270_000, 607_000),
+    (CIFAR, lambda: simple(CIFAR, "large", 256), 2_470_000, 1_810_000),
+    (CIFAR, lambda: simple(CIFAR, "ode", 256), 1_270_000, 607_000),
+    (FMNIST, lambda: ComplexNet(FMNIST, 10, "residual"), 394_000, 353_000),
+    (FMNIST, lambda: ComplexNet(FMNIST, 10, "ode", solver=DOPRI5), 394_000, 353_000),
+    (CIFAR, lambda: ComplexNet(CIFAR, 10, "residual"), 413_000, 372_000),
+    (CIFAR, lambda: ComplexNet(CIFAR, 10, "ode", solver=DOPRI5), 413_000, 372_000),
+]
+
+
+@pytest.mark.parametrize("shape,make,total,not_in_fc", TABLE)
+def test_parameter_counts_match_thesis_within_5_percent(shape, make, total, not_in_fc):
+    counts = count_parameters(make())
+    assert abs(counts["total"] - total) / total <= 0.05, counts
+    assert abs(counts["not_in_fc"] - not_in_fc) / not_in_fc <= 0.05, counts
+
+
+def test_group_norm_groups_divide_channels():
+    assert group_count(66) == 22 and group_count(258) == 6 and group_count(64) == 32 and group_count(7) == 7
+
+
+def test_complex_odenet_keeps_one_state_shape_and_strips_padding():
+    model = ComplexNet(FMNIST, 10, "ode", solver=SolverSpec("euler", step_size=1.0))
+    z = model.stem(torch.randn(3, *FMNIST))
+    assert z.shape == (3, 256, 28, 28)
+    assert model.body(z).shape == z.shape
+    assert model.out_size == (4, 4)
+
+
+def block_model(solver: SolverSpec) -> nn.Module:
+    return SimpleNet((1, 8, 8), 10, "ode", 1, 8, 2, solver=solver)
+
+
+def test_euler_quarter_step_counts_four_forward_evaluations():
+    model = block_model(SolverSpec("euler", step_size=0.25))
+    model(torch.randn(4, 1, 8, 8)).sum().backward()
+    assert forward_nfe(model) == 4
+    assert backward_nfe(model) == 0  # direct backpropagation does not call f again
+
+
+def test_rk4_counts_four_per_step_and_adjoint_counts_backward():
+    model = block_model(SolverSpec("rk4", step_size=0.25, adjoint=True))
+    model(torch.randn(4, 1, 8, 8)).sum().backward()
+    assert forward_nfe(model) == 16
+    assert backward_nfe(model) >= 16
+
+
+def test_dopri5_counts_more_than_six_and_resets_per_forward():
+    model = block_model(DOPRI5)
+    x = torch.randn(4, 1, 8, 8)
+    model(x)
+    first = forward_nfe(model)
+    model(x)
+    assert first > 6 and forward_nfe(model) == first
+
+
+def test_set_solver_switches_every_block():
+    model = block_model(DOPRI5)
+    set_solver(model, SolverSpec("midpoint", step_size=0.5))
+    model(torch.randn(2, 1, 8, 8))
+    assert forward_nfe(model) == 4
+
+
+class Exploding(nn.Module):
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return 1e3 * z**3  # finite-time blow-up: the adaptive step collapses
+
+
+def test_collapsing_step_fails_fast_with_a_clear_error():
+    block = ODEBlock(Exploding(), SolverSpec("dopri5", rtol=1e-6, atol=1e-6, max_steps=50))
+    with pytest.raises(SolverError) as info:
+        block(torch.ones(2, 3))
+    message = str(info.value)
+    assert "dopri5" in message and "fix:" in message and "solver.max_steps" in message
+
+
+@pytest.mark.parametrize("kwargs,key", [
+    ({"method": "rk5"}, "method"),
+    ({"rtol": -1e-3}, "rtol"),
+    ({"atol": 0.0}, "atol"),
+    ({"method": "euler"}, "step_size"),
+    ({"max_steps": 0}, "max_steps"),
+])
+def test_solver_spec_rejects_bad_values(kwargs, key):
+    with pytest.raises(ConfigError) as info:
+        SolverSpec(**kwargs)
+    assert info.value.key == key
+
+
+def test_unknown_solver_lists_valid_choices():
+    with pytest.raises(ConfigError) as info:
+        SolverSpec("rk5")
+    assert "dopri5" in str(info.value) and "euler" in str(info.value)
+
+
+def test_complex_model_rejects_vector_inputs():
+    with pytest.raises(ConfigError, match="image"):
+        ComplexNet((2,), 2, "residual")

@@ -1,0 +1,50 @@
+"""Training loop: early stopping restores the best epoch; metrics per epoch; the classification report."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from data import load_digits
+from models import SimpleNet
+from runner.evaluation import classification_report, predict
+from runner.settings import TrainSettings, seed_everything
+from runner.training import fit
+
+
+def test_early_stopping_stops_and_restores_the_best_epoch():
+    seed_everything(0, True)
+    data = load_digits(subset=200, batch_size=32)
+    model = SimpleNet(data.input_shape, 10, "residual", 1, 16, 0, stride=1)
+    # A high learning rate on 160 samples overfits within a few epochs, so validation loss turns up.
+    settings = TrainSettings(lr=0.05, max_epochs=40, patience=2, progress=False, device="cpu")
+    epochs_seen = []
+    result = fit(model, data, settings, on_epoch=lambda m: epochs_seen.append(m))
+    val_losses = [h["val.loss"] for h in result.history]
+    assert result.stopped_early
+    assert result.best_epoch == int(np.argmin(val_losses)) + 1
+    assert len(result.history) == result.best_epoch + settings.patience
+    assert predict(model, data.val, 32).loss == pytest.approx(min(val_losses), rel=1e-6)
+    assert epochs_seen == result.history
+    for key in ["train.loss", "train.acc", "val.loss", "val.acc", "nfe.forward", "nfe.backward", "epoch.time"]:
+        assert key in result.history[0]
+
+
+def test_classification_report_matches_hand_counts():
+    labels = np.array([0, 0, 1, 1, 2])
+    probs = np.array([[0.8, 0.1, 0.1], [0.3, 0.6, 0.1], [0.1, 0.8, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8]])
+    report = classification_report(labels, probs, ["a", "b", "c"])
+    assert report["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [0, 0, 1]]
+    a, b, c = report["per_class"]
+    assert a["precision"] == 1.0 and a["recall"] == 0.5
+    assert b["precision"] == pytest.approx(2 / 3) and b["recall"] == 1.0
+    assert c["roc_auc"] == 1.0 and c["average_precision"] == 1.0
+
+
+@pytest.mark.parametrize("kwargs,key", [({"patience": 0}, "patience"), ({"optimizer": "lbfgs"}, "optimizer"),
+                                        ({"lr": -1.0}, "lr"), ({"device": "tpu"}, "device")])
+def test_train_settings_reject_bad_values(kwargs, key):
+    from runner.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        TrainSettings(**kwargs)
+    assert info.value.key == key
