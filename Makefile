@@ -6,7 +6,11 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-all clean
+.PHONY: help install run test test-all test-mongo bench up down dashboard clean
+
+# .env (from .env.example) holds the MongoDB credentials and MONGO_URL; exported to every command.
+-include .env
+export
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,6 +30,26 @@ test: $(INSTALLED) ## Run the default test suite (offline, CPU, no server)
 
 test-all: $(INSTALLED) ## Run every test, slow ones included
 	$(PY) -m pytest -q -m ''
+
+bench: $(INSTALLED) ## Run the benchmarks in bench/ (each prints ratios measured in one run)
+	$(PY) bench/tracking_overhead.py
+
+test-mongo: $(INSTALLED) ## Run the opt-in tests against the MongoDB at MONGO_URL (after make up)
+	@test -n "$$MONGO_URL" || { echo "set MONGO_URL (see .env.example) or run make up first"; exit 2; }
+	$(PY) -m pytest -q -m mongo
+
+up: ## Start MongoDB and Omniboard (docker compose, ports on 127.0.0.1)
+	@docker compose version >/dev/null 2>&1 || { echo "docker compose is not available here: install Docker with the compose plugin (see README, 'Browsing runs')"; exit 2; }
+	@test -f .env || { cp .env.example .env; echo "created .env from .env.example: change MONGO_PASSWORD and MONGO_URL"; }
+	docker compose up -d
+	@$(MAKE) --no-print-directory dashboard
+
+down: ## Stop MongoDB and Omniboard (the data volume is kept)
+	docker compose down
+
+dashboard: ## Print the Omniboard URL and how to log runs there
+	@echo "Omniboard: http://127.0.0.1:$${OMNIBOARD_PORT:-9000}"
+	@echo "log runs there with: .venv/bin/python -m runner tracking=mongo   (MONGO_URL comes from .env)"
 
 clean: ## Remove caches (keeps .venv, runs/ and datasets/)
 	rm -rf .pytest_cache **/__pycache__ *.egg-info

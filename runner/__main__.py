@@ -1,5 +1,11 @@
-"""`python -m runner [overrides]`: run one experiment (or a sweep with -m) from the Hydra config tree."""
+"""`python -m runner [overrides]`: run one experiment (or a sweep with -m) from the Hydra config tree.
+
+`python -m runner runs ...` browses logged runs and `python -m runner sync` pushes the local journal to
+MongoDB (see runner/cli.py).
+"""
 from __future__ import annotations
+
+import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -13,6 +19,12 @@ def hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
+    from runner.cli import SUBCOMMANDS
+
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+        from runner.cli import main as cli_main
+
+        raise SystemExit(cli_main(sys.argv[1:]))
     hydra_main()
 
 

@@ -11,8 +11,10 @@ from omegaconf import DictConfig
 from models.ode_block import ode_blocks
 from runner import pipeline
 from runner.checkpoint import model_recipe
+from models.parameters import count_parameters
 from runner.errors import UserError
 from runner.factories import instantiate_group, to_plain
+from runner.masking import mask_secrets
 from runner.settings import resolve_device, seed_everything
 from runner.summary import format_summary
 from runner.tracking import RunLog, run_tracked
@@ -21,6 +23,7 @@ from runner.tracking import RunLog, run_tracked
 def run_experiment(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None = None) -> dict[str, Any]:
     """Validate everything, then load -> build -> train -> evaluate inside one tracked run. Returns the summary."""
     config = to_plain(cfg)
+    logged_config = mask_secrets(config)
     solver = instantiate_group("solver", cfg.solver)
     settings = instantiate_group("train", cfg.train)
     store = instantiate_group("tracking", cfg.tracking)
@@ -38,17 +41,20 @@ def run_experiment(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | Non
     def body(run: RunLog) -> float:
         run.set_info("device", str(device))
         run.set_info("choices", choices or {})
+        run.set_info("model_family", "odenet" if is_ode else "resnet")
         run.set_info("dataset_sizes", data.sizes())
+        run.set_info("parameters", count_parameters(model))
         fit_result = pipeline.train(model, data, settings,
                                     lambda m: run.log_metrics({k: v for k, v in m.items() if k != "epoch"}, int(m["epoch"])))
         results = pipeline.evaluate(model, data)
-        run.set_info("parameters", results["parameters"])
-        for name, path in pipeline.write_outputs(out_dir, model, recipe, config, fit_result, results).items():
+        run.set_info("test", {k: results[k] for k in ("test.loss", "test.acc", "test.nfe.forward", "test.time")})
+        for name, path in pipeline.write_outputs(out_dir, model, recipe, logged_config, fit_result, results,
+                                                 data.class_names, is_ode).items():
             run.add_artifact(path, name)
         outcome.update(results, fit=fit_result)
         return results["test.acc"]
 
-    run_id, _ = run_tracked(cfg.name, config, store, body)
+    run_id, _ = run_tracked(cfg.name, logged_config, store, body)
     fit_result = outcome["fit"]
     last = fit_result.history[-1]
     summary = {

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -61,10 +62,21 @@ def evaluate(model: nn.Module, data: DataBundle) -> dict[str, Any]:
 
 
 def write_outputs(out_dir: Path, model: nn.Module, recipe: dict[str, Any], config: dict[str, Any],
-                  fit_result: FitResult, results: dict[str, Any]) -> dict[str, Path]:
-    """Best checkpoint and evaluation report in `out_dir`; returns their paths by artifact name."""
-    checkpoint = save_checkpoint(out_dir / "best_checkpoint.pt", model, recipe, config,
-                                 {"best_epoch": fit_result.best_epoch, "history": fit_result.history})
-    report = out_dir / "evaluation_report.json"
-    report.write_text(json.dumps({**results, "fit": {k: v for k, v in asdict(fit_result).items()}}, indent=2, default=float))
-    return {"best_checkpoint.pt": checkpoint, "evaluation_report.json": report}
+                  fit_result: FitResult, results: dict[str, Any], class_names: list[str], is_ode: bool) -> dict[str, Path]:
+    """Best checkpoint, evaluation report (JSON and per-class CSV) and figures in `out_dir`, by artifact name."""
+    from runner import plots
+
+    report = results["report"]
+    paths = {
+        "best_checkpoint.pt": save_checkpoint(out_dir / "best_checkpoint.pt", model, recipe, config,
+                                              {"best_epoch": fit_result.best_epoch, "history": fit_result.history}),
+        "confusion_matrix.png": plots.confusion_matrix_png(report["confusion_matrix"], class_names, out_dir / "confusion_matrix.png"),
+        "learning_curves.png": plots.learning_curves_png(fit_result.history, out_dir / "learning_curves.png"),
+    }
+    if is_ode:
+        paths["nfe.png"] = plots.nfe_png(fit_result.history, out_dir / "nfe.png")
+    paths["evaluation_report.json"] = out_dir / "evaluation_report.json"
+    paths["evaluation_report.json"].write_text(json.dumps({**results, "fit": asdict(fit_result)}, indent=2, default=float))
+    paths["classification_report.csv"] = out_dir / "classification_report.csv"
+    pd.DataFrame(report["per_class"]).to_csv(paths["classification_report.csv"], index=False)
+    return paths

@@ -1,17 +1,31 @@
-"""Sacred tracking: every run is a Sacred run with the config Hydra composed, stored by an observer.
+"""Sacred tracking: every run is a Sacred run with the config Hydra composed, stored by observers.
 
 Sacred is used the "less magic" way (plain-dict config, explicit main, ex.run()), so the logged config
-is exactly the one Hydra resolved.
+is exactly the one Hydra resolved (with database passwords masked). Two backends, one per file in
+conf/tracking: the embedded file store, and MongoDB (for Omniboard) with a local journal that always
+holds the whole run, so a run is never lost when the database is down or goes away.
 """
 from __future__ import annotations
 
+import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.errors import check_positive
+from runner.masking import mask_url
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Above Sacred's Mongo observer (30): the file store/journal assigns the run id and sees every event first.
+FILE_STORE_PRIORITY = 40
+
+
+def _file_observer(directory: str):
+    from sacred.observers import FileStorageObserver
+
+    return FileStorageObserver(str(Path(directory).expanduser()), priority=FILE_STORE_PRIORITY)
 
 
 @dataclass(frozen=True)
@@ -21,12 +35,58 @@ class FileStore:
     dir: str = "runs/store"
 
     def observers(self) -> list:
-        from sacred.observers import FileStorageObserver
-
-        return [FileStorageObserver(str(Path(self.dir).expanduser()))]
+        return [_file_observer(self.dir)]
 
     def describe(self) -> str:
         return f"file store {Path(self.dir).expanduser().resolve()}"
+
+    @property
+    def local_dir(self) -> Path:
+        return Path(self.dir).expanduser()
+
+
+@dataclass(frozen=True)
+class MongoStore:
+    """MongoDB (browsed in Omniboard), mirrored from a local journal in Sacred's file format.
+
+    The journal records every run in full. The Mongo mirror writes the same events to the database; when
+    the database is unreachable or fails mid-run it stops trying, says so once, and the run goes on.
+    `python -m runner sync` pushes journalled runs that did not reach the database completely.
+    """
+
+    url: str = "mongodb://127.0.0.1:27017"
+    db_name: str = "odeflow"
+    journal_dir: str = "runs/journal"
+    timeout_ms: int = 3000
+
+    def __post_init__(self) -> None:
+        check_positive("timeout_ms", self.timeout_ms)
+
+    def observers(self) -> list:
+        from runner.mongo import MongoMirror
+
+        journal = _file_observer(self.journal_dir)
+        return [journal, MongoMirror(self, journal)]
+
+    def describe(self) -> str:
+        return f"MongoDB {mask_url(self.url)} db {self.db_name} (journal {Path(self.journal_dir).expanduser().resolve()})"
+
+    @property
+    def local_dir(self) -> Path:
+        return Path(self.journal_dir).expanduser()
+
+    def client(self):
+        import pymongo
+
+        return pymongo.MongoClient(self.url, serverSelectionTimeoutMS=self.timeout_ms, connectTimeoutMS=self.timeout_ms)
+
+
+@dataclass(frozen=True)
+class NoStore:
+    """Tracking switched off: no Sacred run, nothing stored (quick checks and overhead measurements)."""
+
+    def describe(self) -> str:
+        return "nowhere (tracking=none)"
 
 
 class RunLog:
@@ -50,12 +110,38 @@ class RunLog:
         self._run.add_artifact(str(path), name=name or Path(path).name)
 
 
-def run_tracked(name: str, config: dict[str, Any], store: FileStore, body: Callable[[RunLog], Any]) -> tuple[Any, Any]:
-    """Run `body` as a Sacred run of experiment `name` with `config`; returns (run id, result)."""
+class _UntrackedRun:
+    """Stands in for a Sacred run when tracking is off."""
+
+    _id = None
+
+    def __init__(self) -> None:
+        self.info: dict[str, Any] = {}
+
+    def log_scalar(self, name: str, value: float, step: int) -> None:
+        pass
+
+    def add_artifact(self, filename: str, name: str | None = None) -> None:
+        pass
+
+
+def run_tracked(name: str, config: dict[str, Any], store: FileStore | MongoStore | NoStore, body: Callable[[RunLog], Any],
+                meta: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """Run `body` as a Sacred run of experiment `name` with `config`; returns (run id, result).
+
+    Every run gets a `run_uid` in its meta data: the key that keeps `sync` idempotent.
+    """
+    if isinstance(store, NoStore):
+        return None, body(RunLog(_UntrackedRun()))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-        from sacred import Experiment
+        from sacred import SETTINGS, Experiment
         from sacred.utils import apply_backspaces_and_linefeeds
+
+    # Sources: every project module loaded (not only those the experiment file imports); dependencies:
+    # every installed distribution, so a run can be checked against the environment that reproduces it.
+    SETTINGS.DISCOVER_SOURCES = "sys"
+    SETTINGS.DISCOVER_DEPENDENCIES = "pkg"
 
     ex = Experiment(name, base_dir=str(PROJECT_ROOT), save_git_info=_has_git_commit(PROJECT_ROOT))
     ex.captured_out_filter = apply_backspaces_and_linefeeds
@@ -66,7 +152,7 @@ def run_tracked(name: str, config: dict[str, Any], store: FileStore, body: Calla
         return body(RunLog(_run))
 
     ex.main(sacred_main)
-    run = ex.run(options={"--capture": "sys"})
+    run = ex.run(options={"--capture": "sys"}, meta_info={"run_uid": uuid.uuid4().hex, **(meta or {})})
     return run._id, run.result
 
 

@@ -12,7 +12,7 @@ from models.solvers import METHODS, SolverSpec
 from runner.checkpoint import build_model, model_recipe
 from runner.factories import instantiate_group, to_plain
 from runner.settings import TrainSettings
-from runner.tracking import FileStore
+from runner.tracking import FileStore, MongoStore, NoStore
 from tests.conftest import CONF, compose_config
 from tests.dataset_files import write_cifar10, write_fashion_mnist
 
@@ -74,7 +74,9 @@ def test_train_and_tracking_configs_instantiate(runs_dir: Path):
         assert isinstance(instantiate_group("train", compose_config([f"train={name}"], runs_dir).train), TrainSettings)
     for name in options("tracking"):
         store = instantiate_group("tracking", compose_config([f"tracking={name}"], runs_dir).tracking)
-        assert isinstance(store, FileStore) and str(runs_dir) in store.dir
+        assert isinstance(store, (FileStore, MongoStore, NoStore))
+        if not isinstance(store, NoStore):
+            assert str(runs_dir) in str(store.local_dir)
 
 
 @pytest.mark.parametrize("name", options("experiment"))

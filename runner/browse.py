@@ -1,0 +1,85 @@
+"""The run browser: list, show, compare, export and plot logged runs from either backend."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from runner.errors import UserError
+from runner.runstore import RunRecord, runs_frame, summary_row
+
+FILTERS = ("status", "dataset", "model", "solver", "sweep", "experiment")
+
+
+def filter_runs(records: list[RunRecord], **criteria: str | None) -> list[RunRecord]:
+    """Runs whose summary column equals each given criterion (case-insensitive; None means any)."""
+    wanted = {k: str(v).lower() for k, v in criteria.items() if v is not None}
+    return [r for r in records if all(str(summary_row(r).get(k)).lower() == v for k, v in wanted.items())]
+
+
+def _table(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "(no runs)"
+    frame = frame.apply(lambda col: col.fillna("-") if col.dtype == object else col)
+    return frame.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}")
+
+
+def list_runs(records: list[RunRecord]) -> str:
+    columns = ["id", "experiment", "status", "dataset", "model", "solver", "sweep", "test_acc", "test_loss",
+               "best_val_loss", "epochs", "fnfe", "params", "start"]
+    frame = runs_frame(records)
+    return _table(frame[columns] if not frame.empty else frame)
+
+
+def find_run(records: list[RunRecord], run_id: str) -> RunRecord:
+    for r in records:
+        if str(r.id) == str(run_id):
+            return r
+    raise UserError(f"no run with id {run_id} in this store ({len(records)} runs)",
+                    "list the ids with: python -m runner runs list")
+
+
+def show_run(r: RunRecord) -> str:
+    summary = {k: v for k, v in summary_row(r).items() if v is not None}
+    final = {name: m["values"][-1] for name, m in sorted(r.metrics.items()) if m["values"]}
+    lines = [f"run {r.id} ({r.location})", "", "summary:"]
+    lines += [f"  {k:<14} {v}" for k, v in summary.items()]
+    lines += ["", "final metrics:"] + [f"  {k:<18} {v:.6g}" for k, v in final.items()]
+    if r.info.get("parameters"):
+        lines += ["", "parameters: " + ", ".join(f"{k} {v:,}" for k, v in r.info["parameters"].items())]
+    lines += ["", "artifacts: " + (", ".join(r.artifacts) or "-"), "", "config:"]
+    lines += ["  " + line for line in json.dumps(r.config, indent=2, default=str).splitlines()]
+    return "\n".join(lines)
+
+
+def compare_runs(records: list[RunRecord]) -> str:
+    """Side by side: the config keys that differ, then headline and final metrics."""
+    if len(records) < 2:
+        raise UserError("compare needs at least two run ids", "python -m runner runs compare 1 2 [3 ...]")
+    frame = runs_frame(records, with_config=True).set_index("id")
+    config_cols = [c for c in frame.columns if c.startswith("config.") and frame[c].astype(str).nunique() > 1]
+    metric_cols = ["status", "dataset", "model", "solver", "test_acc", "test_loss", "best_val_loss", "epochs", "fnfe", "bnfe", "params", "seconds"]
+    finals = pd.DataFrame({r.id: {f"final {k}": m["values"][-1] for k, m in r.metrics.items() if m["values"]} for r in records}).T
+    table = pd.concat([frame[config_cols], frame[metric_cols], finals.reindex(frame.index)], axis=1).T
+    table.columns = [f"run {c}" for c in table.columns]
+    diff_note = "config differences:" if config_cols else "config: identical"
+    return f"{diff_note}\n" + table.to_string(na_rep="-", float_format=lambda v: f"{v:.4g}")
+
+
+def export_runs(records: list[RunRecord], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    runs_frame(records, with_config=True).to_csv(path, index=False)
+    return path
+
+
+def plot_metric(records: list[RunRecord], metric: str, path: Path) -> Path:
+    from runner.plots import metric_across_runs_png
+
+    series = {f"run {r.id} {summary_row(r)['model']}": (r.metrics[metric]["steps"], r.metrics[metric]["values"])
+              for r in records if metric in r.metrics}
+    if not series:
+        known = sorted({name for r in records for name in r.metrics})
+        raise UserError(f"no run here logged the metric {metric!r}", "use one of: " + ", ".join(known))
+    return metric_across_runs_png(series, metric, path)

@@ -1,0 +1,223 @@
+"""MongoDB side of tracking: a mirror observer that never fails a run, and `sync` from the local journal.
+
+Sacred's own MongoObserver writes the documents (so Omniboard reads them as usual); this module decides
+when to stop talking to a database that has gone away, keeps documents far below MongoDB's 16 MB limit,
+and replays journalled runs into the database idempotently, keyed by each run's `meta.run_uid`.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from sacred.observers import MongoObserver
+from sacred.observers.base import RunObserver
+
+from runner.masking import mask_url
+
+# Captured output kept in the run document: the head and the tail, so the document stays far below 16 MB
+# however long a run prints. The journal keeps all of it (cout.txt).
+CAPTURED_OUT_HEAD = 200_000
+CAPTURED_OUT_TAIL = 1_800_000
+MARKER = "mongo.json"  # in a journal run folder: {"run_uid", "mongo_id", "complete"}
+FINAL_STATUSES = ("COMPLETED", "FAILED", "INTERRUPTED")
+
+
+def truncate_output(text: str) -> str:
+    if len(text) <= CAPTURED_OUT_HEAD + CAPTURED_OUT_TAIL:
+        return text
+    cut = len(text) - CAPTURED_OUT_HEAD - CAPTURED_OUT_TAIL
+    return f"{text[:CAPTURED_OUT_HEAD]}\n[... {cut} characters cut here; the full output is in the local journal (cout.txt) ...]\n{text[-CAPTURED_OUT_TAIL:]}"
+
+
+class StrictMongoObserver(MongoObserver):
+    """Sacred's MongoObserver, but every failed write raises (Sacred's swallows lost connections in
+    heartbeats and retries final saves for seconds), ids are always the database's own, and captured
+    output is truncated."""
+
+    def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
+        return super().started_event(ex_info, command, host_info, start_time, config, meta_info, None)
+
+    def heartbeat_event(self, info, captured_out, beat_time, result):
+        super().heartbeat_event(info, truncate_output(captured_out), beat_time, result)
+
+    def save(self):
+        self.runs.update_one({"_id": self.run_entry["_id"]}, {"$set": self.run_entry})
+
+    def final_save(self, attempts):
+        self.runs.update_one({"_id": self.run_entry["_id"]}, {"$set": self.run_entry}, upsert=True)
+
+    @staticmethod
+    def _try_to_detect_content_type(filename):
+        import mimetypes
+
+        return mimetypes.guess_type(filename)[0]  # Sacred's version prints a line per artifact
+
+
+def open_observer(client: Any, db_name: str) -> StrictMongoObserver:
+    import gridfs
+
+    database = client[db_name]
+    return StrictMongoObserver.create_from(database["runs"], gridfs.GridFS(database), metrics_collection=database["metrics"])
+
+
+class MongoMirror(RunObserver):
+    """Forwards a run's events to MongoDB until the first failure, then only says so, once."""
+
+    priority = 30
+
+    def __init__(self, store: Any, journal: Any) -> None:
+        self.store = store
+        self.journal = journal  # the FileStorageObserver that holds the full run
+        self.mongo: StrictMongoObserver | None = None
+        self.complete = False
+        self.run_uid: str | None = None
+
+    def _call(self, method: str, *args: Any) -> Any:
+        if self.mongo is None:
+            return None
+        try:
+            return getattr(self.mongo, method)(*args)
+        except Exception as exc:  # any database failure: the journal has the run; never fail it
+            self._give_up(exc)
+            return None
+
+    def _give_up(self, exc: BaseException) -> None:
+        self.mongo, self.complete = None, False
+        reason = mask_url(str(exc).splitlines()[0][:160]) if str(exc) else type(exc).__name__
+        print(f"MongoDB at {mask_url(self.store.url)} is unreachable ({reason}); the run goes on and is journalled "
+              f"locally in {self.journal.dir}. Push it later with: python -m runner sync tracking=mongo", file=sys.stderr, flush=True)
+
+    def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
+        self.run_uid = meta_info.get("run_uid")
+        try:
+            self.mongo = open_observer(self.store.client(), self.store.db_name)
+        except Exception as exc:
+            self._give_up(exc)
+            return None
+        self.complete = True
+        mongo_id = self._call("started_event", ex_info, command, host_info, start_time, config, meta_info, _id)
+        if mongo_id is not None:
+            print(f"logging to MongoDB {mask_url(self.store.url)} db {self.store.db_name} as run {mongo_id}", flush=True)
+        return None  # the journal's id is the run's id
+
+    def heartbeat_event(self, info, captured_out, beat_time, result):
+        self._call("heartbeat_event", info, captured_out, beat_time, result)
+
+    def log_metrics(self, metrics_by_name, info):
+        self._call("log_metrics", metrics_by_name, info)
+
+    def artifact_event(self, name, filename, metadata=None, content_type=None):
+        self._call("artifact_event", name, filename, metadata, content_type)
+
+    def resource_event(self, filename):
+        self._call("resource_event", filename)
+
+    def completed_event(self, stop_time, result):
+        self._call("completed_event", stop_time, result)
+        self._write_marker()
+
+    def interrupted_event(self, interrupt_time, status):
+        self._call("interrupted_event", interrupt_time, status)
+        self._write_marker()
+
+    def failed_event(self, fail_time, fail_trace):
+        self._call("failed_event", fail_time, fail_trace)
+        self._write_marker()
+
+    def _write_marker(self) -> None:
+        mongo_id = self.mongo.run_entry["_id"] if self.mongo is not None and self.mongo.run_entry else None
+        write_marker(Path(self.journal.dir), self.run_uid, mongo_id, self.complete and self.mongo is not None)
+
+
+def write_marker(run_dir: Path, run_uid: str | None, mongo_id: Any, complete: bool) -> None:
+    (run_dir / MARKER).write_text(json.dumps({"run_uid": run_uid, "mongo_id": mongo_id, "complete": complete}))
+
+
+# --- sync: replay journalled runs into MongoDB ------------------------------------------------------------
+
+def _time(value: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value) if value else None
+
+
+def run_uid_of(run_dir: Path, record: dict[str, Any]) -> str:
+    """The run's uid; runs journalled before uids existed get one derived from their record."""
+    return record.get("meta", {}).get("run_uid") or f"journal:{run_dir.resolve()}:{record.get('start_time')}"
+
+
+def replay(run_dir: Path, client: Any, db_name: str) -> Any:
+    """Write one journalled run (Sacred file-store folder) into MongoDB as Sacred's observer would; returns its id.
+
+    A partial document left by a run that lost the database mid-run is replaced, keeping its id.
+    """
+    record = json.loads((run_dir / "run.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    info = json.loads((run_dir / "info.json").read_text()) if (run_dir / "info.json").exists() else {}
+    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
+    captured = (run_dir / "cout.txt").read_text(errors="replace") if (run_dir / "cout.txt").exists() else ""
+    uid = run_uid_of(run_dir, record)
+    meta = {**record.get("meta", {}), "run_uid": uid}
+
+    observer = open_observer(client, db_name)
+    old = observer.runs.find_one({"meta.run_uid": uid}, {"_id": 1})
+    if old is not None:
+        observer.runs.delete_one({"_id": old["_id"]})
+        observer.metrics.delete_many({"run_id": old["_id"]})
+    experiment = dict(record["experiment"])
+    sources = experiment.get("sources", [])
+    experiment["sources"] = []
+    observer.run_entry = None
+    MongoObserver.started_event(observer, experiment, record.get("command"), record.get("host", {}),
+                                _time(record.get("start_time")), config, meta, old["_id"] if old else None)
+    store_root = run_dir.parent
+    observer.run_entry["experiment"]["sources"] = [
+        [name, observer.fs.put((store_root / stored).read_bytes(), filename=name)]
+        for name, stored in sources if (store_root / stored).is_file()
+    ]
+    info.pop("metrics", None)
+    observer.log_metrics({name: {"steps": m["steps"], "values": m["values"],
+                                 "timestamps": [_time(t) for t in m["timestamps"]]} for name, m in metrics.items()}, info)
+    for name in record.get("artifacts", []):
+        if (run_dir / name).is_file():
+            observer.artifact_event(name, str(run_dir / name))
+    observer.heartbeat_event(info, captured, _time(record.get("heartbeat")), record.get("result"))
+    status = record.get("status")
+    if status == "COMPLETED":
+        observer.completed_event(_time(record.get("stop_time")), record.get("result"))
+    elif status == "FAILED":
+        observer.failed_event(_time(record.get("stop_time")), record.get("fail_trace"))
+    elif status in FINAL_STATUSES:
+        observer.interrupted_event(_time(record.get("stop_time")), status)
+    else:  # the process died mid-run; keep the state the journal knows
+        observer.run_entry["status"] = status
+        observer.final_save(1)
+    return observer.run_entry["_id"]
+
+
+def sync(journal_dir: Path, client: Any, db_name: str, include_running: bool = False, log=print) -> dict[str, int]:
+    """Push every journalled run that is not completely in MongoDB. Idempotent: run it as often as you like.
+
+    Runs still marked RUNNING (in progress, or killed) are left out unless `include_running`.
+    """
+    counts = {"pushed": 0, "already_there": 0, "running": 0}
+    runs = sorted((p for p in Path(journal_dir).iterdir() if p.name.isdigit() and (p / "run.json").exists()),
+                  key=lambda p: int(p.name)) if Path(journal_dir).is_dir() else []
+    db = client[db_name]
+    for run_dir in runs:
+        record = json.loads((run_dir / "run.json").read_text())
+        uid = run_uid_of(run_dir, record)
+        marker = json.loads((run_dir / MARKER).read_text()) if (run_dir / MARKER).exists() else {}
+        if record.get("status") == "RUNNING" and not marker and not include_running:
+            counts["running"] += 1  # still running (or killed): push when it has finished
+            continue
+        existing = db["runs"].find_one({"meta.run_uid": uid}, {"_id": 1, "status": 1})
+        if marker.get("complete") and existing is not None:
+            counts["already_there"] += 1
+            continue
+        mongo_id = replay(run_dir, client, db_name)
+        write_marker(run_dir, uid, mongo_id, True)
+        counts["pushed"] += 1
+        log(f"pushed journal run {run_dir.name} -> MongoDB run {mongo_id}")
+    return counts

@@ -1,0 +1,118 @@
+"""Read logged runs from either backend (Sacred file store or MongoDB) into one shape and into pandas."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+@dataclass
+class RunRecord:
+    id: Any
+    experiment: str
+    status: str
+    config: dict[str, Any]
+    info: dict[str, Any]
+    meta: dict[str, Any]
+    result: Any
+    start_time: Any
+    stop_time: Any
+    metrics: dict[str, dict[str, list]] = field(default_factory=dict)  # name -> {"steps": [...], "values": [...]}
+    artifacts: list[str] = field(default_factory=list)
+    host: dict[str, Any] = field(default_factory=dict)
+    location: str = ""
+
+    def final(self, metric: str) -> float | None:
+        values = self.metrics.get(metric, {}).get("values")
+        return values[-1] if values else None
+
+    def best(self, metric: str) -> float | None:
+        values = self.metrics.get(metric, {}).get("values")
+        return min(values) if values else None
+
+
+def _read_json(path: Path, default: Any) -> Any:
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def read_file_store(directory: Path | str) -> list[RunRecord]:
+    """Every run folder of a Sacred file store (or journal), ordered by id."""
+    root = Path(directory).expanduser()
+    if not root.is_dir():
+        return []
+    records = []
+    for run_dir in sorted((p for p in root.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
+        run = _read_json(run_dir / "run.json", None)
+        if run is None:
+            continue
+        records.append(RunRecord(
+            id=int(run_dir.name), experiment=run.get("experiment", {}).get("name", ""), status=run.get("status", ""),
+            config=_read_json(run_dir / "config.json", {}), info=_read_json(run_dir / "info.json", {}),
+            meta=run.get("meta", {}), result=run.get("result"), start_time=run.get("start_time"),
+            stop_time=run.get("stop_time"),
+            metrics={k: {"steps": v["steps"], "values": v["values"]} for k, v in _read_json(run_dir / "metrics.json", {}).items()},
+            artifacts=list(run.get("artifacts", [])), host=run.get("host", {}), location=str(run_dir),
+        ))
+    return records
+
+
+def read_mongo(client: Any, db_name: str) -> list[RunRecord]:
+    """Every run document of a Sacred MongoDB database with its metrics, ordered by id."""
+    db = client[db_name]
+    metrics: dict[Any, dict[str, dict[str, list]]] = {}
+    for m in db["metrics"].find({}, {"run_id": 1, "name": 1, "steps": 1, "values": 1}):
+        metrics.setdefault(m["run_id"], {})[m["name"]] = {"steps": list(m["steps"]), "values": list(m["values"])}
+    records = []
+    for doc in db["runs"].find({}, {"captured_out": 0}).sort("_id", 1):
+        records.append(RunRecord(
+            id=doc["_id"], experiment=doc.get("experiment", {}).get("name", ""), status=doc.get("status", ""),
+            config=doc.get("config", {}), info=doc.get("info", {}), meta=doc.get("meta", {}), result=doc.get("result"),
+            start_time=doc.get("start_time"), stop_time=doc.get("stop_time"), metrics=metrics.get(doc["_id"], {}),
+            artifacts=[a["name"] for a in doc.get("artifacts", [])], host=doc.get("host", {}),
+            location=f"mongodb {db_name}.runs/{doc['_id']}",
+        ))
+    return records
+
+
+def _duration(start: Any, stop: Any) -> float | None:
+    try:
+        return (pd.Timestamp(stop) - pd.Timestamp(start)).total_seconds()
+    except (TypeError, ValueError):
+        return None
+
+
+def summary_row(r: RunRecord) -> dict[str, Any]:
+    """The columns a run list shows: what ran, how it ended, and its headline numbers."""
+    choices = r.info.get("choices", {})
+    is_ode = r.info.get("model_family") == "odenet"
+    test = r.info.get("test", {})
+    return {
+        "id": r.id, "experiment": r.experiment, "status": r.status,
+        "dataset": choices.get("data", str(r.config.get("data", {}).get("_target_", ""))),
+        "model": choices.get("model", str(r.config.get("model", {}).get("_target_", ""))),
+        "solver": r.config.get("solver", {}).get("method") if is_ode else None,
+        "sweep": r.meta.get("sweep_id"),
+        "test_acc": r.result if isinstance(r.result, (int, float)) else None,
+        "test_loss": test.get("test.loss"),
+        "best_val_loss": r.best("val.loss"),
+        "epochs": len(r.metrics.get("val.loss", {}).get("values", [])),
+        "fnfe": r.final("nfe.forward") if is_ode else None,
+        "bnfe": r.final("nfe.backward") if is_ode else None,
+        "params": r.info.get("parameters", {}).get("total"),
+        "start": str(r.start_time)[:19] if r.start_time else None,
+        "seconds": _duration(r.start_time, r.stop_time),
+    }
+
+
+def runs_frame(records: list[RunRecord], with_config: bool = False) -> pd.DataFrame:
+    """One row per run; with_config adds every config key as a `config.<key>` column."""
+    rows = []
+    for r in records:
+        row = summary_row(r)
+        if with_config:
+            row.update({f"config.{k}": v for k, v in pd.json_normalize(r.config, sep=".").iloc[0].to_dict().items()})
+        rows.append(row)
+    return pd.DataFrame(rows)

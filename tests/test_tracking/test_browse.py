@@ -1,0 +1,82 @@
+"""The run browser on a store the test fills with real runs, through the CLI and through the Mongo reader."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import mongomock
+import mongomock.gridfs
+import pytest
+
+from runner import browse
+from runner.mongo import sync
+from runner.runstore import read_file_store, read_mongo
+from tests.conftest import run_cli
+from tests.test_tracking.conftest import tiny_run
+
+
+@pytest.fixture(scope="module")
+def filled_store(tmp_path_factory) -> Path:
+    runs_dir = tmp_path_factory.mktemp("browse") / "runs"
+    runs_dir.mkdir()
+    tiny_run(runs_dir, runs_dir / "o1")
+    tiny_run(runs_dir, runs_dir / "o2", "model=resnet_simple_small")
+    tiny_run(runs_dir, runs_dir / "o3", "solver=rk4", "solver.step_size=0.5")
+    return runs_dir
+
+
+def test_list_filters_by_model_and_solver(filled_store: Path):
+    records = read_file_store(filled_store / "store")
+    assert [r.id for r in records] == [1, 2, 3]
+    assert [r.id for r in browse.filter_runs(records, solver="rk4")] == [3]
+    assert [r.id for r in browse.filter_runs(records, status="completed", dataset="spheres")] == [1, 2, 3]
+    proc = run_cli(["runs", "list", "--solver", "euler"], filled_store)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].split()[:3] == ["id", "experiment", "status"] and len(lines) == 2  # header + run 1
+    assert "euler" in lines[1]
+
+
+def test_show_and_compare(filled_store: Path):
+    records = read_file_store(filled_store / "store")
+    shown = browse.show_run(browse.find_run(records, "1"))
+    assert "final metrics:" in shown and "val.loss" in shown and "best_checkpoint.pt" in shown
+    compared = browse.compare_runs([browse.find_run(records, i) for i in ("1", "3")])
+    assert "config.solver.method" in compared and "rk4" in compared and "euler" in compared
+    assert "config.model.channels" not in compared  # equal keys are not differences
+    proc = run_cli(["runs", "compare", "1", "2"], filled_store)
+    assert proc.returncode == 0 and "config.model.block" in proc.stdout
+
+
+def test_export_and_plot(filled_store: Path, tmp_path: Path):
+    records = read_file_store(filled_store / "store")
+    out = browse.export_runs(records, tmp_path / "runs.csv")
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 3 and "config.train.lr" in rows[0] and rows[2]["solver"] == "rk4"
+    proc = run_cli(["runs", "plot", "val.acc", "--out", str(tmp_path / "val.png"), "1", "2"], filled_store)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "val.png").read_bytes()[:4] == b"\x89PNG"
+    bad = run_cli(["runs", "plot", "val.accuracy"], filled_store)
+    assert bad.returncode == 2 and "val.acc" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_mongo_reader_sees_the_same_runs(filled_store: Path):
+    mongomock.gridfs.enable_gridfs_integration()
+    client = mongomock.MongoClient()
+    sync(filled_store / "store", client, "browse", log=lambda *_: None)
+    from_file = browse.list_runs(read_file_store(filled_store / "store"))
+    from_mongo = browse.list_runs(read_mongo(client, "browse"))
+    assert from_file.splitlines()[0] == from_mongo.splitlines()[0]
+    for a, b in zip(from_file.splitlines()[1:], from_mongo.splitlines()[1:]):
+        assert a.split()[:7] == b.split()[:7]
+
+
+def test_unknown_run_id_is_a_clear_error(filled_store: Path):
+    proc = run_cli(["runs", "show", "99"], filled_store)
+    assert proc.returncode == 2 and "no run with id 99" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sync_without_server_explains(filled_store: Path):
+    proc = run_cli(["sync", "tracking.url=mongodb://u:pw@127.0.0.1:9", "tracking.timeout_ms=200"], filled_store)
+    assert proc.returncode == 2 and "unreachable" in proc.stderr and "make up" in proc.stderr
+    assert ":pw@" not in proc.stderr
