@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-all test-mongo bench up down dashboard clean
+.PHONY: help install install-ray sweep run test test-all test-mongo bench up down dashboard clean
 
 # .env (from .env.example) holds the MongoDB credentials and MONGO_URL; exported to every command.
 -include .env
@@ -17,10 +17,16 @@ help: ## List the targets
 
 $(INSTALLED): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat -e '.[dev]'
 	@touch $(INSTALLED)
 
 install: $(INSTALLED) ## Create .venv and install the project with pinned dependencies
+
+install-ray: $(INSTALLED) ## Add the Ray launcher (hydra/launcher=ray) to .venv
+	$(PY) -m pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat -e '.[dev,ray]'
+
+sweep: $(INSTALLED) ## A small hyperopt TPE search on spheres (offline, a few minutes); re-run to resume
+	$(PY) -m runner -m search=quickstart
 
 run: $(INSTALLED) ## Quickstart: simple ODEnet and small ResNet on digits (offline, a few minutes on CPU)
 	$(PY) -m runner -m experiment=quickstart model=odenet_simple,resnet_simple_small
@@ -33,6 +39,7 @@ test-all: $(INSTALLED) ## Run every test, slow ones included
 
 bench: $(INSTALLED) ## Run the benchmarks in bench/ (each prints ratios measured in one run)
 	$(PY) bench/tracking_overhead.py
+	$(PY) bench/sweep_parallel.py
 
 test-mongo: $(INSTALLED) ## Run the opt-in tests against the MongoDB at MONGO_URL (after make up)
 	@test -n "$$MONGO_URL" || { echo "set MONGO_URL (see .env.example) or run make up first"; exit 2; }

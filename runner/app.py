@@ -12,22 +12,31 @@ from models.ode_block import ode_blocks
 from runner import pipeline
 from runner.checkpoint import model_recipe
 from models.parameters import count_parameters
-from runner.errors import UserError
+from runner.errors import UserError, check_choice
 from runner.factories import instantiate_group, to_plain
 from runner.masking import mask_secrets
-from runner.settings import resolve_device, seed_everything
+from runner.settings import configure_threads, resolve_device, seed_everything
 from runner.summary import format_summary
 from runner.tracking import RunLog, run_tracked
 
 
-def run_experiment(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None = None) -> dict[str, Any]:
-    """Validate everything, then load -> build -> train -> evaluate inside one tracked run. Returns the summary."""
+OBJECTIVES = ("best_val_loss", "best_val_acc", "test_loss", "test_acc")
+
+
+def run_experiment(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None = None,
+                   meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Validate everything, then load -> build -> train -> evaluate inside one tracked run. Returns the summary.
+
+    `meta` (e.g. sweep_id, trial) is stored with the run so the run browser and dashboard can filter on it.
+    """
+    check_choice("objective", cfg.objective, OBJECTIVES)
     config = to_plain(cfg)
     logged_config = mask_secrets(config)
     solver = instantiate_group("solver", cfg.solver)
     settings = instantiate_group("train", cfg.train)
     store = instantiate_group("tracking", cfg.tracking)
     device = resolve_device(settings.device)
+    configure_threads(settings.num_threads)
     seed_everything(settings.seed, settings.deterministic)
     data = pipeline.load(instantiate_group("data", cfg.data), device)
     recipe = model_recipe(config["model"], config["solver"], data.input_shape, data.num_classes)
@@ -54,14 +63,15 @@ def run_experiment(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | Non
         outcome.update(results, fit=fit_result)
         return results["test.acc"]
 
-    run_id, _ = run_tracked(cfg.name, logged_config, store, body)
+    run_id, _ = run_tracked(cfg.name, logged_config, store, body, meta)
     fit_result = outcome["fit"]
     last = fit_result.history[-1]
     summary = {
         "run_id": run_id, "name": cfg.name, "model": model_name, "dataset": data.name,
         "solver": solver.describe() if is_ode else None,
         "test_acc": outcome["test.acc"], "test_loss": outcome["test.loss"],
-        "best_val_loss": fit_result.best_val_loss, "best_epoch": fit_result.best_epoch, "epochs": len(fit_result.history),
+        "best_val_loss": fit_result.best_val_loss, "best_val_acc": fit_result.history[fit_result.best_epoch - 1]["val.acc"],
+        "best_epoch": fit_result.best_epoch, "epochs": len(fit_result.history), "sweep_id": (meta or {}).get("sweep_id"),
         "params_total": outcome["parameters"]["total"], "params_not_in_fc": outcome["parameters"]["not_in_fc"],
         "fnfe": last["nfe.forward"] if is_ode else None, "bnfe": last["nfe.backward"] if is_ode else None,
         "test_fnfe": outcome["test.nfe.forward"] if is_ode else None,
@@ -72,18 +82,20 @@ def run_experiment(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | Non
 
 
 def run_from_hydra(cfg: DictConfig) -> float:
-    """Hydra task function body: run, print the summary, return the objective (best validation loss)."""
+    """Hydra task function body: run, print the summary, return the objective (`objective` config key)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    meta = {"sweep_id": cfg.sweep_id or Path(hydra_cfg.sweep.dir).name, "trial": hydra_cfg.job.num} if multirun else {}
+    choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra/")}
     try:
-        summary = run_experiment(cfg, Path(hydra_cfg.runtime.output_dir), 
-                                 {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra/")})
+        summary = run_experiment(cfg, Path(hydra_cfg.runtime.output_dir), choices, meta)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            raise
+        if multirun:
+            raise  # the sweeper records the failure and goes on
         raise SystemExit(2) from None
     print(format_summary([summary]), flush=True)
-    return float(summary["best_val_loss"])
+    return float(summary[cfg.objective])

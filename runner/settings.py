@@ -29,6 +29,7 @@ class TrainSettings:
     device: str = "auto"
     deterministic: bool = True
     progress: bool = True
+    num_threads: int | None = None
 
     def __post_init__(self) -> None:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -39,6 +40,8 @@ class TrainSettings:
         if not isinstance(self.patience, int) or self.patience < 1:
             raise ConfigError("patience", self.patience, "an integer >= 1 (epochs without validation-loss improvement before stopping)")
         check_positive("min_delta", self.min_delta, allow_zero=True)
+        if self.num_threads is not None:
+            check_positive("num_threads", self.num_threads)
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
             raise ConfigError("device", self.device, "auto, cpu, cuda or cuda:N")
 
@@ -66,6 +69,12 @@ def resolve_device(name: str) -> torch.device:
         if index >= torch.cuda.device_count():
             raise ConfigError("train.device", name, f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
     return torch.device(name)
+
+
+def configure_threads(num_threads: int | None) -> None:
+    """CPU threads for torch; parallel trials on one machine should split the cores between them."""
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

@@ -153,7 +153,8 @@ def run_tracked(name: str, config: dict[str, Any], store: FileStore | MongoStore
 
     ex.main(sacred_main)
     run = ex.run(options={"--capture": "sys"}, meta_info={"run_uid": uuid.uuid4().hex, **(meta or {})})
-    return run._id, run.result
+    # The file store names run folders by number but reports the id as a string; ids are numbers everywhere else.
+    return (int(run._id) if str(run._id).isdigit() else run._id), run.result
 
 
 def _has_git_commit(path: Path) -> bool:
