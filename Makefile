@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-ray sweep run test test-all test-mongo bench up down dashboard clean
+.PHONY: help install install-ray sweep table run test test-all test-mongo bench up down dashboard clean
 
 # .env (from .env.example) holds the MongoDB credentials and MONGO_URL; exported to every command.
 -include .env
@@ -36,6 +36,11 @@ test: $(INSTALLED) ## Run the default test suite (offline, CPU, no server)
 
 test-all: $(INSTALLED) ## Run every test, slow ones included
 	$(PY) -m pytest -q -m ''
+
+DATA ?= fmnist
+table: $(INSTALLED) ## Thesis table 8.1 for DATA=fmnist or DATA=cifar10: the five models, then the comparison report
+	$(PY) -m runner -m 'experiment=glob(thesis_$(DATA)_*)'
+	$(PY) -m runner report --out runs/report/$(DATA)
 
 bench: $(INSTALLED) ## Run the benchmarks in bench/ (each prints ratios measured in one run)
 	$(PY) bench/tracking_overhead.py

@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from models.ode_block import ode_blocks
+from models.parameters import residual_block_count
 from runner import pipeline
 from runner.checkpoint import model_recipe
 from models.parameters import count_parameters
@@ -24,10 +25,12 @@ OBJECTIVES = ("best_val_loss", "best_val_acc", "test_loss", "test_acc")
 
 
 def run_experiment(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None = None,
-                   meta: dict[str, Any] | None = None) -> dict[str, Any]:
+                   meta: dict[str, Any] | None = None, resume: dict[str, Any] | None = None) -> dict[str, Any]:
     """Validate everything, then load -> build -> train -> evaluate inside one tracked run. Returns the summary.
 
-    `meta` (e.g. sweep_id, trial) is stored with the run so the run browser and dashboard can filter on it.
+    `meta` (e.g. sweep_id, trial, links to other runs) is stored with the run so the run browser and the
+    dashboard can filter on it. The training state is saved to `out_dir/last_checkpoint.pt` after every
+    epoch; `resume` is such a state, and the run continues from it with its metric steps continuing.
     """
     check_choice("objective", cfg.objective, OBJECTIVES)
     config = to_plain(cfg)
@@ -53,8 +56,14 @@ def run_experiment(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | Non
         run.set_info("model_family", "odenet" if is_ode else "resnet")
         run.set_info("dataset_sizes", data.sizes())
         run.set_info("parameters", count_parameters(model))
-        fit_result = pipeline.train(model, data, settings,
-                                    lambda m: run.log_metrics({k: v for k, v in m.items() if k != "epoch"}, int(m["epoch"])))
+        run.set_info("residual_blocks", residual_block_count(model))
+
+        def log_epoch(m: dict[str, float]) -> None:
+            run.log_metrics({k: v for k, v in m.items() if k != "epoch"}, int(m["epoch"]))
+
+        for earlier in (resume or {}).get("history", []):
+            log_epoch(earlier)  # a resumed run carries the epochs before the crash too
+        fit_result = pipeline.train(model, data, settings, log_epoch, out_dir / "last_checkpoint.pt", resume)
         results = pipeline.evaluate(model, data)
         run.set_info("test", {k: results[k] for k in ("test.loss", "test.acc", "test.nfe.forward", "test.time")})
         for name, path in pipeline.write_outputs(out_dir, model, recipe, logged_config, fit_result, results,
@@ -63,7 +72,10 @@ def run_experiment(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | Non
         outcome.update(results, fit=fit_result)
         return results["test.acc"]
 
-    run_id, _ = run_tracked(cfg.name, logged_config, store, body, meta)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_meta = {"output_dir": str(out_dir.resolve()), "choices": choices or {},
+                "model_family": "odenet" if is_ode else "resnet", **(meta or {})}
+    run_id, _ = run_tracked(cfg.name, logged_config, store, body, run_meta)
     fit_result = outcome["fit"]
     last = fit_result.history[-1]
     summary = {
@@ -94,8 +106,8 @@ def run_from_hydra(cfg: DictConfig) -> float:
         summary = run_experiment(cfg, Path(hydra_cfg.runtime.output_dir), choices, meta)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        if multirun:
-            raise  # the sweeper records the failure and goes on
-        raise SystemExit(2) from None
+        if multirun and "hyperopt" in str(hydra_cfg.sweeper.get("_target_", "")).lower():
+            raise  # the hyperopt sweeper records the failure and goes on
+        raise SystemExit(2) from None  # Hydra's basic sweeper would stop with a traceback; stop cleanly
     print(format_summary([summary]), flush=True)
     return float(summary[cfg.objective])

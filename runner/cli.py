@@ -11,7 +11,7 @@ from pathlib import Path
 
 from runner.errors import UserError
 
-SUBCOMMANDS = ("sync", "runs")
+SUBCOMMANDS = ("sync", "runs", "reproduce", "resume", "reevaluate", "report")
 
 
 def _split(values: list[str]) -> tuple[list[str], list[str]]:
@@ -19,19 +19,24 @@ def _split(values: list[str]) -> tuple[list[str], list[str]]:
     return [v for v in values if "=" not in v], [v for v in values if "=" in v]
 
 
-def load_store(overrides: list[str]):
+def current_config(overrides: list[str]):
+    """The config tree composed with `overrides` (it says where runs and datasets live now)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
-    from runner.factories import instantiate_group
     from runner.tracking import PROJECT_ROOT
 
     try:
         with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-            cfg = compose("config", overrides=overrides)
+            return compose("config", overrides=overrides)
     except HydraException as exc:
         raise UserError(f"bad config override: {exc}", "overrides look like tracking=mongo or paths.runs=/some/dir") from None
-    return instantiate_group("tracking", cfg.tracking)
+
+
+def load_store(overrides: list[str]):
+    from runner.factories import instantiate_group
+
+    return instantiate_group("tracking", current_config(overrides).tracking)
 
 
 def read_records(store) -> list:
@@ -97,6 +102,102 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_run(args: argparse.Namespace):
+    """(the run named by the one id among the words, the current config, the store)."""
+    from runner import browse
+    from runner.factories import instantiate_group
+
+    words, overrides = _split(args.words)
+    if len(words) != 1:
+        raise UserError(f"{args.command} takes one run id", f"python -m runner {args.command} 3 [tracking=mongo ...]")
+    cfg = current_config(overrides)
+    store = instantiate_group("tracking", cfg.tracking)
+    return browse.find_run(read_records(store), words[0]), cfg, store
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from runner.app import run_experiment
+    from runner.rerun import check_environment, config_from_record, format_comparison, metric_comparison, new_output_dir
+
+    record, cfg, store = _one_run(args)
+    differences = check_environment(record, args.strict)
+    out_dir = new_output_dir(Path(cfg.paths.runs), "reproduce")
+    meta = {"reproduces": record.id, "reproduces_uid": record.meta.get("run_uid"), "environment_differences": differences}
+    summary = run_experiment(config_from_record(record, cfg), out_dir, record.choices, meta)
+    reproduced = next(r for r in read_records(store) if r.id == summary["run_id"])
+    rows, worst = metric_comparison(record, reproduced)
+    print(f"\nrun {record.id} reproduced as run {summary['run_id']}:\n{format_comparison(rows)}")
+    matches = worst <= args.tolerance
+    print(f"{'MATCH' if matches else 'MISMATCH'}: largest per-epoch difference {worst:.3g} (tolerance {args.tolerance:g})")
+    return 0 if matches else 1
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from runner.app import run_experiment
+    from runner.rerun import config_from_record, load_training_state
+
+    record, cfg, _ = _one_run(args)
+    state, out_dir = load_training_state(record)
+    print(f"resuming run {record.id} after epoch {state['epoch']} (from {out_dir / 'last_checkpoint.pt'})", flush=True)
+    meta = {"resumed_from": record.id, "resumed_from_uid": record.meta.get("run_uid"), "resumed_after_epoch": state["epoch"],
+            **{k: v for k, v in record.meta.items() if k in ("sweep_id", "trial")}}
+    summary = run_experiment(config_from_record(record, cfg), out_dir, record.choices, meta, resume=state)
+    print(f"run {record.id} continued as run {summary['run_id']}: epochs 1-{summary['epochs']}, test acc {summary['test_acc']:.4f}")
+    return 0
+
+
+def cmd_reevaluate(args: argparse.Namespace) -> int:
+    from runner import reevaluate as rv
+    from runner.checkpoint import load_checkpoint
+    from runner.factories import instantiate_group, to_plain
+    from runner.masking import mask_secrets
+    from runner.rerun import new_output_dir
+    from runner.runstore import fetch_artifact
+    from runner.settings import resolve_device
+    from runner.tracking import MongoStore, run_tracked
+
+    record, cfg, store = _one_run(args)
+    out_dir = new_output_dir(Path(cfg.paths.runs), "reevaluate")
+    client = store.client() if isinstance(store, MongoStore) else None
+    checkpoint_path = fetch_artifact(record, "best_checkpoint.pt", out_dir, client, getattr(store, "db_name", None))
+    device = resolve_device(args.device)
+    model, checkpoint = load_checkpoint(checkpoint_path, device)
+    data = instantiate_group("data", checkpoint["config"]["data"]).to(device)
+    training_solver = instantiate_group("solver", checkpoint["config"]["solver"])
+    grid = rv.parse_grid(args.grid) if args.grid else rv.DEFAULT_GRID
+    title = f"run {record.id}: {record.choices.get('model', '')} on {data.name}, trained with {training_solver.describe()}"
+    print(f"re-evaluating {title} on {len(data.test)} test samples", flush=True)
+
+    def body(run) -> float:
+        results = rv.reevaluate(model, data, training_solver, grid)
+        gap = rv.ode_ness_gap(results, args.collapse_threshold)
+        for step, r in enumerate(results):
+            run.log_metrics({"reeval.accuracy": r.accuracy, "reeval.loss": r.loss, "reeval.fnfe": r.mean_fnfe, "reeval.time": r.seconds}, step)
+        run.set_info("reevaluation", [vars(r) for r in results])
+        run.set_info("ode_ness_gap", gap)
+        for name, path in rv.write_reports(results, gap, out_dir, title).items():
+            run.add_artifact(path, name)
+        print((out_dir / "reevaluation.md").read_text())
+        return gap["gap"]
+
+    config = {"reevaluates": record.id, "grid": [list(g) for g in grid], "collapse_threshold": args.collapse_threshold,
+              "tracking": mask_secrets(to_plain(cfg.tracking))}
+    run_id, _ = run_tracked("reevaluate", config, store, body, {"reevaluates": record.id, "reevaluates_uid": record.meta.get("run_uid")})
+    print(f"re-evaluation logged as run {run_id}; table and heatmap in {out_dir}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from runner.report import write_report
+
+    _, overrides = _split(args.words)
+    records = read_records(load_store(overrides))
+    paths = write_report(records, Path(args.out))
+    print(paths["comparison.md"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m runner", description="odeflow subcommands (without one: run an experiment)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,6 +223,24 @@ def build_parser() -> argparse.ArgumentParser:
     for action in actions.choices.values():
         action.add_argument("words", nargs="*", help=words_help)
     runs.set_defaults(handler=cmd_runs)
+
+    reproduce = sub.add_parser("reproduce", help="re-run a logged run exactly and compare its metrics")
+    reproduce.add_argument("--strict", action="store_true", help="refuse when package versions or the git commit differ")
+    reproduce.add_argument("--tolerance", type=float, default=1e-6, help="largest per-epoch difference that counts as a match")
+    reproduce.set_defaults(handler=cmd_reproduce)
+    resume = sub.add_parser("resume", help="continue a crashed run from its last per-epoch checkpoint")
+    resume.set_defaults(handler=cmd_resume)
+    reevaluate = sub.add_parser("reevaluate", help="evaluate a trained ODEnet with other solvers and tolerances")
+    reevaluate.add_argument("--grid", nargs="*", metavar="METHOD:VALUES",
+                            help="e.g. euler:1,0.5,0.25 rk4:1,0.25 dopri5:1e-1,1e-3,1e-6 (the last setting is the reference)")
+    reevaluate.add_argument("--collapse-threshold", type=float, default=0.05, help="ODE-ness gap that flags a collapse")
+    reevaluate.add_argument("--device", default="auto")
+    reevaluate.set_defaults(handler=cmd_reevaluate)
+    report = sub.add_parser("report", help="parameter-matched comparison report (thesis table 8.1) of the stored runs")
+    report.add_argument("--out", default="runs/report", help="folder for comparison.md/.csv and the PNGs")
+    report.set_defaults(handler=cmd_report)
+    for command in (reproduce, resume, reevaluate, report):
+        command.add_argument("words", nargs="*", help=words_help)
     return parser
 
 

@@ -43,8 +43,9 @@ def build(recipe: dict[str, Any], data: DataBundle, device: torch.device) -> nn.
     return model
 
 
-def train(model: nn.Module, data: DataBundle, settings: TrainSettings, on_epoch: EpochCallback | None = None) -> FitResult:
-    return fit(model, data, settings, on_epoch)
+def train(model: nn.Module, data: DataBundle, settings: TrainSettings, on_epoch: EpochCallback | None = None,
+          checkpoint_path: Path | None = None, resume: dict[str, Any] | None = None) -> FitResult:
+    return fit(model, data, settings, on_epoch, checkpoint_path, resume)
 
 
 def evaluate(model: nn.Module, data: DataBundle) -> dict[str, Any]:

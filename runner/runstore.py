@@ -24,6 +24,13 @@ class RunRecord:
     artifacts: list[str] = field(default_factory=list)
     host: dict[str, Any] = field(default_factory=dict)
     location: str = ""
+    experiment_info: dict[str, Any] = field(default_factory=dict)  # Sacred's: sources, dependencies, repositories
+    artifact_refs: dict[str, Any] = field(default_factory=dict)    # name -> file path (file store) or GridFS id
+
+    @property
+    def choices(self) -> dict[str, str]:
+        """The config options the run was composed from (model=..., data=...); in meta from the start."""
+        return self.info.get("choices") or self.meta.get("choices") or {}
 
     def final(self, metric: str) -> float | None:
         values = self.metrics.get(metric, {}).get("values")
@@ -55,6 +62,8 @@ def read_file_store(directory: Path | str) -> list[RunRecord]:
             stop_time=run.get("stop_time"),
             metrics={k: {"steps": v["steps"], "values": v["values"]} for k, v in _read_json(run_dir / "metrics.json", {}).items()},
             artifacts=list(run.get("artifacts", [])), host=run.get("host", {}), location=str(run_dir),
+            experiment_info=run.get("experiment", {}),
+            artifact_refs={name: run_dir / name for name in run.get("artifacts", [])},
         ))
     return records
 
@@ -72,7 +81,8 @@ def read_mongo(client: Any, db_name: str) -> list[RunRecord]:
             config=doc.get("config", {}), info=doc.get("info", {}), meta=doc.get("meta", {}), result=doc.get("result"),
             start_time=doc.get("start_time"), stop_time=doc.get("stop_time"), metrics=metrics.get(doc["_id"], {}),
             artifacts=[a["name"] for a in doc.get("artifacts", [])], host=doc.get("host", {}),
-            location=f"mongodb {db_name}.runs/{doc['_id']}",
+            location=f"mongodb {db_name}.runs/{doc['_id']}", experiment_info=doc.get("experiment", {}),
+            artifact_refs={a["name"]: a["file_id"] for a in doc.get("artifacts", [])},
         ))
     return records
 
@@ -86,8 +96,8 @@ def _duration(start: Any, stop: Any) -> float | None:
 
 def summary_row(r: RunRecord) -> dict[str, Any]:
     """The columns a run list shows: what ran, how it ended, and its headline numbers."""
-    choices = r.info.get("choices", {})
-    is_ode = r.info.get("model_family") == "odenet"
+    choices = r.choices
+    is_ode = (r.info.get("model_family") or r.meta.get("model_family")) == "odenet"
     test = r.info.get("test", {})
     return {
         "id": r.id, "experiment": r.experiment, "status": r.status,
@@ -95,7 +105,7 @@ def summary_row(r: RunRecord) -> dict[str, Any]:
         "model": choices.get("model", str(r.config.get("model", {}).get("_target_", ""))),
         "solver": r.config.get("solver", {}).get("method") if is_ode else None,
         "sweep": r.meta.get("sweep_id"),
-        "test_acc": r.result if isinstance(r.result, (int, float)) else None,
+        "test_acc": test.get("test.acc"),
         "test_loss": test.get("test.loss"),
         "best_val_loss": r.best("val.loss"),
         "epochs": len(r.metrics.get("val.loss", {}).get("values", [])),
@@ -116,3 +126,21 @@ def runs_frame(records: list[RunRecord], with_config: bool = False) -> pd.DataFr
             row.update({f"config.{k}": v for k, v in pd.json_normalize(r.config, sep=".").iloc[0].to_dict().items()})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def fetch_artifact(record: RunRecord, name: str, dest_dir: Path, client: Any = None, db_name: str | None = None) -> Path:
+    """A local path to one artifact of a run: the file itself for the file store, a copy out of GridFS for MongoDB."""
+    from runner.errors import UserError
+
+    ref = record.artifact_refs.get(name)
+    if ref is None:
+        raise UserError(f"run {record.id} has no artifact {name!r} (it has: {', '.join(record.artifacts) or 'none'})",
+                        "re-evaluation and reproduction need a run that finished training")
+    if isinstance(ref, Path):
+        return ref
+    import gridfs
+
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    path = dest_dir / name
+    path.write_bytes(gridfs.GridFS(client[db_name]).get(ref).read())
+    return path

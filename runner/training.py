@@ -7,6 +7,8 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,20 +66,33 @@ def _train_one_epoch(model: nn.Module, data: DataBundle, optimizer: torch.optim.
     return {"train.loss": total_loss / seen, "train.acc": correct / seen, "nfe.forward": fnfe / batches, "nfe.backward": bnfe / batches}
 
 
-def fit(model: nn.Module, data: DataBundle, settings: TrainSettings, on_epoch: EpochCallback | None = None) -> FitResult:
+def fit(model: nn.Module, data: DataBundle, settings: TrainSettings, on_epoch: EpochCallback | None = None,
+        checkpoint_path: Path | None = None, resume: dict[str, Any] | None = None) -> FitResult:
     """Train until max_epochs or until validation loss has not improved for `patience` epochs (thesis 6.2.2).
 
     The best epoch's weights are restored before returning. `on_epoch` receives each epoch's metrics:
     train.loss, train.acc, val.loss, val.acc, val.nfe.forward, nfe.forward, nfe.backward (mean per batch),
-    epoch.time (seconds).
+    epoch.time (seconds). With `checkpoint_path`, everything needed to continue (weights, optimizer, batch
+    order, early-stopping state, history) is saved there after every epoch; `resume` is such a saved state,
+    and training continues with the next epoch exactly as it would have.
     """
     optimizer = make_optimizer(settings, model.parameters())
     generator = torch.Generator().manual_seed(settings.seed)
     result = FitResult()
     best_state = copy.deepcopy(model.state_dict())
-    waited = 0
+    waited, first_epoch = 0, 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        generator.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])
+        best_state, waited = resume["best_state"], resume["waited"]
+        result = FitResult(list(resume["history"]), resume["best_epoch"], resume["best_val_loss"])
+        first_epoch = resume["epoch"] + 1
+        if waited >= settings.patience:
+            first_epoch = settings.max_epochs + 1  # it had already stopped early
     show_bar = settings.progress and sys.stderr.isatty()
-    for epoch in range(1, settings.max_epochs + 1):
+    for epoch in range(first_epoch, settings.max_epochs + 1):
         start = time.perf_counter()
         with tqdm(total=data.train.num_batches(data.batch_size), desc=f"epoch {epoch}/{settings.max_epochs}",
                   leave=False, disable=not show_bar, file=sys.stderr) as bar:
@@ -92,6 +107,8 @@ def fit(model: nn.Module, data: DataBundle, settings: TrainSettings, on_epoch: E
             best_state = copy.deepcopy(model.state_dict())
         else:
             waited += 1
+        if checkpoint_path is not None:
+            _save_training_state(checkpoint_path, epoch, model, optimizer, generator, best_state, waited, result)
         if settings.progress:
             print(format_epoch(metrics, settings.max_epochs, improved), flush=True)
         if on_epoch is not None:
@@ -104,6 +121,17 @@ def fit(model: nn.Module, data: DataBundle, settings: TrainSettings, on_epoch: E
             break
     model.load_state_dict(best_state)
     return result
+
+
+def _save_training_state(path: Path, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                         generator: torch.Generator, best_state: dict, waited: int, result: FitResult) -> None:
+    state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "best_state": best_state,
+             "waited": waited, "history": result.history, "best_epoch": result.best_epoch,
+             "best_val_loss": result.best_val_loss}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: a kill mid-write leaves the previous epoch's state
 
 
 def format_epoch(m: dict[str, float], max_epochs: int, improved: bool) -> str:

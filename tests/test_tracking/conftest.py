@@ -17,7 +17,9 @@ TINY = ["data=spheres", "data.n_train=300", "data.n_test=100", "model.channels=4
 def tiny_run(runs_dir: Path, out_dir: Path, *overrides: str) -> dict:
     """One real training run (about a second); returns its summary."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    return run_experiment(compose_config([*TINY, *overrides], runs_dir), out_dir, {"data": "spheres", "model": "odenet_simple"})
+    choices = {"data": "spheres", "model": "odenet_simple"}
+    choices.update(o.split("=", 1) for o in overrides if o.split("=", 1)[0] in ("data", "model"))
+    return run_experiment(compose_config([*TINY, *overrides], runs_dir), out_dir, choices)
 
 
 @pytest.fixture

@@ -1,0 +1,76 @@
+"""The parameter-matched comparison report (thesis table 8.1) over the runs in a store."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from runner.runstore import RunRecord, summary_row
+
+
+def _mean(record: RunRecord, metric: str) -> float | None:
+    values = record.metrics.get(metric, {}).get("values")
+    return sum(values) / len(values) if values else None
+
+
+def comparison_rows(records: list[RunRecord]) -> pd.DataFrame:
+    """One row per (dataset, model, solver): the latest completed training run of each."""
+    rows = []
+    for r in records:
+        if r.status != "COMPLETED" or "parameters" not in r.info:
+            continue  # failed runs, re-evaluations
+        summary = summary_row(r)
+        is_ode = r.info.get("model_family") == "odenet"
+        rows.append({
+            "run": r.id, "dataset": summary["dataset"], "model": summary["model"], "solver": summary["solver"] or "-",
+            "params": r.info["parameters"]["total"], "params_not_in_fc": r.info["parameters"]["not_in_fc"],
+            "test_acc": summary["test_acc"], "test_loss": summary["test_loss"],
+            "epoch_time_s": _mean(r, "epoch.time"), "epochs": summary["epochs"],
+            "fnfe": _mean(r, "nfe.forward") if is_ode else None, "bnfe": _mean(r, "nfe.backward") if is_ode else None,
+            # evaluations of f per forward pass: FNFE for ODEnets, residual blocks for ResNets
+            "f_evaluations": _mean(r, "nfe.forward") if is_ode else r.info.get("residual_blocks"),
+        })
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    return frame.sort_values("run").groupby(["dataset", "model", "solver"], as_index=False).last().sort_values(["dataset", "params"])
+
+
+def write_report(records: list[RunRecord], out_dir: Path) -> dict[str, Path]:
+    """comparison.md (a table per dataset), comparison.csv and two PNGs: accuracy vs parameters and vs NFE."""
+    from runner.plots import _save, plt
+
+    frame = comparison_rows(records)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv = out_dir / "comparison.csv"
+    frame.to_csv(csv, index=False)
+    lines = ["# Parameter-matched comparison (thesis table 8.1)", ""]
+    for dataset, group in frame.groupby("dataset") if not frame.empty else []:
+        lines += [f"## {dataset}", "", "| model | solver | params | not in FC | test acc | test loss | s/epoch | FNFE | BNFE | run |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for row in group.itertuples():
+            lines.append(f"| {row.model} | {row.solver} | {row.params:,} | {row.params_not_in_fc:,} | {row.test_acc:.4f} | "
+                         f"{row.test_loss:.4f} | {row.epoch_time_s:.2f} | {_fmt(row.fnfe)} | {_fmt(row.bnfe)} | {row.run} |")
+        lines.append("")
+    if frame.empty:
+        lines.append("(no completed training runs in this store)")
+    md = out_dir / "comparison.md"
+    md.write_text("\n".join(lines) + "\n")
+    paths = {"comparison.md": md, "comparison.csv": csv}
+    for x, label, name in [("params", "parameters", "accuracy_vs_parameters.png"),
+                           ("f_evaluations", "evaluations of f per forward pass (FNFE; residual blocks for ResNets)", "accuracy_vs_nfe.png")]:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for (dataset, model), group in frame.groupby(["dataset", "model"]) if not frame.empty else []:
+            ax.scatter(group[x], group["test_acc"], label=f"{dataset}: {model}", s=40)
+        ax.set(xlabel=label, ylabel="test accuracy", title=f"test accuracy vs {label.split(' (')[0]}")
+        if x == "params":
+            ax.set_xscale("log")
+        if not frame.empty:
+            ax.legend(fontsize=8)
+        paths[name] = _save(fig, out_dir / name)
+    return paths
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None or pd.isna(value) else f"{value:.1f}"

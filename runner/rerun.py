@@ -1,0 +1,116 @@
+"""Run again from a logged run: reproduce it exactly (and compare), or resume it after a crash."""
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from runner.errors import UserError
+from runner.runstore import RunRecord
+
+TIMING_METRICS = ("epoch.time",)  # wall-clock metrics differ between any two runs
+
+
+def config_from_record(record: RunRecord, current: DictConfig) -> DictConfig:
+    """The logged config, with where runs and data live taken from the current config (`current`)."""
+    if not record.config:
+        raise UserError(f"run {record.id} has no logged config", "pick a run made by python -m runner (runs list)")
+    config = {k: v for k, v in record.config.items()}
+    config["tracking"] = OmegaConf.to_container(current.tracking, resolve=True)
+    config["paths"] = OmegaConf.to_container(current.paths, resolve=True)
+    return OmegaConf.create(config)
+
+
+def installed_versions() -> dict[str, str]:
+    return {(d.metadata["Name"] or "").lower(): d.version for d in importlib.metadata.distributions()}
+
+
+def environment_differences(record: RunRecord) -> list[str]:
+    """Package versions and git commit/dirty state that differ between the logged run and this checkout."""
+    differences = []
+    installed = installed_versions()
+    for dep in record.experiment_info.get("dependencies", []):
+        name, _, version = dep.partition("==")
+        now = installed.get(name.lower())
+        if now != version:
+            differences.append(f"{name}: logged {version}, installed {now or 'not installed'}")
+    logged_repos = record.experiment_info.get("repositories", [])
+    if logged_repos:
+        try:
+            import git
+
+            repo = git.Repo(Path(__file__).resolve().parents[1], search_parent_directories=True)
+            commit, dirty = repo.head.commit.hexsha, repo.is_dirty()
+        except Exception:  # not a git checkout any more
+            commit, dirty = None, None
+        logged = logged_repos[0]
+        if logged.get("commit") != commit:
+            differences.append(f"git commit: logged {str(logged.get('commit'))[:12]}, now {str(commit)[:12]}")
+        if logged.get("dirty"):
+            differences.append("git: the logged run had uncommitted changes (dirty); they may not be reproducible")
+        elif dirty:
+            differences.append("git: this checkout has uncommitted changes")
+    return differences
+
+
+def check_environment(record: RunRecord, strict: bool) -> list[str]:
+    differences = environment_differences(record)
+    if differences and strict:
+        raise UserError(f"run {record.id} was made in another environment:\n  " + "\n  ".join(differences),
+                        "check out the logged commit and install the logged versions, or drop --strict to reproduce anyway")
+    for line in differences:
+        print(f"warning: {line}", flush=True)
+    return differences
+
+
+def metric_comparison(original: RunRecord, reproduced: RunRecord) -> tuple[list[dict[str, Any]], float]:
+    """Per metric: final values and the largest per-epoch difference; and the largest over all metrics."""
+    rows, worst = [], 0.0
+    for name in sorted(set(original.metrics) | set(reproduced.metrics)):
+        a = original.metrics.get(name, {}).get("values", [])
+        b = reproduced.metrics.get(name, {}).get("values", [])
+        if name in TIMING_METRICS:
+            rows.append({"metric": name, "original": a[-1] if a else None, "reproduced": b[-1] if b else None,
+                         "max_epoch_diff": None, "note": "wall time, not compared"})
+            continue
+        same_length = len(a) == len(b)
+        diff = max((abs(x - y) for x, y in zip(a, b)), default=0.0) if same_length else float("inf")
+        worst = max(worst, diff)
+        rows.append({"metric": name, "original": a[-1] if a else None, "reproduced": b[-1] if b else None,
+                     "max_epoch_diff": diff, "note": "" if same_length else f"{len(a)} vs {len(b)} epochs"})
+    for key in ("result",):
+        x, y = original.result, reproduced.result
+        if isinstance(x, (int, float)) and isinstance(y, (int, float)):
+            worst = max(worst, abs(x - y))
+            rows.append({"metric": "test.acc (result)", "original": x, "reproduced": y, "max_epoch_diff": abs(x - y), "note": ""})
+    return rows, worst
+
+
+def format_comparison(rows: list[dict[str, Any]]) -> str:
+    def cell(v: Any) -> str:
+        return "-" if v is None else (f"{v:.8g}" if isinstance(v, float) else str(v))
+
+    header = ["metric", "original", "reproduced", "max |diff| per epoch", "note"]
+    body = [[cell(r["metric"]), cell(r["original"]), cell(r["reproduced"]), cell(r["max_epoch_diff"]), r["note"]] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in [header, ["-" * w for w in widths], *body])
+
+
+def new_output_dir(runs_root: Path, kind: str) -> Path:
+    path = runs_root / kind / dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def load_training_state(record: RunRecord) -> tuple[dict[str, Any], Path]:
+    """The last per-epoch training state of a run, from the output folder its meta data names."""
+    out_dir = record.meta.get("output_dir")
+    path = Path(out_dir) / "last_checkpoint.pt" if out_dir else None
+    if path is None or not path.exists():
+        raise UserError(f"run {record.id} left no training state to resume from ({path or 'no output_dir logged'})",
+                        "runs save last_checkpoint.pt after every epoch; a run killed during its first epoch must start again")
+    return torch.load(path, map_location="cpu", weights_only=False), Path(out_dir)

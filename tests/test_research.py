@@ -1,0 +1,147 @@
+"""Reproduce, re-evaluate with other solvers, resume after SIGKILL, and the comparison report."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from runner.report import comparison_rows, write_report
+from runner.runstore import read_file_store
+from tests.conftest import ROOT, run_cli
+from tests.test_tracking.conftest import tiny_run
+
+QUICK = ["experiment=quickstart", "model.channels=8", "train.max_epochs=3"]
+
+
+def record(runs_dir: Path, run_id: int):
+    return next(r for r in read_file_store(runs_dir / "store") if r.id == run_id)
+
+
+def assert_same_epochs(a, b, tolerance=1e-6):
+    compared = [m for m in a.metrics if m != "epoch.time"]
+    assert set(compared) == set(b.metrics) - {"epoch.time"}
+    for name in compared:
+        va, vb = a.metrics[name]["values"], b.metrics[name]["values"]
+        assert a.metrics[name]["steps"] == b.metrics[name]["steps"], name
+        assert max(abs(x - y) for x, y in zip(va, vb)) <= tolerance, name
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A store holding one quickstart ODEnet run (id 1), trained with dopri5."""
+    runs_dir = tmp_path_factory.mktemp("research") / "runs"
+    runs_dir.mkdir()
+    proc = run_cli(QUICK, runs_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return runs_dir
+
+
+def test_reproduce_matches_every_epoch(trained: Path):
+    proc = run_cli(["reproduce", "1"], trained)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MATCH" in proc.stdout and "reproduced as run" in proc.stdout
+    reproduced = max(read_file_store(trained / "store"), key=lambda r: r.id)
+    assert reproduced.meta["reproduces"] == 1
+    assert reproduced.config["model"] == record(trained, 1).config["model"]
+    assert_same_epochs(record(trained, 1), reproduced)
+    assert reproduced.result == record(trained, 1).result
+
+
+def test_reproduce_strict_refuses_another_environment(trained: Path):
+    run_json = trained / "store" / "1" / "run.json"
+    original = run_json.read_text()
+    doc = json.loads(original)
+    doc["experiment"]["dependencies"] = [*doc["experiment"]["dependencies"], "torch==0.4.0"]
+    run_json.write_text(json.dumps(doc))
+    try:
+        proc = run_cli(["reproduce", "1", "--strict"], trained)
+    finally:
+        run_json.write_text(original)
+    assert proc.returncode == 2 and "torch: logged 0.4.0" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_reevaluation_grid_table_heatmap_and_link(trained: Path):
+    proc = run_cli(["reevaluate", "1", "--grid", "euler:1,0.5", "rk4:1,0.5", "dopri5:1e-2,1e-5"], trained)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    linked = [r for r in read_file_store(trained / "store") if r.meta.get("reevaluates") == 1]
+    assert len(linked) == 1
+    rows = {(row["method"], row["setting"]): row for row in linked[0].info["reevaluation"]}
+    assert rows[("euler", "h=1")]["mean_fnfe"] == 1 and rows[("euler", "h=0.5")]["mean_fnfe"] == 2   # 1 per step
+    assert rows[("rk4", "h=1")]["mean_fnfe"] == 4 and rows[("rk4", "h=0.5")]["mean_fnfe"] == 8       # 4 per step
+    assert rows[("dopri5", "tol=1e-05")]["mean_fnfe"] > rows[("dopri5", "tol=0.01")]["mean_fnfe"]
+    training_row = next(r for r in linked[0].info["reevaluation"] if r["training_solver"])
+    assert training_row["accuracy"] == pytest.approx(record(trained, 1).result)
+    gap = linked[0].info["ode_ness_gap"]
+    assert gap["gap"] == pytest.approx(training_row["accuracy"] - rows[("dopri5", "tol=1e-05")]["accuracy"])
+    assert set(linked[0].artifacts) == {"reevaluation.csv", "reevaluation.md", "reevaluation_heatmap.png"}
+    table = (Path(linked[0].location) / "reevaluation.md").read_text()
+    assert "| rk4 | h=0.5 |" in table and "ODE-ness gap" in table
+    assert (Path(linked[0].location) / "reevaluation_heatmap.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_reevaluating_a_resnet_is_a_clear_error(tmp_path: Path, runs_dir: Path):
+    tiny_run(runs_dir, tmp_path / "out", "model=resnet_simple_small")
+    proc = run_cli(["reevaluate", "1"], runs_dir)
+    assert proc.returncode == 2 and "no ODE block" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_run_killed_with_sigkill_resumes_with_continuous_epochs(runs_dir: Path):
+    args = ["experiment=quickstart", "model.channels=8", "train.max_epochs=6", "train.patience=10"]
+    env = {**os.environ, "ODEFLOW_RUNS": str(runs_dir)}
+    victim = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_epoch, deadline = 0, time.time() + 300
+    try:
+        while state_epoch < 2 and time.time() < deadline and victim.poll() is None:
+            time.sleep(0.2)
+            run_json = runs_dir / "store" / "1" / "run.json"
+            if run_json.exists():
+                checkpoint = Path(json.loads(run_json.read_text())["meta"]["output_dir"]) / "last_checkpoint.pt"
+                if checkpoint.exists():
+                    state_epoch = torch.load(checkpoint, weights_only=False)["epoch"]
+        assert victim.poll() is None, "the run finished before it could be killed"
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    assert 2 <= state_epoch < 6
+    assert record(runs_dir, 1).status == "RUNNING"  # what a killed run looks like in the store
+
+    resumed_proc = run_cli(["resume", "1"], runs_dir)
+    assert resumed_proc.returncode == 0, resumed_proc.stderr[-3000:]
+    resumed = record(runs_dir, 2)
+    assert resumed.status == "COMPLETED" and resumed.meta["resumed_from"] == 1
+    assert resumed.metrics["val.loss"]["steps"] == [1, 2, 3, 4, 5, 6]
+
+    # continuing is exact: the same run without the kill gives the same numbers epoch by epoch
+    uninterrupted_proc = run_cli(["reproduce", "1"], runs_dir)
+    assert uninterrupted_proc.returncode in (0, 1), uninterrupted_proc.stderr[-3000:]
+    assert_same_epochs(record(runs_dir, 3), resumed)
+
+
+def test_comparison_report_over_several_models(tmp_path: Path, runs_dir: Path):
+    for i, model in enumerate(["odenet_simple", "resnet_simple_small", "resnet_simple_large"]):
+        tiny_run(runs_dir, tmp_path / f"o{i}", f"model={model}")
+    tiny_run(runs_dir, tmp_path / "o3", "model=odenet_simple", "solver=rk4", "solver.step_size=0.5")
+    records = read_file_store(runs_dir / "store")
+    frame = comparison_rows(records)
+    assert len(frame) == 4 and set(frame.dataset) == {"spheres"}
+    large = frame[frame.model == "resnet_simple_large"].iloc[0]
+    assert large.f_evaluations == 3 and large.params == records[2].info["parameters"]["total"]
+    odenet = frame[(frame.model == "odenet_simple") & (frame.solver == "rk4")].iloc[0]
+    assert odenet.fnfe == 8.0  # rk4 at h=0.5 over [0, 1]
+    paths = write_report(records, tmp_path / "report")
+    table = paths["comparison.md"].read_text()
+    assert "## spheres" in table and table.count("| odenet_simple |") == 2 and "| resnet_simple_large |" in table
+    for name in ("accuracy_vs_parameters.png", "accuracy_vs_nfe.png"):
+        assert paths[name].read_bytes()[:4] == b"\x89PNG"
+    proc = run_cli(["report", "--out", str(tmp_path / "cli_report")], runs_dir)
+    assert proc.returncode == 0 and "resnet_simple_small" in proc.stdout
