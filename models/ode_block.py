@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
+from models.fused_rk import solve_adaptive, solve_fixed
 from models.solvers import SolverSpec
 from runner.errors import ConfigError, SolverError
 
@@ -55,20 +56,31 @@ class ODEBlock(nn.Module):
 
     def forward(self, z0: torch.Tensor) -> torch.Tensor:
         self.func.nfe = 0
-        t = torch.tensor([0.0, self.t_final], dtype=z0.dtype, device=z0.device)
-        kwargs = self.solver.odeint_kwargs()
+        spec = self.solver
         try:
-            if self.solver.adjoint:
-                # The adjoint has its own solve; bound it the same way.
-                kwargs["adjoint_options"] = dict(kwargs["options"])
-                zs = odeint_adjoint(self.func, z0, t, **kwargs)
+            if spec.fused and not spec.adjoint:
+                z = self._fused_direct(z0)
             else:
-                zs = odeint(self.func, z0, t, **kwargs)
+                t = torch.tensor([0.0, self.t_final], dtype=z0.dtype, device=z0.device)
+                kwargs = spec.odeint_kwargs()
+                if spec.adjoint:
+                    # The adjoint has its own solve; bound it the same way.
+                    kwargs["adjoint_options"] = dict(kwargs["options"])
+                    z = odeint_adjoint(self.func, z0, t, **kwargs)[-1]
+                else:
+                    z = odeint(self.func, z0, t, **kwargs)[-1]
         except AssertionError as exc:
-            raise translate_solver_failure(exc, self.solver) from exc
+            raise translate_solver_failure(exc, spec) from exc
         self.forward_nfe = self.func.nfe
         self.func.nfe = 0
-        return zs[-1]
+        return z
+
+    def _fused_direct(self, z0: torch.Tensor) -> torch.Tensor:
+        spec = self.solver
+        if spec.is_fixed_step:
+            return solve_fixed(self.func, z0, 0.0, self.t_final, spec.step_size, spec.method)
+        return solve_adaptive(self.func, z0, 0.0, self.t_final, spec.method, spec.rtol, spec.atol, spec.max_steps,
+                              spec.min_step, spec.step_size)
 
 
 def translate_solver_failure(exc: BaseException, solver: SolverSpec) -> BaseException:
