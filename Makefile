@@ -42,9 +42,8 @@ table: $(INSTALLED) ## Thesis table 8.1 for DATA=fmnist or DATA=cifar10: the fiv
 	$(PY) -m runner -m 'experiment=glob(thesis_$(DATA)_*)'
 	$(PY) -m runner report --out runs/report/$(DATA)
 
-bench: $(INSTALLED) ## Run the benchmarks in bench/ (each prints ratios measured in one run)
-	$(PY) bench/tracking_overhead.py
-	$(PY) bench/sweep_parallel.py
+bench: $(INSTALLED) ## Run every benchmark in bench/ (ratios measured in one run; ~10 min) and write bench/RESULTS.md
+	$(PY) bench/run_all.py
 
 test-mongo: $(INSTALLED) ## Run the opt-in tests against the MongoDB at MONGO_URL (after make up)
 	@test -n "$$MONGO_URL" || { echo "set MONGO_URL (see .env.example) or run make up first"; exit 2; }

@@ -1,4 +1,4 @@
-"""Sweep wall time: 4 trials of the digits ODEnet (batches of 2) with the basic launcher (serial, torch on both
+"""Sweep wall time: 2 trials of the digits ODEnet (batches of 2) with the basic launcher (serial, torch on both
 cores) and with joblib running the 2 trials of each batch in parallel (one core each). Prints both times
 and the ratio from one run.
 Usage: .venv/bin/python bench/sweep_parallel.py
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TRIALS = ["hydra/sweeper=hyperopt", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", "data=digits",
+TRIALS = ["hydra/sweeper=hyperopt", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "data=digits",
           "model.stride=1", "model.channels=32", "train.max_epochs=3", "train.progress=false",
           "train.lr=tag(log,interval(1e-3,1e-2))"]
 LAUNCHERS = {"serial (basic)": [],
@@ -32,7 +32,7 @@ def main() -> None:
             if proc.returncode != 0:
                 sys.exit(f"{name} sweep failed:\n{proc.stderr[-2000:]}")
     serial = times["serial (basic)"]
-    print("\nsweep wall time, 4 trials of the digits ODEnet (32+2 ch, dopri5, 3 epochs), 2 per batch, one run")
+    print("\nsweep wall time, 2 trials of the digits ODEnet (32+2 ch, dopri5, 3 epochs) in one batch, one run")
     for name, seconds in times.items():
         print(f"  {name:<20} {seconds:7.1f} s   speed-up vs serial {serial / seconds:.2f}x")
 

@@ -1,0 +1,162 @@
+"""ODE block cost against the arithmetic limit, fused path vs plain torchdiffeq.odeint.
+
+Setting of PERF-NOTES.md: the simple FashionMNIST ODEnet's block (f = conv3x3 -> GroupNorm -> ReLU at
+66 channels, 14x14), batch 128, random inputs. The arithmetic limit is NFE x the time of f alone:
+direct training step  FNFE x (f forward with grad + f backward)
+adjoint training step FNFE x f forward without grad + BNFE x (f forward with grad + f backward)
+evaluation forward    FNFE x f forward without grad
+Each configuration runs in a fresh process (allocator state changes CPU timings), all in one run.
+Usage: .venv/bin/python bench/ode_block.py [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CONFIGS = [  # (backend, method, value, adjoint)
+    (backend, method, value, adjoint)
+    for method, value in [("dopri5", 1e-3), ("rk4", 0.25), ("euler", 0.25)]
+    for adjoint in (False, True)
+    for backend in ("fused", "torchdiffeq")
+]
+MEMORY_VS_NFE = [("fused", "dopri5", tol, adjoint) for adjoint in (False, True) for tol in (1e-2, 1e-4)]
+
+
+def median_time(fn, reps: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_one(backend: str, method: str, value: float, adjoint: bool, reps: int) -> dict:
+    import torch
+
+    from models.ode_block import ODEBlock
+    from models.simple import dynamics
+    from models.solvers import SolverSpec
+
+    torch.manual_seed(0)
+    net = dynamics(66, True, "relu", "group")
+    x = torch.randn(128, 66, 14, 14)
+    fixed = method in ("rk4", "euler")
+    spec = SolverSpec(method, step_size=value if fixed else None, rtol=1e-3 if fixed else value,
+                      atol=1e-3 if fixed else value, adjoint=adjoint, backend=backend)
+    block = ODEBlock(net, spec)
+
+    def f_forward_backward():
+        xi = x.clone().requires_grad_(True)
+        start = time.perf_counter()
+        y = net(xi)
+        mid = time.perf_counter()
+        y.backward(torch.ones_like(y))
+        return mid - start, time.perf_counter() - mid
+
+    def f_without_grad():
+        with torch.no_grad():
+            net(x)
+
+    # f alone, interleaved so allocator and frequency drift hit all three alike; medians of 9
+    for _ in range(3):
+        f_forward_backward()
+        f_without_grad()
+    pairs, nograd = [], []
+    for _ in range(9):
+        pairs.append(f_forward_backward())
+        nograd.append(median_time(f_without_grad, 1, 0))
+    f_fwd, f_bwd = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+    f_nograd = statistics.median(nograd)
+
+    baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    counts = {}
+
+    def train_step():
+        block.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        out = block(x)
+        counts["fnfe"] = block.forward_nfe
+        mid = time.perf_counter()
+        out.backward(torch.ones_like(out))
+        counts["bnfe"] = block.backward_nfe
+        counts.setdefault("fwd", []).append(mid - start)
+        counts.setdefault("bwd", []).append(time.perf_counter() - mid)
+
+    train = median_time(train_step, reps)
+    peak_rise_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_kb) / 1024
+
+    def evaluate():
+        with torch.no_grad():
+            block(x)
+        counts["eval_fnfe"] = block.forward_nfe
+
+    evaluation = median_time(evaluate, reps)
+    fnfe, bnfe = counts["fnfe"], counts["bnfe"]
+    limit_train = fnfe * f_nograd + bnfe * (f_fwd + f_bwd) if adjoint else fnfe * (f_fwd + f_bwd)
+    limit_eval = counts["eval_fnfe"] * f_nograd
+    return {"backend": backend, "method": method, "value": value, "adjoint": adjoint, "fnfe": fnfe, "bnfe": bnfe,
+            "train_s": train, "fwd_s": statistics.median(counts["fwd"]), "bwd_s": statistics.median(counts["bwd"]),
+            "eval_s": evaluation, "train_x_limit": train / limit_train, "eval_x_limit": evaluation / limit_eval,
+            "peak_rise_mb": peak_rise_mb, "f_fwd_s": f_fwd, "f_bwd_s": f_bwd, "f_nograd_s": f_nograd}
+
+
+def run_fresh(config: tuple, reps: int) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(config), "--reps", str(reps)],
+                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if proc.returncode != 0:
+        sys.exit(f"configuration {config} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def label(r: dict) -> str:
+    setting = f"h={r['value']:g}" if r["method"] in ("rk4", "euler") else f"tol={r['value']:g}"
+    return f"{r['method']} {setting} {'adjoint' if r['adjoint'] else 'direct'}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--one")
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="dopri5 only, 2 repetitions")
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure_one(*json.loads(args.one), args.reps)))
+        return
+    configs = [c for c in CONFIGS if c[1] == "dopri5"] if args.quick else CONFIGS
+    reps = 2 if args.quick else args.reps
+    rows = [run_fresh(c, reps) for c in configs]
+    f = rows[0]
+    print(f"\nODE block, batch 128, 66 ch 14x14 (f alone: fwd {f['f_fwd_s']:.3f}s, bwd {f['f_bwd_s']:.3f}s, "
+          f"fwd without grad {f['f_nograd_s']:.3f}s), medians of {reps} steps, fresh process each")
+    header = f"{'configuration':<28}{'backend':<13}{'FNFE':>5}{'BNFE':>6}{'train s':>9}{'x limit':>9}{'eval s':>8}{'x limit':>9}{'peak MB':>9}"
+    print(header)
+    for r in rows:
+        print(f"{label(r):<28}{r['backend']:<13}{r['fnfe']:>5}{r['bnfe']:>6}{r['train_s']:>9.3f}{r['train_x_limit']:>9.2f}"
+              f"{r['eval_s']:>8.3f}{r['eval_x_limit']:>9.2f}{r['peak_rise_mb']:>9.0f}")
+    print("\nfused vs torchdiffeq (same configuration): speed-up of the training step / evaluation forward")
+    by_key = {(label(r), r["backend"]): r for r in rows}
+    for name in dict.fromkeys(label(r) for r in rows):
+        fused, ref = by_key.get((name, "fused")), by_key.get((name, "torchdiffeq"))
+        if fused and ref:
+            print(f"  {name:<28} train {ref['train_s'] / fused['train_s']:.2f}x   eval {ref['eval_s'] / fused['eval_s']:.2f}x")
+    if not args.quick:
+        print("\npeak memory against NFE (fused dopri5): direct backpropagation grows with NFE, the adjoint stays flat")
+        for r in [run_fresh(c, 1) for c in MEMORY_VS_NFE]:
+            print(f"  {label(r):<28} FNFE {r['fnfe']:>4} BNFE {r['bnfe']:>5}  peak rise {r['peak_rise_mb']:>7.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
