@@ -1,7 +1,6 @@
 """ODE solver settings: every torchdiffeq method by name, validated up front."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +18,6 @@ METHODS = FIXED_STEP_METHODS | ADAPTIVE_METHODS
 # fused: the project's Runge-Kutta stepping (models/fused_rk.py, about 2x faster on CPU); torchdiffeq: the
 # reference implementation, plain torchdiffeq.odeint.
 BACKENDS = ("fused", "torchdiffeq")
-
-# Function evaluations per step of the fixed-step Runge-Kutta methods (torchdiffeq evaluates f once per stage).
-STAGES_PER_STEP = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}
 
 
 @dataclass(frozen=True)
@@ -79,12 +75,6 @@ class SolverSpec:
                 options["first_step"] = self.step_size
         method = f"fused_{self.method}" if self.fused else self.method  # registered with torchdiffeq by models.fused_rk
         return {"method": method, "rtol": self.rtol, "atol": self.atol, "options": options}
-
-    def steps_over(self, duration: float) -> int | None:
-        """Number of fixed steps over an interval of this length (None for adaptive methods)."""
-        if not self.is_fixed_step:
-            return None
-        return math.ceil(duration / self.step_size - 1e-9)
 
     def describe(self) -> str:
         backend = "" if self.fused else ", torchdiffeq"

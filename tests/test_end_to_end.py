@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from data import load_digits
 from runner.checkpoint import load_checkpoint
