@@ -9,10 +9,9 @@ from typing import Any
 from omegaconf import DictConfig
 
 from models.ode_block import ode_blocks
-from models.parameters import residual_block_count
+from models.parameters import count_parameters, residual_block_count
 from runner import pipeline
 from runner.checkpoint import model_recipe
-from models.parameters import count_parameters
 from runner.errors import UserError, check_choice
 from runner.factories import instantiate_group, to_plain
 from runner.masking import mask_secrets
