@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from runner.errors import UserError
+from runner.masking import mask_url
 
 SUBCOMMANDS = ("sync", "runs", "reproduce", "resume", "reevaluate", "report")
 
@@ -45,15 +46,18 @@ def read_records(store) -> list:
 
     if isinstance(store, MongoStore):
         try:
-            client = store.client()
-            client.admin.command("ping")
-            return read_mongo(client, store.db_name)
+            return read_mongo(answering_client(store), store.db_name)
         except Exception as exc:  # pymongo raises several types for "no server"
-            from runner.masking import mask_url
-
             print(f"MongoDB at {mask_url(store.url)} is unreachable ({type(exc).__name__}); "
                   f"showing the local journal {store.local_dir} instead", file=sys.stderr)
     return read_file_store(store.local_dir)
+
+
+def answering_client(store):
+    """A client of the store's MongoDB that has answered a ping (raises when the server does not)."""
+    client = store.client()
+    client.admin.command("ping")
+    return client
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
@@ -64,12 +68,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
     store = load_store(["tracking=mongo", *overrides])
     if not isinstance(store, MongoStore):
         raise UserError("sync needs the mongo tracking backend", "drop the tracking= override (sync uses tracking=mongo)")
-    client = store.client()
     try:
-        client.admin.command("ping")
-    except Exception as exc:
-        from runner.masking import mask_url
-
+        client = answering_client(store)
+    except Exception as exc:  # pymongo raises several types for "no server"
         raise UserError(f"MongoDB at {mask_url(store.url)} is unreachable ({type(exc).__name__}); nothing was pushed, "
                         f"the journal {store.local_dir} is unchanged",
                         "start it (make up) or point MONGO_URL at a running server, then sync again") from None

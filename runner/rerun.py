@@ -82,11 +82,10 @@ def metric_comparison(original: RunRecord, reproduced: RunRecord) -> tuple[list[
         worst = max(worst, diff)
         rows.append({"metric": name, "original": a[-1] if a else None, "reproduced": b[-1] if b else None,
                      "max_epoch_diff": diff, "note": "" if same_length else f"{len(a)} vs {len(b)} epochs"})
-    for key in ("result",):
-        x, y = original.result, reproduced.result
-        if isinstance(x, (int, float)) and isinstance(y, (int, float)):
-            worst = max(worst, abs(x - y))
-            rows.append({"metric": "test.acc (result)", "original": x, "reproduced": y, "max_epoch_diff": abs(x - y), "note": ""})
+    x, y = original.result, reproduced.result
+    if isinstance(x, (int, float)) and isinstance(y, (int, float)):
+        worst = max(worst, abs(x - y))
+        rows.append({"metric": "test.acc (result)", "original": x, "reproduced": y, "max_epoch_diff": abs(x - y), "note": ""})
     return rows, worst
 
 
