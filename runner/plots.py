@@ -23,7 +23,7 @@ def confusion_matrix_png(matrix: list[list[int]], class_names: list[str], path: 
     for (i, j), value in np.ndenumerate(data):
         ax.text(j, i, str(value), ha="center", va="center", color="white" if value > threshold else "black", fontsize=8)
     ax.set_title("test confusion matrix")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def learning_curves_png(history: list[dict[str, float]], path: Path) -> Path:
@@ -36,7 +36,7 @@ def learning_curves_png(history: list[dict[str, float]], path: Path) -> Path:
     acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     loss_ax.legend()
     acc_ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def nfe_png(history: list[dict[str, float]], path: Path) -> Path:
@@ -46,7 +46,7 @@ def nfe_png(history: list[dict[str, float]], path: Path) -> Path:
     ax.plot(epochs, [h["nfe.backward"] for h in history], marker="o", label="backward (BNFE)")
     ax.set(xlabel="epoch", ylabel="function evaluations per batch", title="NFE per epoch")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def metric_across_runs_png(series: dict[str, tuple[list[float], list[float]]], metric: str, path: Path) -> Path:
@@ -56,10 +56,11 @@ def metric_across_runs_png(series: dict[str, tuple[list[float], list[float]]], m
         ax.plot(steps, values, marker="o", markersize=3, label=label)
     ax.set(xlabel="epoch", ylabel=metric, title=metric)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Write `fig` as a PNG (creating folders) and close it; every figure of the project goes through here."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -96,7 +96,7 @@ def ode_ness_gap(results: list[SettingResult], threshold: float = COLLAPSE_THRES
 
 def write_reports(results: list[SettingResult], gap: dict[str, Any], out_dir: Path, title: str) -> dict[str, Path]:
     """reevaluation.csv, reevaluation.md (table + gap) and reevaluation_heatmap.png (accuracy per setting)."""
-    from runner.plots import _save, plt
+    from runner.plots import plt, save_figure
 
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame([asdict(r) for r in results])
@@ -127,5 +127,5 @@ def write_reports(results: list[SettingResult], gap: dict[str, Any], out_dir: Pa
             ax.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=8, color="white" if value < 0.6 else "black")
     fig.colorbar(image, ax=ax, label="test accuracy")
     ax.set_title(title, fontsize=9)
-    png = _save(fig, out_dir / "reevaluation_heatmap.png")
+    png = save_figure(fig, out_dir / "reevaluation_heatmap.png")
     return {"reevaluation.csv": csv, "reevaluation.md": md, "reevaluation_heatmap.png": png}

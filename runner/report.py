@@ -39,7 +39,7 @@ def comparison_rows(records: list[RunRecord]) -> pd.DataFrame:
 
 def write_report(records: list[RunRecord], out_dir: Path) -> dict[str, Path]:
     """comparison.md (a table per dataset), comparison.csv and two PNGs: accuracy vs parameters and vs NFE."""
-    from runner.plots import _save, plt
+    from runner.plots import plt, save_figure
 
     frame = comparison_rows(records)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -68,7 +68,7 @@ def write_report(records: list[RunRecord], out_dir: Path) -> dict[str, Path]:
             ax.set_xscale("log")
         if not frame.empty:
             ax.legend(fontsize=8)
-        paths[name] = _save(fig, out_dir / name)
+        paths[name] = save_figure(fig, out_dir / name)
     return paths
 
 
