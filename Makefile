@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-ray sweep table run test test-all test-mongo bench up down dashboard clean
+.PHONY: help install install-ray sweep table run test test-all bench up down dashboard clean
 
 # .env (from .env.example) holds the MongoDB credentials and MONGO_URL; exported to every command.
 -include .env
@@ -17,13 +17,13 @@ help: ## List the targets
 
 $(INSTALLED): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat -e '.[dev,dashboard]'
 	@touch $(INSTALLED)
 
 install: $(INSTALLED) ## Create .venv and install the project with pinned dependencies
 
 install-ray: $(INSTALLED) ## Add the Ray launcher (hydra/launcher=ray) to .venv
-	$(PY) -m pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat -e '.[dev,ray]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat -e '.[dev,dashboard,ray]'
 
 sweep: $(INSTALLED) ## A small hyperopt TPE search on spheres (offline, a few minutes); re-run to resume
 	$(PY) -m runner -m search=quickstart
@@ -31,7 +31,7 @@ sweep: $(INSTALLED) ## A small hyperopt TPE search on spheres (offline, a few mi
 run: $(INSTALLED) ## Quickstart: simple ODEnet and small ResNet on digits (offline, a few minutes on CPU)
 	$(PY) -m runner -m experiment=quickstart model=odenet_simple,resnet_simple_small
 
-test: $(INSTALLED) ## Run the default test suite (offline, CPU, no server)
+test: $(INSTALLED) ## Run the default test suite (offline, CPU; starts its own database server, Omniboard and Chromium)
 	$(PY) -m pytest -q
 
 test-all: $(INSTALLED) ## Run every test, slow ones included
@@ -45,22 +45,17 @@ table: $(INSTALLED) ## Thesis table 8.1 for DATA=fmnist or DATA=cifar10: the fiv
 bench: $(INSTALLED) ## Run every benchmark in bench/ (ratios measured in one run; ~10 min) and write bench/RESULTS.md
 	$(PY) bench/run_all.py
 
-test-mongo: $(INSTALLED) ## Run the opt-in tests against the MongoDB at MONGO_URL (after make up)
-	@test -n "$$MONGO_URL" || { echo "set MONGO_URL (see .env.example) or run make up first"; exit 2; }
-	$(PY) -m pytest -q -m mongo
-
 up: ## Start MongoDB and Omniboard (docker compose, ports on 127.0.0.1)
-	@docker compose version >/dev/null 2>&1 || { echo "docker compose is not available here: install Docker with the compose plugin (see README, 'Browsing runs')"; exit 2; }
+	@docker compose version >/dev/null 2>&1 || { echo "docker compose is not available here: install Docker with the compose plugin, or use make dashboard (no Docker)"; exit 2; }
 	@test -f .env || { cp .env.example .env; echo "created .env from .env.example: change MONGO_PASSWORD and MONGO_URL"; }
 	docker compose up -d
-	@$(MAKE) --no-print-directory dashboard
+	@echo "Omniboard: http://127.0.0.1:$${OMNIBOARD_PORT:-9000}  (log runs there with: .venv/bin/python -m runner tracking=mongo)"
 
 down: ## Stop MongoDB and Omniboard (the data volume is kept)
 	docker compose down
 
-dashboard: ## Print the Omniboard URL and how to log runs there
-	@echo "Omniboard: http://127.0.0.1:$${OMNIBOARD_PORT:-9000}"
-	@echo "log runs there with: .venv/bin/python -m runner tracking=mongo   (MONGO_URL comes from .env)"
+dashboard: $(INSTALLED) ## Local dashboard, no Docker: database + Omniboard on 127.0.0.1, every run pushed (Ctrl-C stops)
+	$(PY) -m dashboard
 
 clean: ## Remove caches (keeps .venv, runs/ and datasets/)
 	rm -rf .pytest_cache **/__pycache__ *.egg-info

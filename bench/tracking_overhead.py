@@ -40,7 +40,7 @@ def per_epoch_logging_seconds(store) -> float:
             run.log_metrics(EPOCH_METRICS, step)
         return (time.perf_counter() - start) / LOG_CALLS
 
-    return run_tracked("bench", {"seed": 0}, store, body)[1]
+    return run_tracked("bench", {"seed": 0}, store, body, command="train")[1]
 
 
 def main() -> None:

@@ -19,7 +19,13 @@ def hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
+    from dotenv import load_dotenv
+
     from runner.cli import SUBCOMMANDS
+    from runner.tracking import env_file
+
+    # MONGO_URL for tracking=mongo, as `make` and docker compose read it; the environment wins.
+    load_dotenv(env_file(), override=False)
 
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         from runner.cli import main as cli_main

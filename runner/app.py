@@ -57,8 +57,12 @@ def run_experiment(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | Non
         run.set_info("parameters", count_parameters(model))
         run.set_info("residual_blocks", residual_block_count(model))
 
+        epochs: list[dict[str, float]] = []
+
         def log_epoch(m: dict[str, float]) -> None:
             run.log_metrics({k: v for k, v in m.items() if k != "epoch"}, int(m["epoch"]))
+            epochs.append(m)
+            run.set_info("cost", cost_summary(epochs, is_ode))  # the dashboard's s/epoch, FNFE and BNFE columns
 
         for earlier in (resume or {}).get("history", []):
             log_epoch(earlier)  # a resumed run carries the epochs before the crash too
@@ -74,7 +78,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | Non
     out_dir.mkdir(parents=True, exist_ok=True)
     run_meta = {"output_dir": str(out_dir.resolve()), "choices": choices or {},
                 "model_family": "odenet" if is_ode else "resnet", **(meta or {})}
-    run_id, _ = run_tracked(cfg.name, logged_config, store, body, run_meta)
+    run_id, _ = run_tracked(cfg.name, logged_config, store, body, run_meta, command="train")
     fit_result = outcome["fit"]
     last = fit_result.history[-1]
     summary = {
@@ -90,6 +94,12 @@ def run_experiment(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | Non
     }
     (out_dir / "result.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def cost_summary(epochs: list[dict[str, float]], is_ode: bool) -> dict[str, float]:
+    """Mean seconds per epoch and, for ODEnets, mean forward/backward NFE per batch over the epochs so far."""
+    keys = {"epoch_time": "epoch.time", **({"fnfe": "nfe.forward", "bnfe": "nfe.backward"} if is_ode else {})}
+    return {name: round(sum(e[key] for e in epochs) / len(epochs), 3) for name, key in keys.items()}
 
 
 def run_from_hydra(cfg: DictConfig) -> float:

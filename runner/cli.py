@@ -54,9 +54,9 @@ def read_records(store) -> list:
 
 
 def answering_client(store):
-    """A client of the store's MongoDB that has answered a ping (raises when the server does not)."""
+    """A client of the store's MongoDB that has answered and accepted its credentials (raises otherwise)."""
     client = store.client()
-    client.admin.command("ping")
+    client[store.db_name].list_collection_names()  # unlike ping, needs authentication
     return client
 
 
@@ -71,9 +71,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
     try:
         client = answering_client(store)
     except Exception as exc:  # pymongo raises several types for "no server"
-        raise UserError(f"MongoDB at {mask_url(store.url)} is unreachable ({type(exc).__name__}); nothing was pushed, "
-                        f"the journal {store.local_dir} is unchanged",
-                        "start it (make up) or point MONGO_URL at a running server, then sync again") from None
+        from runner.mongo import describe_failure
+
+        raise UserError(f"{describe_failure(store.url, exc)}; nothing was pushed, the journal {store.local_dir} is unchanged",
+                        "start it (make dashboard or make up) or correct MONGO_URL (in .env), then sync again") from None
     counts = sync(store.local_dir, client, store.db_name, include_running=args.include_running)
     print(f"sync: {counts['pushed']} pushed, {counts['already_there']} already in MongoDB"
           + (f", {counts['running']} still running or killed (add --include-running to push them as they are)" if counts["running"] else ""))
@@ -183,7 +184,8 @@ def cmd_reevaluate(args: argparse.Namespace) -> int:
 
     config = {"reevaluates": record.id, "grid": [list(g) for g in grid], "collapse_threshold": args.collapse_threshold,
               "tracking": mask_secrets(to_plain(cfg.tracking))}
-    run_id, _ = run_tracked("reevaluate", config, store, body, {"reevaluates": record.id, "reevaluates_uid": record.meta.get("run_uid")})
+    run_id, _ = run_tracked("reevaluate", config, store, body, {"reevaluates": record.id, "reevaluates_uid": record.meta.get("run_uid")},
+                            command="reevaluate")
     print(f"re-evaluation logged as run {run_id}; table and heatmap in {out_dir}")
     return 0
 

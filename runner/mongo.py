@@ -9,11 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
-from sacred.observers import MongoObserver
-from sacred.observers.base import RunObserver
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+    from sacred.observers import MongoObserver
+    from sacred.observers.base import RunObserver
 
 from runner.masking import mask_url
 
@@ -23,6 +26,15 @@ CAPTURED_OUT_HEAD = 200_000
 CAPTURED_OUT_TAIL = 1_800_000
 MARKER = "mongo.json"  # in a journal run folder: {"run_uid", "mongo_id", "complete"}
 FINAL_STATUSES = ("COMPLETED", "FAILED", "INTERRUPTED")
+# Per-epoch cost series (NFE counts, seconds) go to their own collection beside Sacred's `metrics`.
+# Omniboard plots every series of a run's `metrics` on one linear axis, ticked by default, so NFE
+# (tens) and epoch times would flatten the loss and accuracy curves (0-1) into lines at the bottom.
+# Omniboard shows the costs as table columns (info.cost) and in the nfe.png artifact instead.
+COST_METRICS_COLLECTION = "cost_metrics"
+
+
+def is_cost_metric(name: str) -> bool:
+    return bool({"nfe", "fnfe", "time"} & set(name.split(".")))
 
 
 def truncate_output(text: str) -> str:
@@ -43,6 +55,14 @@ class StrictMongoObserver(MongoObserver):
     def heartbeat_event(self, info, captured_out, beat_time, result):
         super().heartbeat_event(info, truncate_output(captured_out), beat_time, result)
 
+    def log_metrics(self, metrics_by_name, info):
+        costs = {name: m for name, m in metrics_by_name.items() if is_cost_metric(name)}
+        super().log_metrics({name: m for name, m in metrics_by_name.items() if name not in costs}, info)
+        for name, m in costs.items():
+            self.cost_metrics.update_one({"run_id": self.run_entry["_id"], "name": name},
+                                         {"$push": {key: {"$each": m[key]} for key in ("steps", "values", "timestamps")}},
+                                         upsert=True)
+
     def save(self):
         self.runs.update_one({"_id": self.run_entry["_id"]}, {"$set": self.run_entry})
 
@@ -60,7 +80,9 @@ def open_observer(client: Any, db_name: str) -> StrictMongoObserver:
     import gridfs
 
     database = client[db_name]
-    return StrictMongoObserver.create_from(database["runs"], gridfs.GridFS(database), metrics_collection=database["metrics"])
+    observer = StrictMongoObserver.create_from(database["runs"], gridfs.GridFS(database), metrics_collection=database["metrics"])
+    observer.cost_metrics = database[COST_METRICS_COLLECTION]
+    return observer
 
 
 class MongoMirror(RunObserver):
@@ -86,9 +108,8 @@ class MongoMirror(RunObserver):
 
     def _give_up(self, exc: BaseException) -> None:
         self.mongo, self.complete = None, False
-        reason = mask_url(str(exc).splitlines()[0][:160]) if str(exc) else type(exc).__name__
-        print(f"MongoDB at {mask_url(self.store.url)} is unreachable ({reason}); the run goes on and is journalled "
-              f"locally in {self.journal.dir}. Push it later with: python -m runner sync tracking=mongo", file=sys.stderr, flush=True)
+        print(f"{describe_failure(self.store.url, exc)}; the run goes on and is journalled locally in {self.journal.dir}. "
+              f"Push it later with: python -m runner sync tracking=mongo", file=sys.stderr, flush=True)
 
     def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
         self.run_uid = meta_info.get("run_uid")
@@ -132,6 +153,17 @@ class MongoMirror(RunObserver):
         write_marker(Path(self.journal.dir), self.run_uid, mongo_id, self.complete and self.mongo is not None)
 
 
+AUTH_FAILED = 18  # MongoDB's error code for a wrong user name or password
+
+
+def describe_failure(url: str, exc: BaseException) -> str:
+    """One line saying why the database at `url` did not take a write: refused credentials or unreachable."""
+    reason = mask_url(str(exc).splitlines()[0][:160]) if str(exc) else type(exc).__name__
+    if getattr(exc, "code", None) == AUTH_FAILED:
+        return f"MongoDB at {mask_url(url)} refused the user name or password in MONGO_URL ({reason.split(',')[0]})"
+    return f"MongoDB at {mask_url(url)} is unreachable ({reason})"
+
+
 def write_marker(run_dir: Path, run_uid: str | None, mongo_id: Any, complete: bool) -> None:
     (run_dir / MARKER).write_text(json.dumps({"run_uid": run_uid, "mongo_id": mongo_id, "complete": complete}))
 
@@ -165,6 +197,7 @@ def replay(run_dir: Path, client: Any, db_name: str) -> Any:
     if old is not None:
         observer.runs.delete_one({"_id": old["_id"]})
         observer.metrics.delete_many({"run_id": old["_id"]})
+        observer.cost_metrics.delete_many({"run_id": old["_id"]})
     experiment = dict(record["experiment"])
     sources = experiment.get("sources", [])
     experiment["sources"] = []
@@ -213,7 +246,9 @@ def sync(journal_dir: Path, client: Any, db_name: str, include_running: bool = F
             counts["running"] += 1  # still running (or killed): push when it has finished
             continue
         existing = db["runs"].find_one({"meta.run_uid": uid}, {"_id": 1, "status": 1})
-        if marker.get("complete") and existing is not None:
+        # The status is the run's last write: a server that crashed after the run may have lost writes the
+        # marker counted on, but never the status without the writes before it.
+        if marker.get("complete") and existing is not None and existing.get("status") == record.get("status"):
             counts["already_there"] += 1
             continue
         mongo_id = replay(run_dir, client, db_name)

@@ -70,10 +70,13 @@ def read_file_store(directory: Path | str) -> list[RunRecord]:
 
 def read_mongo(client: Any, db_name: str) -> list[RunRecord]:
     """Every run document of a Sacred MongoDB database with its metrics, ordered by id."""
+    from runner.mongo import COST_METRICS_COLLECTION
+
     db = client[db_name]
     metrics: dict[Any, dict[str, dict[str, list]]] = {}
-    for m in db["metrics"].find({}, {"run_id": 1, "name": 1, "steps": 1, "values": 1}):
-        metrics.setdefault(m["run_id"], {})[m["name"]] = {"steps": list(m["steps"]), "values": list(m["values"])}
+    for collection in ("metrics", COST_METRICS_COLLECTION):
+        for m in db[collection].find({}, {"run_id": 1, "name": 1, "steps": 1, "values": 1}):
+            metrics.setdefault(m["run_id"], {})[m["name"]] = {"steps": list(m["steps"]), "values": list(m["values"])}
     records = []
     for doc in db["runs"].find({}, {"captured_out": 0}).sort("_id", 1):
         records.append(RunRecord(

@@ -7,6 +7,7 @@ holds the whole run, so a run is never lost when the database is down or goes aw
 """
 from __future__ import annotations
 
+import os
 import uuid
 import warnings
 from collections.abc import Callable
@@ -18,6 +19,12 @@ from runner.errors import check_positive
 from runner.masking import mask_url
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def env_file() -> Path:
+    """The .env file with MONGO_URL and the dashboard's credentials (`ODEFLOW_ENV_FILE` names another)."""
+    return Path(os.environ.get("ODEFLOW_ENV_FILE") or PROJECT_ROOT / ".env")
+
 # Above Sacred's Mongo observer (30): the file store/journal assigns the run id and sees every event first.
 FILE_STORE_PRIORITY = 40
 
@@ -126,10 +133,11 @@ class _UntrackedRun:
 
 
 def run_tracked(name: str, config: dict[str, Any], store: FileStore | MongoStore | NoStore, body: Callable[[RunLog], Any],
-                meta: dict[str, Any] | None = None) -> tuple[Any, Any]:
+                meta: dict[str, Any] | None = None, *, command: str) -> tuple[Any, Any]:
     """Run `body` as a Sacred run of experiment `name` with `config`; returns (run id, result).
 
-    Every run gets a `run_uid` in its meta data: the key that keeps `sync` idempotent.
+    `command` is what the run does (train, reevaluate, ...): Sacred records it, Omniboard's Command column
+    shows it. Every run gets a `run_uid` in its meta data: the key that keeps `sync` idempotent.
     """
     if isinstance(store, NoStore):
         return None, body(RunLog(_UntrackedRun()))
@@ -148,10 +156,11 @@ def run_tracked(name: str, config: dict[str, Any], store: FileStore | MongoStore
     ex.add_config(config)
     ex.observers.extend(store.observers())
 
-    def sacred_main(_run):  # Sacred injects the run by parameter name
+    def main(_run):  # Sacred injects the run by parameter name
         return body(RunLog(_run))
 
-    ex.main(sacred_main)
+    main.__name__ = command  # Sacred names the run's command after its main function
+    ex.main(main)
     run = ex.run(options={"--capture": "sys"}, meta_info={"run_uid": uuid.uuid4().hex, **(meta or {})})
     # The file store names run folders by number but reports the id as a string; ids are numbers everywhere else.
     return (int(run._id) if str(run._id).isdigit() else run._id), run.result

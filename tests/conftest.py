@@ -20,9 +20,9 @@ def compose_config(overrides: list[str], runs_dir: Path) -> DictConfig:
         return compose("config", overrides=[f"paths.runs={runs_dir}", "train.device=cpu", "train.progress=false", *overrides])
 
 
-def run_cli(args: list[str], runs_dir: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`python -m runner <args>` in a subprocess, the way a user runs it."""
-    env = {**os.environ, "ODEFLOW_RUNS": str(runs_dir)}
+def run_cli(args: list[str], runs_dir: Path, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m runner <args>` in a subprocess, the way a user runs it (`env` adds to the environment)."""
+    env = {**os.environ, "ODEFLOW_RUNS": str(runs_dir), **(env or {})}
     return subprocess.run([sys.executable, "-m", "runner", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 

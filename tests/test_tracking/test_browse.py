@@ -4,8 +4,6 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import mongomock
-import mongomock.gridfs
 import pytest
 
 from runner import browse
@@ -60,12 +58,11 @@ def test_export_and_plot(filled_store: Path, tmp_path: Path):
     assert bad.returncode == 2 and "val.acc" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_mongo_reader_sees_the_same_runs(filled_store: Path):
-    mongomock.gridfs.enable_gridfs_integration()
-    client = mongomock.MongoClient()
-    sync(filled_store / "store", client, "browse", log=lambda *_: None)
+def test_mongo_reader_sees_the_same_runs(filled_store: Path, mongo_db):
+    client, name = mongo_db
+    sync(filled_store / "store", client, name, log=lambda *_: None)
     from_file = browse.list_runs(read_file_store(filled_store / "store"))
-    from_mongo = browse.list_runs(read_mongo(client, "browse"))
+    from_mongo = browse.list_runs(read_mongo(client, name))
     assert from_file.splitlines()[0] == from_mongo.splitlines()[0]
     for a, b in zip(from_file.splitlines()[1:], from_mongo.splitlines()[1:]):
         assert a.split()[:7] == b.split()[:7]
@@ -78,5 +75,5 @@ def test_unknown_run_id_is_a_clear_error(filled_store: Path):
 
 def test_sync_without_server_explains(filled_store: Path):
     proc = run_cli(["sync", "tracking.url=mongodb://u:pw@127.0.0.1:9", "tracking.timeout_ms=200"], filled_store)
-    assert proc.returncode == 2 and "unreachable" in proc.stderr and "make up" in proc.stderr
+    assert proc.returncode == 2 and "unreachable" in proc.stderr and "make dashboard" in proc.stderr
     assert ":pw@" not in proc.stderr

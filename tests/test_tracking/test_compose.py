@@ -1,6 +1,7 @@
 """docker-compose.yml: MongoDB and Omniboard, loopback-only ports, credentials from .env, a named volume."""
 from __future__ import annotations
 
+import json
 import re
 
 import yaml
@@ -16,9 +17,18 @@ def test_services_images_and_health():
     services = compose()["services"]
     assert set(services) == {"mongo", "omniboard"}
     assert services["mongo"]["image"].startswith("mongo:")
-    assert services["omniboard"]["image"].startswith("vivekratnavel/omniboard")
+    assert services["omniboard"]["build"] == "./omniboard"  # built from the lockfile make dashboard installs
     assert services["mongo"]["healthcheck"]["test"] and services["omniboard"]["healthcheck"]["test"]
     assert services["omniboard"]["depends_on"]["mongo"]["condition"] == "service_healthy"
+
+
+def test_one_omniboard_version_for_docker_and_make_dashboard():
+    lock = json.loads((ROOT / "omniboard" / "package-lock.json").read_text())
+    pinned = json.loads((ROOT / "omniboard" / "package.json").read_text())["dependencies"]["omniboard"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", pinned)  # an exact version, not a range
+    assert lock["packages"]["node_modules/omniboard"]["version"] == pinned
+    dockerfile = (ROOT / "omniboard" / "Dockerfile").read_text()
+    assert "COPY package.json package-lock.json" in dockerfile and "npm ci" in dockerfile
 
 
 def test_every_port_is_bound_to_loopback():

@@ -1,19 +1,21 @@
-"""MongoDB backend against mongomock: the run document, metrics and artifacts; faults; sync; masking."""
+"""MongoDB backend against a real wire-protocol server: the whole record, crashes, parallel writers, auth."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import bson
 import gridfs
-import mongomock
-import pymongo.errors
-import pytest
+import pymongo
+from dashboard.server import DatabaseServer
+from runner.mongo import CAPTURED_OUT_HEAD, CAPTURED_OUT_TAIL, COST_METRICS_COLLECTION, MARKER, replay, sync, truncate_output
+from runner.tracking import PROJECT_ROOT, RunLog
+from tests.conftest import ROOT, run_cli
+from tests.test_tracking.conftest import MONGO, TINY, tiny_run
 
-from runner.mongo import CAPTURED_OUT_HEAD, CAPTURED_OUT_TAIL, MARKER, replay, sync, truncate_output
-from tests.test_tracking.conftest import tiny_run
-
-MONGO = ["tracking=mongo", "tracking.db_name=odeflow_test", "tracking.timeout_ms=300"]
 DOWN_URL = "mongodb://alice:s3cret-pw@127.0.0.1:9/?authSource=admin"  # nothing listens on port 9
 
 
@@ -21,27 +23,45 @@ def journal_run(runs_dir: Path, run_id) -> Path:
     return runs_dir / "journal" / str(run_id)
 
 
-def test_run_document_metrics_and_artifacts(runs_dir, tmp_path, mongo_client, capsys):
-    summary = tiny_run(runs_dir, tmp_path / "out", *MONGO)
-    db = mongo_client["odeflow_test"]
-    doc = db["runs"].find_one()
+def quiet_sync(journal: Path, client, db_name: str) -> dict[str, int]:
+    return sync(journal, client, db_name, log=lambda *_: None)
+
+
+def test_whole_record_in_a_real_server(runs_dir, tmp_path, mongo_db, capsys):
+    client, name = mongo_db
+    summary = tiny_run(runs_dir, tmp_path / "out", *MONGO, f"tracking.db_name={name}", "train.progress=true")
+    db = client[name]
     assert db["runs"].count_documents({}) == 1
-    assert doc["status"] == "COMPLETED" and doc["result"] == summary["test_acc"]
+    doc = db["runs"].find_one()
+    journal = journal_run(runs_dir, summary["run_id"])
+    assert doc["status"] == "COMPLETED" and doc["result"] == summary["test_acc"] and doc["command"] == "train"
+    assert doc["config"] == json.loads((journal / "config.json").read_text())
     assert doc["config"]["solver"]["method"] == "euler"
-    assert doc["info"]["parameters"]["total"] > 0
-    assert doc["meta"]["run_uid"] == json.loads((journal_run(runs_dir, summary["run_id"]) / "run.json").read_text())["meta"]["run_uid"]
-    metrics = {m["name"]: m for m in db["metrics"].find({"run_id": doc["_id"]})}
-    assert metrics["val.loss"]["steps"] == [1, 2, 3] and len(metrics["nfe.forward"]["values"]) == 3
+    assert doc["info"]["parameters"]["total"] > 0 and doc["info"]["cost"]["fnfe"] == 2.0
+    assert doc["meta"]["run_uid"] == json.loads((journal / "run.json").read_text())["meta"]["run_uid"]
+    assert doc["captured_out"] == (journal / "cout.txt").read_text() and "epoch" in doc["captured_out"]
+    # Learning curves where Omniboard plots them; per-epoch costs beside them.
+    curves = {m["name"]: m for m in db["metrics"].find({"run_id": doc["_id"]})}
+    assert set(curves) == {"train.loss", "train.acc", "val.loss", "val.acc"}
+    assert curves["val.loss"]["steps"] == [1, 2, 3]
+    assert curves["val.loss"]["values"] == json.loads((journal / "metrics.json").read_text())["val.loss"]["values"]
+    assert {m["name"] for m in doc["info"]["metrics"]} == set(curves)
+    costs = {m["name"]: m for m in db[COST_METRICS_COLLECTION].find({"run_id": doc["_id"]})}
+    assert {"nfe.forward", "nfe.backward", "epoch.time"} <= set(costs) and costs["nfe.forward"]["values"] == [2.0] * 3
     fs = gridfs.GridFS(db)
+    sources = dict(doc["experiment"]["sources"])
+    assert fs.get(sources["runner/app.py"]).read() == (PROJECT_ROOT / "runner" / "app.py").read_bytes()
     artifacts = {a["name"]: a["file_id"] for a in doc["artifacts"]}
-    assert fs.get(artifacts["learning_curves.png"]).read()[:4] == b"\x89PNG"
-    assert len(doc["experiment"]["sources"]) > 5
-    marker = json.loads((journal_run(runs_dir, summary["run_id"]) / MARKER).read_text())
+    assert {"best_checkpoint.pt", "confusion_matrix.png", "learning_curves.png", "nfe.png"} <= set(artifacts)
+    assert fs.get(artifacts["confusion_matrix.png"]).read() == (Path(doc["meta"]["output_dir"]) / "confusion_matrix.png").read_bytes()
+    marker = json.loads((journal / MARKER).read_text())
     assert marker["complete"] and marker["mongo_id"] == doc["_id"]
     assert "logging to MongoDB" in capsys.readouterr().out
+    assert quiet_sync(runs_dir / "journal", client, name)["pushed"] == 0
 
 
-def test_database_down_at_start_journals_and_sync_pushes_once(runs_dir, tmp_path, capsys, monkeypatch):
+def test_database_down_at_start_journals_and_sync_pushes_once(runs_dir, tmp_path, capsys, monkeypatch, mongo_db):
+    client, name = mongo_db
     monkeypatch.setenv("MONGO_URL", DOWN_URL)
     summary = tiny_run(runs_dir, tmp_path / "out", *MONGO)
     err = capsys.readouterr().err
@@ -50,44 +70,90 @@ def test_database_down_at_start_journals_and_sync_pushes_once(runs_dir, tmp_path
     assert json.loads((run / "run.json").read_text())["status"] == "COMPLETED"
     assert not json.loads((run / MARKER).read_text())["complete"]
 
-    mongomock.gridfs.enable_gridfs_integration()
-    client = mongomock.MongoClient()
-    assert sync(runs_dir / "journal", client, "odeflow_test", log=lambda *_: None) == {"pushed": 1, "already_there": 0, "running": 0}
-    assert sync(runs_dir / "journal", client, "odeflow_test", log=lambda *_: None) == {"pushed": 0, "already_there": 1, "running": 0}
-    db = client["odeflow_test"]
+    assert quiet_sync(runs_dir / "journal", client, name) == {"pushed": 1, "already_there": 0, "running": 0}
+    assert quiet_sync(runs_dir / "journal", client, name) == {"pushed": 0, "already_there": 1, "running": 0}
+    db = client[name]
     assert db["runs"].count_documents({}) == 1
     doc = db["runs"].find_one()
     assert doc["status"] == "COMPLETED" and doc["result"] == summary["test_acc"]
     assert db["metrics"].find_one({"run_id": doc["_id"], "name": "val.acc"})["steps"] == [1, 2, 3]
+    assert db[COST_METRICS_COLLECTION].find_one({"run_id": doc["_id"], "name": "nfe.forward"})["steps"] == [1, 2, 3]
 
 
-def test_database_lost_mid_run_finishes_and_sync_completes_the_document(runs_dir, tmp_path, mongo_client, monkeypatch, capsys):
-    original = mongomock.collection.Collection.update_one
-    calls = {"n": 0}
+def test_server_killed_mid_run_then_restarted_and_synced_exactly_once(runs_dir, tmp_path, monkeypatch, capsys):
+    data = tmp_path / "crashing" / "db"
+    server = DatabaseServer(data).start()
+    monkeypatch.setenv("MONGO_URL", server.url)
+    log_metrics = RunLog.log_metrics
 
-    def failing_update_one(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > 2:
-            raise pymongo.errors.AutoReconnect("connection closed")
-        return original(self, *args, **kwargs)
+    def kill_at_epoch_2(self, metrics, step):
+        log_metrics(self, metrics, step)
+        if step == 2:
+            server.kill()  # SIGKILL, as a crash of the database host
 
-    monkeypatch.setattr(mongomock.collection.Collection, "update_one", failing_update_one)
-    summary = tiny_run(runs_dir, tmp_path / "out", *MONGO)
+    monkeypatch.setattr(RunLog, "log_metrics", kill_at_epoch_2)
+    summary = tiny_run(runs_dir, tmp_path / "out", *MONGO, "tracking.db_name=crash")
     assert capsys.readouterr().err.count("is unreachable") == 1
     run = journal_run(runs_dir, summary["run_id"])
     assert json.loads((run / "run.json").read_text())["status"] == "COMPLETED"
     assert len(json.loads((run / "metrics.json").read_text())["val.loss"]["values"]) == 3
-    db = mongo_client["odeflow_test"]
-    assert db["runs"].find_one()["status"] == "RUNNING"  # what reached the database before it went away
 
-    monkeypatch.setattr(mongomock.collection.Collection, "update_one", original)
-    for _ in range(2):
-        sync(runs_dir / "journal", mongo_client, "odeflow_test", log=lambda *_: None)
-    assert db["runs"].count_documents({}) == 1
-    doc = db["runs"].find_one()
-    assert doc["status"] == "COMPLETED"
-    assert db["metrics"].count_documents({"run_id": doc["_id"], "name": "val.loss"}) == 1
-    assert db["metrics"].find_one({"run_id": doc["_id"], "name": "val.loss"})["steps"] == [1, 2, 3]
+    restarted = DatabaseServer(data).start()  # same data, a new port: the old one may still be held
+    try:
+        client = pymongo.MongoClient(restarted.url, serverSelectionTimeoutMS=3000)
+        db = client["crash"]
+        before = db["runs"].find_one()
+        assert before["status"] == "RUNNING"  # the run's start reached the database and survived its crash
+        for _ in range(2):
+            quiet_sync(runs_dir / "journal", client, "crash")
+        assert db["runs"].count_documents({}) == 1
+        doc = db["runs"].find_one()
+        assert doc["_id"] == before["_id"] and doc["status"] == "COMPLETED" and doc["result"] == summary["test_acc"]
+        assert db["metrics"].count_documents({"run_id": doc["_id"], "name": "val.loss"}) == 1
+        assert db["metrics"].find_one({"run_id": doc["_id"], "name": "val.loss"})["steps"] == [1, 2, 3]
+        # A crash after the marker said "complete" loses the end of the run in the database; sync notices.
+        db["runs"].update_one({"_id": doc["_id"]}, {"$set": {"status": "RUNNING"}})
+        assert quiet_sync(runs_dir / "journal", client, "crash")["pushed"] == 1
+        assert db["runs"].find_one()["status"] == "COMPLETED" and db["runs"].count_documents({}) == 1
+    finally:
+        restarted.stop()
+
+
+def test_two_parallel_trials_get_unique_ids_and_lose_nothing(runs_dir, mongo_db):
+    client, name = mongo_db
+    proc = run_cli(["-m", *TINY, *MONGO, f"tracking.db_name={name}", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                    "seed=0,1", "train.num_threads=1", "train.progress=false"], runs_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    db = client[name]
+    docs = list(db["runs"].find({}, {"_id": 1, "status": 1, "meta": 1, "info.metrics": 1}))
+    assert len(docs) == 2 and len({d["_id"] for d in docs}) == 2
+    assert {d["status"] for d in docs} == {"COMPLETED"}
+    assert {d["meta"]["run_uid"] for d in docs} == {json.loads((p / "run.json").read_text())["meta"]["run_uid"]
+                                                  for p in (runs_dir / "journal").iterdir() if p.name.isdigit()}
+    for d in docs:
+        assert db["metrics"].find_one({"run_id": d["_id"], "name": "val.loss"})["steps"] == [1, 2, 3]
+    assert quiet_sync(runs_dir / "journal", client, name) == {"pushed": 0, "already_there": 2, "running": 0}
+
+
+def test_wrong_password_one_clear_message_and_the_run_journalled(runs_dir, tmp_path):
+    with DatabaseServer(tmp_path / "auth" / "db", user="odeflow", password="right-pw") as server:
+        wrong = server.url.replace("right-pw", "wrong-pw")
+        env = {"MONGO_URL": wrong}
+        proc = run_cli([*TINY, *MONGO, "train.progress=false"], runs_dir, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        lines = [line for line in proc.stderr.splitlines() if "MongoDB" in line]
+        assert len(lines) == 1 and "refused the user name or password in MONGO_URL" in lines[0]
+        assert "python -m runner sync" in lines[0] and "wrong-pw" not in proc.stderr + proc.stdout
+        record = json.loads((runs_dir / "journal" / "1" / "run.json").read_text())
+        assert record["status"] == "COMPLETED"
+
+        refused = run_cli(["sync"], runs_dir, env=env)
+        assert refused.returncode == 2 and "refused the user name or password" in refused.stderr
+        assert "Traceback" not in refused.stderr and "wrong-pw" not in refused.stderr
+        pushed = run_cli(["sync"], runs_dir, env={"MONGO_URL": server.url})
+        assert pushed.returncode == 0 and "1 pushed" in pushed.stdout, pushed.stderr
+        client = pymongo.MongoClient(server.url)
+        assert client["odeflow"]["runs"].find_one({"meta.run_uid": record["meta"]["run_uid"]})["status"] == "COMPLETED"
 
 
 def test_password_never_logged_or_printed(runs_dir, tmp_path, capsys, monkeypatch):
@@ -100,14 +166,13 @@ def test_password_never_logged_or_printed(runs_dir, tmp_path, capsys, monkeypatc
     assert json.loads((run / "config.json").read_text())["tracking"]["url"] == "mongodb://alice:***@127.0.0.1:9/?authSource=admin"
 
 
-def test_documents_stay_far_below_16_mb(runs_dir, tmp_path, monkeypatch):
+def test_documents_stay_far_below_16_mb(runs_dir, tmp_path, monkeypatch, mongo_db):
+    client, name = mongo_db
     monkeypatch.setenv("MONGO_URL", DOWN_URL)
     run = journal_run(runs_dir, tiny_run(runs_dir, tmp_path / "out", *MONGO)["run_id"])
     (run / "cout.txt").write_text("epoch line of a very chatty run\n" * 1_000_000)  # 32 MB of output
-    mongomock.gridfs.enable_gridfs_integration()
-    client = mongomock.MongoClient()
-    replay(run, client, "big")
-    doc = client["big"]["runs"].find_one()
+    replay(run, client, name)
+    doc = client[name]["runs"].find_one()
     assert len(bson.encode(doc)) < 4 * 1024 * 1024
     assert "characters cut here" in doc["captured_out"]
 
@@ -119,20 +184,17 @@ def test_truncate_output_keeps_head_and_tail():
     assert truncate_output("short") == "short"
 
 
-@pytest.mark.mongo
-def test_whole_record_against_a_real_server(runs_dir, tmp_path):
-    """Opt-in: MONGO_URL=mongodb://... pytest -m mongo (see README, `make up`)."""
-    import os
-
-    url = os.environ.get("MONGO_URL")
-    if not url:
-        pytest.skip("MONGO_URL is not set")
-    client = pymongo.MongoClient(url, serverSelectionTimeoutMS=3000)
-    db_name = "odeflow_pytest"
-    client.drop_database(db_name)
-    summary = tiny_run(runs_dir, tmp_path / "out", "tracking=mongo", f"tracking.db_name={db_name}")
-    doc = client[db_name]["runs"].find_one()
-    assert doc["status"] == "COMPLETED" and doc["result"] == summary["test_acc"]
-    assert client[db_name]["metrics"].count_documents({"run_id": doc["_id"]}) >= 7
-    assert sync(runs_dir / "journal", client, db_name, log=lambda *_: None)["pushed"] == 0
-    client.drop_database(db_name)
+def test_the_runner_reads_mongo_url_from_dot_env(runs_dir, tmp_path, mongo_db):
+    """`python -m runner tracking=mongo` finds MONGO_URL in .env, as make and docker compose do; the environment wins."""
+    client, name = mongo_db
+    dot_env = tmp_path / ".env"
+    dot_env.write_text(f"MONGO_URL={os.environ['MONGO_URL']}\n")
+    env = {k: v for k, v in os.environ.items() if k != "MONGO_URL"}
+    proc = subprocess.run([sys.executable, "-m", "runner", *TINY, *MONGO, f"tracking.db_name={name}", "train.progress=false"],
+                          cwd=ROOT, env={**env, "ODEFLOW_RUNS": str(runs_dir), "ODEFLOW_ENV_FILE": str(dot_env)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "logging to MongoDB" in proc.stdout, proc.stderr[-2000:]
+    assert client[name]["runs"].count_documents({"status": "COMPLETED"}) == 1
+    proc = run_cli(["runs", "list", "tracking=mongo", f"tracking.db_name={name}"], runs_dir,
+                   env={"ODEFLOW_ENV_FILE": str(dot_env), "MONGO_URL": DOWN_URL})
+    assert "is unreachable" in proc.stderr  # MONGO_URL in the environment wins over .env

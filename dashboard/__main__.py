@@ -1,0 +1,125 @@
+"""`python -m dashboard [overrides]` (`make dashboard`): the runs in a local MongoDB-compatible server and Omniboard.
+
+Runs in the foreground like `mlflow ui`; Ctrl-C or SIGTERM stops Omniboard, then the database (cleanly:
+nothing is lost), and the next start shows the same runs. Overrides such as `paths.runs=DIR` or
+`tracking.db_name=NAME` select the runs exactly as they do for `python -m runner`.
+"""
+from __future__ import annotations
+
+import argparse
+import secrets
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from runner.errors import UserError
+from runner.tracking import PROJECT_ROOT, env_file
+
+ENV_EXAMPLE = PROJECT_ROOT / ".env.example"
+EXAMPLE_PASSWORD = "change-me"
+
+
+def credentials() -> dict[str, str]:
+    """MONGO_USER, MONGO_PASSWORD, MONGO_PORT, OMNIBOARD_PORT from the environment, else .env (created from
+    .env.example with a random password when there is none)."""
+    import os
+
+    from dotenv import dotenv_values
+
+    path = env_file()
+    if not path.exists():
+        path.write_text(ENV_EXAMPLE.read_text().replace(EXAMPLE_PASSWORD, secrets.token_urlsafe(18)))
+        path.chmod(0o600)
+        print(f"created {path} with a random MongoDB password (the runner and make read it from there)")
+    values = {**dotenv_values(path), **{k: v for k, v in os.environ.items() if k.startswith(("MONGO_", "OMNIBOARD_"))}}
+    missing = [k for k in ("MONGO_USER", "MONGO_PASSWORD") if not values.get(k)]
+    if missing:
+        raise UserError(f"{' and '.join(missing)} not set in {path}", f"copy the lines from {ENV_EXAMPLE.name} and set them")
+    for key, default in (("MONGO_PORT", "27017"), ("OMNIBOARD_PORT", "9000")):
+        value = values.get(key) or default
+        if not value.isdigit() or not 0 < int(value) < 65536:
+            raise UserError(f"{key}={value!r} in {path} is not a port number", f"set {key} to a free port, e.g. {default}")
+        values[key] = value
+    return values
+
+
+def push_runs(client, db_name: str, folders: list[Path]) -> dict[str, int]:
+    """Every finished run of the file store and the journal into the database (idempotent, keyed by run uid)."""
+    from runner.mongo import sync
+
+    totals = {"pushed": 0, "already_there": 0, "running": 0}
+    for folder in folders:
+        for key, count in sync(folder, client, db_name, log=lambda *_: None).items():
+            totals[key] += count
+    return totals
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dashboard", description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. paths.runs=DIR tracking.db_name=NAME")
+    parser.add_argument("--no-omniboard", action="store_true", help="only the database (runs pushed), no Omniboard")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        return serve(args.overrides, stop, with_omniboard=not args.no_omniboard)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def serve(overrides: list[str], stop: threading.Event, with_omniboard: bool = True) -> int:
+    """Start the database and Omniboard, push the runs, and wait until `stop` is set."""
+    import pymongo
+
+    from dashboard.columns import seed_omniboard
+    from dashboard.omniboard import Omniboard, ensure_installed, version
+    from dashboard.server import DatabaseServer, mongo_url
+    from runner.cli import load_store
+
+    started = time.monotonic()
+    if with_omniboard:
+        ensure_installed()  # before the database starts: a missing Node.js is the commonest first error
+    env = credentials()
+    mongo = load_store(["tracking=mongo", *overrides])
+    files = load_store(["tracking=file", *[o for o in overrides if not o.startswith("tracking")]])
+    runs_root = files.local_dir.parent
+    server = DatabaseServer(runs_root / "dashboard" / "db", int(env["MONGO_PORT"]), env["MONGO_USER"], env["MONGO_PASSWORD"])
+    omniboard = None
+    try:
+        server.start()
+        client = pymongo.MongoClient(server.url, serverSelectionTimeoutMS=5000)
+        counts = push_runs(client, mongo.db_name, [files.local_dir, mongo.local_dir])
+        print(f"database: {mongo_url(server.port)} db {mongo.db_name} (data in {server.data_dir}); "
+              f"{counts['pushed']} runs pushed from {files.local_dir} and {mongo.local_dir}, "
+              f"{counts['already_there']} already there" + (f", {counts['running']} still running or killed (not pushed)" if counts["running"] else ""))
+        seed_omniboard(client[mongo.db_name])
+        client.close()
+        if with_omniboard:
+            omniboard = Omniboard(server.url, mongo.db_name, int(env["OMNIBOARD_PORT"]), runs_root / "dashboard").start()
+            print(f"Omniboard {version()}: {omniboard.url}   (ready in {time.monotonic() - started:.1f} s)")
+        expected = mongo_url(server.port, env["MONGO_USER"], env["MONGO_PASSWORD"])
+        print("log runs here live:  .venv/bin/python -m runner tracking=mongo   (MONGO_URL from .env)")
+        if env.get("MONGO_URL") and env["MONGO_URL"].split("?")[0] != expected.split("?")[0]:
+            print(f"warning: MONGO_URL in .env does not point at this database; runs with tracking=mongo will go elsewhere "
+                  f"(set it to mongodb://{env['MONGO_USER']}:***@127.0.0.1:{server.port}/?authSource=admin)")
+        print("Ctrl-C stops the dashboard", flush=True)
+        while not stop.wait(0.5):
+            if server.process is None or server.process.poll() is not None:
+                raise UserError(f"the database server stopped unexpectedly (see {server.log_file})",
+                                "start make dashboard again; runs in the journal are pushed again at start")
+            if omniboard is not None and not omniboard.running():
+                raise UserError(f"Omniboard stopped unexpectedly (see {omniboard.log_file})", "start make dashboard again")
+    finally:
+        if omniboard is not None:
+            omniboard.stop()
+        server.stop()
+    print("dashboard stopped; the runs stay in the database for the next make dashboard")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""Omniboard, pinned in omniboard/package-lock.json, installed with `npm ci` and run as a child process.
+
+Omniboard reads its database from a JSON file named by OMNIBOARD_CONFIG (written with mode 0600), so the
+password never appears on a command line. It moves to the next port by itself when its port is taken;
+the URL printed is the one it reports listening on.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from runner.errors import UserError
+from runner.tracking import PROJECT_ROOT
+
+NPM_PROJECT = PROJECT_ROOT / "omniboard"
+ENTRY = NPM_PROJECT / "node_modules" / "omniboard" / "dist" / "start.js"
+INSTALLED_MARKER = NPM_PROJECT / "node_modules" / ".odeflow-lock.sha256"
+LISTENING = re.compile(r"Omniboard is listening on port (\d+)")
+CONNECTED = "established successfully"
+NODE_FIX = ("install Node.js 18 or newer with npm (Debian/Ubuntu: apt-get install nodejs npm; macOS: brew install node; "
+            "or the installer from the Node.js website), then run make dashboard again")
+
+
+def version() -> str:
+    return json.loads((NPM_PROJECT / "package.json").read_text())["dependencies"]["omniboard"]
+
+
+def ensure_installed() -> None:
+    """`npm ci` from the lockfile when node_modules is missing or was installed from another lockfile."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        missing = " and ".join(tool for tool in ("node", "npm") if shutil.which(tool) is None)
+        raise UserError(f"the dashboard runs Omniboard on Node.js, and {missing} is not on PATH", NODE_FIX)
+    lock_hash = hashlib.sha256((NPM_PROJECT / "package-lock.json").read_bytes()).hexdigest()
+    if ENTRY.exists() and INSTALLED_MARKER.exists() and INSTALLED_MARKER.read_text() == lock_hash:
+        return
+    print(f"installing Omniboard {version()} with npm ci into {NPM_PROJECT / 'node_modules'} (about a minute, once)", flush=True)
+    done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NPM_PROJECT,
+                          capture_output=True, text=True)
+    if done.returncode != 0 or not ENTRY.exists():
+        raise UserError(f"npm ci failed in {NPM_PROJECT} (exit code {done.returncode}): {done.stderr.strip()[-600:]}",
+                        "check that the npm registry is reachable (npm ping), then run make dashboard again")
+    INSTALLED_MARKER.write_text(lock_hash)
+
+
+class Omniboard:
+    """An Omniboard process serving database `db_name` at `url` on 127.0.0.1:`port`."""
+
+    def __init__(self, mongo_url: str, db_name: str, port: int, work_dir: Path) -> None:
+        self.mongo_url, self.db_name, self.requested_port = mongo_url, db_name, port
+        self.work_dir = Path(work_dir)
+        self.log_file = self.work_dir / "omniboard.log"
+        self.port: int | None = None
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{self.db_name}"
+
+    def start(self, timeout: float = 60) -> "Omniboard":
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        config = self.work_dir / "omniboard-config.json"
+        config.touch(mode=0o600)
+        config.chmod(0o600)
+        config.write_text(json.dumps({self.db_name: {"mongodbURI": _with_database(self.mongo_url, self.db_name),
+                                                      "path": f"/{self.db_name}"}}))
+        env = {**os.environ, "OMNIBOARD_CONFIG": str(config), "PORT": str(self.requested_port), "NODE_ENV": "production"}
+        with self.log_file.open("wb") as log:
+            self.process = subprocess.Popen(["node", str(ENTRY)], cwd=self.work_dir, env=env, stdout=log,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            text = self.log_file.read_text(errors="replace")
+            ports = LISTENING.findall(text)
+            if ports and CONNECTED in text:
+                self.port = int(ports[-1])
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise UserError(f"Omniboard did not come up: {self.log_file.read_text(errors='replace').strip()[-600:] or '(no output)'}",
+                        f"see {self.log_file}")
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+def _with_database(url: str, db_name: str) -> str:
+    """mongodb://host:port/?opts -> mongodb://host:port/db?opts (Omniboard takes the database from the path)."""
+    head, _, query = url.partition("?")
+    head = head.rstrip("/")
+    return f"{head}/{db_name}" + (f"?{query}" if query else "")

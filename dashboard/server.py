@@ -1,0 +1,199 @@
+"""A SecantusDB server (MongoDB wire protocol over WiredTiger) in a process of its own, on 127.0.0.1.
+
+The parent starts it with `DatabaseServer(...).start()` and stops it with `.stop()` (SIGTERM: WiredTiger
+closes cleanly, nothing is lost). Its own process, not threads of the caller, so that a test can kill it
+with SIGKILL as a crash would, and so that training runs and Omniboard never wait on the caller's GIL.
+
+Authentication: SecantusDB has no localhost exception, so the first start of a new data folder runs
+once without authentication on a free port to create the user, stops, and then starts with
+`require_auth` on the real port.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+from runner.errors import UserError
+
+READY = "secantus-ready"
+USER_MARKER = "dashboard-user.json"  # beside the data folder: the user it was provisioned with (no password)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def mongo_url(port: int, user: str | None = None, password: str | None = None) -> str:
+    if user is None:
+        return f"mongodb://127.0.0.1:{port}/"
+    quoted = f"{urllib.parse.quote_plus(user)}:{urllib.parse.quote_plus(password or '')}"
+    return f"mongodb://{quoted}@127.0.0.1:{port}/?authSource=admin"
+
+
+class DatabaseServer:
+    """SecantusDB over `data_dir`, listening on 127.0.0.1:`port` (0: a free one), with SCRAM when `user` is set."""
+
+    def __init__(self, data_dir: Path, port: int = 0, user: str | None = None, password: str | None = None,
+                 sync_on_commit: bool = True, log_file: Path | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.user, self.password = user, password
+        self.sync_on_commit = sync_on_commit
+        self.log_file = Path(log_file) if log_file else self.data_dir.parent / f"{self.data_dir.name}.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return mongo_url(self.port, self.user, self.password)
+
+    def start(self, timeout: float = 60) -> "DatabaseServer":
+        if not port_is_free(self.port):
+            raise UserError(f"port {self.port} on 127.0.0.1 is taken (another MongoDB, `make up`, or a dashboard "
+                            f"already running?)", "stop that server, or set MONGO_PORT (and the port in MONGO_URL) in .env to a free port")
+        marker = self.data_dir.parent / f"{self.data_dir.name}.{USER_MARKER}"
+        if self.user is not None and not marker.exists():
+            self._provision(marker, timeout)
+        self.process = self._spawn(self.port, auth=self.user is not None, timeout=timeout)
+        self._check_credentials()
+        return self
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM: the server closes WiredTiger (a checkpoint) and exits."""
+        if self.process is None:
+            return
+        _terminate(self.process, timeout)
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or power cut of the database host would (for tests)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def __enter__(self) -> "DatabaseServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _spawn(self, port: int, auth: bool, timeout: float) -> subprocess.Popen:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "dashboard.server", "--port", str(port), "--data-dir", str(self.data_dir)]
+        command += ["--auth"] * auth + ["--sync-on-commit"] * self.sync_on_commit
+        log = self.log_file.open("ab")
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)  # Ctrl-C in a terminal reaches the parent only; it stops us in order
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([process.stdout], [], [], 0.2)
+            if ready and process.stdout.readline().decode().strip() == READY:
+                return process
+            if process.poll() is not None:
+                raise UserError(f"the database server did not start (exit code {process.returncode}): {_tail(self.log_file)}",
+                                f"see {self.log_file}; if another process holds {self.data_dir}, stop it first")
+        _terminate(process, 5)
+        raise UserError(f"the database server did not answer within {timeout:.0f} s", f"see {self.log_file}")
+
+    def _provision(self, marker: Path, timeout: float) -> None:
+        import pymongo
+
+        process = self._spawn(free_port(), auth=False, timeout=timeout)
+        port = _listening_port(process)
+        try:
+            client = pymongo.MongoClient(mongo_url(port), serverSelectionTimeoutMS=5000)
+            if not client.admin.command("usersInfo", self.user)["users"]:
+                client.admin.command("createUser", self.user, pwd=self.password, roles=[{"role": "root", "db": "admin"}])
+            client.close()
+        finally:
+            _terminate(process, timeout)
+        marker.write_text(json.dumps({"user": self.user}))
+
+    def _check_credentials(self) -> None:
+        import pymongo
+        import pymongo.errors
+
+        client = pymongo.MongoClient(self.url, serverSelectionTimeoutMS=5000)
+        try:
+            client.admin.command("ping")
+            client.list_database_names()  # needs authentication: ping does not
+        except pymongo.errors.OperationFailure as exc:
+            self.stop()
+            raise UserError(f"the dashboard database {self.data_dir} refuses user {self.user!r} ({exc.details.get('errmsg', exc)}): "
+                            "it was created with other credentials",
+                            "put the earlier MONGO_USER/MONGO_PASSWORD back in .env, or delete that folder "
+                            "(make dashboard pushes every run again from runs/store and runs/journal)") from None
+        finally:
+            client.close()
+
+
+def _listening_port(process: subprocess.Popen) -> int:
+    return int(process.args[process.args.index("--port") + 1])
+
+
+def _terminate(process: subprocess.Popen, timeout: float) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout:
+        process.stdout.close()
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    text = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
+    return " | ".join(text[-lines:]) or "(no output)"
+
+
+def serve(port: int, data_dir: Path, auth: bool, sync_on_commit: bool) -> None:
+    """The server process: start, say READY on stdout, stop cleanly on SIGTERM or SIGINT."""
+    from secantus import SecantusDBServer
+
+    server = SecantusDBServer(host="127.0.0.1", port=port, storage_path=str(data_dir), require_auth=auth,
+                              replica_set_name=None,  # a plain standalone server: what Omniboard's driver expects
+                              enable_test_commands=False, sync_on_commit=sync_on_commit, cache_size="256M")
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    server.start()
+    print(READY, flush=True)
+    stopping.wait()
+    server.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m dashboard.server", description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--auth", action="store_true")
+    parser.add_argument("--sync-on-commit", action="store_true")
+    args = parser.parse_args(argv)
+    serve(args.port, args.data_dir, args.auth, args.sync_on_commit)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""`python -m dashboard` as a user runs it: a real database server, the runs pushed, Omniboard in Chromium."""
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pymongo
+import pytest
+
+from dashboard.columns import CUSTOM_COLUMNS, METRIC_COLUMNS
+from dashboard.server import free_port, mongo_url
+from tests.conftest import ROOT, run_cli
+from tests.test_tracking.conftest import TINY
+
+READY = "Ctrl-C stops the dashboard"
+
+
+@pytest.fixture
+def dashboard_env(tmp_path) -> dict[str, str]:
+    """Environment for a dashboard over a runs folder of its own, with its own .env and free ports."""
+    env_file = tmp_path / "dashboard.env"
+    port = free_port()
+    env_file.write_text(f"MONGO_USER=researcher\nMONGO_PASSWORD=pw-{port}\nMONGO_PORT={port}\nOMNIBOARD_PORT={free_port()}\n"
+                        f"MONGO_URL={mongo_url(port, 'researcher', f'pw-{port}')}\n")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO_", "OMNIBOARD_"))}
+    return {**clean, "ODEFLOW_RUNS": str(runs), "ODEFLOW_ENV_FILE": str(env_file), "PYTHONUNBUFFERED": "1"}
+
+
+def start_dashboard(env: dict[str, str], *args: str, timeout: float = 240) -> tuple[subprocess.Popen, str]:
+    """`python -m dashboard` in the background; returns it and what it printed up to READY."""
+    proc = subprocess.Popen([sys.executable, "-m", "dashboard", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    out, deadline = "", time.monotonic() + timeout
+    while READY not in out:
+        try:
+            out += lines.get(timeout=0.5)
+        except queue.Empty:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"dashboard did not start:\n{out}")
+    proc.printed = lines  # the rest of its output, for stop_dashboard
+    return proc, out
+
+
+def stop_dashboard(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> str:
+    proc.send_signal(sig)
+    assert proc.wait(timeout=60) == 0
+    time.sleep(0.2)
+    return "".join(proc.printed.get() for _ in range(proc.printed.qsize()))
+
+
+def dashboard_url(env: dict[str, str]) -> str:
+    return dict(line.split("=", 1) for line in Path(env["ODEFLOW_ENV_FILE"]).read_text().split())["MONGO_URL"]
+
+
+def dashboard_client(env: dict[str, str]) -> pymongo.MongoClient:
+    return pymongo.MongoClient(dashboard_url(env), serverSelectionTimeoutMS=5000)
+
+
+def train(env: dict[str, str], *overrides: str) -> None:
+    proc = run_cli([*TINY, "train.progress=false", *overrides], Path(env["ODEFLOW_RUNS"]),
+                   env={"ODEFLOW_ENV_FILE": env["ODEFLOW_ENV_FILE"], "MONGO_URL": dashboard_url(env)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_missing_node_is_one_clear_message(dashboard_env):
+    env = {**dashboard_env, "PATH": str(Path(sys.executable).parent)}  # no node, no npm
+    proc = subprocess.run([sys.executable, "-m", "dashboard"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "node and npm is not on PATH" in proc.stderr and "install Node.js 18 or newer" in proc.stderr
+
+
+def test_runs_pushed_once_stopped_cleanly_and_there_again(dashboard_env):
+    train(dashboard_env)  # the file store, as make run leaves it
+    proc, out = start_dashboard(dashboard_env, "--no-omniboard")
+    assert "1 runs pushed" in out and "0 already there" in out
+    client = dashboard_client(dashboard_env)
+    db = client["odeflow"]
+    assert db["runs"].find_one({"_id": 1})["status"] == "COMPLETED"
+    assert db["omniboard.custom.columns"].count_documents({}) == len(CUSTOM_COLUMNS)
+    assert db["omniboard.metric.columns"].count_documents({}) == len(METRIC_COLUMNS)
+    db["omniboard.custom.columns"].delete_one({"name": "trial"})  # a user removes a column in Omniboard
+    train(dashboard_env, "tracking=mongo")  # a live run while the dashboard is up
+    assert db["runs"].find_one({"_id": 2})["status"] == "COMPLETED"
+    assert "dashboard stopped" in stop_dashboard(proc, signal.SIGINT)
+
+    proc, out = start_dashboard(dashboard_env, "--no-omniboard")
+    assert "0 runs pushed" in out and "2 already there" in out
+    client = dashboard_client(dashboard_env)
+    db = client["odeflow"]
+    assert [d["status"] for d in db["runs"].find({}, {"status": 1}).sort("_id", 1)] == ["COMPLETED", "COMPLETED"]
+    assert db["omniboard.custom.columns"].find_one({"name": "trial"}) is None  # seeded once, not forced back
+    stop_dashboard(proc)
+    assert not list(Path(dashboard_env["ODEFLOW_RUNS"], "dashboard").glob("omniboard-config.json"))  # not started
+
+
+def test_changed_password_is_refused_with_the_fix(dashboard_env):
+    proc, _ = start_dashboard(dashboard_env, "--no-omniboard")
+    stop_dashboard(proc)
+    env_file = Path(dashboard_env["ODEFLOW_ENV_FILE"])
+    env_file.write_text(env_file.read_text().replace("MONGO_PASSWORD=pw-", "MONGO_PASSWORD=other-"))
+    done = subprocess.run([sys.executable, "-m", "dashboard", "--no-omniboard"], cwd=ROOT, env=dashboard_env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "created with other credentials" in done.stderr and "delete that folder" in done.stderr
+
+
+@pytest.mark.browser
+def test_omniboard_in_a_browser(dashboard_env, tmp_path):
+    """Headless Chromium over Omniboard: the run listed with this project's columns, its curves, artifacts, config."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None or shutil.which("node") is None:
+        pytest.skip("needs chromium (apt-get install chromium; .ci/run installs it) and Node.js")
+    from playwright.sync_api import sync_playwright
+
+    train(dashboard_env)
+    proc, out = start_dashboard(dashboard_env)
+    url = next(word for word in out.split() if word.startswith("http://127.0.0.1:"))
+    try:
+        train(dashboard_env, "tracking=mongo", "solver=rk4", "solver.step_size=0.25")  # appears live
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run"])
+            page = browser.new_page(viewport={"width": 1600, "height": 900})
+            page.goto(url)
+            page.wait_for_selector("text=2 experiments", timeout=60_000)
+            headers = page.inner_text(".fixedDataTableLayout_header")
+            for column in ("Command", "Model", "Dataset", "Solver", "Rtol", "Test acc", "Best val loss", "FNFE (mean)",
+                           "BNFE (mean)", "Params", "Sweep"):
+                assert column.lower() in headers.lower(), (column, headers)
+            table = page.inner_text(".fixedDataTableLayout_main")
+            assert "sacred_main" not in table and "train" in table
+            page.screenshot(path=str(tmp_path / "omniboard-runs.png"))
+
+            page.goto(f"{url}?showDrillDownRunModal=true&runIdToExpand=1&runIdStatus=COMPLETED")
+            page.wait_for_selector(".modal .js-plotly-plot", timeout=60_000)
+            legend = page.inner_text(".modal .js-plotly-plot")
+            assert "val.loss" in legend and "nfe.forward" not in legend and "epoch.time" not in legend
+            page.screenshot(path=str(tmp_path / "omniboard-metrics.png"))
+            page.click(".modal a:has-text('Artifacts')")
+            page.wait_for_selector(".modal >> text=confusion_matrix.png", timeout=30_000)
+            page.click(".modal a:has-text('Config')")
+            page.wait_for_selector(".modal >> text=solver", timeout=30_000)
+            config = page.inner_text(".modal-body")
+            assert "method" in config and "euler" in config
+            browser.close()
+    finally:
+        stop_dashboard(proc)
+    print(f"screenshots in {tmp_path}")
