@@ -44,6 +44,28 @@ def truncate_output(text: str) -> str:
     return f"{text[:CAPTURED_OUT_HEAD]}\n[... {cut} characters cut here; the full output is in the local journal (cout.txt) ...]\n{text[-CAPTURED_OUT_TAIL:]}"
 
 
+def table_fields(entry: dict[str, Any], best: dict[str, float]) -> dict[str, Any]:
+    """The run's headline numbers as top-level fields of its document, under the names of Omniboard's columns.
+
+    Omniboard opens its run table with one column per top-level field, in document order, and the run's
+    config keys after them; only the first dozen columns are on screen. Fields written first (at insert)
+    put what a researcher compares next to the run id, and custom columns named like them show them.
+    """
+    config, meta, info = entry.get("config") or {}, entry.get("meta") or {}, entry.get("info") or {}
+    solver = config.get("solver") or {} if meta.get("model_family") == "odenet" else {}
+    choices, cost, parameters = meta.get("choices") or {}, info.get("cost") or {}, info.get("parameters") or {}
+    return {  # most compared first: a 1920-pixel screen shows about ten
+        "model": choices.get("model"), "dataset": choices.get("data"), "solver": solver.get("method"),
+        "rtol": solver.get("rtol"), "test acc": (info.get("test") or {}).get("test.acc"),
+        "best val loss": best.get("val.loss"), "FNFE": cost.get("fnfe"), "BNFE": cost.get("bnfe"),
+        "params": parameters.get("total"), "sweep": meta.get("sweep_id"), "s/epoch": cost.get("epoch_time"),
+        "adjoint": solver.get("adjoint"), "best val acc": best.get("val.acc"), "trial": meta.get("trial"),
+    }
+
+
+BEST = {"val.loss": min, "val.acc": max}
+
+
 class StrictMongoObserver(MongoObserver):
     """Sacred's MongoObserver, but every failed write raises (Sacred's swallows lost connections in
     heartbeats and retries final saves for seconds), ids are always the database's own, and captured
@@ -56,6 +78,9 @@ class StrictMongoObserver(MongoObserver):
         super().heartbeat_event(info, truncate_output(captured_out), beat_time, result)
 
     def log_metrics(self, metrics_by_name, info):
+        for name, pick in BEST.items():
+            if metrics_by_name.get(name, {}).get("values"):
+                self.best[name] = pick([*metrics_by_name[name]["values"], *([self.best[name]] if name in self.best else [])])
         costs = {name: m for name, m in metrics_by_name.items() if is_cost_metric(name)}
         super().log_metrics({name: m for name, m in metrics_by_name.items() if name not in costs}, info)
         for name, m in costs.items():
@@ -63,10 +88,16 @@ class StrictMongoObserver(MongoObserver):
                                          {"$push": {key: {"$each": m[key]} for key in ("steps", "values", "timestamps")}},
                                          upsert=True)
 
+    def insert(self):
+        self.run_entry = {**table_fields(self.run_entry, self.best), **self.run_entry}
+        super().insert()
+
     def save(self):
+        self.run_entry.update(table_fields(self.run_entry, self.best))
         self.runs.update_one({"_id": self.run_entry["_id"]}, {"$set": self.run_entry})
 
     def final_save(self, attempts):
+        self.run_entry.update(table_fields(self.run_entry, self.best))
         self.runs.update_one({"_id": self.run_entry["_id"]}, {"$set": self.run_entry}, upsert=True)
 
     @staticmethod
@@ -82,6 +113,7 @@ def open_observer(client: Any, db_name: str) -> StrictMongoObserver:
     database = client[db_name]
     observer = StrictMongoObserver.create_from(database["runs"], gridfs.GridFS(database), metrics_collection=database["metrics"])
     observer.cost_metrics = database[COST_METRICS_COLLECTION]
+    observer.best = {}
     return observer
 
 
