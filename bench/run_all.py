@@ -17,6 +17,7 @@ BENCHMARKS = {
     "runner_overhead.py": "runner vs bare loop",
     "odenet_vs_resnet.py": "ODEnet vs ResNet epoch",
     "tracking_overhead.py": "tracking overhead",
+    "dashboard.py": "dashboard start-up",
     "sweep_parallel.py": "sweep wall time",
 }
 

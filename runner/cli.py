@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from runner.errors import UserError
-from runner.masking import mask_url
 
 SUBCOMMANDS = ("sync", "runs", "reproduce", "resume", "reevaluate", "report")
 
@@ -48,8 +47,9 @@ def read_records(store) -> list:
         try:
             return read_mongo(answering_client(store), store.db_name)
         except Exception as exc:  # pymongo raises several types for "no server"
-            print(f"MongoDB at {mask_url(store.url)} is unreachable ({type(exc).__name__}); "
-                  f"showing the local journal {store.local_dir} instead", file=sys.stderr)
+            from runner.mongo import describe_failure
+
+            print(f"{describe_failure(store.url, exc)}; showing the local journal {store.local_dir} instead", file=sys.stderr)
     return read_file_store(store.local_dir)
 
 
