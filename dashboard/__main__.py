@@ -86,7 +86,7 @@ def serve(overrides: list[str], stop: threading.Event, with_omniboard: bool = Tr
     env = credentials()
     mongo = load_store(["tracking=mongo", *overrides])
     files = load_store(["tracking=file", *[o for o in overrides if not o.startswith("tracking")]])
-    runs_root = files.local_dir.parent
+    runs_root = files.local_dir.parent.resolve()
     server = DatabaseServer(runs_root / "dashboard" / "db", int(env["MONGO_PORT"]), env["MONGO_USER"], env["MONGO_PASSWORD"])
     omniboard = None
     try:

@@ -53,7 +53,7 @@ class Omniboard:
 
     def __init__(self, mongo_url: str, db_name: str, port: int, work_dir: Path) -> None:
         self.mongo_url, self.db_name, self.requested_port = mongo_url, db_name, port
-        self.work_dir = Path(work_dir)
+        self.work_dir = Path(work_dir).resolve()  # Omniboard require()s its config: a relative path would be its own
         self.log_file = self.work_dir / "omniboard.log"
         self.port: int | None = None
         self.process: subprocess.Popen | None = None
