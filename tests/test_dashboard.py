@@ -35,9 +35,9 @@ def dashboard_env(tmp_path) -> dict[str, str]:
     return {**clean, "ODEFLOW_RUNS": str(runs), "ODEFLOW_ENV_FILE": str(env_file), "PYTHONUNBUFFERED": "1"}
 
 
-def start_dashboard(env: dict[str, str], *args: str, timeout: float = 240) -> tuple[subprocess.Popen, str]:
+def start_dashboard(env: dict[str, str], *args: str, timeout: float = 240, cwd: Path = ROOT) -> tuple[subprocess.Popen, str]:
     """`python -m dashboard` in the background; returns it and what it printed up to READY."""
-    proc = subprocess.Popen([sys.executable, "-m", "dashboard", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "dashboard", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
@@ -124,7 +124,8 @@ def test_omniboard_in_a_browser(dashboard_env, tmp_path):
     from playwright.sync_api import sync_playwright
 
     train(dashboard_env)
-    proc, out = start_dashboard(dashboard_env)
+    # A relative runs folder, as `make run` leaves it (runs/ beside the Makefile).
+    proc, out = start_dashboard({**dashboard_env, "ODEFLOW_RUNS": "runs"}, cwd=tmp_path)
     url = next(word for word in out.split() if word.startswith("http://127.0.0.1:"))
     try:
         train(dashboard_env, "tracking=mongo", "solver=rk4", "solver.step_size=0.25")  # appears live
