@@ -121,8 +121,8 @@ class DatabaseServer:
     def _provision(self, marker: Path, timeout: float) -> None:
         import pymongo
 
-        process = self._spawn(free_port(), auth=False, timeout=timeout)
-        port = _listening_port(process)
+        port = free_port()
+        process = self._spawn(port, auth=False, timeout=timeout)
         try:
             client = pymongo.MongoClient(mongo_url(port), serverSelectionTimeoutMS=5000)
             if not client.admin.command("usersInfo", self.user)["users"]:
@@ -148,10 +148,6 @@ class DatabaseServer:
                             "(make dashboard pushes every run again from runs/store and runs/journal)") from None
         finally:
             client.close()
-
-
-def _listening_port(process: subprocess.Popen) -> int:
-    return int(process.args[process.args.index("--port") + 1])
 
 
 def _terminate(process: subprocess.Popen, timeout: float) -> None:

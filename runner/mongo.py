@@ -29,7 +29,7 @@ FINAL_STATUSES = ("COMPLETED", "FAILED", "INTERRUPTED")
 # Per-epoch cost series (NFE counts, seconds) go to their own collection beside Sacred's `metrics`.
 # Omniboard plots every series of a run's `metrics` on one linear axis, ticked by default, so NFE
 # (tens) and epoch times would flatten the loss and accuracy curves (0-1) into lines at the bottom.
-# Omniboard shows the costs as table columns (info.cost) and in the nfe.png artifact instead.
+# Omniboard shows the costs as table columns (table_fields, from info.cost) and in the nfe.png artifact.
 COST_METRICS_COLLECTION = "cost_metrics"
 
 
@@ -52,7 +52,7 @@ def table_fields(entry: dict[str, Any], best: dict[str, float]) -> dict[str, Any
     put what a researcher compares next to the run id, and custom columns named like them show them.
     """
     config, meta, info = entry.get("config") or {}, entry.get("meta") or {}, entry.get("info") or {}
-    solver = config.get("solver") or {} if meta.get("model_family") == "odenet" else {}
+    solver = (config.get("solver") or {}) if meta.get("model_family") == "odenet" else {}  # a ResNet has no solver
     choices, cost, parameters = meta.get("choices") or {}, info.get("cost") or {}, info.get("parameters") or {}
     return {  # most compared first: a 1920-pixel screen shows about ten
         "model": choices.get("model"), "dataset": choices.get("data"), "solver": solver.get("method"),
@@ -79,8 +79,9 @@ class StrictMongoObserver(MongoObserver):
 
     def log_metrics(self, metrics_by_name, info):
         for name, pick in BEST.items():
-            if metrics_by_name.get(name, {}).get("values"):
-                self.best[name] = pick([*metrics_by_name[name]["values"], *([self.best[name]] if name in self.best else [])])
+            seen = [*metrics_by_name.get(name, {}).get("values", []), *([self.best[name]] if name in self.best else [])]
+            if seen:
+                self.best[name] = pick(seen)
         costs = {name: m for name, m in metrics_by_name.items() if is_cost_metric(name)}
         super().log_metrics({name: m for name, m in metrics_by_name.items() if name not in costs}, info)
         for name, m in costs.items():

@@ -40,7 +40,8 @@ def start_dashboard(env: dict[str, str], *args: str, timeout: float = 240, cwd: 
     proc = subprocess.Popen([sys.executable, "-m", "dashboard", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    proc.reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)
+    proc.reader.start()
     out, deadline = "", time.monotonic() + timeout
     while READY not in out:
         try:
@@ -56,7 +57,7 @@ def start_dashboard(env: dict[str, str], *args: str, timeout: float = 240, cwd: 
 def stop_dashboard(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> str:
     proc.send_signal(sig)
     assert proc.wait(timeout=60) == 0
-    time.sleep(0.2)
+    proc.reader.join(10)
     return "".join(proc.printed.get() for _ in range(proc.printed.qsize()))
 
 
