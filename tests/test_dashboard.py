@@ -70,7 +70,8 @@ def dashboard_client(env: dict[str, str]) -> pymongo.MongoClient:
 
 
 def train(env: dict[str, str], *overrides: str) -> None:
-    proc = run_cli([*TINY, "train.progress=false", *overrides], Path(env["ODEFLOW_RUNS"]),
+    flags = [o for o in overrides if o.startswith("-")]  # -m goes before the overrides
+    proc = run_cli([*flags, *TINY, "train.progress=false", *(o for o in overrides if o not in flags)], Path(env["ODEFLOW_RUNS"]),
                    env={"ODEFLOW_ENV_FILE": env["ODEFLOW_ENV_FILE"], "MONGO_URL": dashboard_url(env)})
     assert proc.returncode == 0, proc.stderr[-2000:]
 
@@ -124,7 +125,7 @@ def test_omniboard_in_a_browser(dashboard_env, tmp_path):
         pytest.skip("needs chromium (apt-get install chromium; .ci/run installs it) and Node.js")
     from playwright.sync_api import sync_playwright
 
-    train(dashboard_env)
+    train(dashboard_env, "-m", "sweep_id=sweep-a")  # one trial of a sweep
     # A relative runs folder, as `make run` leaves it (runs/ beside the Makefile).
     proc, out = start_dashboard({**dashboard_env, "ODEFLOW_RUNS": "runs"}, cwd=tmp_path)
     url = next(word for word in out.split() if word.startswith("http://127.0.0.1:"))
@@ -143,6 +144,16 @@ def test_omniboard_in_a_browser(dashboard_env, tmp_path):
             table = page.inner_text(".fixedDataTableLayout_main")
             assert "euler" in table and "rk4" in table and "odenet_simple" in table  # rk4: the live run
             page.screenshot(path=str(tmp_path / "omniboard-runs.png"))
+            page.click("text=Column Name")  # a sweep's trials, by its id
+            page.keyboard.type("sweep")
+            page.keyboard.press("Enter")
+            page.click("text=Enter Value...")
+            page.keyboard.type("sweep-a")
+            page.wait_for_selector("[class*='option']:has-text('sweep-a')", timeout=30_000)  # values load as you type
+            page.keyboard.press("Enter")
+            page.click("text=Add Filter")
+            page.wait_for_selector("text=1 experiments", timeout=30_000)
+            assert "rk4" not in page.inner_text(".fixedDataTableLayout_main")
 
             page.goto(f"{url}?showDrillDownRunModal=true&runIdToExpand=1&runIdStatus=COMPLETED")
             page.wait_for_selector(".modal .js-plotly-plot", timeout=60_000)
