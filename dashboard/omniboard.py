@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from dashboard.server import stop_with_parent
 from runner.errors import UserError
 from runner.tracking import PROJECT_ROOT
 
@@ -72,7 +73,8 @@ class Omniboard:
         env = {**os.environ, "OMNIBOARD_CONFIG": str(config), "PORT": str(self.requested_port), "NODE_ENV": "production"}
         with self.log_file.open("wb") as log:
             self.process = subprocess.Popen(["node", str(ENTRY)], cwd=self.work_dir, env=env, stdout=log,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                            preexec_fn=stop_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.process.poll() is None:
             text = self.log_file.read_text(errors="replace")

@@ -69,6 +69,9 @@ class DatabaseServer:
         return mongo_url(self.port, self.user, self.password)
 
     def start(self, timeout: float = 60) -> "DatabaseServer":
+        deadline = time.monotonic() + 10  # a server that is still stopping (a dashboard just stopped or killed) frees it soon
+        while not port_is_free(self.port) and time.monotonic() < deadline:
+            time.sleep(0.2)
         if not port_is_free(self.port):
             raise UserError(f"port {self.port} on 127.0.0.1 is taken (another MongoDB, `make up`, or a dashboard "
                             f"already running?)", "stop that server, or set MONGO_PORT (and the port in MONGO_URL) in .env to a free port")
@@ -105,7 +108,8 @@ class DatabaseServer:
         command += ["--auth"] * auth + ["--sync-on-commit"] * self.sync_on_commit
         log = self.log_file.open("ab")
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)  # Ctrl-C in a terminal reaches the parent only; it stops us in order
+                                   start_new_session=True,  # Ctrl-C in a terminal reaches the parent only; it stops us in order
+                                   preexec_fn=stop_with_parent)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -148,6 +152,16 @@ class DatabaseServer:
                             "(make dashboard pushes every run again from runs/store and runs/journal)") from None
         finally:
             client.close()
+
+
+def stop_with_parent() -> None:
+    """In a child between fork and exec: SIGTERM when the parent dies, however it dies (kill -9 included),
+    so the database closes cleanly and frees its port. Linux only; elsewhere children outlive a killed parent."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _terminate(process: subprocess.Popen, timeout: float) -> None:

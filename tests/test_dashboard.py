@@ -106,6 +106,15 @@ def test_runs_pushed_once_stopped_cleanly_and_there_again(dashboard_env):
     assert not list(Path(dashboard_env["ODEFLOW_RUNS"], "dashboard").glob("omniboard-config.json"))  # not started
 
 
+def test_a_killed_dashboard_leaves_no_server_behind(dashboard_env):
+    proc, _ = start_dashboard(dashboard_env, "--no-omniboard")
+    proc.kill()  # kill -9: no chance to stop its children
+    proc.wait()
+    proc, out = start_dashboard(dashboard_env, "--no-omniboard", timeout=60)  # the port and the data folder are free again
+    assert "0 runs pushed" in out
+    stop_dashboard(proc)
+
+
 def test_changed_password_is_refused_with_the_fix(dashboard_env):
     proc, _ = start_dashboard(dashboard_env, "--no-omniboard")
     stop_dashboard(proc)
