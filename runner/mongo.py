@@ -215,7 +215,11 @@ def run_uid_of(run_dir: Path, record: dict[str, Any]) -> str:
 def replay(run_dir: Path, client: Any, db_name: str) -> Any:
     """Write one journalled run (Sacred file-store folder) into MongoDB as Sacred's observer would; returns its id.
 
-    A partial document left by a run that lost the database mid-run is replaced, keeping its id.
+    A document already there for the run (partial: the run lost the database mid-run, or a server crash lost
+    its last writes) is rewritten in place under its id, never deleted first: a crash part-way leaves it
+    with a status that is not the journal's, so the next sync writes it again. Its metric series are
+    emptied and refilled (keeping their ids, which Omniboard follows), and the GridFS files only it used
+    are deleted once the new ones are in.
     """
     record = json.loads((run_dir / "run.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
@@ -226,23 +230,20 @@ def replay(run_dir: Path, client: Any, db_name: str) -> Any:
     meta = {**record.get("meta", {}), "run_uid": uid}
 
     observer = open_observer(client, db_name)
-    old = observer.runs.find_one({"meta.run_uid": uid}, {"_id": 1})
-    if old is not None:
-        observer.runs.delete_one({"_id": old["_id"]})
-        observer.metrics.delete_many({"run_id": old["_id"]})
-        observer.cost_metrics.delete_many({"run_id": old["_id"]})
-    experiment = dict(record["experiment"])
-    sources = experiment.get("sources", [])
-    experiment["sources"] = []
-    observer.run_entry = None
-    MongoObserver.started_event(observer, experiment, record.get("command"), record.get("host", {}),
-                                _time(record.get("start_time")), config, meta, old["_id"] if old else None)
-    store_root = run_dir.parent
-    observer.run_entry["experiment"]["sources"] = [
-        [name, observer.fs.put((store_root / stored).read_bytes(), filename=name)]
-        for name, stored in sources if (store_root / stored).is_file()
-    ]
+    old = observer.runs.find_one({"meta.run_uid": uid})
+    old_files = _files_of(old) if old else []
     info.pop("metrics", None)
+    if old is not None:
+        for collection in (observer.metrics, observer.cost_metrics):
+            collection.update_many({"run_id": old["_id"]}, {"$set": {"steps": [], "values": [], "timestamps": []}})
+        info["metrics"] = [{"name": m["name"], "id": str(m["_id"])} for m in observer.metrics.find({"run_id": old["_id"]}, {"name": 1})]
+    store_root = run_dir.parent
+    sources = [[name, observer.fs.put((store_root / stored).read_bytes(), filename=name, metadata={"run_uid": uid})]
+               for name, stored in record["experiment"].get("sources", []) if (store_root / stored).is_file()]
+    observer.save_sources = lambda ex_info: sources  # the document switches to them in its first write
+    observer.run_entry, observer.overwrite = None, old  # with `overwrite`, Sacred's observer updates that document
+    MongoObserver.started_event(observer, dict(record["experiment"]), record.get("command"), record.get("host", {}),
+                                _time(record.get("start_time")), config, meta, None)
     observer.log_metrics({name: {"steps": m["steps"], "values": m["values"],
                                  "timestamps": [_time(t) for t in m["timestamps"]]} for name, m in metrics.items()}, info)
     for name in record.get("artifacts", []):
@@ -259,7 +260,30 @@ def replay(run_dir: Path, client: Any, db_name: str) -> Any:
     else:  # the process died mid-run; keep the state the journal knows
         observer.run_entry["status"] = status
         observer.final_save(1)
+    _delete_unused_files(observer, uid, old_files, [*record.get("artifacts", []), *(name for name, _ in old_files)])
     return observer.run_entry["_id"]
+
+
+def _delete_unused_files(observer: StrictMongoObserver, uid: str, old_files: list[tuple[str, Any]], artifact_names: list[str]) -> None:
+    """Delete the GridFS files of earlier writes of this run that its document no longer names: the old
+    document's, and those of an earlier replay that died part-way (its sources carry the run uid, its
+    artifacts are named after the run id)."""
+    kept = {file_id for _, file_id in _files_of(observer.run_entry)}
+    prefix = f"artifact://{observer.runs.name}/{observer.run_entry['_id']}/"
+    ours = {f._id for f in observer.fs.find({"metadata.run_uid": uid})}
+    ours |= {f._id for f in observer.fs.find({"filename": {"$in": [prefix + name for name in set(artifact_names)]}})}
+    for file_id in ours - kept:
+        observer.fs.delete(file_id)
+    for name, file_id in old_files:  # sources a live run wrote may be shared with other runs
+        shared = observer.runs.count_documents({"$or": [{"artifacts.file_id": file_id}, {"experiment.sources": [name, file_id]}]})
+        if file_id not in kept | ours and not shared:
+            observer.fs.delete(file_id)
+
+
+def _files_of(document: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(name, GridFS id) of a run document's artifacts and source files."""
+    return ([(a["name"], a["file_id"]) for a in document.get("artifacts", [])]
+            + [(name, file_id) for name, file_id in document.get("experiment", {}).get("sources", [])])
 
 
 def sync(journal_dir: Path, client: Any, db_name: str, include_running: bool = False, log=print) -> dict[str, int]:

@@ -10,8 +10,10 @@ from pathlib import Path
 import bson
 import gridfs
 import pymongo
+import pymongo.errors
+import pytest
 from dashboard.server import DatabaseServer
-from runner.mongo import CAPTURED_OUT_HEAD, CAPTURED_OUT_TAIL, COST_METRICS_COLLECTION, MARKER, replay, sync, truncate_output
+from runner.mongo import CAPTURED_OUT_HEAD, StrictMongoObserver, CAPTURED_OUT_TAIL, COST_METRICS_COLLECTION, MARKER, replay, sync, truncate_output
 from runner.tracking import PROJECT_ROOT, RunLog
 from tests.conftest import ROOT, run_cli
 from tests.test_tracking.conftest import MONGO, TINY, tiny_run
@@ -117,6 +119,37 @@ def test_server_killed_mid_run_then_restarted_and_synced_exactly_once(runs_dir, 
         assert db["runs"].find_one()["status"] == "COMPLETED" and db["runs"].count_documents({}) == 1
     finally:
         restarted.stop()
+
+
+def test_a_crash_during_sync_loses_nothing_and_leaves_no_orphaned_files(runs_dir, tmp_path, monkeypatch, mongo_db):
+    client, name = mongo_db
+    monkeypatch.setenv("MONGO_URL", DOWN_URL)
+    tiny_run(runs_dir, tmp_path / "out", *MONGO)
+    quiet_sync(runs_dir / "journal", client, name)
+    db, fs = client[name], gridfs.GridFS(client[name])
+    first = db["runs"].find_one()
+    files = {f._id for f in fs.find()}
+    assert files == {file_id for _, file_id in first["experiment"]["sources"]} | {a["file_id"] for a in first["artifacts"]}
+    db["runs"].update_one({"_id": first["_id"]}, {"$set": {"status": "RUNNING"}})  # a write the database lost
+
+    def crash(*_):
+        raise pymongo.errors.AutoReconnect("connection closed")  # sync dies half-way through the rewrite
+
+    monkeypatch.setattr(StrictMongoObserver, "artifact_event", crash)
+    with pytest.raises(pymongo.errors.AutoReconnect):
+        quiet_sync(runs_dir / "journal", client, name)
+    assert db["runs"].count_documents({"_id": first["_id"]}) == 1  # still there, under its id
+    monkeypatch.undo()
+
+    assert quiet_sync(runs_dir / "journal", client, name)["pushed"] == 1
+    doc = db["runs"].find_one()
+    assert db["runs"].count_documents({}) == 1 and doc["_id"] == first["_id"] and doc["status"] == "COMPLETED"
+    assert db["metrics"].find_one({"run_id": doc["_id"], "name": "val.loss"})["steps"] == [1, 2, 3]
+    assert {m["id"] for m in doc["info"]["metrics"]} == {str(m["_id"]) for m in db["metrics"].find({"run_id": doc["_id"]})}
+    assert db[COST_METRICS_COLLECTION].find_one({"run_id": doc["_id"], "name": "nfe.forward"})["steps"] == [1, 2, 3]
+    referenced = {file_id for _, file_id in doc["experiment"]["sources"]} | {a["file_id"] for a in doc["artifacts"]}
+    assert {f._id for f in fs.find()} == referenced  # nothing orphaned: not the first push's, not the crashed attempt's
+    assert not files & referenced and len(referenced) == len(files)
 
 
 def test_two_parallel_trials_get_unique_ids_and_lose_nothing(runs_dir, mongo_db):
