@@ -191,7 +191,7 @@ AUTH_FAILED = 18  # MongoDB's error code for a wrong user name or password
 
 def describe_failure(url: str, exc: BaseException) -> str:
     """One line saying why the database at `url` did not take a write: refused credentials or unreachable."""
-    reason = mask_url(str(exc).splitlines()[0][:160]) if str(exc) else type(exc).__name__
+    reason = mask_url(str(exc).splitlines()[0].split(" (configured timeouts")[0][:160]) if str(exc) else type(exc).__name__
     if getattr(exc, "code", None) == AUTH_FAILED:
         return f"MongoDB at {mask_url(url)} refused the user name or password in MONGO_URL ({reason.split(',')[0]})"
     return f"MongoDB at {mask_url(url)} is unreachable ({reason})"
