@@ -54,9 +54,8 @@ def fill(db, runs: int) -> None:
         doc["info"]["metrics"] = []
         for collection, docs in series.items():
             for metric in docs:
-                new = {**metric, "_id": None, "run_id": run_id}
-                new.pop("_id")
-                inserted = db[collection].insert_one(new).inserted_id
+                new = {key: value for key, value in metric.items() if key != "_id"}
+                inserted = db[collection].insert_one({**new, "run_id": run_id}).inserted_id
                 if collection == "metrics":
                     doc["info"]["metrics"].append({"name": metric["name"], "id": str(inserted)})
         db["runs"].insert_one(doc)

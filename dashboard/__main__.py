@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from runner.errors import UserError
+from runner.masking import mask_url
 from runner.tracking import PROJECT_ROOT, env_file
 
 ENV_EXAMPLE = PROJECT_ROOT / ".env.example"
@@ -101,11 +102,10 @@ def serve(overrides: list[str], stop: threading.Event, with_omniboard: bool = Tr
         if with_omniboard:
             omniboard = Omniboard(server.url, mongo.db_name, int(env["OMNIBOARD_PORT"]), runs_root / "dashboard").start()
             print(f"Omniboard {version()}: {omniboard.url}   (ready in {time.monotonic() - started:.1f} s)")
-        expected = mongo_url(server.port, env["MONGO_USER"], env["MONGO_PASSWORD"])
         print("log runs here live:  .venv/bin/python -m runner tracking=mongo   (MONGO_URL from .env)")
-        if env.get("MONGO_URL") and env["MONGO_URL"].split("?")[0] != expected.split("?")[0]:
+        if env.get("MONGO_URL") and env["MONGO_URL"].split("?")[0] != server.url.split("?")[0]:
             print(f"warning: MONGO_URL in .env does not point at this database; runs with tracking=mongo will go elsewhere "
-                  f"(set it to mongodb://{env['MONGO_USER']}:***@127.0.0.1:{server.port}/?authSource=admin)")
+                  f"(set it to {mask_url(server.url)})")
         print("Ctrl-C stops the dashboard", flush=True)
         while not stop.wait(0.5):
             if server.process is None or server.process.poll() is not None:

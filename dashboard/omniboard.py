@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from dashboard.server import stop_with_parent
+from dashboard.server import stop_with_parent, terminate
 from runner.errors import UserError
 from runner.tracking import PROJECT_ROOT
 
@@ -91,16 +91,9 @@ class Omniboard:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout: float = 10) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
+        if self.process is not None:
+            terminate(self.process, timeout)
+            self.process = None
 
 
 def _with_database(url: str, db_name: str) -> str:

@@ -86,7 +86,7 @@ class DatabaseServer:
         """SIGTERM: the server closes WiredTiger (a checkpoint) and exits."""
         if self.process is None:
             return
-        _terminate(self.process, timeout)
+        terminate(self.process, timeout)
         self.process = None
 
     def kill(self) -> None:
@@ -119,7 +119,7 @@ class DatabaseServer:
             if process.poll() is not None:
                 raise UserError(f"the database server did not start (exit code {process.returncode}): {_tail(self.log_file)}",
                                 f"see {self.log_file}; if another process holds {self.data_dir}, stop it first")
-        _terminate(process, 5)
+        terminate(process, 5)
         raise UserError(f"the database server did not answer within {timeout:.0f} s", f"see {self.log_file}")
 
     def _provision(self, marker: Path, timeout: float) -> None:
@@ -133,7 +133,7 @@ class DatabaseServer:
                 client.admin.command("createUser", self.user, pwd=self.password, roles=[{"role": "root", "db": "admin"}])
             client.close()
         finally:
-            _terminate(process, timeout)
+            terminate(process, timeout)
         marker.write_text(json.dumps({"user": self.user}))
 
     def _check_credentials(self) -> None:
@@ -164,7 +164,8 @@ def stop_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _terminate(process: subprocess.Popen, timeout: float) -> None:
+def terminate(process: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited within `timeout` seconds."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
