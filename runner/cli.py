@@ -139,6 +139,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from runner.rerun import config_from_record, load_training_state
 
     record, cfg, _ = _one_run(args)
+    if record.status == "COMPLETED":
+        raise UserError(f"run {record.id} is COMPLETED: it trained to the end (or stopped early), so there is nothing to resume",
+                        f"resume continues crashed or killed runs (status RUNNING, FAILED or INTERRUPTED); "
+                        f"to train it again use: python -m runner reproduce {record.id}")
     state, out_dir = load_training_state(record)
     print(f"resuming run {record.id} after epoch {state['epoch']} (from {out_dir / 'last_checkpoint.pt'})", flush=True)
     meta = {"resumed_from": record.id, "resumed_from_uid": record.meta.get("run_uid"), "resumed_after_epoch": state["epoch"],

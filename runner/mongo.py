@@ -119,9 +119,14 @@ def open_observer(client: Any, db_name: str) -> StrictMongoObserver:
 
 
 class MongoMirror(RunObserver):
-    """Forwards a run's events to MongoDB until the first failure, then only says so, once."""
+    """Forwards a run's events to MongoDB until the first failure, then only says so, once.
 
-    priority = 30
+    It runs before the journal, so a run that reaches the database has the database's id everywhere (the
+    console, the summary, links between runs, `runs list tracking=mongo`, Omniboard); a run that does not
+    reach it has the journal's id.
+    """
+
+    priority = 50  # above the journal's (FILE_STORE_PRIORITY)
 
     def __init__(self, store: Any, journal: Any) -> None:
         self.store = store
@@ -141,7 +146,7 @@ class MongoMirror(RunObserver):
 
     def _give_up(self, exc: BaseException) -> None:
         self.mongo, self.complete = None, False
-        print(f"{describe_failure(self.store.url, exc)}; the run goes on and is journalled locally in {self.journal.dir}. "
+        print(f"{describe_failure(self.store.url, exc)}; the run goes on and is journalled locally in {self.journal.basedir}. "
               f"Push it later with: python -m runner sync tracking=mongo", file=sys.stderr, flush=True)
 
     def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
@@ -155,7 +160,7 @@ class MongoMirror(RunObserver):
         mongo_id = self._call("started_event", ex_info, command, host_info, start_time, config, meta_info, _id)
         if mongo_id is not None:
             print(f"logging to MongoDB {mask_url(self.store.url)} db {self.store.db_name} as run {mongo_id}", flush=True)
-        return None  # the journal's id is the run's id
+        return mongo_id
 
     def heartbeat_event(self, info, captured_out, beat_time, result):
         self._call("heartbeat_event", info, captured_out, beat_time, result)

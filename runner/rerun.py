@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import importlib.metadata
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,16 @@ def config_from_record(record: RunRecord, current: DictConfig) -> DictConfig:
 
 
 def installed_versions() -> dict[str, str]:
-    return {(d.metadata["Name"] or "").lower(): d.version for d in importlib.metadata.distributions()}
+    """name -> version of what is installed, found the way Sacred found a run's dependencies (pkg_resources'
+    working set, which also lists packages vendored inside setuptools), so an unchanged environment shows
+    no difference."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+        from sacred.dependencies import get_dependencies_from_pkg
+
+    return {dep.name.lower(): dep.version for dep in get_dependencies_from_pkg(None, None)}
 
 
 def environment_differences(record: RunRecord) -> list[str]:

@@ -25,14 +25,21 @@ def env_file() -> Path:
     """The .env file with MONGO_URL and the dashboard's credentials (`ODEFLOW_ENV_FILE` names another)."""
     return Path(os.environ.get("ODEFLOW_ENV_FILE") or PROJECT_ROOT / ".env")
 
-# Above Sacred's Mongo observer (30): the file store/journal assigns the run id and sees every event first.
-FILE_STORE_PRIORITY = 40
+FILE_STORE_PRIORITY = 40  # Sacred calls observers by priority; the first to return an id names the run
 
 
 def _file_observer(directory: str):
     from sacred.observers import FileStorageObserver
 
-    return FileStorageObserver(str(Path(directory).expanduser()), priority=FILE_STORE_PRIORITY)
+    class LocalRunFolder(FileStorageObserver):
+        """Sacred's file store, numbering its folders itself: as a journal behind MongoDB it gets the
+        database's id, which may already name one of its folders (runs journalled while the database
+        was down, or another machine's runs in a shared database)."""
+
+        def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
+            return super().started_event(ex_info, command, host_info, start_time, config, meta_info, None)
+
+    return LocalRunFolder(str(Path(directory).expanduser()), priority=FILE_STORE_PRIORITY)
 
 
 @dataclass(frozen=True)

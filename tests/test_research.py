@@ -46,7 +46,9 @@ def trained(tmp_path_factory) -> Path:
 def test_reproduce_matches_every_epoch(trained: Path):
     proc = run_cli(["reproduce", "1"], trained)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "MATCH" in proc.stdout and "reproduced as run" in proc.stdout
+    assert "\nMATCH: largest per-epoch difference 0 " in proc.stdout and "run 1 reproduced as run 2:" in proc.stdout
+    # Nothing was installed or removed since the run: no package may be reported as changed.
+    assert [line for line in proc.stdout.splitlines() if line.startswith("warning:") and not line.startswith("warning: git")] == []
     reproduced = max(read_file_store(trained / "store"), key=lambda r: r.id)
     assert reproduced.meta["reproduces"] == 1
     assert reproduced.config["model"] == record(trained, 1).config["model"]
@@ -93,38 +95,43 @@ def test_reevaluating_a_resnet_is_a_clear_error(tmp_path: Path, runs_dir: Path):
 
 
 def test_run_killed_with_sigkill_resumes_with_continuous_epochs(runs_dir: Path):
-    args = ["experiment=quickstart", "model.channels=8", "train.max_epochs=6", "train.patience=10"]
+    args = ["experiment=quickstart", "model.channels=8", "train.max_epochs=6", "train.patience=10", "train.progress=true"]
     env = {**os.environ, "ODEFLOW_RUNS": str(runs_dir)}
     victim = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state_epoch, deadline = 0, time.time() + 300
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        while state_epoch < 2 and time.time() < deadline and victim.poll() is None:
-            time.sleep(0.2)
-            run_json = runs_dir / "store" / "1" / "run.json"
-            if run_json.exists():
-                checkpoint = Path(json.loads(run_json.read_text())["meta"]["output_dir"]) / "last_checkpoint.pt"
-                if checkpoint.exists():
-                    state_epoch = torch.load(checkpoint, weights_only=False)["epoch"]
+        # The epoch line is printed after that epoch's training state is saved: kill on the second one.
+        epoch_lines = (line for line in victim.stdout if line.startswith("epoch "))
+        assert next(epoch_lines).startswith("epoch   1/6") and next(epoch_lines).startswith("epoch   2/6")
         assert victim.poll() is None, "the run finished before it could be killed"
         victim.send_signal(signal.SIGKILL)
-        victim.wait()
+        assert victim.wait(timeout=60) == -signal.SIGKILL
     finally:
         if victim.poll() is None:
             victim.kill()
-    assert 2 <= state_epoch < 6
-    assert record(runs_dir, 1).status == "RUNNING"  # what a killed run looks like in the store
+    killed = record(runs_dir, 1)
+    assert killed.status == "RUNNING"  # what a killed run looks like in the store
+    saved_epoch = torch.load(Path(killed.meta["output_dir"]) / "last_checkpoint.pt", weights_only=False)["epoch"]
+    assert 2 <= saved_epoch < 6
 
     resumed_proc = run_cli(["resume", "1"], runs_dir)
     assert resumed_proc.returncode == 0, resumed_proc.stderr[-3000:]
+    assert f"resuming run 1 after epoch {saved_epoch}" in resumed_proc.stdout
     resumed = record(runs_dir, 2)
     assert resumed.status == "COMPLETED" and resumed.meta["resumed_from"] == 1
     assert resumed.metrics["val.loss"]["steps"] == [1, 2, 3, 4, 5, 6]
 
-    # continuing is exact: the same run without the kill gives the same numbers epoch by epoch
-    uninterrupted_proc = run_cli(["reproduce", "1"], runs_dir)
-    assert uninterrupted_proc.returncode in (0, 1), uninterrupted_proc.stderr[-3000:]
-    assert_same_epochs(record(runs_dir, 3), resumed)
+    # Continuing is exact: the same run without the kill (a reproduction of the resumed one) gives the
+    # same numbers epoch by epoch.
+    uninterrupted_proc = run_cli(["reproduce", "2"], runs_dir)
+    assert uninterrupted_proc.returncode == 0, uninterrupted_proc.stdout[-3000:] + uninterrupted_proc.stderr[-3000:]
+    assert "\nMATCH: largest per-epoch difference 0 " in uninterrupted_proc.stdout
+    assert_same_epochs(record(runs_dir, 3), resumed, tolerance=0)
+
+    # A finished run has nothing to continue.
+    again = run_cli(["resume", "2"], runs_dir)
+    assert again.returncode == 2 and "run 2 is COMPLETED" in again.stderr and "reproduce 2" in again.stderr
+    assert "Traceback" not in again.stderr and max(r.id for r in read_file_store(runs_dir / "store")) == 3
 
 
 def test_comparison_report_over_several_models(tmp_path: Path, runs_dir: Path):

@@ -168,6 +168,25 @@ def test_two_parallel_trials_get_unique_ids_and_lose_nothing(runs_dir, mongo_db)
     assert quiet_sync(runs_dir / "journal", client, name) == {"pushed": 0, "already_there": 2, "running": 0}
 
 
+def test_a_run_has_its_database_id_everywhere_in_a_database_that_holds_other_runs(tmp_path, mongo_db):
+    """Machine A logs run 1; from an empty runs folder `reproduce 1` must be database run 2 in every place."""
+    client, name = mongo_db
+    machine_a, machine_b = tmp_path / "a", tmp_path / "b"
+    original = tiny_run(machine_a, tmp_path / "out", *MONGO, f"tracking.db_name={name}")
+    assert original["run_id"] == 1
+    proc = run_cli(["reproduce", "1", "tracking=mongo", f"tracking.db_name={name}"], machine_b, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "run 1 reproduced as run 2:" in proc.stdout and 'Started run with ID "2"' in proc.stderr
+    db = client[name]
+    copy = db["runs"].find_one({"_id": 2})
+    assert copy["meta"]["reproduces"] == 1 and copy["meta"]["run_uid"] != db["runs"].find_one({"_id": 1})["meta"]["run_uid"]
+    times = [db[COST_METRICS_COLLECTION].find_one({"run_id": i, "name": "epoch.time"})["values"] for i in (1, 2)]
+    assert times[0] != times[1]  # two runs compared, not one with itself
+    assert "epoch.time" in proc.stdout and "\nMATCH:" in proc.stdout
+    journal = machine_b / "journal" / "1"  # the journal numbers its own folders
+    assert json.loads((journal / MARKER).read_text())["mongo_id"] == 2
+
+
 def test_wrong_password_one_clear_message_and_the_run_journalled(runs_dir, tmp_path):
     with DatabaseServer(tmp_path / "auth" / "db", user="odeflow", password="right-pw") as server:
         wrong = server.url.replace("right-pw", "wrong-pw")
