@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from runner.errors import UserError
+from odeflow.errors import UserError
 from runner.masking import mask_url
 from runner.tracking import PROJECT_ROOT, env_file
 

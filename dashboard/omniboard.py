@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from dashboard.server import stop_with_parent, terminate
-from runner.errors import UserError
+from odeflow.errors import UserError
 from runner.tracking import PROJECT_ROOT
 
 NPM_PROJECT = PROJECT_ROOT / "omniboard"

@@ -22,7 +22,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from runner.errors import UserError
+from odeflow.errors import UserError
 
 READY = "secantus-ready"
 USER_MARKER = "dashboard-user.json"  # beside the data folder: the user it was provisioned with (no password)

@@ -7,7 +7,7 @@ from sklearn.model_selection import train_test_split
 
 from data.splits import make_bundle
 from data.tensors import DataBundle
-from runner.errors import ConfigError, check_fraction, check_positive
+from odeflow.errors import ConfigError, check_fraction, check_positive
 
 
 def load_digits(

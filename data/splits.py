@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from data.tensors import DataBundle, Split
-from runner.errors import ConfigError, check_fraction, check_positive
+from odeflow.errors import ConfigError, check_fraction, check_positive
 
 
 def make_bundle(

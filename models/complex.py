@@ -18,7 +18,7 @@ from torch import nn
 from models.layers import ZeroPadChannels, make_activation, normalization, zero_pad_channels
 from models.simple import BLOCK_KINDS, make_body
 from models.solvers import SolverSpec
-from runner.errors import ConfigError, check_choice, check_positive
+from odeflow.errors import ConfigError, check_choice, check_positive
 
 POOL = 2
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from runner.errors import check_choice
+from odeflow.errors import check_choice
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "none": nn.Identity}
 NORMALIZATIONS = ("group", "batch", "none")

@@ -7,17 +7,13 @@ from torchdiffeq import odeint, odeint_adjoint
 
 from models.fused_rk import solve_adaptive, solve_fixed
 from models.solvers import SolverSpec
-from runner.errors import ConfigError, SolverError
+from odeflow.errors import MAX_STEPS_CAUSE, SOLVER_FAILURE_FIX, ConfigError, SolverError
 
 _SOLVER_FAILURES = {
     "underflow in dt": "the adaptive step size collapsed (underflow in dt): the learned dynamics became stiff",
-    "max_num_steps exceeded": "the solver needed more steps than solver.max_steps allows",
+    "max_num_steps exceeded": MAX_STEPS_CAUSE,
     "non-finite values in state": "the ODE state became NaN or infinite",
 }
-_SOLVER_FIX = (
-    "loosen solver.rtol/solver.atol, raise solver.max_steps, set solver.min_step > 0, lower train.lr, "
-    "use model.norm=group instead of batch (thesis 7.1.3), or train with a fixed-step solver (e.g. solver=rk4)"
-)
 
 
 class CountingODEFunc(nn.Module):
@@ -88,7 +84,7 @@ def translate_solver_failure(exc: BaseException, solver: SolverSpec) -> BaseExce
     text = str(exc)
     for marker, cause in _SOLVER_FAILURES.items():
         if marker in text:
-            return SolverError(f"{solver.describe()} failed: {cause} ({text.splitlines()[0][:120]})", _SOLVER_FIX)
+            return SolverError(f"{solver.describe()} failed: {cause} ({text.splitlines()[0][:120]})", SOLVER_FAILURE_FIX)
     return exc
 
 

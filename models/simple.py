@@ -14,7 +14,7 @@ from torch import nn
 from models.layers import ZeroPadChannels, make_activation, normalization
 from models.ode_block import ODEBlock
 from models.solvers import SolverSpec
-from runner.errors import ConfigError, check_choice, check_positive
+from odeflow.errors import ConfigError, check_choice, check_positive
 
 BLOCK_KINDS = ("ode", "residual")
 

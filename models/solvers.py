@@ -7,7 +7,7 @@ from typing import Any
 from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
 from torchdiffeq._impl.solvers import AdaptiveStepsizeODESolver, FixedGridODESolver
 
-from runner.errors import ConfigError, check_choice, check_positive
+from odeflow.errors import ConfigError, check_choice, check_positive
 
 # Built from torchdiffeq's own table so a method it adds is available here by name. scipy_solver is left
 # out: it leaves the autograd graph, so it can neither train nor count backward evaluations.

@@ -12,7 +12,7 @@ from models.ode_block import ode_blocks
 from models.parameters import count_parameters, residual_block_count
 from runner import pipeline
 from runner.checkpoint import model_recipe
-from runner.errors import UserError, check_choice
+from odeflow.errors import UserError, check_choice
 from runner.factories import instantiate_group, to_plain
 from runner.masking import mask_secrets
 from runner.settings import configure_threads, resolve_device, seed_everything

@@ -6,16 +6,32 @@ from pathlib import Path
 
 import pandas as pd
 
-from runner.errors import UserError
+from odeflow.errors import UserError
 from runner.runstore import RunRecord, runs_frame, summary_row
 
 FILTERS = ("status", "dataset", "model", "solver", "sweep", "experiment")
 
 
+# Sacred's run statuses (QUEUED runs are never made here, but a shared database may hold them).
+STATUSES = ("RUNNING", "COMPLETED", "FAILED", "INTERRUPTED", "TIMEOUT", "QUEUED")
+
+
 def filter_runs(records: list[RunRecord], **criteria: str | None) -> list[RunRecord]:
     """Runs whose summary column equals each given criterion (case-insensitive; None means any)."""
     wanted = {k: str(v).lower() for k, v in criteria.items() if v is not None}
+    if "status" in wanted and wanted["status"].upper() not in STATUSES:
+        raise UserError(f"--status {criteria['status']} is not a run status", "use one of " + ", ".join(STATUSES))
     return [r for r in records if all(str(summary_row(r).get(k)).lower() == v for k, v in wanted.items())]
+
+
+def no_match_note(records: list[RunRecord], **criteria: str | None) -> str:
+    """What a filter that matched nothing could have matched: the values of each filtered column in the store."""
+    notes = []
+    for key, value in criteria.items():
+        if value is not None:
+            present = sorted({str(summary_row(r).get(key)) for r in records} - {"None"})
+            notes.append(f"--{key} {value}: this store has " + (", ".join(present) if present else f"no runs with a {key}"))
+    return f"(no runs of {len(records)} match; " + "; ".join(notes) + ")"
 
 
 def _table(frame: pd.DataFrame) -> str:
@@ -58,13 +74,23 @@ def compare_runs(records: list[RunRecord]) -> str:
     if len(records) < 2:
         raise UserError("compare needs at least two run ids", "python -m runner runs compare 1 2 [3 ...]")
     frame = runs_frame(records, with_config=True).set_index("id")
-    config_cols = [c for c in frame.columns if c.startswith("config.") and frame[c].astype(str).nunique() > 1]
+    # A key set in one run and null or missing in another differs too (nunique drops nulls by default).
+    config_cols = [c for c in frame.columns if c.startswith("config.") and frame[c].map(repr).nunique() > 1]
     metric_cols = ["status", "dataset", "model", "solver", "test_acc", "test_loss", "best_val_loss", "epochs", "fnfe", "bnfe", "params", "seconds"]
     finals = pd.DataFrame({r.id: {f"final {k}": m["values"][-1] for k, m in r.metrics.items() if m["values"]} for r in records}).T
     table = pd.concat([frame[config_cols], frame[metric_cols], finals.reindex(frame.index)], axis=1).T
     table.columns = [f"run {c}" for c in table.columns]
     diff_note = "config differences:" if config_cols else "config: identical"
     return f"{diff_note}\n" + table.to_string(na_rep="-", float_format=lambda v: f"{v:.4g}")
+
+
+def output_file(out: str, default_name: str) -> Path:
+    """Where `--out` says to write: into it if it is a folder (or ends with /), with the default suffix added."""
+    path = Path(out).expanduser()
+    if out.endswith(("/", "\\")) or path.is_dir():
+        path = path / default_name
+    suffix = Path(default_name).suffix
+    return path if path.suffix.lower() == suffix else path.with_name(path.name + suffix)
 
 
 def export_runs(records: list[RunRecord], path: Path) -> Path:

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from odeflow.errors import UserError
 from runner.factories import instantiate_group
 
 
@@ -27,7 +28,22 @@ def save_checkpoint(path: Path, model: nn.Module, recipe: dict[str, Any], config
 
 def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """The rebuilt model with its best weights, and the whole checkpoint dict."""
-    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    checkpoint = read_torch_file(path, device)
     model = build_model(checkpoint["recipe"]).to(device)
     model.load_state_dict(checkpoint["state_dict"])
     return model, checkpoint
+
+
+def read_torch_file(path: Path | str, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A checkpoint or training state written by this project; a missing, empty or truncated one is a UserError."""
+    try:
+        content = torch.load(path, map_location=device, weights_only=False)
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist", "the run's output folder was moved or deleted; restore it") from None
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:  # torch reports a damaged zip in several ways
+        raise UserError(f"{path} is damaged ({str(exc).splitlines()[0][:120] or type(exc).__name__}): it is empty or truncated",
+                        "restore it from a backup, or train the run again (python -m runner reproduce <run id>)") from None
+    if not isinstance(content, dict):
+        raise UserError(f"{path} is not a checkpoint written by odeflow (it holds a {type(content).__name__})",
+                        "pick a best_checkpoint.pt or last_checkpoint.pt from a run's output folder")
+    return content

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from runner.errors import UserError
+from odeflow.errors import UserError
 
 SUBCOMMANDS = ("sync", "runs", "reproduce", "resume", "reevaluate", "report")
 
@@ -88,7 +88,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     records = read_records(load_store(overrides))
     if args.action == "list":
         criteria = {f: getattr(args, f) for f in browse.FILTERS}
-        print(browse.list_runs(browse.filter_runs(records, **criteria)))
+        chosen = browse.filter_runs(records, **criteria)
+        print(browse.list_runs(chosen) if chosen or not records else browse.no_match_note(records, **criteria))
     elif args.action == "show":
         if len(words) != 1:
             raise UserError("show takes one run id", "python -m runner runs show 3")
@@ -97,10 +98,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(browse.compare_runs([browse.find_run(records, w) for w in words]))
     elif args.action == "export":
         chosen = [browse.find_run(records, w) for w in words] or records
-        print(f"wrote {len(chosen)} runs to {browse.export_runs(chosen, Path(args.out))}")
+        print(f"wrote {len(chosen)} runs to {browse.export_runs(chosen, browse.output_file(args.out, 'runs.csv'))}")
     elif args.action == "plot":
         chosen = [browse.find_run(records, w) for w in words] or records
-        print(f"wrote {browse.plot_metric(chosen, args.metric, Path(args.out))}")
+        print(f"wrote {browse.plot_metric(chosen, args.metric, browse.output_file(args.out, args.metric + '.png'))}")
     return 0
 
 
@@ -153,43 +154,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_reevaluate(args: argparse.Namespace) -> int:
-    from runner import reevaluate as rv
-    from runner.checkpoint import load_checkpoint
-    from runner.factories import instantiate_group, to_plain
-    from runner.masking import mask_secrets
-    from runner.rerun import new_output_dir
-    from runner.runstore import fetch_artifact
-    from runner.settings import resolve_device
-    from runner.tracking import MongoStore, run_tracked
+    from runner.reevaluate import reevaluate_run
 
     record, cfg, store = _one_run(args)
-    out_dir = new_output_dir(Path(cfg.paths.runs), "reevaluate")
-    client = store.client() if isinstance(store, MongoStore) else None
-    checkpoint_path = fetch_artifact(record, "best_checkpoint.pt", out_dir, client, getattr(store, "db_name", None))
-    device = resolve_device(args.device)
-    model, checkpoint = load_checkpoint(checkpoint_path, device)
-    data = instantiate_group("data", checkpoint["config"]["data"]).to(device)
-    training_solver = instantiate_group("solver", checkpoint["config"]["solver"])
-    grid = rv.parse_grid(args.grid) if args.grid else rv.DEFAULT_GRID
-    title = f"run {record.id}: {record.choices.get('model', '')} on {data.name}, trained with {training_solver.describe()}"
-    print(f"re-evaluating {title} on {len(data.test)} test samples", flush=True)
-
-    def body(run) -> float:
-        results = rv.reevaluate(model, data, training_solver, grid)
-        gap = rv.ode_ness_gap(results, args.collapse_threshold)
-        for step, r in enumerate(results):
-            run.log_metrics({"reeval.accuracy": r.accuracy, "reeval.loss": r.loss, "reeval.fnfe": r.mean_fnfe, "reeval.time": r.seconds}, step)
-        run.set_info("reevaluation", [vars(r) for r in results])
-        run.set_info("ode_ness_gap", gap)
-        for name, path in rv.write_reports(results, gap, out_dir, title).items():
-            run.add_artifact(path, name)
-        print((out_dir / "reevaluation.md").read_text())
-        return gap["gap"]
-
-    config = {"reevaluates": record.id, "grid": [list(g) for g in grid], "collapse_threshold": args.collapse_threshold,
-              "tracking": mask_secrets(to_plain(cfg.tracking))}
-    run_id, _ = run_tracked("reevaluate", config, store, body, {"reevaluates": record.id, "reevaluates_uid": record.meta.get("run_uid")},
-                            command="reevaluate")
+    run_id, out_dir = reevaluate_run(record, cfg, store, args.grid, args.collapse_threshold, args.device)
     print(f"re-evaluation logged as run {run_id}; table and heatmap in {out_dir}")
     return 0
 
@@ -198,8 +166,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from runner.report import write_report
 
     _, overrides = _split(args.words)
-    records = read_records(load_store(overrides))
-    paths = write_report(records, Path(args.out))
+    cfg = current_config(overrides)
+    from runner.factories import instantiate_group
+
+    records = read_records(instantiate_group("tracking", cfg.tracking))
+    paths = write_report(records, Path(args.out) if args.out else Path(cfg.paths.runs) / "report")
     print(paths["comparison.md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
@@ -223,10 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_parser("show", help="one run: summary, final metrics, artifacts, config")
     actions.add_parser("compare", help="runs side by side: config differences and metrics")
     export = actions.add_parser("export", help="runs with their whole config to CSV")
-    export.add_argument("--out", default="runs.csv")
+    export.add_argument("--out", default="runs.csv", help="a .csv file, or a folder to write runs.csv into")
     plot = actions.add_parser("plot", help="a metric across runs to a PNG")
     plot.add_argument("metric", help="e.g. val.loss, val.acc, nfe.forward")
-    plot.add_argument("--out", default="metric.png")
+    plot.add_argument("--out", default="metric.png", help="a .png file, or a folder to write <metric>.png into")
     for action in actions.choices.values():
         action.add_argument("words", nargs="*", help=words_help)
     runs.set_defaults(handler=cmd_runs)
@@ -239,12 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     resume.set_defaults(handler=cmd_resume)
     reevaluate = sub.add_parser("reevaluate", help="evaluate a trained ODEnet with other solvers and tolerances")
     reevaluate.add_argument("--grid", nargs="*", metavar="METHOD:VALUES",
-                            help="e.g. euler:1,0.5,0.25 rk4:1,0.25 dopri5:1e-1,1e-3,1e-6 (the last setting is the reference)")
+                            help="e.g. euler:1,0.5,0.25 rk4:1,0.25 dopri5:1e-1,1e-3 (dopri5 at 1e-6, the reference, is always added)")
     reevaluate.add_argument("--collapse-threshold", type=float, default=0.05, help="ODE-ness gap that flags a collapse")
     reevaluate.add_argument("--device", default="auto")
     reevaluate.set_defaults(handler=cmd_reevaluate)
     report = sub.add_parser("report", help="parameter-matched comparison report (thesis table 8.1) of the stored runs")
-    report.add_argument("--out", default="runs/report", help="folder for comparison.md/.csv and the PNGs")
+    report.add_argument("--out", help="folder for comparison.md/.csv and the PNGs (default: <paths.runs>/report)")
     report.set_defaults(handler=cmd_report)
     for command in (reproduce, resume, reevaluate, report):
         command.add_argument("words", nargs="*", help=words_help)
@@ -259,6 +230,10 @@ def main(argv: list[str]) -> int:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.words = [*getattr(args, "words", []), *extra]
+    if getattr(args, "grid", None):
+        # `--grid` takes every word after it; run ids and key=value overrides are not grid settings.
+        args.words += [w for w in args.grid if ":" not in w or "=" in w]
+        args.grid = [w for w in args.grid if ":" in w and "=" not in w]
     try:
         return args.handler(args)
     except UserError as exc:

@@ -8,7 +8,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from runner.errors import ConfigError, UserError
+from odeflow.errors import ConfigError, UserError
 
 
 def to_plain(node: DictConfig | dict) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from data.tensors import DataBundle
 from models.parameters import count_parameters
 from runner.checkpoint import build_model as build_from_recipe
 from runner.checkpoint import save_checkpoint
-from runner.errors import ConfigError
+from odeflow.errors import ConfigError
 from runner.evaluation import classification_report, predict
 from runner.settings import TrainSettings
 from runner.training import EpochCallback, FitResult, fit

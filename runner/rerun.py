@@ -5,10 +5,10 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from runner.errors import UserError
+from runner.checkpoint import read_torch_file
+from odeflow.errors import UserError
 from runner.runstore import RunRecord
 
 TIMING_METRICS = ("epoch.time",)  # wall-clock metrics differ between any two runs
@@ -120,4 +120,4 @@ def load_training_state(record: RunRecord) -> tuple[dict[str, Any], Path]:
     if path is None or not path.exists():
         raise UserError(f"run {record.id} left no training state to resume from ({path or 'no output_dir logged'})",
                         "runs save last_checkpoint.pt after every epoch; a run killed during its first epoch must start again")
-    return torch.load(path, map_location="cpu", weights_only=False), Path(out_dir)
+    return read_torch_file(path), Path(out_dir)

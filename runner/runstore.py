@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,27 +47,54 @@ def _read_json(path: Path, default: Any) -> Any:
     return json.loads(path.read_text()) if path.exists() else default
 
 
-def read_file_store(directory: Path | str) -> list[RunRecord]:
-    """Every run folder of a Sacred file store (or journal), ordered by id."""
+def read_file_store(directory: Path | str, warn: Callable[[str], None] | None = None) -> list[RunRecord]:
+    """Every run folder of a Sacred file store (or journal), ordered by id.
+
+    A run whose files are damaged (truncated or not JSON) is left out with one warning naming the file,
+    so one broken folder does not hide the others.
+    """
+    warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
     root = Path(directory).expanduser()
     if not root.is_dir():
         return []
     records = []
     for run_dir in sorted((p for p in root.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
-        run = _read_json(run_dir / "run.json", None)
-        if run is None:
+        try:
+            record = _read_run_folder(run_dir)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            damaged = getattr(exc, "damaged_file", run_dir)
+            warn(f"warning: skipping run {run_dir.name}: {damaged} is damaged ({str(exc).splitlines()[0][:120] or type(exc).__name__}); "
+                 f"restore or delete that run folder")
             continue
-        records.append(RunRecord(
-            id=int(run_dir.name), experiment=run.get("experiment", {}).get("name", ""), status=run.get("status", ""),
-            config=_read_json(run_dir / "config.json", {}), info=_read_json(run_dir / "info.json", {}),
-            meta=run.get("meta", {}), result=run.get("result"), start_time=run.get("start_time"),
-            stop_time=run.get("stop_time"),
-            metrics={k: {"steps": v["steps"], "values": v["values"]} for k, v in _read_json(run_dir / "metrics.json", {}).items()},
-            artifacts=list(run.get("artifacts", [])), host=run.get("host", {}), location=str(run_dir),
-            experiment_info=run.get("experiment", {}),
-            artifact_refs={name: run_dir / name for name in run.get("artifacts", [])},
-        ))
+        if record is not None:
+            records.append(record)
     return records
+
+
+def _read_run_folder(run_dir: Path) -> RunRecord | None:
+    files = {}
+    for name, default in (("run.json", None), ("config.json", {}), ("info.json", {}), ("metrics.json", {})):
+        try:
+            files[name] = _read_json(run_dir / name, default)
+        except (OSError, ValueError) as exc:
+            exc.damaged_file = run_dir / name
+            raise
+    run = files["run.json"]
+    if run is None:
+        return None
+    try:
+        metrics = {k: {"steps": list(v["steps"]), "values": list(v["values"])} for k, v in files["metrics.json"].items()}
+    except (KeyError, TypeError, AttributeError) as exc:
+        exc.damaged_file = run_dir / "metrics.json"
+        raise
+    return RunRecord(
+        id=int(run_dir.name), experiment=run.get("experiment", {}).get("name", ""), status=run.get("status", ""),
+        config=files["config.json"], info=files["info.json"], meta=run.get("meta", {}), result=run.get("result"),
+        start_time=run.get("start_time"), stop_time=run.get("stop_time"), metrics=metrics,
+        artifacts=list(run.get("artifacts", [])), host=run.get("host", {}), location=str(run_dir),
+        experiment_info=run.get("experiment", {}),
+        artifact_refs={name: run_dir / name for name in run.get("artifacts", [])},
+    )
 
 
 def read_mongo(client: Any, db_name: str) -> list[RunRecord]:
@@ -131,14 +160,20 @@ def runs_frame(records: list[RunRecord], with_config: bool = False) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-def fetch_artifact(record: RunRecord, name: str, dest_dir: Path, client: Any = None, db_name: str | None = None) -> Path:
-    """A local path to one artifact of a run: the file itself for the file store, a copy out of GridFS for MongoDB."""
-    from runner.errors import UserError
+def artifact_ref(record: RunRecord, name: str) -> Any:
+    """Where one artifact of a run is (a file path or a GridFS id); a UserError if the run has none of that name."""
+    from odeflow.errors import UserError
 
     ref = record.artifact_refs.get(name)
     if ref is None:
         raise UserError(f"run {record.id} has no artifact {name!r} (it has: {', '.join(record.artifacts) or 'none'})",
                         "re-evaluation and reproduction need a run that finished training")
+    return ref
+
+
+def fetch_artifact(record: RunRecord, name: str, dest_dir: Path, client: Any = None, db_name: str | None = None) -> Path:
+    """A local path to one artifact of a run: the file itself for the file store, a copy out of GridFS for MongoDB."""
+    ref = artifact_ref(record, name)
     if isinstance(ref, Path):
         return ref
     import gridfs

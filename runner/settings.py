@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from runner.errors import ConfigError, check_choice, check_positive
+from odeflow.errors import ConfigError, check_choice, check_positive
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.errors import check_positive
+from odeflow.errors import check_positive
 from runner.masking import mask_url
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from data.tensors import DataBundle
 from models.ode_block import backward_nfe, forward_nfe, ode_blocks, translate_solver_failure
-from runner.errors import TrainingDivergedError
+from odeflow.errors import TrainingDivergedError
 from runner.evaluation import predict
 from runner.settings import TrainSettings, make_optimizer
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from data import load_cifar10, load_digits, load_fashion_mnist, load_spheres
-from runner.errors import ConfigError, DatasetNotFoundError
+from odeflow.errors import ConfigError, DatasetNotFoundError, UserError
 from tests.dataset_files import write_cifar10, write_fashion_mnist
 
 
@@ -84,3 +84,28 @@ def test_batches_cover_the_split_once_in_a_seeded_order():
     assert torch.equal(order_a, order_b)
     assert sorted(order_a.tolist()) == sorted(split.y.tolist())
     assert split.num_batches(100) == len(list(split.batches(100)))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"<html>404 not found</html>" * 40)
+
+
+@pytest.mark.parametrize("writer,loader,name,damage,words", [
+    (write_fashion_mnist, load_fashion_mnist, "train-images-idx3-ubyte", _truncate, "truncated"),
+    (write_fashion_mnist, load_fashion_mnist, "t10k-labels-idx1-ubyte", _truncate, "truncated"),
+    (write_fashion_mnist, load_fashion_mnist, "t10k-images-idx3-ubyte", _garbage, "not an IDX file"),
+    (write_cifar10, load_cifar10, "test_batch", _truncate, "not a readable pickled batch"),
+    (write_cifar10, load_cifar10, "data_batch_3", _garbage, "not a readable pickled batch"),
+], ids=["fmnist-truncated-images", "fmnist-truncated-labels", "fmnist-garbage", "cifar-truncated", "cifar-garbage"])
+def test_a_damaged_dataset_file_is_named_with_what_is_wrong(tmp_path: Path, writer, loader, name, damage, words):
+    writer(tmp_path)
+    folder = tmp_path / ("FashionMNIST/raw" if loader is load_fashion_mnist else "cifar-10-batches-py")
+    damage(folder / name)
+    kwargs = {"verify_checksums": False} if loader is load_cifar10 else {}
+    with pytest.raises(UserError) as info:
+        loader(root=str(tmp_path), download=False, **kwargs)
+    assert f"file {folder / name} is damaged: {words}" in str(info.value) and "fix:" in str(info.value)

@@ -7,7 +7,7 @@ from torch import nn
 
 from models import ComplexNet, ODEBlock, SimpleNet, SolverSpec, backward_nfe, count_parameters, forward_nfe, set_solver
 from models.layers import group_count
-from runner.errors import ConfigError, SolverError
+from odeflow.errors import ConfigError, SolverError
 
 FMNIST, CIFAR = (1, 28, 28), (3, 32, 32)
 DOPRI5 = SolverSpec("dopri5")

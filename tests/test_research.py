@@ -70,28 +70,49 @@ def test_reproduce_strict_refuses_another_environment(trained: Path):
 
 
 def test_reevaluation_grid_table_heatmap_and_link(trained: Path):
-    proc = run_cli(["reevaluate", "1", "--grid", "euler:1,0.5", "rk4:1,0.5", "dopri5:1e-2,1e-5"], trained)
+    # The run id and an override after --grid are not grid settings.
+    proc = run_cli(["reevaluate", "--grid", "euler:1,0.5", "rk4:1,0.5", "dopri5:1e-2", "1", f"paths.runs={trained}"], trained)
     assert proc.returncode == 0, proc.stderr[-3000:]
     linked = [r for r in read_file_store(trained / "store") if r.meta.get("reevaluates") == 1]
     assert len(linked) == 1
     rows = {(row["method"], row["setting"]): row for row in linked[0].info["reevaluation"]}
+    assert list(rows)[1:] == [("euler", "h=1"), ("euler", "h=0.5"), ("rk4", "h=1"), ("rk4", "h=0.5"), ("dopri5", "tol=0.01"),
+                              ("dopri5", "tol=1e-06")]
     assert rows[("euler", "h=1")]["mean_fnfe"] == 1 and rows[("euler", "h=0.5")]["mean_fnfe"] == 2   # 1 per step
     assert rows[("rk4", "h=1")]["mean_fnfe"] == 4 and rows[("rk4", "h=0.5")]["mean_fnfe"] == 8       # 4 per step
-    assert rows[("dopri5", "tol=1e-05")]["mean_fnfe"] > rows[("dopri5", "tol=0.01")]["mean_fnfe"]
+    assert rows[("dopri5", "tol=1e-06")]["mean_fnfe"] > rows[("dopri5", "tol=0.01")]["mean_fnfe"]
     training_row = next(r for r in linked[0].info["reevaluation"] if r["training_solver"])
     assert training_row["accuracy"] == pytest.approx(record(trained, 1).result)
+    # The gap is measured against the accurate solve, not against the grid's last entry.
+    assert [r["setting"] for r in linked[0].info["reevaluation"] if r["reference"]] == ["tol=1e-06"]
     gap = linked[0].info["ode_ness_gap"]
-    assert gap["gap"] == pytest.approx(training_row["accuracy"] - rows[("dopri5", "tol=1e-05")]["accuracy"])
+    assert gap["reference"] == "dopri5 tol=1e-06"
+    assert gap["gap"] == pytest.approx(training_row["accuracy"] - rows[("dopri5", "tol=1e-06")]["accuracy"])
     assert set(linked[0].artifacts) == {"reevaluation.csv", "reevaluation.md", "reevaluation_heatmap.png"}
     table = (Path(linked[0].location) / "reevaluation.md").read_text()
-    assert "| rk4 | h=0.5 |" in table and "ODE-ness gap" in table
+    assert "| rk4 | h=0.5 |" in table and "| dopri5 (reference) | tol=1e-06 |" in table and "ODE-ness gap" in table
     assert (Path(linked[0].location) / "reevaluation_heatmap.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("grid,words", [
+    (["euler:abc"], ["--grid='euler:abc'", "'abc' is not one"]),
+    (["rk5:1"], ["--grid='rk5:1'", "dopri5", "euler"]),
+    (["euler:-1"], ["--grid='euler:-1'", "> 0"]),
+])
+def test_a_bad_grid_is_refused_before_anything_is_recorded(trained: Path, grid: list[str], words: list[str]):
+    before = len(read_file_store(trained / "store"))
+    proc = run_cli(["reevaluate", "1", "--grid", *grid], trained)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    for word in words:
+        assert word in proc.stderr, proc.stderr
+    assert len(read_file_store(trained / "store")) == before
 
 
 def test_reevaluating_a_resnet_is_a_clear_error(tmp_path: Path, runs_dir: Path):
     tiny_run(runs_dir, tmp_path / "out", "model=resnet_simple_small")
     proc = run_cli(["reevaluate", "1"], runs_dir)
     assert proc.returncode == 2 and "no ODE block" in proc.stderr and "Traceback" not in proc.stderr
+    assert [r.id for r in read_file_store(runs_dir / "store")] == [1]  # no FAILED re-evaluation run
 
 
 def test_run_killed_with_sigkill_resumes_with_continuous_epochs(runs_dir: Path):
@@ -152,3 +173,17 @@ def test_comparison_report_over_several_models(tmp_path: Path, runs_dir: Path):
         assert paths[name].read_bytes()[:4] == b"\x89PNG"
     proc = run_cli(["report", "--out", str(tmp_path / "cli_report")], runs_dir)
     assert proc.returncode == 0 and "resnet_simple_small" in proc.stdout
+
+
+def test_an_empty_or_truncated_checkpoint_is_named(tmp_path: Path, runs_dir: Path):
+    tiny_run(runs_dir, tmp_path / "out")
+    best, last = runs_dir / "store" / "1" / "best_checkpoint.pt", tmp_path / "out" / "last_checkpoint.pt"
+    best.write_bytes(best.read_bytes()[:1000])
+    last.write_bytes(b"")
+    run_json = runs_dir / "store" / "1" / "run.json"
+    run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "status": "FAILED"}))  # as if it had crashed
+    for command, path in ((["reevaluate", "1"], best), (["resume", "1"], last)):
+        proc = run_cli(command, runs_dir)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"error: {path} is damaged" in proc.stderr and "empty or truncated" in proc.stderr
+    assert [r.id for r in read_file_store(runs_dir / "store")] == [1]

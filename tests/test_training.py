@@ -43,7 +43,7 @@ def test_classification_report_matches_hand_counts():
 @pytest.mark.parametrize("kwargs,key", [({"patience": 0}, "patience"), ({"optimizer": "lbfgs"}, "optimizer"),
                                         ({"lr": -1.0}, "lr"), ({"device": "tpu"}, "device")])
 def test_train_settings_reject_bad_values(kwargs, key):
-    from runner.errors import ConfigError
+    from odeflow.errors import ConfigError
 
     with pytest.raises(ConfigError) as info:
         TrainSettings(**kwargs)

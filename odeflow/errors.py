@@ -69,3 +69,22 @@ def check_fraction(key: str, value: float | None) -> float:
     if value is None or not 0.0 < value < 1.0:
         raise ConfigError(key, value, "a fraction strictly between 0 and 1")
     return value
+
+
+# Fixes that name config keys. Models and datasets take plain arguments and do not know the config tree;
+# their messages name keys only through these, so renaming a key changes this module alone.
+SOLVER_FAILURE_FIX = (
+    "loosen solver.rtol/solver.atol, raise solver.max_steps, set solver.min_step > 0, lower train.lr, "
+    "use model.norm=group instead of batch (thesis 7.1.3), or train with a fixed-step solver (e.g. solver=rk4)"
+)
+MAX_STEPS_CAUSE = "the solver needed more steps than solver.max_steps allows"
+DOWNLOAD_OFF = "data.download=false"
+
+
+def dataset_files_fix(folder: str, subfolder: str) -> str:
+    return (f"put the standard files there (expected layout: {folder}/<file>), point data.root at the folder "
+            f"that holds {subfolder}/, or run once with internet access and data.download=true")
+
+
+CHECKSUM_FIX = "replace them with the official files, or set data.verify_checksums=false to read them as they are"
+DAMAGED_DATASET_FIX = "replace it with the official file (delete it and run once with internet access and data.download=true)"
