@@ -22,6 +22,8 @@ def make_bundle(
 ) -> DataBundle:
     """Take an optional seeded subset of the training pool, then hold out `val_fraction` of it for validation.
 
+    `subset` counts both splits: subset=5 with val_fraction=0.2 trains on 4 samples and validates on 1.
+
     Inputs must already be float arrays normalised to [-1, 1]; labels integer class indices.
     """
     check_fraction("val_fraction", val_fraction)
@@ -36,6 +38,10 @@ def make_bundle(
         train_x, train_y, pool = train_x[keep], train_y[keep], subset
     order = rng.permutation(pool)
     n_val = int(round(val_fraction * pool))
+    if (n_val == 0 or n_val == pool) and subset is not None:
+        smallest = next(n for n in range(2, 10**7) if 0 < round(val_fraction * n) < n)
+        raise ConfigError("subset", subset, f"at least {smallest}: the subset is split into training and validation "
+                          f"samples (val_fraction={val_fraction:g}) and each split needs one")
     if n_val == 0 or n_val == pool:
         raise ConfigError("val_fraction", val_fraction, f"a fraction that leaves both splits non-empty for {pool} training samples")
     val_idx, train_idx = order[:n_val], order[n_val:]

@@ -7,7 +7,7 @@ from torchdiffeq import odeint, odeint_adjoint
 
 from models.fused_rk import solve_adaptive, solve_fixed
 from models.solvers import SolverSpec
-from odeflow.errors import MAX_STEPS_CAUSE, SOLVER_FAILURE_FIX, ConfigError, SolverError
+from odeflow.errors import MAX_STEPS_CAUSE, SOLVER_FAILURE_FIX, ConfigError, SolverError, step_longer_than_interval
 
 _SOLVER_FAILURES = {
     "underflow in dt": "the adaptive step size collapsed (underflow in dt): the learned dynamics became stiff",
@@ -41,6 +41,7 @@ class ODEBlock(nn.Module):
         super().__init__()
         if not t_final > 0:
             raise ConfigError("t_final", t_final, "a final time T > 0")
+        check_step_fits(solver, float(t_final))
         self.func = CountingODEFunc(net)
         self.solver = solver
         self.t_final = float(t_final)
@@ -88,6 +89,12 @@ def translate_solver_failure(exc: BaseException, solver: SolverSpec) -> BaseExce
     return exc
 
 
+def check_step_fits(solver: SolverSpec, t_final: float) -> None:
+    """A fixed step longer than [0, T] would silently become one step of h = T."""
+    if solver.is_fixed_step and solver.step_size > t_final:
+        raise step_longer_than_interval(solver.step_size, t_final)
+
+
 def ode_blocks(model: nn.Module) -> list[ODEBlock]:
     return [m for m in model.modules() if isinstance(m, ODEBlock)]
 
@@ -95,6 +102,7 @@ def ode_blocks(model: nn.Module) -> list[ODEBlock]:
 def set_solver(model: nn.Module, solver: SolverSpec) -> None:
     """Switch every ODE block of `model` to another solver (re-evaluation with other settings)."""
     for block in ode_blocks(model):
+        check_step_fits(solver, block.t_final)
         block.solver = solver
 
 

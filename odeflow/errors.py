@@ -88,3 +88,9 @@ def dataset_files_fix(folder: str, subfolder: str) -> str:
 
 CHECKSUM_FIX = "replace them with the official files, or set data.verify_checksums=false to read them as they are"
 DAMAGED_DATASET_FIX = "replace it with the official file (delete it and run once with internet access and data.download=true)"
+
+
+def step_longer_than_interval(step_size: float, t_final: float) -> UserError:
+    return UserError(f"solver.step_size={step_size:g} is longer than the integration interval [0, {t_final:g}] (model.t_final): "
+                     f"a fixed-step solver would take one step of h={t_final:g} instead",
+                     f"set solver.step_size to at most {t_final:g} (e.g. {t_final / 4:g} for 4 steps), or raise model.t_final")

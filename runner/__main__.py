@@ -21,7 +21,9 @@ def hydra_main(cfg: DictConfig) -> float:
 def main() -> None:
     from dotenv import load_dotenv
 
+    from odeflow.errors import UserError
     from runner.cli import SUBCOMMANDS
+    from runner.command_line import check_command, check_overrides
     from runner.tracking import env_file
 
     # MONGO_URL for tracking=mongo, as `make` and docker compose read it; the environment wins.
@@ -31,6 +33,13 @@ def main() -> None:
         from runner.cli import main as cli_main
 
         raise SystemExit(cli_main(sys.argv[1:]))
+    try:
+        if len(sys.argv) > 1:
+            check_command(sys.argv[1], SUBCOMMANDS)
+        check_overrides(sys.argv[1:])
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     hydra_main()
 
 

@@ -13,14 +13,12 @@ from models.parameters import count_parameters, residual_block_count
 from runner import pipeline
 from runner.checkpoint import model_recipe
 from odeflow.errors import UserError, check_choice
+from odeflow.objectives import OBJECTIVE_DIRECTIONS
 from runner.factories import instantiate_group, to_plain
 from runner.masking import mask_secrets
-from runner.settings import configure_threads, resolve_device, seed_everything
+from runner.settings import check_seed, configure_threads, resolve_device, seed_everything
 from runner.summary import format_summary
 from runner.tracking import RunLog, run_tracked
-
-
-OBJECTIVES = ("best_val_loss", "best_val_acc", "test_loss", "test_acc")
 
 
 def run_experiment(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None = None,
@@ -31,7 +29,8 @@ def run_experiment(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | Non
     dashboard can filter on it. The training state is saved to `out_dir/last_checkpoint.pt` after every
     epoch; `resume` is such a state, and the run continues from it with its metric steps continuing.
     """
-    check_choice("objective", cfg.objective, OBJECTIVES)
+    check_choice("objective", cfg.objective, OBJECTIVE_DIRECTIONS)
+    check_seed("seed", cfg.seed)  # before the groups that copy it (train.seed, data.seed) name it their way
     config = to_plain(cfg)
     logged_config = mask_secrets(config)
     solver = instantiate_group("solver", cfg.solver)

@@ -239,3 +239,9 @@ def main(argv: list[str]) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path the user gave (--out, paths.runs) that cannot be written or read
+        if exc.filename is None:
+            raise
+        print(f"error: cannot use {exc.filename}: {exc.strerror or exc}\n  fix: give a path in a folder that exists and "
+              f"that you can write (--out, paths.runs or ODEFLOW_RUNS)", file=sys.stderr)
+        return 2

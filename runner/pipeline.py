@@ -15,7 +15,7 @@ from data.tensors import DataBundle
 from models.parameters import count_parameters
 from runner.checkpoint import build_model as build_from_recipe
 from runner.checkpoint import save_checkpoint
-from odeflow.errors import ConfigError
+from odeflow.errors import ConfigError, UserError
 from runner.evaluation import classification_report, predict
 from runner.settings import TrainSettings
 from runner.training import EpochCallback, FitResult, fit
@@ -33,6 +33,8 @@ def build(recipe: dict[str, Any], data: DataBundle, device: torch.device) -> nn.
     try:
         with torch.no_grad():
             out = model(data.train.x[:2])
+    except UserError:
+        raise  # e.g. the solver failed: its own message says why
     except RuntimeError as exc:
         raise ConfigError("model", recipe.get("_target_"), f"a model that fits inputs of shape {data.input_shape}: "
                           + str(exc).splitlines()[0][:200]) from exc

@@ -179,6 +179,10 @@ def reevaluate_run(record: Any, cfg: Any, store: Any, grid_items: list[str] | No
     checkpoint_path = fetch_artifact(record, "best_checkpoint.pt", out_dir, client, getattr(store, "db_name", None))
     model, checkpoint = load_checkpoint(checkpoint_path, device)
     check_is_odenet(model)
+    t_final = min(block.t_final for block in ode_blocks(model))
+    for method, value in grid:
+        if method in FIXED_STEP_METHODS and value > t_final:
+            raise ConfigError("--grid", f"{method}:{value:g}", f"fixed steps of at most the integration time T={t_final:g}")
     data = instantiate_group("data", checkpoint["config"]["data"]).to(device)
     training_solver = instantiate_group("solver", checkpoint["config"]["solver"])
     title = f"run {record.id}: {record.choices.get('model', '')} on {data.name}, trained with {training_solver.describe()}"

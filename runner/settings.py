@@ -37,6 +37,7 @@ class TrainSettings:
         check_positive("weight_decay", self.weight_decay, allow_zero=True)
         check_positive("momentum", self.momentum, allow_zero=True)
         check_positive("max_epochs", self.max_epochs)
+        check_seed("seed", self.seed)
         if not isinstance(self.patience, int) or self.patience < 1:
             raise ConfigError("patience", self.patience, "an integer >= 1 (epochs without validation-loss improvement before stopping)")
         check_positive("min_delta", self.min_delta, allow_zero=True)
@@ -44,6 +45,13 @@ class TrainSettings:
             check_positive("num_threads", self.num_threads)
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
             raise ConfigError("device", self.device, "auto, cpu, cuda or cuda:N")
+
+
+def check_seed(key: str, value: object) -> int:
+    """Seeds are what NumPy accepts: integers from 0 to 2**32 - 1."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**32:
+        raise ConfigError(key, value, "an integer from 0 to 4294967295 (2**32 - 1)")
+    return value
 
 
 def make_optimizer(settings: TrainSettings, params) -> torch.optim.Optimizer:

@@ -19,6 +19,22 @@ CASES = [
     (["data=fashion_mnist", "data.download=false", "paths.datasets=/nonexistent/odeflow-data"],
      ["FashionMNIST", "train-images-idx3-ubyte", "/nonexistent/odeflow-data/FashionMNIST/raw", "data.root"]),
     (["+model.depth=3"], ["model", "depth", "channels"]),
+    # wrong types: the key, the value and the type it takes
+    (["train.lr=abc"], ["train.lr='abc' is invalid: expected a number"]),
+    (["train.max_epochs=1.5"], ["train.max_epochs=1.5 is invalid: expected an integer"]),
+    (["solver.adjoint=maybe"], ["solver.adjoint='maybe' is invalid: expected true or false"]),
+    (["train.deterministic=maybe"], ["train.deterministic='maybe' is invalid: expected true or false"]),
+    (["seed=-1"], ["seed=-1 is invalid", "0 to 4294967295"]),
+    (["seed=abc"], ["seed='abc' is invalid", "0 to 4294967295"]),
+    # values that would run something else than what they say
+    (["solver=euler", "solver.step_size=5"], ["solver.step_size=5 is longer than the integration interval [0, 1]", "at most 1"]),
+    (["data.subset=2"], ["data.subset=2 is invalid: expected at least 3"]),
+    # the solver fails in the model's first forward pass: a solver message, not a shape one
+    (["solver.max_steps=2", "solver.rtol=1e-9", "solver.atol=1e-9"], ["more steps than solver.max_steps allows", "raise solver.max_steps"]),
+    # Hydra-level mistakes
+    (["train.lrr=1"], ["train.lrr is not a config key", "did you mean train.lr?"]),
+    (["paths.runs=/proc/nope"], ["paths.runs=/proc/nope cannot be used", "ODEFLOW_RUNS"]),
+    (["runz", "list"], ["'runz' is not a command", "did you mean 'runs'?"]),
 ]
 
 
@@ -29,7 +45,15 @@ def test_user_error_message(runs_dir: Path, overrides: list[str], fragments: lis
     output = proc.stdout + proc.stderr
     for fragment in fragments:
         assert fragment in output, f"{fragment!r} missing from:\n{output}"
-    assert "Traceback" not in output
+    assert "Traceback" not in output and "a model that fits inputs" not in output
     assert "epoch" not in proc.stdout  # it ended before training
     store = runs_dir / "store"
     assert not store.exists() or not any(p.name.isdigit() for p in store.iterdir())  # no half-made run
+
+
+def test_help_lists_the_subcommands(runs_dir: Path):
+    proc = run_cli(["--help"], runs_dir, timeout=120)
+    assert proc.returncode == 0
+    for command in ("sync", "runs", "reproduce", "resume", "reevaluate", "report"):
+        assert f"python -m runner {command}" in proc.stdout, proc.stdout
+    assert "model: odenet_complex, odenet_simple" in proc.stdout  # Hydra's list of options is still there

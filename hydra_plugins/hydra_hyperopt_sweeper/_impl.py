@@ -28,6 +28,9 @@ from hydra.types import HydraContext, TaskFunction
 from hyperopt import base, hp, space_eval, tpe
 from omegaconf import DictConfig, OmegaConf
 
+from odeflow.errors import UserError
+from odeflow.objectives import OBJECTIVE_DIRECTIONS
+
 logging.getLogger("hyperopt").setLevel(logging.WARNING)  # it logs every TPE step at INFO
 
 STATE_FILE = "hyperopt_state.pkl"
@@ -35,8 +38,8 @@ RESULTS_FILE = "optimization_results.yaml"
 DIRECTIONS = ("minimize", "maximize")
 
 
-class SearchSpaceError(ValueError):
-    """A search-space line that cannot be parsed; the message names the parameter and the valid forms."""
+class SearchSpaceError(UserError, ValueError):
+    """A search-space line or sweeper setting that cannot be used; the message names it and the valid forms."""
 
 
 # --- search space -------------------------------------------------------------------------------------
@@ -217,25 +220,39 @@ class SweepState:
         return [t for t in self.records if t.status == "failed"]
 
 
+def sweep_direction(direction: str | None, objective: str | None) -> str:
+    """The direction the objective is better in; a direction given that contradicts it is refused."""
+    natural = OBJECTIVE_DIRECTIONS.get(str(objective))
+    if direction is None:
+        return natural or "minimize"
+    if direction not in DIRECTIONS:
+        raise SearchSpaceError(f"hydra.sweeper.direction={direction!r} is invalid: expected one of {', '.join(DIRECTIONS)}",
+                               "leave it out: it follows the objective")
+    if natural is not None and direction != natural:
+        raise SearchSpaceError(f"hydra.sweeper.direction={direction} contradicts objective={objective}, which is better when "
+                               f"{natural}d: the sweep would report the worst trial as the best",
+                               f"leave hydra.sweeper.direction out (it follows the objective) or set it to {natural}")
+    return direction
+
+
 class SweepStopped(SystemExit):
     """The failure-rate bound was crossed: stop the sweep with a clear message and a non-zero exit."""
 
 
 class HyperoptSweeperImpl(Sweeper):
-    def __init__(self, direction: str = "minimize", n_trials: int = 20, n_jobs: int = 1, n_startup_jobs: int = 10,
+    def __init__(self, direction: str | None = None, n_trials: int = 20, n_jobs: int = 1, n_startup_jobs: int = 10,
                  seed: int = 0, max_failure_rate: float = 0.5, resume: bool = True, params: dict | None = None) -> None:
-        if direction not in DIRECTIONS:
-            raise SearchSpaceError(f"hydra.sweeper.direction={direction!r}: expected one of {', '.join(DIRECTIONS)}")
-        if n_trials < 1 or n_jobs < 1:
-            raise SearchSpaceError("hydra.sweeper.n_trials and hydra.sweeper.n_jobs must be >= 1")
-        if not 0.0 <= max_failure_rate <= 1.0:
-            raise SearchSpaceError(f"hydra.sweeper.max_failure_rate={max_failure_rate}: expected a fraction in [0, 1]")
         self.direction, self.n_trials, self.n_jobs = direction, n_trials, n_jobs
         self.n_startup_jobs, self.seed = n_startup_jobs, seed
         self.max_failure_rate, self.resume = max_failure_rate, resume
         self.params = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else dict(params or {})
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.direction = sweep_direction(self.direction, config.get("objective"))
+        if self.n_trials < 1 or self.n_jobs < 1:
+            raise SearchSpaceError("hydra.sweeper.n_trials and hydra.sweeper.n_jobs must be >= 1")
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise SearchSpaceError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate}: expected a fraction in [0, 1]")
         self.config = config
         self.hydra_context = hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context, task_function=task_function)

@@ -3,7 +3,7 @@
 # cannot resolve string annotations.
 
 from dataclasses import dataclass, field
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -11,8 +11,9 @@ from hydra.core.config_store import ConfigStore
 @dataclass
 class HyperoptSweeperConf:
     _target_: str = "hydra_plugins.hydra_hyperopt_sweeper.hyperopt_sweeper.HyperoptSweeper"
-    # minimize or maximize the float each trial returns (the `objective` key of the task config)
-    direction: str = "minimize"
+    # minimize or maximize the float each trial returns (the `objective` key of the task config); null follows
+    # the objective (losses are minimized, accuracies maximized), and a contradicting value is refused
+    direction: Optional[str] = None
     # total number of trials, counting those of a resumed sweep
     n_trials: int = 20
     # trials suggested per batch and handed to the launcher together (parallel with joblib, Slurm, Ray)

@@ -11,6 +11,7 @@ from hyperopt.pyll import stochastic
 
 from hydra_plugins.hydra_hyperopt_sweeper._impl import Parameter, SearchSpaceError, assign_devices, build_space, parse_line
 from hydra_plugins.hydra_hyperopt_sweeper.hyperopt_sweeper import HyperoptSweeper
+from tests.conftest import run_cli
 
 
 def distribution(parameter: Parameter) -> str:
@@ -106,3 +107,16 @@ def test_log_bounds_are_natural_scale():
     parameter = parse_line("lr", "loguniform(1e-4, 1e-2)")
     node = parameter.expression.pos_args[0].pos_args[1]
     assert math.isclose(node.pos_args[0].obj, math.log(1e-4))
+
+
+@pytest.mark.parametrize("argument,words", [
+    ("train.lr=loguniform(1e-4,1e-2)", ["hyperopt's syntax", "train.lr='tag(log, interval(a, b))'"]),
+    ("train.lr=tag(log,interval(0,1))", ["train.lr: log-scale bounds need 0 < low < high, got (0.0, 1.0)"]),
+    ("train.lr=interval(1,1)", ["train.lr: bounds need low < high"]),
+])
+def test_command_line_search_mistakes_end_in_one_message(tmp_path, argument, words):
+    proc = run_cli(["-m", "search=quickstart", argument], tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 2, proc.stderr  # the error line and its fix
+    for word in words:
+        assert word in proc.stderr, proc.stderr

@@ -87,3 +87,20 @@ def test_joblib_sweep_with_two_workers(runs_dir: Path, tmp_path: Path):
     assert len({t["run_id"] for t in out["trials"]}) == 2
     for job in ("0", "1"):
         assert json.loads((sweep_dir / job / "result.json").read_text())["sweep_id"] == out["sweep_id"]
+
+
+def test_an_accuracy_objective_is_maximized(runs_dir: Path, tmp_path: Path):
+    sweep_dir = tmp_path / "sweep"
+    proc = sweep(runs_dir, sweep_dir, "hydra.sweeper.n_trials=3", "objective=best_val_acc", "hydra.sweeper.n_jobs=1",
+                 "train.lr=choice(0.3,0.00001)")  # two very different accuracies after 2 epochs
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = results(sweep_dir)
+    values = [t["value"] for t in out["trials"] if t["status"] == "ok"]
+    assert out["direction"] == "maximize" and len(set(values)) > 1 and out["best_value"] == max(values)
+
+
+def test_a_direction_that_contradicts_the_objective_is_refused_before_any_trial(runs_dir: Path, tmp_path: Path):
+    proc = sweep(runs_dir, tmp_path / "sweep", "objective=test_acc", "hydra.sweeper.direction=minimize")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "hydra.sweeper.direction=minimize contradicts objective=test_acc" in proc.stderr and "set it to maximize" in proc.stderr
+    assert not (runs_dir / "store").exists()
