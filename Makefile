@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-ray sweep table run test test-all bench up down dashboard clean
+.PHONY: help install install-ray sweep table run test bench up down dashboard clean
 
 # .env (from .env.example) holds the MongoDB credentials and MONGO_URL; exported to every command.
 -include .env
@@ -33,9 +33,6 @@ run: $(INSTALLED) ## Quickstart: simple ODEnet and small ResNet on digits (offli
 
 test: $(INSTALLED) ## Run the default test suite (offline, CPU; starts its own database server, Omniboard and Chromium)
 	$(PY) -m pytest -q
-
-test-all: $(INSTALLED) ## Run every test, slow ones included
-	$(PY) -m pytest -q -m ''
 
 DATA ?= fmnist
 table: $(INSTALLED) ## Thesis table 8.1 for DATA=fmnist or DATA=cifar10: the five models, then the comparison report

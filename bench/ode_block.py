@@ -1,6 +1,6 @@
 """ODE block cost against the arithmetic limit, fused path vs plain torchdiffeq.odeint.
 
-Setting of PERF-NOTES.md: the simple FashionMNIST ODEnet's block (f = conv3x3 -> GroupNorm -> ReLU at
+Setting: the simple FashionMNIST ODEnet's block (f = conv3x3 -> GroupNorm -> ReLU at
 66 channels, 14x14), batch 128, random inputs. The arithmetic limit is NFE x the time of f alone:
 direct training step  FNFE x (f forward with grad + f backward)
 adjoint training step FNFE x f forward without grad + BNFE x (f forward with grad + f backward)

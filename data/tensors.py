@@ -1,4 +1,4 @@
-"""Whole datasets held as tensors on the training device and batched by index (SPEC 5)."""
+"""Whole datasets held as tensors on the training device and batched by index: no DataLoader workers, no per-batch copies to the device."""
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -2,7 +2,8 @@
 
 Why not torchdiffeq's loop: it keeps the stages in one buffer with the stage axis last and combines them
 with `torch.sum(k[..., :i+1] * beta, -1)`, which walks memory with a stride and materialises a product
-tensor per stage (about half of its forward time, PERF-NOTES.md), fits interpolation coefficients on every
+tensor per stage (about half of its forward time, measured with the profiler on the simple FashionMNIST
+block), fits interpolation coefficients on every
 accepted step, and lets gradients flow through the step-size controller. Here each stage input is a
 running sum of contiguous stage tensors (one `add` per non-zero coefficient), the error estimate and its
 norm are computed without gradients, and the last step is shortened to land on T instead of interpolating.

@@ -19,6 +19,7 @@ from data.tensors import DataBundle
 from models.ode_block import ode_blocks, set_solver
 from models.solvers import FIXED_STEP_METHODS, SolverSpec
 from odeflow.errors import ConfigError, UserError
+from odeflow.tables import markdown_table
 from runner.evaluation import predict
 
 # (method, step size for fixed-step methods / tolerance for adaptive ones), coarse to fine.
@@ -126,10 +127,11 @@ def write_reports(results: list[SettingResult], gap: dict[str, Any], out_dir: Pa
     frame = pd.DataFrame([asdict(r) for r in results])
     csv = out_dir / "reevaluation.csv"
     frame.to_csv(csv, index=False)
-    lines = [f"# {title}", "", "| solver | setting | accuracy | loss | mean FNFE | seconds |", "|---|---|---|---|---|---|"]
-    for r in results:
-        mark = " (training)" if r.training_solver else " (reference)" if r.reference else ""
-        lines.append(f"| {r.method}{mark} | {r.setting} | {r.accuracy:.4f} | {r.loss:.4f} | {r.mean_fnfe:.2f} | {r.seconds:.2f} |")
+    rows = [{"solver": r.method + (" (training)" if r.training_solver else " (reference)" if r.reference else ""),
+             "setting": r.setting, "accuracy": r.accuracy, "loss": r.loss, "mean FNFE": r.mean_fnfe, "seconds": r.seconds}
+            for r in results]
+    table = markdown_table(rows, {"accuracy": "{:.4f}", "loss": "{:.4f}", "mean FNFE": "{:.2f}", "seconds": "{:.2f}"})
+    lines = [f"# {title}", "", table]
     verdict = ("COLLAPSES under the accurate solve: the model depends on its training discretisation" if gap["collapsed"]
                else "keeps its accuracy under the accurate solve")
     lines += ["", f"ODE-ness gap: accuracy with the training solver ({gap['training']}) minus accuracy with the reference "

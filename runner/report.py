@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
+from odeflow.tables import markdown_table
 from runner.runstore import RunRecord, summary_row
 
 
@@ -46,13 +46,12 @@ def write_report(records: list[RunRecord], out_dir: Path) -> dict[str, Path]:
     csv = out_dir / "comparison.csv"
     frame.to_csv(csv, index=False)
     lines = ["# Parameter-matched comparison (thesis table 8.1)", ""]
+    columns = {"model": "model", "solver": "solver", "params": "params", "params_not_in_fc": "not in FC", "test_acc": "test acc",
+               "test_loss": "test loss", "epoch_time_s": "s/epoch", "fnfe": "FNFE", "bnfe": "BNFE", "run": "run"}
+    formats = {"params": "{:,}", "params_not_in_fc": "{:,}", "test_acc": "{:.4f}", "test_loss": "{:.4f}",
+               "epoch_time_s": "{:.2f}", "fnfe": "{:.1f}", "bnfe": "{:.1f}"}
     for dataset, group in frame.groupby("dataset") if not frame.empty else []:
-        lines += [f"## {dataset}", "", "| model | solver | params | not in FC | test acc | test loss | s/epoch | FNFE | BNFE | run |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for row in group.itertuples():
-            lines.append(f"| {row.model} | {row.solver} | {row.params:,} | {row.params_not_in_fc:,} | {row.test_acc:.4f} | "
-                         f"{row.test_loss:.4f} | {row.epoch_time_s:.2f} | {_fmt(row.fnfe)} | {_fmt(row.bnfe)} | {row.run} |")
-        lines.append("")
+        lines += [f"## {dataset}", "", markdown_table(group[list(columns)], formats, columns), ""]
     if frame.empty:
         lines.append("(no completed training runs in this store)")
     md = out_dir / "comparison.md"
@@ -70,7 +69,3 @@ def write_report(records: list[RunRecord], out_dir: Path) -> dict[str, Path]:
             ax.legend(fontsize=8)
         paths[name] = save_figure(fig, out_dir / name)
     return paths
-
-
-def _fmt(value: Any) -> str:
-    return "-" if value is None or pd.isna(value) else f"{value:.1f}"

@@ -7,8 +7,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner.checkpoint import read_torch_file
 from odeflow.errors import UserError
+from odeflow.tables import text_table
+from runner.checkpoint import read_torch_file
 from runner.runstore import RunRecord
 
 TIMING_METRICS = ("epoch.time",)  # wall-clock metrics differ between any two runs
@@ -98,13 +99,9 @@ def metric_comparison(original: RunRecord, reproduced: RunRecord) -> tuple[list[
 
 
 def format_comparison(rows: list[dict[str, Any]]) -> str:
-    def cell(v: Any) -> str:
-        return "-" if v is None else (f"{v:.8g}" if isinstance(v, float) else str(v))
-
-    header = ["metric", "original", "reproduced", "max |diff| per epoch", "note"]
-    body = [[cell(r["metric"]), cell(r["original"]), cell(r["reproduced"]), cell(r["max_epoch_diff"]), r["note"]] for r in rows]
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in [header, ["-" * w for w in widths], *body])
+    number = lambda v: f"{v:.8g}" if isinstance(v, float) else str(v)  # noqa: E731
+    return text_table(rows, {"original": number, "reproduced": number, "max_epoch_diff": number},
+                      {"max_epoch_diff": "max |diff| per epoch"})
 
 
 def new_output_dir(runs_root: Path, kind: str) -> Path:

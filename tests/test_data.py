@@ -109,3 +109,10 @@ def test_a_damaged_dataset_file_is_named_with_what_is_wrong(tmp_path: Path, writ
     with pytest.raises(UserError) as info:
         loader(root=str(tmp_path), download=False, **kwargs)
     assert f"file {folder / name} is damaged: {words}" in str(info.value) and "fix:" in str(info.value)
+
+
+def test_subset_counts_training_and_validation_samples():
+    bundle = load_spheres(n_train=300, n_test=50, subset=5, val_fraction=0.2)
+    assert (len(bundle.train), len(bundle.val)) == (4, 1)
+    with pytest.raises(ConfigError, match="subset=2 is invalid: expected at least 3"):
+        load_spheres(n_train=300, n_test=50, subset=2, val_fraction=0.2)

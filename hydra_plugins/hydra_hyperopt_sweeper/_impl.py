@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from odeflow.errors import UserError
 from odeflow.objectives import OBJECTIVE_DIRECTIONS
+from odeflow.tables import text_table
 
 logging.getLogger("hyperopt").setLevel(logging.WARNING)  # it logs every TPE step at INFO
 
@@ -389,14 +390,10 @@ class HyperoptSweeperImpl(Sweeper):
     def _finish(self, state: SweepState, searched: dict[str, Parameter]) -> None:
         path = self._write_results(state)
         best = self._best(state)
-        names = list(searched)
-        header = ["trial", "status", "value", "run", *names]
-        rows = [[str(t.number), t.status, f"{t.value:.6g}" if t.value is not None else "-", str(t.run_id or "-"),
-                 *(format_value(t.params.get(n)) for n in names)] for t in state.records]
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-        lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in [header, ["-" * w for w in widths], *rows]]
+        rows = [{"trial": t.number, "status": t.status, "value": t.value, "run": t.run_id,
+                 **{n: format_value(t.params.get(n)) for n in searched}} for t in state.records]
         print(f"\n[hyperopt] sweep {state.sweep_id}: {len(state.records)} trials, {len(state.failed)} failed", flush=True)
-        print("\n".join(lines), flush=True)
+        print(text_table(rows, {"value": "{:.6g}"}), flush=True)
         if best:
             print(f"best: trial {best.number}, value {best.value:.6g}, run {best.run_id}, params {best.params}", flush=True)
         print(f"results: {path}", flush=True)

@@ -78,7 +78,7 @@ def test_unknown_run_id_is_a_clear_error(filled_store: Path):
 def test_sync_without_server_explains(filled_store: Path):
     proc = run_cli(["sync", "tracking.url=mongodb://u:pw@127.0.0.1:9", "tracking.timeout_ms=200"], filled_store)
     assert proc.returncode == 2 and "unreachable" in proc.stderr and "make dashboard" in proc.stderr
-    assert ":pw@" not in proc.stderr
+    assert ":pw@" not in proc.stderr and "pkg_resources" not in proc.stderr
 
 
 def test_compare_sees_a_key_set_in_one_run_and_null_in_the_other(filled_store: Path):

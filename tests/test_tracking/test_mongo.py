@@ -183,6 +183,7 @@ def test_a_run_has_its_database_id_everywhere_in_a_database_that_holds_other_run
     times = [db[COST_METRICS_COLLECTION].find_one({"run_id": i, "name": "epoch.time"})["values"] for i in (1, 2)]
     assert times[0] != times[1]  # two runs compared, not one with itself
     assert "epoch.time" in proc.stdout and "\nMATCH:" in proc.stdout
+    assert "pkg_resources" not in proc.stderr and "warning:" not in proc.stdout.replace("warning: git", "")
     journal = machine_b / "journal" / "1"  # the journal numbers its own folders
     assert json.loads((journal / MARKER).read_text())["mongo_id"] == 2
 
