@@ -23,6 +23,8 @@ from torchdiffeq._impl.dopri5 import Dopri5Solver
 from torchdiffeq._impl.dopri8 import Dopri8Solver
 from torchdiffeq._impl.fehlberg2 import Fehlberg2
 
+from odeflow.errors import unsupported_fused_options
+
 Func = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -36,6 +38,7 @@ class Tableau:
     c_sol: tuple[float, ...]
     c_error: tuple[float, ...] | None = None
     order: int = 1
+    mid: tuple[float, ...] | None = None  # weights of the dense output at the step's midpoint
 
     @property
     def fsal(self) -> bool:
@@ -46,7 +49,8 @@ class Tableau:
 def _from_torchdiffeq(solver_class) -> Tableau:
     tab = solver_class.tableau
     floats = lambda t: tuple(float(v) for v in t)  # noqa: E731
-    return Tableau(floats(tab.alpha), tuple(floats(b) for b in tab.beta), floats(tab.c_sol), floats(tab.c_error), solver_class.order)
+    return Tableau(floats(tab.alpha), tuple(floats(b) for b in tab.beta), floats(tab.c_sol), floats(tab.c_error),
+                   solver_class.order, floats(solver_class.mid))
 
 
 # Fixed-step methods, written as tableaus that reproduce torchdiffeq's step functions exactly
@@ -111,8 +115,32 @@ class _Buffers:
             self._free.append(tensor)
 
 
+Norm = Callable[[torch.Tensor], torch.Tensor]
+
+
+class _Clock:
+    """The time argument of f at each stage.
+
+    For the ODE block's autonomous f (it ignores t) one tensor serves every stage. Otherwise a CPU time
+    is a new scalar tensor (cheap), and on an accelerator `torch.full` fills one on the device without
+    the blocking host-to-device copy that `torch.tensor(value, device=...)` makes.
+    """
+
+    def __init__(self, like: torch.Tensor, t0: float, autonomous: bool) -> None:
+        self.dtype, self.device = like.dtype, like.device
+        self.constant = self._make(t0) if autonomous else None
+
+    def _make(self, value: float) -> torch.Tensor:
+        if self.device.type == "cpu":
+            return torch.tensor(value, dtype=self.dtype)
+        return torch.full((), value, dtype=self.dtype, device=self.device)
+
+    def __call__(self, value: float) -> torch.Tensor:
+        return self.constant if self.constant is not None else self._make(value)
+
+
 def _stages(func: Func, t: float, y: torch.Tensor, f0: torch.Tensor, dt: float, tableau: Tableau,
-            buffers: _Buffers) -> tuple[list[torch.Tensor], torch.Tensor]:
+            buffers: _Buffers, clock: _Clock) -> tuple[list[torch.Tensor], torch.Tensor]:
     """All stage derivatives of one step, and the input of the last stage."""
     k = [f0]
     yi = y
@@ -120,27 +148,33 @@ def _stages(func: Func, t: float, y: torch.Tensor, f0: torch.Tensor, dt: float, 
         if yi is not y:
             buffers.give(yi)  # f has consumed it
         yi = _combine(y, k, beta_i, dt, buffers.take())
-        k.append(func(torch.tensor(t + alpha_i * dt, dtype=y.dtype, device=y.device), yi))
+        k.append(func(clock(t + alpha_i * dt), yi))
         if k[-1].data_ptr() == yi.data_ptr():
             buffers.enabled = False  # f returned its input's storage: recycling buffers would corrupt stages
     return k, yi
 
 
-def _rms(x: torch.Tensor) -> float:
-    return float(torch.linalg.vector_norm(x) / math.sqrt(x.numel()))
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    """Root mean square of all entries (torchdiffeq's `_rms_norm`), as a tensor."""
+    return torch.linalg.vector_norm(x) / math.sqrt(max(1, x.numel()))
 
 
-def solve_fixed(func: Func, y0: torch.Tensor, t0: float, t1: float, step_size: float, method: str) -> torch.Tensor:
-    """Fixed steps of `step_size` from t0, the last one shortened to end at t1 (torchdiffeq's grid)."""
+def solve_fixed(func: Func, y0: torch.Tensor, t0: float, t1: float, step_size: float, method: str,
+                autonomous: bool = False) -> torch.Tensor:
+    """Fixed steps of `step_size` from t0, the last one shortened to end at t1 (torchdiffeq's grid).
+
+    No host synchronisation at all: the number of steps is known before the first one.
+    """
     tableau = FIXED_TABLEAUS[method]
     buffers = _Buffers(y0, not torch.is_grad_enabled())
+    clock = _Clock(y0, t0, autonomous)
     n = max(1, math.ceil((t1 - t0) / step_size - 1e-9))
     y = y0
     for i in range(n):
         t = t0 + i * step_size
         dt = (t1 - t) if i == n - 1 else step_size
-        f0 = func(torch.tensor(t, dtype=y.dtype, device=y.device), y)
-        k, last_input = _stages(func, t, y, f0, dt, tableau, buffers)
+        f0 = func(clock(t), y)
+        k, last_input = _stages(func, t, y, f0, dt, tableau, buffers, clock)
         if last_input is not y:
             buffers.give(last_input)
         y_next = _combine(y, k, tableau.c_sol, dt, buffers.take())
@@ -150,21 +184,27 @@ def solve_fixed(func: Func, y0: torch.Tensor, t0: float, t1: float, step_size: f
 
 
 @torch.no_grad()
-def _initial_step(func: Func, t0: float, y0: torch.Tensor, f0: torch.Tensor, order: int, rtol: float, atol: float) -> float:
-    """Hairer, Norsett & Wanner II.4, as torchdiffeq does it (one evaluation of f)."""
+def _initial_step(func: Func, t0: float, y0: torch.Tensor, f0: torch.Tensor, order: int, rtol: float, atol: float,
+                  norm: Norm, clock: _Clock) -> float:
+    """Hairer, Norsett & Wanner II.4 as torchdiffeq does it (one evaluation of f). torchdiffeq passes the
+    method's order minus one, so the exponent is 1 / order."""
     scale = torch.abs(y0).mul_(rtol).add_(atol)
-    d0, d1 = _rms(y0 / scale), _rms(f0 / scale)
-    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
-    f1 = func(torch.tensor(t0 + h0, dtype=y0.dtype, device=y0.device), torch.add(y0, f0, alpha=h0))
-    d2 = _rms((f1 - f0) / scale) / h0
-    h1 = max(1e-6, h0 * 1e-3) if d1 <= 1e-15 and d2 <= 1e-15 else (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
-    return min(100 * h0, h1)
+    d0, d1 = norm(y0 / scale), norm(f0 / scale)
+    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
+    f1 = func(clock(t0 + float(h0)), torch.add(y0, f0, alpha=float(h0)))
+    d2 = norm((f1 - f0) / scale) / h0
+    h1 = torch.where((d1 <= 1e-15) & (d2 <= 1e-15), torch.clamp(h0 * 1e-3, min=1e-6),
+                     (0.01 / torch.maximum(d1, d2)) ** (1.0 / order))
+    return float(torch.minimum(100 * h0, h1))  # the solve's one synchronisation before its first step
 
 
 @torch.no_grad()
 def _error_ratio(k: list[torch.Tensor], c_error: tuple[float, ...], dt: float, y0: torch.Tensor, y1: torch.Tensor,
-                 rtol: float, atol: float, work: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> float:
-    """RMS of error / (atol + rtol * max(|y0|, |y1|)), in three reused buffers, without gradients."""
+                 rtol: float, atol: float, work: tuple[torch.Tensor, torch.Tensor, torch.Tensor], norm: Norm | None) -> float:
+    """norm(error / (atol + rtol * max(|y0|, |y1|))), in three reused buffers, without gradients.
+
+    Reading it as a Python float is the step's one host synchronisation: the accept/reject decision.
+    """
     error, tolerance, scratch = work
     first = True
     for kj, w in zip(k, c_error):
@@ -176,62 +216,150 @@ def _error_ratio(k: list[torch.Tensor], c_error: tuple[float, ...], dt: float, y
                 error.add_(kj, alpha=dt * w)
     torch.abs(y0, out=tolerance)
     torch.maximum(tolerance, torch.abs(y1, out=scratch), out=tolerance)
-    ratio = _rms(error.div_(tolerance.mul_(rtol).add_(atol)))
-    return ratio if math.isfinite(ratio) else math.inf
+    scaled = error.div_(tolerance.mul_(rtol).add_(atol))
+    return float((norm or rms_norm)(scaled))
+
+
+def _callback(func: Func, name: str) -> Callable | None:
+    """torchdiffeq's step callback `name` of `func`, or None when it has none (torchdiffeq installs a no-op)."""
+    from torchdiffeq._impl.misc import _null_callback
+
+    callback = getattr(func, name, None)
+    return None if callback is None or callback is _null_callback else callback
 
 
 def solve_adaptive(func: Func, y0: torch.Tensor, t0: float, t1: float, method: str, rtol: float, atol: float,
-                   max_steps: int, min_step: float = 0.0, first_step: float | None = None) -> torch.Tensor:
-    """Adaptive steps with torchdiffeq's controller; raises SolveFailed on underflow or too many steps."""
+                   max_steps: int, min_step: float = 0.0, first_step: float | None = None, *,
+                   max_step: float = math.inf, safety: float = SAFETY, ifactor: float = IFACTOR, dfactor: float = DFACTOR,
+                   norm: Norm | None = None, autonomous: bool = False) -> torch.Tensor:
+    """y(t1) by adaptive steps that are torchdiffeq's own: the same initial step, error estimate, `norm`,
+    controller and options, so the accepted and rejected steps, and with them FNFE and BNFE, are the
+    same; like torchdiffeq the last step may pass t1, and y(t1) is read from the same 4th-order dense
+    output. Raises SolveFailed on underflow, too many steps or a non-finite state.
+
+    `norm` measures the scaled error (torchdiffeq's `norm` option; None is the RMS over the whole state,
+    torchdiffeq's default for one tensor). `func.callback_step`, `callback_accept_step` and
+    `callback_reject_step` are called as torchdiffeq calls them, if `func` has them.
+
+    What differs is how, not what: stage inputs are running in-place sums, the error estimate and its
+    norm run without autograd in reused buffers (no gradient flows through step-size control in
+    torchdiffeq either), the dense output is fitted for the last step only, and each step synchronises
+    with the host once (the accept/reject decision).
+    """
     tableau = ADAPTIVE_TABLEAUS[method]
+    on_step, on_accept, on_reject = (_callback(func, name) for name in ("callback_step", "callback_accept_step", "callback_reject_step"))
     buffers = _Buffers(y0, not torch.is_grad_enabled())
+    clock = _Clock(y0, t0, autonomous)
     work = tuple(torch.empty_like(y0) for _ in range(3))
     t = t0
     y = y0
-    f0 = func(torch.tensor(t0, dtype=y0.dtype, device=y0.device), y0)
-    dt = first_step if first_step is not None else _initial_step(func, t0, y0, f0, tableau.order, rtol, atol)
+    f0 = func(clock(t0), y0)
+    dt = first_step if first_step is not None else _initial_step(func, t0, y0, f0, tableau.order, rtol, atol, norm or rms_norm, clock)
+    trial_not_finite = not math.isfinite(dt)  # f returned NaN or infinity near y0
+    if trial_not_finite:
+        _check_finite(y0, f0)
     steps = 0
-    while t1 - t > 1e-12 * max(1.0, abs(t1)):
+    while t < t1:
         if steps >= max_steps:
-            raise SolveFailed(f"max_num_steps exceeded ({steps}>={max_steps})")
-        dt = max(dt, min_step)
+            _fail_not_finite_or(trial_not_finite, f"max_num_steps exceeded ({steps}>={max_steps})")
+        dt = min(max(dt if math.isfinite(dt) else min_step, min_step), max_step)
         if not t + dt > t:
-            raise SolveFailed(f"underflow in dt {dt}")
-        step = min(dt, t1 - t)
-        k, last_input = _stages(func, t, y, f0, step, tableau, buffers)
+            _fail_not_finite_or(trial_not_finite, f"underflow in dt {dt}")
+        if on_step:
+            on_step(clock(t), y, clock(dt))
+        k, last_input = _stages(func, t, y, f0, dt, tableau, buffers, clock)
         if tableau.fsal:
             y1 = last_input
         else:
             buffers.give(last_input)
-            y1 = _combine(y, k, tableau.c_sol, step, buffers.take())
-        ratio = _error_ratio(k, tableau.c_error, step, y, y1, rtol, atol, work)
+            y1 = _combine(y, k, tableau.c_sol, dt, buffers.take())
+        ratio = _error_ratio(k, tableau.c_error, dt, y, y1, rtol, atol, work, norm)
+        trial_not_finite = not math.isfinite(ratio)
+        if trial_not_finite:
+            # A trial step may overflow: it is rejected and the step shrinks, as in torchdiffeq. A non-finite
+            # state or slope at the accepted point fails at once: no smaller step can fix it.
+            _check_finite(y, f0)
         steps += 1
-        if ratio <= 1 or step <= min_step:
+        if ratio <= 1 or dt <= min_step:
+            if on_accept:
+                on_accept(clock(t), y, clock(dt))
+            if t + dt > t1:  # the last step passed t1: read y(t1) from the step's dense output
+                return _dense_output(y, y1, k, dt, tableau.mid, (t1 - t) / dt)
             # torchdiffeq takes the last stage as f(t1, y1) for every tableau (exact only for FSAL ones such
             # as dopri5); doing the same keeps NFE and trajectories comparable method for method.
             buffers.give(y)
-            t, y, f0 = t + step, y1, k[-1]
+            t, y, f0 = t + dt, y1, k[-1]
         else:
+            if on_reject:
+                on_reject(clock(t), y, clock(dt))
             buffers.give(y1)
         if ratio == 0:
-            factor = IFACTOR
+            factor = ifactor
+        elif math.isfinite(ratio):
+            factor = min(ifactor, max(safety / ratio ** (1.0 / tableau.order), 1.0 if ratio < 1 else dfactor))
         else:
-            factor = min(IFACTOR, max(SAFETY / ratio ** (1.0 / tableau.order), 1.0 if ratio < 1 else DFACTOR))
-        dt = step * factor
+            factor = dfactor
+        dt = min(max(dt * factor, min_step), max_step)
     return y
+
+
+def _dense_output(y0: torch.Tensor, y1: torch.Tensor, k: list[torch.Tensor], dt: float, mid: tuple[float, ...],
+                  x: float) -> torch.Tensor:
+    """The solution at the fraction `x` of a step: torchdiffeq's quartic through y0, the step's midpoint
+    estimate and y1 with the slopes at both ends."""
+    from torchdiffeq._impl.interp import _interp_fit
+
+    y_mid = _combine(y0, k, mid, dt)
+    coefficients = _interp_fit(y0, y1, y_mid, k[0], k[-1], dt)
+    total = coefficients[0] + x * coefficients[1]
+    for power, coefficient in enumerate(coefficients[2:], start=2):
+        total = total + x**power * coefficient
+    return total
+
+
+NOT_FINITE = "non-finite values in state `y`"
+
+
+def _check_finite(*tensors: torch.Tensor) -> None:
+    if not all(bool(torch.isfinite(x).all()) for x in tensors):
+        raise SolveFailed(f"{NOT_FINITE}: the ODE state or its slope became NaN or infinite")
+
+
+def _fail_not_finite_or(trial_not_finite: bool, message: str) -> None:
+    """The step size collapsed: because f kept returning NaN or infinity (even for tiny steps), or truly."""
+    if trial_not_finite:
+        raise SolveFailed(f"{NOT_FINITE}: f returned NaN or infinity however small the step ({message})")
+    raise SolveFailed(message)
+
+
+# torchdiffeq's options the adapter honours (it passes all of them to every solver it builds).
+ADAPTER_OPTIONS = frozenset({"norm", "min_step", "max_step", "first_step", "safety", "ifactor", "dfactor", "max_num_steps",
+                             "step_size", "dtype", "perturb"})
 
 
 class TorchdiffeqAdapter:
     """Makes the fused solver usable by torchdiffeq's `odeint` and `odeint_adjoint` under the name
     `fused_<method>`, so the adjoint method (and its O(1) memory) comes from torchdiffeq unchanged while
-    both the forward solve and the backward (adjoint) solve use the fused stepping."""
+    both the forward solve and the backward (adjoint) solve use the fused stepping.
+
+    Every option torchdiffeq hands over is honoured (the adjoint's mixed norm included) or refused:
+    `grid_constructor`, `step_t`, `jump_t` and `perturb=True` need torchdiffeq's own solvers.
+    """
 
     method = "dopri5"  # set per registered subclass
 
-    def __init__(self, func: Func, y0: torch.Tensor, rtol, atol, step_size: float | None = None,
-                 max_num_steps: int = 2**31 - 1, min_step: float = 0.0, first_step: float | None = None, **unused) -> None:
-        self.func, self.y0, self.rtol, self.atol = func, y0, rtol, atol
-        self.step_size, self.max_steps, self.min_step, self.first_step = step_size, max_num_steps, min_step, first_step
+    def __init__(self, func: Func, y0: torch.Tensor, rtol, atol, **options) -> None:
+        unsupported = sorted(k for k, v in options.items() if k not in ADAPTER_OPTIONS or (k == "perturb" and v))
+        if unsupported:
+            raise ValueError(unsupported_fused_options(unsupported))
+        from torchdiffeq._impl.misc import _rms_norm
+
+        self.func, self.y0, self.rtol, self.atol = func, y0, float(rtol), float(atol)
+        norm = options.get("norm")
+        self.norm = None if norm is _rms_norm else norm  # torchdiffeq's default for one tensor: our buffered RMS
+        self.step_size, self.max_steps = options.get("step_size"), options.get("max_num_steps", 2**31 - 1)
+        self.control = {k: float(options[k]) for k in ("min_step", "max_step", "safety", "ifactor", "dfactor") if k in options}
+        self.first_step = options.get("first_step")
 
     def integrate(self, t: torch.Tensor) -> torch.Tensor:
         ys = [self.y0]
@@ -240,12 +368,12 @@ class TorchdiffeqAdapter:
                 ys.append(solve_fixed(self.func, ys[-1], a, b, self.step_size, self.method))
             else:
                 ys.append(solve_adaptive(self.func, ys[-1], a, b, self.method, self.rtol, self.atol, self.max_steps,
-                                         self.min_step, self.first_step))
+                                         first_step=self.first_step, norm=self.norm, **self.control))
         return torch.stack(ys)
 
     @classmethod
     def valid_callbacks(cls) -> set[str]:
-        return set()
+        return {"callback_step", "callback_accept_step", "callback_reject_step"}
 
 
 def _register_with_torchdiffeq() -> None:

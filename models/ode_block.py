@@ -5,15 +5,18 @@ import torch
 from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
-from models.fused_rk import solve_adaptive, solve_fixed
+from models.fused_rk import rms_norm, solve_adaptive, solve_fixed
 from models.solvers import SolverSpec
-from odeflow.errors import MAX_STEPS_CAUSE, SOLVER_FAILURE_FIX, ConfigError, SolverError, step_longer_than_interval
+from odeflow.errors import MAX_STEPS_CAUSE, NONFINITE_FIX, SOLVER_FAILURE_FIX, ConfigError, SolverError, step_longer_than_interval
 
 _SOLVER_FAILURES = {
+    # torchdiffeq turns a NaN step size (f returned NaN) into a step of 0: not a stiff solve
+    "underflow in dt 0.0": "the step size became NaN: f returned NaN or infinity",
     "underflow in dt": "the adaptive step size collapsed (underflow in dt): the learned dynamics became stiff",
     "max_num_steps exceeded": MAX_STEPS_CAUSE,
     "non-finite values in state": "the ODE state became NaN or infinite",
 }
+_SOLVER_FIXES = {"non-finite values in state": NONFINITE_FIX, "underflow in dt 0.0": NONFINITE_FIX}
 
 
 class CountingODEFunc(nn.Module):
@@ -61,8 +64,9 @@ class ODEBlock(nn.Module):
                 t = torch.tensor([0.0, self.t_final], dtype=z0.dtype, device=z0.device)
                 kwargs = spec.odeint_kwargs()
                 if spec.adjoint:
-                    # The adjoint has its own solve; bound it the same way.
-                    kwargs["adjoint_options"] = dict(kwargs["options"])
+                    # The adjoint has its own solve; bound it the same way, and measure its error with the
+                    # chosen norm (torchdiffeq's default mixed norm, or the seminorm).
+                    kwargs["adjoint_options"] = {**kwargs["options"], **adjoint_norm_option(spec)}
                     z = odeint_adjoint(self.func, z0, t, **kwargs)[-1]
                 else:
                     z = odeint(self.func, z0, t, **kwargs)[-1]
@@ -75,9 +79,31 @@ class ODEBlock(nn.Module):
     def _fused_direct(self, z0: torch.Tensor) -> torch.Tensor:
         spec = self.solver
         if spec.is_fixed_step:
-            return solve_fixed(self.func, z0, 0.0, self.t_final, spec.step_size, spec.method)
+            return solve_fixed(self.func, z0, 0.0, self.t_final, spec.step_size, spec.method, autonomous=True)
         return solve_adaptive(self.func, z0, 0.0, self.t_final, spec.method, spec.rtol, spec.atol, spec.max_steps,
-                              spec.min_step, spec.step_size)
+                              spec.min_step, spec.step_size, autonomous=True, **spec.extra_options)
+
+
+def adjoint_norm_option(spec: SolverSpec) -> dict:
+    """The adjoint solve's `norm` option. torchdiffeq's default is a mixed norm: the max of the RMS norms of
+    t's adjoint, the state, the state's adjoint and each parameter's adjoint. The seminorm (Kidger et al.
+    2021, "Hey, that's not an ODE") leaves the parameters' adjoints out: they never feed back into the
+    dynamics, so their error need not shrink the step, and the backward solve takes fewer steps.
+
+    The torchdiffeq backend gets torchdiffeq's own choice; the fused one the same norm computed as one
+    tensor, so reading it costs one synchronisation per step however many parameters there are.
+    """
+    seminorm = spec.adjoint_norm == "seminorm"
+    if not spec.fused:
+        return {"norm": "seminorm"} if seminorm else {}
+
+    def norm(parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        t, y, adj_y, *adj_params = parts
+        kept = [y, adj_y] + ([] if seminorm else adj_params)
+        return torch.stack([t.abs().reshape(()).to(y.dtype), *(rms_norm(p).to(y.dtype) for p in kept)]).max()
+
+    return {"norm": norm}
+
 
 
 def translate_solver_failure(exc: BaseException, solver: SolverSpec) -> BaseException:
@@ -85,7 +111,8 @@ def translate_solver_failure(exc: BaseException, solver: SolverSpec) -> BaseExce
     text = str(exc)
     for marker, cause in _SOLVER_FAILURES.items():
         if marker in text:
-            return SolverError(f"{solver.describe()} failed: {cause} ({text.splitlines()[0][:120]})", SOLVER_FAILURE_FIX)
+            return SolverError(f"{solver.describe()} failed: {cause} ({text.splitlines()[0][:120]})",
+                               _SOLVER_FIXES.get(marker, SOLVER_FAILURE_FIX))
     return exc
 
 

@@ -1,13 +1,14 @@
 """ODE solver settings: every torchdiffeq method by name, validated up front."""
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
 from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
 from torchdiffeq._impl.solvers import AdaptiveStepsizeODESolver, FixedGridODESolver
 
-from odeflow.errors import ConfigError, check_choice, check_positive
+from odeflow.errors import EXTRA_OPTIONS_FIX, ConfigError, check_choice, check_positive
 
 # Built from torchdiffeq's own table so a method it adds is available here by name. scipy_solver is left
 # out: it leaves the autograd graph, so it can neither train nor count backward evaluations.
@@ -18,6 +19,9 @@ METHODS = FIXED_STEP_METHODS | ADAPTIVE_METHODS
 # fused: the project's Runge-Kutta stepping (models/fused_rk.py, about 2x faster on CPU); torchdiffeq: the
 # reference implementation, plain torchdiffeq.odeint.
 BACKENDS = ("fused", "torchdiffeq")
+# The adjoint solve's error norm: torchdiffeq's default mixed norm, or the seminorm (Kidger et al. 2021).
+ADJOINT_NORMS = ("mixed", "seminorm")
+FUSED_EXTRA_OPTIONS = ("safety", "ifactor", "dfactor", "max_step")
 
 
 @dataclass(frozen=True)
@@ -37,11 +41,19 @@ class SolverSpec:
     max_steps: int = 1000
     min_step: float = 0.0
     backend: str = "fused"
+    adjoint_norm: str = "mixed"
     extra_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)
         check_choice("backend", self.backend, BACKENDS)
+        check_choice("adjoint_norm", self.adjoint_norm, ADJOINT_NORMS)
+        unknown = sorted(set(self.extra_options) - self.accepted_extra_options())
+        if unknown:
+            raise ConfigError("extra_options", dict(self.extra_options),
+                              f"options {self.method} on the {self.backend} backend takes: "
+                              + (", ".join(sorted(self.accepted_extra_options())) or "none")
+                              + f" ({', '.join(unknown)} is not one of them)", EXTRA_OPTIONS_FIX)
         check_positive("rtol", self.rtol)
         check_positive("atol", self.atol)
         check_positive("max_steps", self.max_steps)
@@ -50,6 +62,19 @@ class SolverSpec:
             check_positive("step_size", self.step_size)
         if self.is_fixed_step and self.step_size is None:
             raise ConfigError("step_size", None, "a number > 0 for the fixed-step method " + self.method)
+
+    def accepted_extra_options(self) -> set[str]:
+        """torchdiffeq's own options for this method that are not SolverSpec fields; on the fused path only
+        those it implements (the step-size controller's constants and the largest step)."""
+        if self.fused:
+            return set() if self.is_fixed_step else set(FUSED_EXTRA_OPTIONS)
+        names: set[str] = set()
+        for cls in _TORCHDIFFEQ_SOLVERS[self.method].__mro__:
+            if "__init__" in vars(cls):
+                names |= {name for name, parameter in inspect.signature(cls.__init__).parameters.items()
+                          if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)}
+        return names - {"self", "func", "y0", "rtol", "atol", "kwargs", "unused_kwargs", "step_size", "max_num_steps",
+                        "min_step", "first_step", "norm", "dtype"}
 
     @property
     def is_fixed_step(self) -> bool:

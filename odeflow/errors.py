@@ -77,6 +77,10 @@ SOLVER_FAILURE_FIX = (
     "loosen solver.rtol/solver.atol, raise solver.max_steps, set solver.min_step > 0, lower train.lr, "
     "use model.norm=group instead of batch (thesis 7.1.3), or train with a fixed-step solver (e.g. solver=rk4)"
 )
+NONFINITE_FIX = ("a NaN or infinity came out of the network, not a stiff solve: lower train.lr, add weight decay "
+                 "(train.weight_decay), or check the inputs for NaN")
+EXTRA_OPTIONS_FIX = ("drop them from solver.extra_options, or set solver.backend=torchdiffeq to use torchdiffeq's own "
+                     "solver, which takes all of its options")
 MAX_STEPS_CAUSE = "the solver needed more steps than solver.max_steps allows"
 DOWNLOAD_OFF = "data.download=false"
 
@@ -94,3 +98,8 @@ def step_longer_than_interval(step_size: float, t_final: float) -> UserError:
     return UserError(f"solver.step_size={step_size:g} is longer than the integration interval [0, {t_final:g}] (model.t_final): "
                      f"a fixed-step solver would take one step of h={t_final:g} instead",
                      f"set solver.step_size to at most {t_final:g} (e.g. {t_final / 4:g} for 4 steps), or raise model.t_final")
+
+
+def unsupported_fused_options(names: list[str]) -> str:
+    return (f"the fused solver does not implement torchdiffeq's option(s) {', '.join(names)}; "
+            "set solver.backend=torchdiffeq to use them")

@@ -127,3 +127,26 @@ def test_unknown_solver_lists_valid_choices():
 def test_complex_model_rejects_vector_inputs():
     with pytest.raises(ConfigError, match="image"):
         ComplexNet((2,), 2, "residual")
+
+
+class NaNAfterOneCall(nn.Module):
+    """A network whose weights became NaN: every evaluation after the first returns NaN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return -z if self.calls == 1 else z * float("nan")
+
+
+@pytest.mark.parametrize("backend", ["fused", "torchdiffeq"])
+def test_a_nan_state_fails_at_once_with_its_own_message(backend):
+    net = NaNAfterOneCall()
+    block = ODEBlock(net, SolverSpec("dopri5", backend=backend, max_steps=1000))
+    with pytest.raises(SolverError) as info:
+        block(torch.ones(2, 3))
+    assert ("failed: the ODE state became NaN or infinite" in str(info.value) or "the step size became NaN" in str(info.value))
+    assert "not a stiff solve" in info.value.fix
+    assert net.calls <= 8  # at once: not after the step size has shrunk for hundreds of steps
