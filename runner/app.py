@@ -11,6 +11,8 @@ from omegaconf import DictConfig
 from models.ode_block import ode_blocks
 from models.parameters import count_parameters, residual_block_count
 from runner import pipeline
+from runner.adjoint_check import adjoint_gradient_check
+from runner.adjoint_check import describe as describe_adjoint_check
 from runner.checkpoint import model_recipe
 from odeflow.errors import UserError, check_choice
 from odeflow.objectives import OBJECTIVE_DIRECTIONS
@@ -66,6 +68,11 @@ def run_experiment(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | Non
         for earlier in (resume or {}).get("history", []):
             log_epoch(earlier)  # a resumed run carries the epochs before the crash too
         fit_result = pipeline.train(model, data, settings, log_epoch, out_dir / "last_checkpoint.pt", resume)
+        check = adjoint_gradient_check(model, data.val, data.batch_size, settings.adjoint_check_threshold)
+        if check is not None:
+            run.set_info("adjoint_gradient_check", check)
+            print(describe_adjoint_check(check), flush=True)
+            outcome["adjoint_check"] = check
         results = pipeline.evaluate(model, data)
         run.set_info("test", {k: results[k] for k in ("test.loss", "test.acc", "test.nfe.forward", "test.time")})
         for name, path in pipeline.write_outputs(out_dir, model, recipe, logged_config, fit_result, results,
@@ -90,6 +97,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | Non
         "fnfe": last["nfe.forward"] if is_ode else None, "bnfe": last["nfe.backward"] if is_ode else None,
         "test_fnfe": outcome["test.nfe.forward"] if is_ode else None,
         "epoch_time": sum(h["epoch.time"] for h in fit_result.history) / len(fit_result.history),
+        "adjoint_grad_err": outcome.get("adjoint_check", {}).get("relative_error"),
     }
     (out_dir / "result.json").write_text(json.dumps(summary, indent=2))
     return summary

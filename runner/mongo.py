@@ -60,6 +60,7 @@ def table_fields(entry: dict[str, Any], best: dict[str, float]) -> dict[str, Any
         "best val loss": best.get("val.loss"), "FNFE": cost.get("fnfe"), "BNFE": cost.get("bnfe"),
         "params": parameters.get("total"), "sweep": meta.get("sweep_id"), "s/epoch": cost.get("epoch_time"),
         "adjoint": solver.get("adjoint"), "best val acc": best.get("val.acc"), "trial": meta.get("trial"),
+        "adjoint grad err": (info.get("adjoint_gradient_check") or {}).get("relative_error"),
     }
 
 

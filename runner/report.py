@@ -30,6 +30,7 @@ def comparison_rows(records: list[RunRecord]) -> pd.DataFrame:
             "fnfe": _mean(r, "nfe.forward") if is_ode else None, "bnfe": _mean(r, "nfe.backward") if is_ode else None,
             # evaluations of f per forward pass: FNFE for ODEnets, residual blocks for ResNets
             "f_evaluations": _mean(r, "nfe.forward") if is_ode else r.info.get("residual_blocks"),
+            "adjoint_grad_err": (r.info.get("adjoint_gradient_check") or {}).get("relative_error"),
         })
     frame = pd.DataFrame(rows)
     if frame.empty:
@@ -47,9 +48,10 @@ def write_report(records: list[RunRecord], out_dir: Path) -> dict[str, Path]:
     frame.to_csv(csv, index=False)
     lines = ["# Parameter-matched comparison (thesis table 8.1)", ""]
     columns = {"model": "model", "solver": "solver", "params": "params", "params_not_in_fc": "not in FC", "test_acc": "test acc",
-               "test_loss": "test loss", "epoch_time_s": "s/epoch", "fnfe": "FNFE", "bnfe": "BNFE", "run": "run"}
+               "test_loss": "test loss", "epoch_time_s": "s/epoch", "fnfe": "FNFE", "bnfe": "BNFE",
+               "adjoint_grad_err": "adj. grad err", "run": "run"}
     formats = {"params": "{:,}", "params_not_in_fc": "{:,}", "test_acc": "{:.4f}", "test_loss": "{:.4f}",
-               "epoch_time_s": "{:.2f}", "fnfe": "{:.1f}", "bnfe": "{:.1f}"}
+               "epoch_time_s": "{:.2f}", "fnfe": "{:.1f}", "bnfe": "{:.1f}", "adjoint_grad_err": "{:.2g}"}
     for dataset, group in frame.groupby("dataset") if not frame.empty else []:
         lines += [f"## {dataset}", "", markdown_table(group[list(columns)], formats, columns), ""]
     if frame.empty:

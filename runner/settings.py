@@ -30,6 +30,7 @@ class TrainSettings:
     deterministic: bool = True
     progress: bool = True
     num_threads: int | None = None
+    adjoint_check_threshold: float = 0.05
 
     def __post_init__(self) -> None:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -41,6 +42,7 @@ class TrainSettings:
         if not isinstance(self.patience, int) or self.patience < 1:
             raise ConfigError("patience", self.patience, "an integer >= 1 (epochs without validation-loss improvement before stopping)")
         check_positive("min_delta", self.min_delta, allow_zero=True)
+        check_positive("adjoint_check_threshold", self.adjoint_check_threshold)
         if self.num_threads is not None:
             check_positive("num_threads", self.num_threads)
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):

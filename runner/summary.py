@@ -10,6 +10,7 @@ COLUMNS = [
     ("test_acc", "test acc", "{:.4f}"), ("test_loss", "test loss", "{:.4f}"), ("best_epoch", "best ep", "{}"),
     ("epochs", "epochs", "{}"), ("params_total", "params", "{:,}"), ("params_not_in_fc", "not in FC", "{:,}"),
     ("fnfe", "FNFE", "{:.1f}"), ("bnfe", "BNFE", "{:.1f}"), ("epoch_time", "s/epoch", "{:.2f}"),
+    ("adjoint_grad_err", "adj. grad err", "{:.2g}"),
 ]
 
 

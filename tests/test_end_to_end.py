@@ -57,3 +57,17 @@ def test_multirun_compares_odenet_and_resnet(runs_dir: Path):
     assert "summary of 2 runs" in proc.stdout
     assert "odenet_simple" in proc.stdout and "resnet_simple_small" in proc.stdout
     assert len([p for p in (runs_dir / "store").iterdir() if p.name.isdigit()]) == 2
+
+
+def test_an_adjoint_run_records_its_gradient_check_in_info_console_and_report(tmp_path: Path, runs_dir: Path, capsys):
+    from runner.report import comparison_rows
+    from runner.runstore import read_file_store
+    from tests.test_tracking.conftest import tiny_run
+
+    summary = tiny_run(runs_dir, tmp_path / "out", "solver=dopri5", "solver.adjoint=true", "train.adjoint_check_threshold=1e-9")
+    record = read_file_store(runs_dir / "store")[0]
+    check = record.info["adjoint_gradient_check"]
+    assert check["flagged"] and check["relative_error"] == summary["adjoint_grad_err"] > 0
+    assert "adjoint gradient check: relative error" in capsys.readouterr().out
+    assert comparison_rows([record]).iloc[0]["adjoint_grad_err"] == check["relative_error"]
+    assert record.metrics["nfe.backward"]["values"][-1] > 0  # BNFE in the record
