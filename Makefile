@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-ray sweep table run test bench up down dashboard clean
+.PHONY: help install install-ray sweep table study run test bench up down dashboard clean
 
 # .env (from .env.example) holds the MongoDB credentials and MONGO_URL; exported to every command.
 -include .env
@@ -38,6 +38,11 @@ DATA ?= fmnist
 table: $(INSTALLED) ## Thesis table 8.1 for DATA=fmnist or DATA=cifar10: the five models, then the comparison report
 	$(PY) -m runner -m 'experiment=glob(thesis_$(DATA)_*)'
 	$(PY) -m runner report --out runs/report/$(DATA)
+
+STUDY ?= t_final
+study: $(INSTALLED) ## Thesis architecture study on digits with the adjoint: STUDY=t_final (table 7.3), activation_inside (7.2), activation_before (7.1)
+	$(PY) -m runner -m experiment=study_$(STUDY)
+	$(PY) -m runner study $(STUDY)
 
 bench: $(INSTALLED) ## Run every benchmark in bench/ (ratios measured in one run; ~10 min) and write bench/RESULTS.md
 	$(PY) bench/run_all.py

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from odeflow.errors import UserError
 
-SUBCOMMANDS = ("sync", "runs", "reproduce", "resume", "reevaluate", "report")
+SUBCOMMANDS = ("sync", "runs", "reproduce", "resume", "reevaluate", "report", "study")
 
 
 def _split(values: list[str]) -> tuple[list[str], list[str]]:
@@ -176,6 +176,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from runner.study import write_study
+
+    words, overrides = _split(args.words)
+    if len(words) != 1:
+        raise UserError("study takes one study name or folder", "python -m runner study t_final (or a multirun folder)")
+    folder = Path(words[0])
+    if not folder.is_dir():
+        folder = Path(current_config(overrides).paths.runs) / "studies" / words[0]
+    paths = write_study(folder)
+    print(paths["study.md"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m runner", description="odeflow subcommands (without one: run an experiment)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -217,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="parameter-matched comparison report (thesis table 8.1) of the stored runs")
     report.add_argument("--out", help="folder for comparison.md/.csv and the PNGs (default: <paths.runs>/report)")
     report.set_defaults(handler=cmd_report)
-    for command in (reproduce, resume, reevaluate, report):
+    study = sub.add_parser("study", help="table and BNFE-per-epoch plot of an architecture study (make study STUDY=t_final)")
+    study.set_defaults(handler=cmd_study)
+    for command in (reproduce, resume, reevaluate, report, study):
         command.add_argument("words", nargs="*", help=words_help)
     return parser
 

@@ -30,7 +30,7 @@ class TrainSettings:
     deterministic: bool = True
     progress: bool = True
     num_threads: int | None = None
-    adjoint_check_threshold: float = 0.05
+    adjoint_check_threshold: float = 0.2
 
     def __post_init__(self) -> None:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)

@@ -189,3 +189,23 @@ def test_an_empty_or_truncated_checkpoint_is_named(tmp_path: Path, runs_dir: Pat
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert f"error: {path} is damaged" in proc.stderr and "empty or truncated" in proc.stderr
     assert [r.id for r in read_file_store(runs_dir / "store")] == [1]
+
+
+def test_a_study_multirun_gets_its_table_and_bnfe_plot(tmp_path: Path, runs_dir: Path):
+    study_dir = tmp_path / "t_final"
+    proc = run_cli(["-m", "experiment=study_t_final", "model.t_final=1,3", "model.channels=4", "data.subset=300",
+                    "train.max_epochs=2", f"hydra.sweep.dir={study_dir}"], runs_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = read_file_store(runs_dir / "store")
+    assert [r.config["solver"]["adjoint"] for r in runs] == [True, True]  # as the thesis trained them
+    report = run_cli(["study", str(study_dir)], runs_dir)
+    assert report.returncode == 0, report.stderr
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in (study_dir / "study.md").read_text().splitlines()
+            if line.startswith("|")]
+    assert rows[0][:3] == ["model.t_final", "test acc", "test loss"] and [r[0] for r in rows[2:]] == ["1", "3"]
+    bnfe = {r[0]: float(r[4]) for r in rows[2:]}
+    assert bnfe == {str(int(r.config["model"]["t_final"])): r.metrics["nfe.backward"]["values"][-1] for r in runs}
+    assert bnfe["3"] > bnfe["1"] > 0  # a longer time interval takes more backward steps
+    assert (study_dir / "bnfe_per_epoch.png").read_bytes()[:4] == b"\x89PNG"
+    missing = run_cli(["study", "no_such_study"], runs_dir)
+    assert missing.returncode == 2 and "no finished study jobs" in missing.stderr and "make study" in missing.stderr

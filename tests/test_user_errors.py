@@ -54,6 +54,6 @@ def test_user_error_message(runs_dir: Path, overrides: list[str], fragments: lis
 def test_help_lists_the_subcommands(runs_dir: Path):
     proc = run_cli(["--help"], runs_dir, timeout=120)
     assert proc.returncode == 0
-    for command in ("sync", "runs", "reproduce", "resume", "reevaluate", "report"):
+    for command in ("sync", "runs", "reproduce", "resume", "reevaluate", "report", "study"):
         assert f"python -m runner {command}" in proc.stdout, proc.stdout
     assert "model: odenet_complex, odenet_simple" in proc.stdout  # Hydra's list of options is still there
