@@ -44,14 +44,17 @@ class SettingResult:
     seconds: float
     training_solver: bool = False
     reference: bool = False
+    backend: str = "fused"
 
 
 def solver_for(method: str, value: float, base: SolverSpec | None = None) -> SolverSpec:
-    """A fixed-step method at step `value`, or an adaptive one at rtol = atol = `value`."""
+    """A fixed-step method at step `value`, or an adaptive one at rtol = atol = `value`, on the training
+    solver's backend (a run trained with torchdiffeq is re-evaluated with torchdiffeq)."""
     max_steps = base.max_steps if base else 1000
+    backend = base.backend if base else "fused"
     if method in FIXED_STEP_METHODS:
-        return SolverSpec(method, step_size=value, max_steps=max_steps)
-    return SolverSpec(method, rtol=value, atol=value, max_steps=max_steps)
+        return SolverSpec(method, step_size=value, max_steps=max_steps, backend=backend)
+    return SolverSpec(method, rtol=value, atol=value, max_steps=max_steps, backend=backend)
 
 
 def describe_setting(spec: SolverSpec) -> str:
@@ -97,7 +100,8 @@ def reevaluate(model: torch.nn.Module, data: DataBundle, training_solver: Solver
         pred = predict(model, data.test, data.batch_size)
         is_reference = index == len(specs) - 1
         results.append(SettingResult(spec.method, describe_setting(spec), pred.accuracy, pred.loss, pred.mean_fnfe,
-                                     time.perf_counter() - start, training_solver=index == 0, reference=is_reference))
+                                     time.perf_counter() - start, training_solver=index == 0, reference=is_reference,
+                                     backend="fused" if spec.fused else "torchdiffeq"))
         note = "  (training solver)" if index == 0 else "  (reference)" if is_reference else ""
         print(f"  {spec.method:<10} {describe_setting(spec):<10} acc {pred.accuracy:.4f}  loss {pred.loss:.4f}  "
               f"FNFE {pred.mean_fnfe:6.2f}  {results[-1].seconds:.2f}s{note}", flush=True)

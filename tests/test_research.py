@@ -209,3 +209,12 @@ def test_a_study_multirun_gets_its_table_and_bnfe_plot(tmp_path: Path, runs_dir:
     assert (study_dir / "bnfe_per_epoch.png").read_bytes()[:4] == b"\x89PNG"
     missing = run_cli(["study", "no_such_study"], runs_dir)
     assert missing.returncode == 2 and "no finished study jobs" in missing.stderr and "make study" in missing.stderr
+
+
+def test_a_run_trained_with_torchdiffeq_is_reevaluated_with_torchdiffeq(tmp_path: Path, runs_dir: Path):
+    tiny_run(runs_dir, tmp_path / "out", "solver=dopri5", "solver.backend=torchdiffeq")
+    proc = run_cli(["reevaluate", "1", "--grid", "euler:0.5", "rk4:1"], runs_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_file_store(runs_dir / "store")[-1].info["reevaluation"]
+    assert [(r["method"], r["backend"]) for r in rows] == [("dopri5", "torchdiffeq"), ("euler", "torchdiffeq"),
+                                                           ("rk4", "torchdiffeq"), ("dopri5", "torchdiffeq")]
