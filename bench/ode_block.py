@@ -191,10 +191,10 @@ def main() -> None:
     f = rows[0]
     print(f"\nODE block, batch 128, 66 ch 14x14 (f alone, fastest of 12: fwd {f['f_fwd_s']:.3f}s, bwd {f['f_bwd_s']:.3f}s, "
           f"fwd without grad {f['f_nograd_s']:.3f}s), medians of {reps} steps, fresh process each")
-    header = f"{'configuration':<28}{'backend':<13}{'FNFE':>5}{'BNFE':>6}{'train s':>9}{'x limit':>9}{'eval s':>8}{'x limit':>9}{'peak MB':>9}"
+    header = f"{'configuration':<30}{'backend':<13}{'FNFE':>5}{'BNFE':>6}{'train s':>9}{'x limit':>9}{'eval s':>8}{'x limit':>9}{'peak MB':>9}"
     print(header)
     for r in rows:
-        print(f"{label(r):<28}{r['backend']:<13}{r['fnfe']:>5}{r['bnfe']:>6}{r['train_s']:>9.3f}{r['train_x_limit']:>9.2f}"
+        print(f"{label(r):<30}{r['backend']:<13}{r['fnfe']:>5}{r['bnfe']:>6}{r['train_s']:>9.3f}{r['train_x_limit']:>9.2f}"
               f"{r['eval_s']:>8.3f}{r['eval_x_limit']:>9.2f}{r['peak_rise_mb']:>9.0f}")
     print("\nfused vs torchdiffeq (same configuration): speed-up of the training step / evaluation forward")
     by_key = {(label(r), r["backend"]): r for r in rows}
