@@ -198,26 +198,36 @@ def _initial_step(func: Func, t0: float, y0: torch.Tensor, f0: torch.Tensor, ord
     return float(torch.minimum(100 * h0, h1))  # the solve's one synchronisation before its first step
 
 
-@torch.no_grad()
-def _error_ratio(k: list[torch.Tensor], c_error: tuple[float, ...], dt: float, y0: torch.Tensor, y1: torch.Tensor,
-                 rtol: float, atol: float, work: tuple[torch.Tensor, torch.Tensor, torch.Tensor], norm: Norm | None) -> float:
-    """norm(error / (atol + rtol * max(|y0|, |y1|))), in three reused buffers, without gradients.
+class _ErrorNorm:
+    """norm(error / (atol + rtol * max(|y0|, |y1|))) without autograd, in reused buffers.
 
-    Reading it as a Python float is the step's one host synchronisation: the accept/reject decision.
+    Computed as norm((error / rtol) / (atol / rtol + max(|y0|, |y1|))), with |y0| kept from the step that
+    accepted y0: two passes over the state fewer per step than the formula as written. Reading the result
+    as a Python float is the step's one host synchronisation: the accept/reject decision.
     """
-    error, tolerance, scratch = work
-    first = True
-    for kj, w in zip(k, c_error):
-        if w != 0.0:
-            if first:
-                torch.mul(kj, dt * w, out=error)
-                first = False
-            else:
-                error.add_(kj, alpha=dt * w)
-    torch.abs(y0, out=tolerance)
-    torch.maximum(tolerance, torch.abs(y1, out=scratch), out=tolerance)
-    scaled = error.div_(tolerance.mul_(rtol).add_(atol))
-    return float((norm or rms_norm)(scaled))
+
+    def __init__(self, y0: torch.Tensor, rtol: float, atol: float, norm: Norm | None) -> None:
+        self.rtol, self.atol, self.norm = rtol, atol, norm or rms_norm
+        self.error, self.tolerance, self.abs_y1 = (torch.empty_like(y0) for _ in range(3))
+        self.abs_y0 = torch.abs(y0).detach()
+
+    @torch.no_grad()
+    def __call__(self, k: list[torch.Tensor], c_error: tuple[float, ...], dt: float, y1: torch.Tensor) -> float:
+        scale = dt / self.rtol
+        first = True
+        for kj, w in zip(k, c_error):
+            if w != 0.0:
+                if first:
+                    torch.mul(kj, scale * w, out=self.error)
+                    first = False
+                else:
+                    self.error.add_(kj, alpha=scale * w)
+        torch.maximum(self.abs_y0, torch.abs(y1, out=self.abs_y1), out=self.tolerance)
+        return float(self.norm(self.error.div_(self.tolerance.add_(self.atol / self.rtol))))
+
+    def accepted(self) -> None:
+        """y1 became y0: so did its absolute value."""
+        self.abs_y0, self.abs_y1 = self.abs_y1, self.abs_y0
 
 
 def _callback(func: Func, name: str) -> Callable | None:
@@ -250,7 +260,7 @@ def solve_adaptive(func: Func, y0: torch.Tensor, t0: float, t1: float, method: s
     on_step, on_accept, on_reject = (_callback(func, name) for name in ("callback_step", "callback_accept_step", "callback_reject_step"))
     buffers = _Buffers(y0, not torch.is_grad_enabled())
     clock = _Clock(y0, t0, autonomous)
-    work = tuple(torch.empty_like(y0) for _ in range(3))
+    error_norm = _ErrorNorm(y0, rtol, atol, norm)
     t = t0
     y = y0
     f0 = func(clock(t0), y0)
@@ -273,7 +283,7 @@ def solve_adaptive(func: Func, y0: torch.Tensor, t0: float, t1: float, method: s
         else:
             buffers.give(last_input)
             y1 = _combine(y, k, tableau.c_sol, dt, buffers.take())
-        ratio = _error_ratio(k, tableau.c_error, dt, y, y1, rtol, atol, work, norm)
+        ratio = error_norm(k, tableau.c_error, dt, y1)
         trial_not_finite = not math.isfinite(ratio)
         if trial_not_finite:
             # A trial step may overflow: it is rejected and the step shrinks, as in torchdiffeq. A non-finite
@@ -288,6 +298,7 @@ def solve_adaptive(func: Func, y0: torch.Tensor, t0: float, t1: float, method: s
             # torchdiffeq takes the last stage as f(t1, y1) for every tableau (exact only for FSAL ones such
             # as dopri5); doing the same keeps NFE and trajectories comparable method for method.
             buffers.give(y)
+            error_norm.accepted()
             t, y, f0 = t + dt, y1, k[-1]
         else:
             if on_reject:
