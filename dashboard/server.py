@@ -69,8 +69,13 @@ class DatabaseServer:
         return mongo_url(self.port, self.user, self.password)
 
     def start(self, timeout: float = 60) -> "DatabaseServer":
-        deadline = time.monotonic() + 10  # a server that is still stopping (a dashboard just stopped or killed) frees it soon
-        while not port_is_free(self.port) and time.monotonic() < deadline:
+        # A server that is still stopping (a dashboard just stopped or killed: its database closes WiredTiger
+        # first) frees the port soon; on a loaded machine that has taken more than 10 s.
+        started, said = time.monotonic(), False
+        while not port_is_free(self.port) and time.monotonic() < started + 30:
+            if not said and time.monotonic() > started + 2:
+                print(f"waiting for port {self.port} on 127.0.0.1 to be freed (up to 30 s)...", file=sys.stderr, flush=True)
+                said = True
             time.sleep(0.2)
         if not port_is_free(self.port):
             raise UserError(f"port {self.port} on 127.0.0.1 is taken (another MongoDB, `make up`, or a dashboard "
