@@ -350,9 +350,10 @@ def _fail_not_finite_or(trial_not_finite: bool, message: str) -> None:
     raise SolveFailed(message)
 
 
-# torchdiffeq's options the adapter honours (it passes all of them to every solver it builds).
-ADAPTER_OPTIONS = frozenset({"norm", "min_step", "max_step", "first_step", "safety", "ifactor", "dfactor", "max_num_steps",
-                             "step_size", "dtype", "perturb"})
+# torchdiffeq's step-size controller options an adaptive fused solve takes as keyword arguments.
+CONTROL_OPTIONS = ("min_step", "max_step", "safety", "ifactor", "dfactor")
+# torchdiffeq's options the adapter honours (torchdiffeq passes all of them to every solver it builds).
+ADAPTER_OPTIONS = frozenset({*CONTROL_OPTIONS, "norm", "first_step", "max_num_steps", "step_size", "dtype", "perturb"})
 
 
 class TorchdiffeqAdapter:
@@ -376,7 +377,7 @@ class TorchdiffeqAdapter:
         norm = options.get("norm")
         self.norm = None if norm is _rms_norm else norm  # torchdiffeq's default for one tensor: our buffered RMS
         self.step_size, self.max_steps = options.get("step_size"), options.get("max_num_steps", 2**31 - 1)
-        self.control = {k: float(options[k]) for k in ("min_step", "max_step", "safety", "ifactor", "dfactor") if k in options}
+        self.control = {k: float(options[k]) for k in CONTROL_OPTIONS if k in options}
         self.first_step = options.get("first_step")
 
     def integrate(self, t: torch.Tensor) -> torch.Tensor:

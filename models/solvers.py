@@ -8,6 +8,7 @@ from typing import Any
 from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
 from torchdiffeq._impl.solvers import AdaptiveStepsizeODESolver, FixedGridODESolver
 
+from models.fused_rk import CONTROL_OPTIONS, FUSED_METHODS
 from odeflow.errors import EXTRA_OPTIONS_FIX, ConfigError, check_choice, check_positive
 
 # Built from torchdiffeq's own table so a method it adds is available here by name. scipy_solver is left
@@ -21,7 +22,8 @@ METHODS = FIXED_STEP_METHODS | ADAPTIVE_METHODS
 BACKENDS = ("fused", "torchdiffeq")
 # The adjoint solve's error norm: torchdiffeq's default mixed norm, or the seminorm (Kidger et al. 2021).
 ADJOINT_NORMS = ("mixed", "seminorm")
-FUSED_EXTRA_OPTIONS = ("safety", "ifactor", "dfactor", "max_step")
+# min_step has a field of its own; the rest of the fused controller's options go in extra_options.
+FUSED_EXTRA_OPTIONS = tuple(o for o in CONTROL_OPTIONS if o != "min_step")
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,6 @@ class SolverSpec:
     @property
     def fused(self) -> bool:
         """Whether the project's fused Runge-Kutta stepping runs this solve (Adams methods: always torchdiffeq)."""
-        from models.fused_rk import FUSED_METHODS
-
         return self.backend == "fused" and self.method in FUSED_METHODS
 
     def odeint_kwargs(self) -> dict[str, Any]:

@@ -34,9 +34,14 @@ def current_config(overrides: list[str]):
 
 
 def load_store(overrides: list[str]):
+    return store_of(current_config(overrides))
+
+
+def store_of(cfg):
+    """The run store (file store or MongoDB with its journal) a composed config names."""
     from runner.factories import instantiate_group
 
-    return instantiate_group("tracking", current_config(overrides).tracking)
+    return instantiate_group("tracking", cfg.tracking)
 
 
 def read_records(store) -> list:
@@ -108,13 +113,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def _one_run(args: argparse.Namespace):
     """(the run named by the one id among the words, the current config, the store)."""
     from runner import browse
-    from runner.factories import instantiate_group
 
     words, overrides = _split(args.words)
     if len(words) != 1:
         raise UserError(f"{args.command} takes one run id", f"python -m runner {args.command} 3 [tracking=mongo ...]")
     cfg = current_config(overrides)
-    store = instantiate_group("tracking", cfg.tracking)
+    store = store_of(cfg)
     return browse.find_run(read_records(store), words[0]), cfg, store
 
 
@@ -167,9 +171,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     _, overrides = _split(args.words)
     cfg = current_config(overrides)
-    from runner.factories import instantiate_group
-
-    records = read_records(instantiate_group("tracking", cfg.tracking))
+    records = read_records(store_of(cfg))
     paths = write_report(records, Path(args.out) if args.out else Path(cfg.paths.runs) / "report")
     print(paths["comparison.md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
