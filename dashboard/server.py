@@ -3,6 +3,8 @@
 The parent starts it with `DatabaseServer(...).start()` and stops it with `.stop()` (SIGTERM: WiredTiger
 closes cleanly, nothing is lost). Its own process, not threads of the caller, so that a test can kill it
 with SIGKILL as a crash would, and so that training runs and Omniboard never wait on the caller's GIL.
+A parent killed with SIGKILL gets its server stopped by the kernel's parent-death signal (Linux); the next
+start finds a server still closing, or one left serving elsewhere, through a pid file beside the data folder.
 
 Authentication: SecantusDB has no localhost exception, so the first start of a new data folder runs
 once without authentication on a free port to create the user, stops, and then starts with
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import select
 import signal
 import socket
@@ -63,20 +66,48 @@ class DatabaseServer:
         self.sync_on_commit = sync_on_commit
         self.log_file = Path(log_file) if log_file else self.data_dir.parent / f"{self.data_dir.name}.log"
         self.process: subprocess.Popen | None = None
+        self.leftover_grace = 60.0  # seconds a leftover server gets to close WiredTiger before SIGKILL
 
     @property
     def url(self) -> str:
         return mongo_url(self.port, self.user, self.password)
 
+    @property
+    def pid_file(self) -> Path:
+        """Beside the data folder: the server process that has it open, so that the next start can find a
+        server a killed dashboard left behind (still closing, or still serving where no parent-death signal exists)."""
+        return self.data_dir.parent / f"{self.data_dir.name}.pid"
+
+    def _stop_leftover(self) -> None:
+        """Stop the server a killed dashboard left on this data folder: SIGTERM, then SIGKILL after
+        `leftover_grace` seconds. A kill loses nothing committed: the server fsyncs every commit."""
+        found = leftover_server(self.pid_file, self.data_dir)
+        if found is None:
+            self.pid_file.unlink(missing_ok=True)
+            return
+        pid, owner = found
+        if alive(owner):
+            raise UserError(f"another process (pid {owner}, a dashboard or a test) serves {self.data_dir} with its "
+                            f"database server (pid {pid})", f"use that dashboard, or stop it first (Ctrl-C in its terminal, or kill {owner})")
+        print(f"stopping the database server a killed dashboard left on {self.data_dir} (pid {pid}; "
+              f"up to {self.leftover_grace:.0f} s)...", file=sys.stderr, flush=True)
+        os.kill(pid, signal.SIGTERM)  # already stopping after its parent died: a second SIGTERM changes nothing
+        deadline = time.monotonic() + self.leftover_grace
+        while leftover_server(self.pid_file, self.data_dir) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if leftover_server(self.pid_file, self.data_dir):
+            os.kill(pid, signal.SIGKILL)
+            print(f"it did not stop within {self.leftover_grace:.0f} s: killed (every committed run is on disk: "
+                  "the server fsyncs each commit)", file=sys.stderr, flush=True)
+            while leftover_server(self.pid_file, self.data_dir):
+                time.sleep(0.1)
+        self.pid_file.unlink(missing_ok=True)
+
     def start(self, timeout: float = 60) -> "DatabaseServer":
-        # A server that is still stopping (a dashboard just stopped or killed: its database closes WiredTiger
-        # first) frees the port soon; on a loaded machine that has taken more than 10 s.
-        started, said = time.monotonic(), False
-        while not port_is_free(self.port) and time.monotonic() < started + 30:
-            if not said and time.monotonic() > started + 2:
-                print(f"waiting for port {self.port} on 127.0.0.1 to be freed (up to 30 s)...", file=sys.stderr, flush=True)
-                said = True
-            time.sleep(0.2)
+        self._stop_leftover()
+        started = time.monotonic()
+        while not port_is_free(self.port) and time.monotonic() < started + 5:  # a socket of ours still closing
+            time.sleep(0.1)
         if not port_is_free(self.port):
             raise UserError(f"port {self.port} on 127.0.0.1 is taken (another MongoDB, `make up`, or a dashboard "
                             f"already running?)", "stop that server, or set MONGO_PORT (and the port in MONGO_URL) in .env to a free port")
@@ -93,6 +124,7 @@ class DatabaseServer:
             return
         terminate(self.process, timeout)
         self.process = None
+        self.pid_file.unlink(missing_ok=True)
 
     def kill(self) -> None:
         """SIGKILL, as a crash or power cut of the database host would (for tests)."""
@@ -100,6 +132,7 @@ class DatabaseServer:
             self.process.kill()
             self.process.wait()
             self.process = None
+            self.pid_file.unlink(missing_ok=True)
 
     def __enter__(self) -> "DatabaseServer":
         return self.start()
@@ -109,13 +142,14 @@ class DatabaseServer:
 
     def _spawn(self, port: int, auth: bool, timeout: float) -> subprocess.Popen:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "dashboard.server", "--port", str(port), "--data-dir", str(self.data_dir)]
+        command = [sys.executable, "-m", "dashboard.server", "--port", str(port), "--data-dir", str(self.data_dir.resolve())]
         command += ["--auth"] * auth + ["--sync-on-commit"] * self.sync_on_commit
         log = self.log_file.open("ab")
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
                                    start_new_session=True,  # Ctrl-C in a terminal reaches the parent only; it stops us in order
                                    preexec_fn=stop_with_parent)
         log.close()
+        self.pid_file.write_text(json.dumps({"pid": process.pid, "owner": os.getpid()}))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             ready, _, _ = select.select([process.stdout], [], [], 0.2)
@@ -139,6 +173,7 @@ class DatabaseServer:
             client.close()
         finally:
             terminate(process, timeout)
+            self.pid_file.unlink(missing_ok=True)
         marker.write_text(json.dumps({"user": self.user}))
 
     def _check_credentials(self) -> None:
@@ -157,6 +192,34 @@ class DatabaseServer:
                             "(make dashboard pushes every run again from runs/store and runs/journal)") from None
         finally:
             client.close()
+
+
+def leftover_server(pid_file: Path, data_dir: Path) -> tuple[int, int] | None:
+    """(server pid, owner pid) from `pid_file` if that server is alive and is ours on `data_dir` (not a reused pid)."""
+    try:
+        record = json.loads(pid_file.read_text())
+        pid, owner = int(record["pid"]), int(record["owner"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (pid, owner) if alive(pid, ["dashboard.server", str(data_dir.resolve())]) else None
+
+
+def alive(pid: int, command_words: list[str] = ()) -> bool:
+    """Whether process `pid` runs (a zombie nobody reaped does not) with each of `command_words` in its command line
+    (checked on Linux only: elsewhere a live pid is enough)."""
+    proc = Path(f"/proc/{pid}")
+    if proc.parent.exists():
+        try:
+            command = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return state != "Z" and all(word in command for word in command_words)
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
 
 
 def stop_with_parent() -> None:
@@ -199,7 +262,8 @@ def serve(port: int, data_dir: Path, auth: bool, sync_on_commit: bool) -> None:
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     server.start()
     print(READY, flush=True)
-    stopping.wait()
+    while not stopping.wait(1):  # a timeout: a signal that reached another thread is still seen
+        pass
     server.stop()
 
 

@@ -15,7 +15,8 @@ import pymongo
 import pytest
 
 from dashboard.columns import CUSTOM_COLUMNS
-from dashboard.server import free_port, mongo_url
+from dashboard.server import DatabaseServer, alive, free_port, mongo_url
+from odeflow.errors import UserError
 from tests.conftest import ROOT, run_cli
 from tests.test_tracking.conftest import TINY
 
@@ -110,9 +111,60 @@ def test_a_killed_dashboard_leaves_no_server_behind(dashboard_env):
     proc, _ = start_dashboard(dashboard_env, "--no-omniboard")
     proc.kill()  # kill -9: no chance to stop its children
     proc.wait()
-    proc, out = start_dashboard(dashboard_env, "--no-omniboard", timeout=60)  # the port and the data folder are free again
+    proc, out = start_dashboard(dashboard_env, "--no-omniboard", timeout=150)  # the port and the data folder are free again
     assert "0 runs pushed" in out
     stop_dashboard(proc)
+
+
+OWNER = """
+import sys, time
+from pathlib import Path
+from dashboard.server import DatabaseServer
+server = DatabaseServer(Path(sys.argv[1]), int(sys.argv[2])).start()
+print(server.process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def owned_server(data: Path, port: int) -> tuple[subprocess.Popen, int]:
+    """A database server started by another process (as a dashboard starts it); returns that owner and the server's pid."""
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(data), str(port)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    return owner, int(owner.stdout.readline())
+
+
+def test_a_wedged_server_of_a_killed_dashboard_is_killed_at_the_next_start_and_keeps_its_data(tmp_path, capsys):
+    data, port = tmp_path / "db", free_port()
+    owner, server_pid = owned_server(data, port)
+    with pymongo.MongoClient(mongo_url(port)) as client:
+        client["odeflow"]["runs"].insert_one({"_id": 1, "status": "COMPLETED"})
+    os.kill(server_pid, signal.SIGSTOP)  # a close that hangs: it cannot act on its parent-death SIGTERM
+    owner.kill()
+    owner.wait()
+    server = DatabaseServer(data, port)
+    server.leftover_grace = 2
+    try:
+        server.start()
+        assert not alive(server_pid)
+        assert "did not stop within 2 s: killed" in capsys.readouterr().err
+        with pymongo.MongoClient(server.url) as client:
+            assert client["odeflow"]["runs"].find_one({"_id": 1})["status"] == "COMPLETED"
+    finally:
+        server.stop()
+        if alive(server_pid):
+            os.kill(server_pid, signal.SIGKILL)
+
+
+def test_a_second_server_on_a_data_folder_in_use_is_refused_and_the_first_keeps_serving(tmp_path):
+    data, port = tmp_path / "db", free_port()
+    owner, server_pid = owned_server(data, port)
+    try:
+        with pytest.raises(UserError, match=f"another process \\(pid {owner.pid}, a dashboard or a test\\) serves"):
+            DatabaseServer(data, free_port()).start()
+        with pymongo.MongoClient(mongo_url(port), serverSelectionTimeoutMS=5000) as client:
+            assert client.admin.command("ping")["ok"] == 1
+    finally:
+        owner.terminate()
+        owner.wait()
 
 
 def test_changed_password_is_refused_with_the_fix(dashboard_env):
