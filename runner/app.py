@@ -18,18 +18,22 @@ from odeflow.errors import UserError, check_choice
 from odeflow.objectives import OBJECTIVE_DIRECTIONS
 from runner.factories import instantiate_group, to_plain
 from runner.masking import mask_secrets
+from runner.pruning import TrialPruner
 from runner.settings import check_seed, configure_threads, resolve_device, seed_everything
 from runner.summary import format_summary
 from runner.tracking import RunLog, run_tracked
 
 
 def run_experiment(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None = None,
-                   meta: dict[str, Any] | None = None, resume: dict[str, Any] | None = None) -> dict[str, Any]:
+                   meta: dict[str, Any] | None = None, resume: dict[str, Any] | None = None,
+                   pruner: TrialPruner | None = None) -> dict[str, Any]:
     """Validate everything, then load -> build -> train -> evaluate inside one tracked run. Returns the summary.
 
     `meta` (e.g. sweep_id, trial, links to other runs) is stored with the run so the run browser and the
     dashboard can filter on it. The training state is saved to `out_dir/last_checkpoint.pt` after every
     epoch; `resume` is such a state, and the run continues from it with its metric steps continuing.
+    `pruner` (a sweep's trials) may stop training at the end of an epoch; the run then completes with what it
+    reached, its info and summary saying `pruned` (the epoch and the reason).
     """
     check_choice("objective", cfg.objective, OBJECTIVE_DIRECTIONS)
     check_seed("seed", cfg.seed)  # before the groups that copy it (train.seed, data.seed) name it their way
@@ -65,9 +69,17 @@ def run_experiment(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | Non
             epochs.append(m)
             run.set_info("cost", cost_summary(epochs, is_ode))  # the dashboard's s/epoch, FNFE and BNFE columns
 
+        def after_epoch(m: dict[str, float]) -> str | None:
+            log_epoch(m)
+            return pruner.after_epoch(int(m["epoch"]), m) if pruner is not None else None
+
         for earlier in (resume or {}).get("history", []):
             log_epoch(earlier)  # a resumed run carries the epochs before the crash too
-        fit_result = pipeline.train(model, data, settings, log_epoch, out_dir / "last_checkpoint.pt", resume)
+        fit_result = pipeline.train(model, data, settings, after_epoch, out_dir / "last_checkpoint.pt", resume)
+        if fit_result.pruned:
+            run.set_info("pruned", fit_result.pruned)
+        if pruner is not None:
+            pruner.finished(pruned=fit_result.pruned is not None)
         check = adjoint_gradient_check(model, data.val, data.batch_size, settings.adjoint_check_threshold)
         if check is not None:
             run.set_info("adjoint_gradient_check", check)
@@ -98,6 +110,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | Non
         "test_fnfe": outcome["test.nfe.forward"] if is_ode else None,
         "epoch_time": sum(h["epoch.time"] for h in fit_result.history) / len(fit_result.history),
         "adjoint_grad_err": outcome.get("adjoint_check", {}).get("relative_error"),
+        "pruned": fit_result.pruned,
     }
     (out_dir / "result.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -116,10 +129,12 @@ def run_from_hydra(cfg: DictConfig) -> float:
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    meta = {"sweep_id": cfg.sweep_id or Path(hydra_cfg.sweep.dir).name, "trial": hydra_cfg.job.num} if multirun else {}
+    trial = hydra_cfg.job.num if cfg.get("sweep_trial") is None else cfg.sweep_trial
+    meta = {"sweep_id": cfg.sweep_id or Path(hydra_cfg.sweep.dir).name, "trial": trial} if multirun else {}
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra/")}
     try:
-        summary = run_experiment(cfg, Path(hydra_cfg.runtime.output_dir), choices, meta)
+        pruner = trial_pruner(hydra_cfg, cfg.objective, trial) if multirun else None
+        summary = run_experiment(cfg, Path(hydra_cfg.runtime.output_dir), choices, meta, pruner=pruner)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         if multirun and "hyperopt" in str(hydra_cfg.sweeper.get("_target_", "")).lower():
@@ -127,3 +142,16 @@ def run_from_hydra(cfg: DictConfig) -> float:
         raise SystemExit(2) from None  # Hydra's basic sweeper would stop with a traceback; stop cleanly
     print(format_summary([summary]), flush=True)
     return float(summary[cfg.objective])
+
+
+def trial_pruner(hydra_cfg: DictConfig, objective: str, trial: int) -> TrialPruner | None:
+    """The pruner of a hyperopt sweep's trial, from the sweeper's settings; None when the sweep does not prune."""
+    from runner.pruning import EVIDENCE_FILE, Evidence, PrunerSettings
+
+    sweeper = hydra_cfg.sweeper
+    if "hyperopt" not in str(sweeper.get("_target_", "")).lower() or not sweeper.get("pruner"):
+        return None
+    settings = PrunerSettings(**to_plain(sweeper.pruner))
+    if not settings.active:
+        return None
+    return TrialPruner(settings, Evidence(Path(hydra_cfg.sweep.dir) / EVIDENCE_FILE), hydra_cfg.job.num, trial, objective)

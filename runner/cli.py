@@ -11,7 +11,7 @@ from pathlib import Path
 
 from odeflow.errors import UserError
 
-SUBCOMMANDS = ("sync", "runs", "reproduce", "resume", "reevaluate", "report", "study")
+SUBCOMMANDS = ("sync", "runs", "reproduce", "resume", "reevaluate", "report", "study", "sweep-report")
 
 
 def _split(values: list[str]) -> tuple[list[str], list[str]]:
@@ -193,6 +193,20 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep_report(args: argparse.Namespace) -> int:
+    from runner.sweep_report import write_and_log_report
+    from runner.sweep_state import find_sweep
+
+    words, overrides = _split(args.words)
+    if len(words) != 1:
+        raise UserError("sweep-report takes one sweep directory or sweep id", "python -m runner sweep-report runs/sweeps/quickstart")
+    cfg = current_config(overrides)
+    _, paths = write_and_log_report(find_sweep(words[0], Path(cfg.paths.runs)), cfg, Path(args.out) if args.out else None)
+    print(paths["report.md"].read_text().split("## Convergence")[0].rstrip())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m runner", description="odeflow subcommands (without one: run an experiment)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -236,7 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(handler=cmd_report)
     study = sub.add_parser("study", help="table and BNFE-per-epoch plot of an architecture study (make study STUDY=t_final)")
     study.set_defaults(handler=cmd_study)
-    for command in (reproduce, resume, reevaluate, report, study):
+    sweep_report = sub.add_parser("sweep-report", help="plots, parameter importance and top trials of a hyperopt sweep")
+    sweep_report.add_argument("--out", help="folder for report.md and the PNGs (default: <sweep dir>/report)")
+    sweep_report.set_defaults(handler=cmd_sweep_report)
+    for command in (reproduce, resume, reevaluate, report, study, sweep_report):
         command.add_argument("words", nargs="*", help=words_help)
     return parser
 

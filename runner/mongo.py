@@ -58,9 +58,10 @@ def table_fields(entry: dict[str, Any], best: dict[str, float]) -> dict[str, Any
         "model": choices.get("model"), "dataset": choices.get("data"), "solver": solver.get("method"),
         "rtol": solver.get("rtol"), "test acc": (info.get("test") or {}).get("test.acc"),
         "best val loss": best.get("val.loss"), "FNFE": cost.get("fnfe"), "BNFE": cost.get("bnfe"),
-        "params": parameters.get("total"), "sweep": meta.get("sweep_id"), "s/epoch": cost.get("epoch_time"),
+        "params": parameters.get("total"), "sweep": meta.get("sweep_id") or meta.get("sweep_report_of"), "s/epoch": cost.get("epoch_time"),
         "adjoint": solver.get("adjoint"), "best val acc": best.get("val.acc"), "trial": meta.get("trial"),
         "adjoint grad err": (info.get("adjoint_gradient_check") or {}).get("relative_error"),
+        "pruned after epoch": (info.get("pruned") or {}).get("epoch"),
     }
 
 

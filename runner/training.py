@@ -21,7 +21,8 @@ from odeflow.errors import TrainingDivergedError
 from runner.evaluation import predict
 from runner.settings import TrainSettings, make_optimizer
 
-EpochCallback = Callable[[dict[str, float]], None]
+# Receives each epoch's metrics; a returned string stops training there (a sweep pruned the run) and says why.
+EpochCallback = Callable[[dict[str, float]], "str | None"]
 
 
 @dataclass
@@ -30,6 +31,7 @@ class FitResult:
     best_epoch: int = 0
     best_val_loss: float = math.inf
     stopped_early: bool = False
+    pruned: dict[str, Any] | None = None  # {"epoch": e, "reason": ...} when a sweep's pruner stopped the run
 
 
 def _train_one_epoch(model: nn.Module, data: DataBundle, optimizer: torch.optim.Optimizer,
@@ -111,8 +113,11 @@ def fit(model: nn.Module, data: DataBundle, settings: TrainSettings, on_epoch: E
             _save_training_state(checkpoint_path, epoch, model, optimizer, generator, best_state, waited, result)
         if settings.progress:
             print(format_epoch(metrics, settings.max_epochs, improved), flush=True)
-        if on_epoch is not None:
-            on_epoch(metrics)
+        stop_reason = on_epoch(metrics) if on_epoch is not None else None
+        if stop_reason:
+            result.pruned = {"epoch": epoch, "reason": stop_reason}
+            print(f"pruned after epoch {epoch}: {stop_reason}; restoring epoch {result.best_epoch}", flush=True)
+            break
         if waited >= settings.patience:
             result.stopped_early = epoch < settings.max_epochs
             if settings.progress:

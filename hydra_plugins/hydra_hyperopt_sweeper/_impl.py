@@ -1,7 +1,8 @@
-"""Hyperopt TPE sweeps over Hydra's launchers: search space parsing, batches, failures, resume, results.
+"""Hyperopt TPE sweeps over Hydra's launchers: search space, batches, failures, pruning, resume, warm start.
 
-Hyperopt has no ask/tell API, so the sweep drives `tpe.suggest` over a `Trials` object itself: suggest a
-batch, run it through the configured launcher, write each trial's result back, persist, repeat.
+Hyperopt has no ask/tell API, so the sweep drives `tpe.suggest` itself: rebuild TPE's history from the
+sweep's JSON record (runner/sweep_state.py), suggest a batch, record it as running, run it through the
+configured launcher, record each outcome, repeat.
 """
 from __future__ import annotations
 
@@ -9,11 +10,10 @@ import functools
 import json
 import logging
 import math
-import pickle
 import re
 import sys
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,19 +22,20 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override, Transformer
 from hydra.core.plugins import Plugins
-from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hyperopt import base, hp, space_eval, tpe
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from odeflow.errors import UserError
 from odeflow.objectives import OBJECTIVE_DIRECTIONS
 from odeflow.tables import text_table
+from runner import sweep_state
+from runner.pruning import EPOCH_METRIC, PrunerSettings
+from runner.sweep_state import SweepRecord, TrialRecord
 
 logging.getLogger("hyperopt").setLevel(logging.WARNING)  # it logs every TPE step at INFO
 
-STATE_FILE = "hyperopt_state.pkl"
 RESULTS_FILE = "optimization_results.yaml"
 DIRECTIONS = ("minimize", "maximize")
 
@@ -94,16 +95,38 @@ DISTRIBUTIONS: dict[str, tuple[int | None, Callable[[str, list], Any]]] = {
 _CALL = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((.*)\)\s*$", re.S)
 
 
+LOG_SCALE = ("loguniform", "qloguniform", "lognormal")
+
+
 @dataclass
 class Parameter:
-    """One searched parameter: its hyperopt expression and whether sampled values are whole numbers."""
+    """One searched parameter: its hyperopt expression, its distribution as written (`spec`, what a resumed
+    or warm-started sweep is compared on), and what the report needs (log scale, categorical options)."""
 
     name: str
     expression: Any
+    spec: str
     integer: bool = False
+    options: list | None = None  # choice: the values, whose index is what hyperopt records
+
+    @property
+    def log(self) -> bool:
+        return self.spec.startswith(LOG_SCALE)
 
     def value(self, sampled: Any) -> Any:
         return int(round(sampled)) if self.integer else sampled
+
+    def to_hyperopt(self, value: Any) -> Any:
+        """The value as hyperopt records it in a trial's `vals` (a choice: the option's index)."""
+        if self.options is None:
+            return value
+        if value not in self.options:
+            raise SearchSpaceError(f"{self.name}={format_value(value)} of an earlier trial is not an option of {self.spec}")
+        return self.options.index(value)
+
+
+def _spec(function: str, args: list) -> str:
+    return f"{function}({', '.join(format_value(a) for a in args)})"
 
 
 def parse_line(name: str, spec: Any) -> Parameter | Any:
@@ -123,7 +146,7 @@ def parse_line(name: str, spec: Any) -> Parameter | Any:
     if function != "choice" and not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
         raise SearchSpaceError(f"{name}: {function} needs numbers, got {spec!r}")
     integer = (function in ("quniform", "qloguniform", "qnormal") and all(_is_int(a) for a in args)) or function == "randint"
-    return Parameter(name, build(name, args), integer)
+    return Parameter(name, build(name, args), _spec(function, args), integer, args if function == "choice" else None)
 
 
 def parse_override(override: Override) -> Parameter | Any:
@@ -134,15 +157,16 @@ def parse_override(override: Override) -> Parameter | Any:
     if not override.is_sweep_override():
         return override.get_value_element_as_str()
     if override.is_choice_sweep() or override.is_range_sweep():
-        return Parameter(name, hp.choice(name, list(override.sweep_iterator(transformer=Transformer.encode))))
+        options = list(override.sweep_iterator(transformer=Transformer.encode))
+        return Parameter(name, hp.choice(name, options), _spec("choice", options), options=options)
     value = override.value()
     assert isinstance(value, IntervalSweep)
     low, high = value.start, value.end
     if "log" in value.tags:
-        return Parameter(name, hp.loguniform(name, *_log_bounds(name, low, high)))
+        return Parameter(name, hp.loguniform(name, *_log_bounds(name, low, high)), _spec("loguniform", [low, high]))
     if "int" in value.tags:
-        return Parameter(name, hp.quniform(name, *_bounds(name, low, high), 1), integer=True)
-    return Parameter(name, hp.uniform(name, *_bounds(name, low, high)))
+        return Parameter(name, hp.quniform(name, *_bounds(name, low, high), 1), _spec("quniform", [low, high, 1]), integer=True)
+    return Parameter(name, hp.uniform(name, *_bounds(name, low, high)), _spec("uniform", [low, high]))
 
 
 def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -193,33 +217,7 @@ def visible_gpus() -> int:
         return 0
 
 
-# --- state --------------------------------------------------------------------------------------------
-
-@dataclass
-class Trial:
-    number: int
-    params: dict[str, Any]
-    status: str = "running"
-    value: float | None = None
-    run_id: Any = None
-    error: str | None = None
-
-
-@dataclass
-class SweepState:
-    sweep_id: str
-    trials: base.Trials
-    rng_state: dict
-    records: list[Trial] = field(default_factory=list)
-
-    @property
-    def finished(self) -> list[Trial]:
-        return [t for t in self.records if t.status in ("ok", "failed")]
-
-    @property
-    def failed(self) -> list[Trial]:
-        return [t for t in self.records if t.status == "failed"]
-
+# --- the sweep -------------------------------------------------------------------------------------
 
 def sweep_direction(direction: str | None, objective: str | None) -> str:
     """The direction the objective is better in; a direction given that contradicts it is refused."""
@@ -240,45 +238,112 @@ class SweepStopped(SystemExit):
     """The failure-rate bound was crossed: stop the sweep with a clear message and a non-zero exit."""
 
 
+def failure_rate_exceeded(finished: int, failed: int, max_rate: float, min_finished: int) -> bool:
+    """Whether the sweep should stop: more than `max_rate` of the finished trials failed, counted only once
+    `min_finished` trials have finished (one early failure of a sequential sweep is no evidence)."""
+    return finished >= max(1, min_finished) and failed / finished > max_rate
+
+
+def tpe_history(trials: list[TrialRecord], searched: dict[str, Parameter], direction: str, domain: base.Domain) -> base.Trials:
+    """hyperopt's Trials rebuilt from trial records: a value (finished or pruned) is a result TPE models,
+    a failure is a failed result, a trial still running is left out."""
+    history = base.Trials()
+    done = [t for t in trials if t.has_value or t.status == "failed"]
+    tids = history.new_trial_ids(len(done))
+    results, miscs = [], []
+    for tid, trial in zip(tids, done):
+        vals = {name: [float(p.to_hyperopt(trial.params[name]))] for name, p in searched.items()}
+        miscs.append({"tid": tid, "cmd": domain.cmd, "workdir": domain.workdir, "vals": vals,
+                      "idxs": {name: [tid] for name in vals}})
+        if trial.has_value:
+            results.append({"loss": trial.value if direction == "minimize" else -trial.value, "status": base.STATUS_OK})
+        else:
+            results.append({"status": base.STATUS_FAIL})
+    docs = history.new_trial_docs(tids, [None] * len(done), results, miscs)
+    for doc in docs:
+        doc["state"] = base.JOB_STATE_DONE
+    history.insert_trial_docs(docs)
+    history.refresh()
+    return history
+
+
 class HyperoptSweeperImpl(Sweeper):
     def __init__(self, direction: str | None = None, n_trials: int = 20, n_jobs: int = 1, n_startup_jobs: int = 10,
-                 seed: int = 0, max_failure_rate: float = 0.5, resume: bool = True, params: dict | None = None) -> None:
+                 seed: int = 0, max_failure_rate: float = 0.5, failure_rate_min_finished: int = 4, resume: bool = True,
+                 pruner: dict | None = None, warm_start: list | None = None, report: bool = True,
+                 params: dict | None = None) -> None:
         self.direction, self.n_trials, self.n_jobs = direction, n_trials, n_jobs
         self.n_startup_jobs, self.seed = n_startup_jobs, seed
-        self.max_failure_rate, self.resume = max_failure_rate, resume
-        self.params = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else dict(params or {})
+        self.max_failure_rate, self.failure_rate_min_finished, self.resume = max_failure_rate, failure_rate_min_finished, resume
+        self.pruner = PrunerSettings(**_container(pruner or {}))
+        self.warm_start = [str(w) for w in _container(warm_start or [])]
+        self.report = report
+        self.params = _container(params or {})
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.direction = sweep_direction(self.direction, config.get("objective"))
+        self.objective = str(config.get("objective"))
+        self.direction = sweep_direction(self.direction, self.objective)
         if self.n_trials < 1 or self.n_jobs < 1:
             raise SearchSpaceError("hydra.sweeper.n_trials and hydra.sweeper.n_jobs must be >= 1")
         if not 0.0 <= self.max_failure_rate <= 1.0:
             raise SearchSpaceError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate}: expected a fraction in [0, 1]")
+        if self.pruner.active and self.objective not in EPOCH_METRIC:
+            raise SearchSpaceError(f"hydra.sweeper.pruner.kind={self.pruner.kind} needs an objective with a per-epoch value "
+                                   f"({', '.join(EPOCH_METRIC)}), not objective={self.objective}", "set hydra.sweeper.pruner.kind=none")
         self.config = config
         self.hydra_context = hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context, task_function=task_function)
         self.sweep_dir = Path(config.hydra.sweep.dir)
 
-    # -- persistence --
-    def _state_path(self) -> Path:
-        return self.sweep_dir / STATE_FILE
+    # -- state --
+    def _load_or_start(self, specs: dict[str, str]) -> SweepRecord:
+        record = sweep_state.load(self.sweep_dir) if self.resume else None
+        if record is None and self.resume:
+            record = sweep_state.migrate_pickle(self.sweep_dir, self.objective, specs)
+            if record is not None:
+                print(f"[hyperopt] migrated the sweep state of an older odeflow ({sweep_state.OLD_STATE_FILE}, kept) to "
+                      f"{sweep_state.STATE_FILE}: {len(record.trials)} trials", flush=True)
+        if record is None:
+            return SweepRecord(f"{self.sweep_dir.name}-{uuid.uuid4().hex[:8]}", self.objective, self.direction, specs,
+                               warm_start=list(self.warm_start))
+        changes = sweep_state.describe_change(record, specs, self.objective, self.direction)
+        if changes:
+            raise SearchSpaceError(f"sweep {record.sweep_id} in {self.sweep_dir} was started with another search: {'; '.join(changes)}",
+                                   "resume it as it was started, start a new sweep in another hydra.sweep.dir, or start "
+                                   "this one over with hydra.sweeper.resume=false")
+        print(f"[hyperopt] resuming sweep {record.sweep_id}: {record.count('ok', 'pruned', 'failed')} trials done in {self.sweep_dir}", flush=True)
+        return record
 
-    def _load_or_start(self) -> SweepState:
-        path = self._state_path()
-        if self.resume and path.exists():
-            with path.open("rb") as f:
-                state = pickle.load(f)
-            print(f"[hyperopt] resuming sweep {state.sweep_id}: {len(state.finished)} trials done in {self.sweep_dir}", flush=True)
-            return state
-        rng = np.random.default_rng(self.seed)
-        return SweepState(f"{self.sweep_dir.name}-{uuid.uuid4().hex[:8]}", base.Trials(), rng.bit_generator.state)
+    def _warm_start_trials(self, record: SweepRecord, specs: dict[str, str]) -> list[TrialRecord]:
+        runs_root = Path(str(self.config.paths.runs))
+        seeded = []
+        for reference in dict.fromkeys([*record.warm_start, *self.warm_start]):
+            directory = sweep_state.find_sweep(reference, runs_root)
+            earlier = sweep_state.load(directory)
+            changes = sweep_state.describe_change(earlier, specs, self.objective, self.direction)
+            if changes:
+                raise SearchSpaceError(f"cannot warm-start from sweep {earlier.sweep_id} ({directory}): {'; '.join(changes)}",
+                                       "warm-start only from sweeps with the same search space and objective")
+            if earlier.sweep_id == record.sweep_id:
+                continue
+            seeded += [t for t in earlier.trials if t.has_value or t.status == "failed"]
+            print(f"[hyperopt] warm start: {earlier.count('ok', 'pruned')} trials of sweep {earlier.sweep_id} ({directory})", flush=True)
+            if reference not in record.warm_start:
+                record.warm_start.append(reference)
+        return seeded
 
-    def _save(self, state: SweepState) -> None:
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._state_path().with_suffix(".tmp")
-        with tmp.open("wb") as f:
-            pickle.dump(state, f)
-        tmp.replace(self._state_path())  # atomic: a crash mid-write keeps the previous state
+    def _settle_lost(self, record: SweepRecord) -> None:
+        """Trials a crash left 'running': recorded if they finished (result.json in their folder), else re-run."""
+        for trial in record.trials:
+            if trial.status != "running":
+                continue
+            summary = _result_json(self.sweep_dir / str(trial.job))
+            if summary is not None and summary.get("sweep_id") == record.sweep_id:
+                self._record_value(trial, summary.get(self.objective), summary)
+                print(f"[hyperopt] trial {trial.number} (job {trial.job}) had finished before the interruption: recorded", flush=True)
+            else:
+                print(f"[hyperopt] trial {trial.number} (job {trial.job}) was lost in an interruption: it runs again "
+                      f"under a new job number", flush=True)
 
     # -- the loop --
     def sweep(self, arguments: list[str]) -> None:
@@ -287,125 +352,151 @@ class HyperoptSweeperImpl(Sweeper):
             raise SearchSpaceError("no parameter to search: set hydra.sweeper.params (e.g. search=quickstart) "
                                    "or pass a sweep override such as train.lr=tag(log,interval(1e-4,1e-2))")
         space = {name: p.expression for name, p in searched.items()}
+        specs = {name: p.spec for name, p in searched.items()}
         domain = base.Domain(lambda _: 0.0, space)  # trials run through the launcher, not through fn
-        state = self._load_or_start()
-        rng = np.random.default_rng()
-        rng.bit_generator.state = state.rng_state
+        record = self._load_or_start(specs)
+        seeded = self._warm_start_trials(record, specs)
+        self._settle_lost(record)
         suggest = functools.partial(tpe.suggest, n_startup_jobs=self.n_startup_jobs)
         gpus = visible_gpus()
         if gpus > 1 and self.n_jobs > gpus:
             print(f"[hyperopt] n_jobs={self.n_jobs} > {gpus} GPUs: some trials of a batch will share a GPU", flush=True)
-        print(f"[hyperopt] sweep {state.sweep_id}: {self.direction} over {', '.join(searched)}; "
-              f"{self.n_trials} trials, {self.n_jobs} per batch; state in {self._state_path()}", flush=True)
-        while len(state.records) < self.n_trials:
-            self._check_failure_rate(state)
-            batch_size = min(self.n_jobs, self.n_trials - len(state.records))
-            ids = state.trials.new_trial_ids(batch_size)
-            state.trials.refresh()
-            docs = suggest(ids, domain, state.trials, int(rng.integers(2**31 - 1)))
-            state.trials.insert_trial_docs(docs)
-            state.trials.refresh()
-            first = len(state.records)
-            batch, new_trials = [], []
-            for position, (doc, device) in enumerate(zip(docs, assign_devices(batch_size, gpus))):
-                vals = {k: v[0] for k, v in doc["misc"]["vals"].items() if v}
-                sampled = space_eval(space, vals)
-                params = {name: searched[name].value(sampled[name]) for name in searched}
-                trial = Trial(first + position, params)
-                overrides = [f"{k}={format_value(v)}" for k, v in {**fixed, **params}.items()]
-                overrides.append(f"sweep_id={state.sweep_id}")
+        pruning = f"; pruner {self.pruner.kind}" if self.pruner.active else ""
+        print(f"[hyperopt] sweep {record.sweep_id}: {self.direction} {self.objective} over {', '.join(searched)}; "
+              f"{self.n_trials} trials, {self.n_jobs} per batch{pruning}; state in {self.sweep_dir / sweep_state.STATE_FILE}", flush=True)
+        record.save(self.sweep_dir)
+        while True:
+            lost = [t for t in record.trials if t.status == "running"]
+            wanted = self.n_trials - len(record.trials)
+            if not lost and wanted <= 0:
+                break
+            self._check_failure_rate(record)
+            batch = lost[:self.n_jobs]
+            new = min(self.n_jobs - len(batch), max(wanted, 0))
+            if new:
+                ids = list(range(len(record.trials), len(record.trials) + new))
+                history = tpe_history([*seeded, *record.trials], searched, self.direction, domain)
+                history.new_trial_ids(new)
+                seed = int(np.random.default_rng([self.seed, ids[0]]).integers(2**31 - 1))  # reproducible on resume
+                for number, doc in zip(ids, suggest(ids, domain, history, seed)):
+                    vals = {k: v[0] for k, v in doc["misc"]["vals"].items() if v}
+                    sampled = space_eval(space, vals)
+                    trial = TrialRecord(number, -1, {name: _plain(searched[name].value(sampled[name])) for name in searched})
+                    record.trials.append(trial)
+                    batch.append(trial)
+            first_job = record.next_job
+            for job, trial in enumerate(batch, start=first_job):
+                if trial.job >= 0:
+                    trial.lost_jobs.append(trial.job)
+                trial.job = job
+            record.next_job = first_job + len(batch)
+            record.save(self.sweep_dir)  # before launching: a crash now leaves these trials 'running'
+            overrides = []
+            for trial, device in zip(batch, assign_devices(len(batch), gpus)):
+                line = [f"{k}={format_value(v)}" for k, v in {**fixed, **trial.params}.items()]
+                line += [f"sweep_id={record.sweep_id}", f"sweep_trial={trial.number}"]
                 if device is not None and "train.device" not in fixed:
-                    overrides.append(f"train.device={device}")
-                batch.append(tuple(overrides))
-                new_trials.append(trial)
-            returns = self.launcher.launch(batch, initial_job_idx=first)
-            for doc, trial, ret in zip(docs, new_trials, returns):
-                self._record(doc, trial, ret)
-                state.records.append(trial)
-            state.trials.refresh()
-            state.rng_state = rng.bit_generator.state
-            self._save(state)
-        self._check_failure_rate(state)
-        self._finish(state, searched)
+                    line.append(f"train.device={device}")
+                overrides.append(tuple(line))
+            returns = self.launcher.launch(overrides, initial_job_idx=first_job)
+            for trial, ret in zip(batch, returns):
+                self._record(trial, ret)
+            record.save(self.sweep_dir)
+        self._check_failure_rate(record)
+        self._finish(record, searched)
 
-    def _record(self, doc: dict, trial: Trial, ret: Any) -> None:
-        if ret.status == JobStatus.COMPLETED:
-            value = ret.return_value
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                value = math.nan
-            if math.isfinite(value):
-                trial.status, trial.value = "ok", value
-                doc["result"] = {"loss": value if self.direction == "minimize" else -value, "status": base.STATUS_OK}
-            else:
-                trial.status, trial.error = "failed", f"returned {ret.return_value!r}, not a finite float"
+    def _record(self, trial: TrialRecord, ret: Any) -> None:
+        try:
+            summary = _result_json(Path(ret.hydra_cfg.hydra.runtime.output_dir))
+        except AttributeError:  # a job that failed before Hydra set up its config
+            summary = None
+        try:
+            value = ret.return_value  # Hydra re-raises the trial's exception here when it failed
+        except Exception as error:  # noqa: BLE001 - any failure of a trial is recorded, and the sweep goes on
+            trial.status, trial.error = "failed", f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         else:
-            error = ret._return_value
-            trial.status = "failed"
-            trial.error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            self._record_value(trial, value, summary)
+        trial.run_id = (summary or {}).get("run_id")
         if trial.status == "failed":
-            doc["result"] = {"status": base.STATUS_FAIL}
             print(f"[hyperopt] trial {trial.number} failed ({trial.error}); the sweep goes on", flush=True)
-        doc["state"] = base.JOB_STATE_DONE
-        trial.run_id = _run_id(ret)
-        shown = f"{trial.value:.6g}" if trial.value is not None else "failed"
+        shown = {"ok": lambda: f"{trial.value:.6g}", "failed": lambda: "failed",
+                 "pruned": lambda: f"{trial.value:.6g} (pruned after epoch {trial.pruned['epoch']})"}[trial.status]()
         print(f"[hyperopt] trial {trial.number}: {shown}  {trial.params}", flush=True)
 
-    def _check_failure_rate(self, state: SweepState) -> None:
-        finished = state.finished
-        if finished and len(state.failed) / len(finished) > self.max_failure_rate:
-            self._write_results(state)
-            message = (f"[hyperopt] stopping sweep {state.sweep_id}: {len(state.failed)} of {len(finished)} trials failed, "
-                       f"more than hydra.sweeper.max_failure_rate={self.max_failure_rate}. Last failure: {state.failed[-1].error}. "
+    def _record_value(self, trial: TrialRecord, value: Any, summary: dict | None) -> None:
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            value = math.nan
+        trial.run_id = (summary or {}).get("run_id")
+        if not math.isfinite(value):
+            trial.status, trial.error = "failed", f"returned {value!r}, not a finite float"
+            return
+        # A pruned trial is reported to TPE with the objective it reached when stopped: a pessimistic value for
+        # a trial that was on a worse path than its peers, which is what TPE should learn about that region.
+        pruned = (summary or {}).get("pruned")
+        trial.status, trial.value, trial.pruned = ("pruned" if pruned else "ok"), value, pruned
+
+    def _check_failure_rate(self, record: SweepRecord) -> None:
+        finished, failed = record.count("ok", "pruned", "failed"), record.count("failed")
+        if failure_rate_exceeded(finished, failed, self.max_failure_rate, self.failure_rate_min_finished):
+            self._write_results(record)
+            last = [t for t in record.trials if t.status == "failed"][-1]
+            message = (f"[hyperopt] stopping sweep {record.sweep_id}: {failed} of {finished} trials failed, "
+                       f"more than hydra.sweeper.max_failure_rate={self.max_failure_rate}. Last failure: {last.error}. "
                        f"Results so far: {self.sweep_dir / RESULTS_FILE}")
             print(message, file=sys.stderr, flush=True)
             raise SweepStopped(3)
 
-    def _best(self, state: SweepState) -> Trial | None:
-        ok = [t for t in state.records if t.status == "ok"]
-        if not ok:
-            return None
-        return (min if self.direction == "minimize" else max)(ok, key=lambda t: t.value)
-
-    def _write_results(self, state: SweepState) -> Path:
-        best = self._best(state)
+    def _write_results(self, record: SweepRecord) -> Path:
+        best = record.best()
         results = {
-            "sweep_id": state.sweep_id,
-            "direction": self.direction,
-            "n_trials": len(state.records),
-            "n_failed": len(state.failed),
+            "sweep_id": record.sweep_id,
+            "objective": record.objective,
+            "direction": record.direction,
+            "n_trials": len(record.trials),
+            "n_failed": record.count("failed"),
+            "n_pruned": record.count("pruned"),
             "best_value": best.value if best else None,
             "best_params": best.params if best else None,
             "best_run_id": best.run_id if best else None,
             "best_trial": best.number if best else None,
-            "trials": [{"number": t.number, "status": t.status, "value": t.value, "run_id": t.run_id,
-                        "params": t.params, **({"error": t.error} if t.error else {})} for t in state.records],
+            "trials": [{"number": t.number, "status": t.status, "value": t.value, "run_id": t.run_id, "job": t.job,
+                        "params": t.params, **({"error": t.error} if t.error else {}),
+                        **({"pruned": t.pruned} if t.pruned else {})} for t in record.trials],
         }
         path = self.sweep_dir / RESULTS_FILE
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(_plain(results), sort_keys=False))
         return path
 
-    def _finish(self, state: SweepState, searched: dict[str, Parameter]) -> None:
-        path = self._write_results(state)
-        best = self._best(state)
+    def _finish(self, record: SweepRecord, searched: dict[str, Parameter]) -> None:
+        path = self._write_results(record)
+        best = record.best()
         rows = [{"trial": t.number, "status": t.status, "value": t.value, "run": t.run_id,
-                 **{n: format_value(t.params.get(n)) for n in searched}} for t in state.records]
-        print(f"\n[hyperopt] sweep {state.sweep_id}: {len(state.records)} trials, {len(state.failed)} failed", flush=True)
+                 **{n: format_value(t.params.get(n)) for n in searched}} for t in record.trials]
+        print(f"\n[hyperopt] sweep {record.sweep_id}: {len(record.trials)} trials, {record.count('pruned')} pruned, "
+              f"{record.count('failed')} failed", flush=True)
         print(text_table(rows, {"value": "{:.6g}"}), flush=True)
         if best:
             print(f"best: trial {best.number}, value {best.value:.6g}, run {best.run_id}, params {best.params}", flush=True)
         print(f"results: {path}", flush=True)
+        if self.report:
+            from runner.sweep_report import write_and_log_report
+
+            write_and_log_report(self.sweep_dir, self.config)
 
 
-def _run_id(ret: Any) -> Any:
-    """The tracked run id the task wrote to result.json in its output directory (None if it never got there)."""
+def _result_json(output_dir: Path) -> dict | None:
+    """The summary a trial wrote to result.json in its output folder (None if it never got there)."""
     try:
-        result = Path(ret.hydra_cfg.hydra.runtime.output_dir) / "result.json"
-        return json.loads(result.read_text()).get("run_id")
-    except Exception:  # failed trials have no result.json
+        return json.loads((output_dir / "result.json").read_text())
+    except (OSError, ValueError):
         return None
+
+
+def _container(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
 def _plain(value: Any) -> Any:
