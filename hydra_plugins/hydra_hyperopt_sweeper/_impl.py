@@ -252,7 +252,7 @@ def tpe_history(trials: list[TrialRecord], searched: dict[str, Parameter], direc
     tids = history.new_trial_ids(len(done))
     results, miscs = [], []
     for tid, trial in zip(tids, done):
-        vals = {name: [float(p.to_hyperopt(trial.params[name]))] for name, p in searched.items()}
+        vals = {name: [p.to_hyperopt(trial.params[name])] for name, p in searched.items()}
         miscs.append({"tid": tid, "cmd": domain.cmd, "workdir": domain.workdir, "vals": vals,
                       "idxs": {name: [tid] for name in vals}})
         if trial.has_value:

@@ -1,16 +1,23 @@
-"""Whole sweeps run as subprocesses on offline data: results, failures, the failure-rate bound, resume, joblib."""
+"""Whole sweeps run as subprocesses on offline data: results, failures, the failure-rate bound, resume, joblib,
+pruning, warm start, an old state, a crash mid-batch, the report."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 
 from runner.runstore import read_file_store
 from tests.conftest import run_cli
 
+FIXTURES = Path(__file__).parent / "fixtures"
+
 TINY = ["search=quickstart", "data.n_train=300", "data.n_test=100", "model.channels=4", "train.max_epochs=2",
-        "hydra.sweeper.n_startup_jobs=3"]
+        "hydra.sweeper.n_startup_jobs=3", "hydra.sweeper.pruner.kind=none", "hydra.sweeper.report=false"]
+PRUNING = ["train.max_epochs=4", "train.patience=4", "hydra.sweeper.pruner.kind=median", "hydra.sweeper.pruner.warmup_epochs=1",
+           "hydra.sweeper.pruner.min_trials=2"]
 
 
 def sweep(runs_dir: Path, sweep_dir: Path, *overrides: str):
@@ -69,7 +76,7 @@ def test_failed_trials_are_recorded_and_the_sweep_goes_on(runs_dir: Path, tmp_pa
 def test_failure_rate_bound_stops_the_sweep(runs_dir: Path, tmp_path: Path):
     sweep_dir = tmp_path / "sweep"
     proc = sweep(runs_dir, sweep_dir, "hydra.sweeper.n_trials=8", "hydra.sweeper.max_failure_rate=0.5",
-                 "train.optimizer=sgd", "train.lr=1e12")
+                 "hydra.sweeper.failure_rate_min_finished=2", "train.optimizer=sgd", "train.lr=1e12")
     assert proc.returncode == 3
     assert "max_failure_rate=0.5" in proc.stderr and "TrainingDivergedError" in proc.stderr
     out = results(sweep_dir)
@@ -104,3 +111,112 @@ def test_a_direction_that_contradicts_the_objective_is_refused_before_any_trial(
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "hydra.sweeper.direction=minimize contradicts objective=test_acc" in proc.stderr and "set it to maximize" in proc.stderr
     assert not (runs_dir / "store").exists()
+
+
+def test_pruned_trials_across_two_joblib_workers_and_after_resume(runs_dir: Path, tmp_path: Path):
+    sweep_dir = tmp_path / "sweep"
+    args = [*PRUNING, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2"]
+    first = sweep(runs_dir, sweep_dir, *args, "hydra.sweeper.n_trials=4")
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = sweep(runs_dir, sweep_dir, *args, "hydra.sweeper.n_trials=8")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in resumed.stdout + resumed.stderr and "resuming sweep" in resumed.stdout
+    out = results(sweep_dir)
+    pruned = [t for t in out["trials"] if t["status"] == "pruned"]
+    assert pruned and out["n_pruned"] == len(pruned) and any(t["number"] >= 4 for t in pruned)
+    evidence = [json.loads(line) for line in (sweep_dir / "pruning_evidence.jsonl").read_text().splitlines()]
+    assert {r["job"] for r in evidence} == set(range(8))  # every worker's epochs, the first run's kept
+    store = {r.id: r for r in read_file_store(runs_dir / "store")}
+    for trial in pruned:
+        run, epoch = store[trial["run_id"]], trial["pruned"]["epoch"]
+        assert 1 <= epoch < 4 and "worse than the median" in trial["pruned"]["reason"]
+        assert run.status == "COMPLETED" and run.info["pruned"]["epoch"] == epoch
+        assert len(run.metrics["val.loss"]["values"]) == epoch  # stopped at the end of that epoch, metrics kept
+        assert trial["value"] == min(run.metrics["val.loss"]["values"])  # reported with the objective it reached
+        assert (sweep_dir / str(trial["job"]) / "best_checkpoint.pt").exists()
+        assert (sweep_dir / str(trial["job"]) / "last_checkpoint.pt").exists()
+        assert f"[hyperopt] trial {trial['number']}: " in first.stdout + resumed.stdout
+    assert "(pruned after epoch" in first.stdout + resumed.stdout
+
+
+def test_warm_start_from_a_sweep_with_the_same_space_and_refused_with_a_changed_one(runs_dir: Path, tmp_path: Path):
+    earlier = sweep(runs_dir, tmp_path / "earlier", "hydra.sweeper.n_trials=2")
+    assert earlier.returncode == 0, earlier.stderr[-3000:]
+    earlier_id = results(tmp_path / "earlier")["sweep_id"]
+
+    seeded = sweep(runs_dir, tmp_path / "seeded", "hydra.sweeper.n_trials=1", "hydra.sweeper.n_jobs=1",
+                   f"hydra.sweeper.warm_start=[{earlier_id}]")  # by id, found under paths.runs... or by folder:
+    assert seeded.returncode == 2 and "no sweep" in seeded.stderr  # ... the earlier sweep lives outside paths.runs
+    seeded = sweep(runs_dir, tmp_path / "seeded", "hydra.sweeper.n_trials=1", "hydra.sweeper.n_jobs=1",
+                   f"hydra.sweeper.warm_start=[{tmp_path / 'earlier'}]")
+    assert seeded.returncode == 0, seeded.stderr[-3000:]
+    assert f"warm start: 2 trials of sweep {earlier_id}" in seeded.stdout
+    state = json.loads((tmp_path / "seeded" / "sweep_state.json").read_text())
+    assert state["warm_start"] == [str(tmp_path / "earlier")] and len(state["trials"]) == 1  # seeds are not its trials
+
+    changed = sweep(runs_dir, tmp_path / "changed", "hydra.sweeper.n_trials=1", f"hydra.sweeper.warm_start=[{tmp_path / 'earlier'}]",
+                    "train.lr=tag(log,interval(1e-5,1e-1))")
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr
+    assert (f"cannot warm-start from sweep {earlier_id}" in changed.stderr
+            and "train.lr: loguniform(0.001, 0.1) then, loguniform(1e-05, 0.1) now" in changed.stderr)
+    assert not (tmp_path / "changed" / "0").exists()  # refused before any trial
+
+
+def test_a_state_of_the_old_format_is_migrated_on_resume(runs_dir: Path, tmp_path: Path):
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    shutil.copy(FIXTURES / "old_state" / "hyperopt_state.pkl", sweep_dir)  # written by the pickling sweeper
+    proc = sweep(runs_dir, sweep_dir, "hydra.sweeper.n_trials=5", "hydra.sweeper.n_jobs=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "migrated the sweep state of an older odeflow (hyperopt_state.pkl, kept) to sweep_state.json: 4 trials" in proc.stdout
+    out = results(sweep_dir)
+    assert out["sweep_id"] == "sweep-a19153f7" and [t["number"] for t in out["trials"]] == list(range(5))
+    assert out["trials"][1]["value"] == pytest.approx(0.7041419982910156) and out["trials"][4]["job"] == 4
+
+
+def test_a_crash_mid_batch_records_finished_trials_and_reruns_lost_ones_under_new_job_numbers(runs_dir: Path, tmp_path: Path):
+    sweep_dir = tmp_path / "sweep"
+    proc = sweep(runs_dir, sweep_dir, "hydra.sweeper.n_trials=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # What a kill during the batch leaves: both trials still 'running' in the state (it is written before the
+    # launch and after it), trial 0 finished (its result.json is there), trial 1 killed in training.
+    state_file = sweep_dir / "sweep_state.json"
+    state = json.loads(state_file.read_text())
+    done_value = state["trials"][0]["value"]
+    for trial in state["trials"]:
+        trial.update(status="running", value=None, run_id=None)
+    state_file.write_text(json.dumps(state))
+    (sweep_dir / "1" / "result.json").unlink()
+
+    resumed = sweep(runs_dir, sweep_dir, "hydra.sweeper.n_trials=2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "trial 0 (job 0) had finished before the interruption: recorded" in resumed.stdout
+    assert "trial 1 (job 1) was lost in an interruption: it runs again under a new job number" in resumed.stdout
+    state = json.loads(state_file.read_text())
+    assert [(t["number"], t["job"], t["status"], t["lost_jobs"]) for t in state["trials"]] == [(0, 0, "ok", []), (1, 2, "ok", [1])]
+    assert state["trials"][0]["value"] == done_value and state["next_job"] == 3
+    assert json.loads((sweep_dir / "2" / "result.json").read_text())["sweep_id"] == state["sweep_id"]
+
+    other = sweep(runs_dir, sweep_dir, "hydra.sweeper.n_trials=3", "objective=best_val_acc")
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert "objective best_val_loss (minimize) then, best_val_acc (maximize) now" in other.stderr
+    assert "hydra.sweeper.resume=false" in other.stderr
+    assert len(json.loads(state_file.read_text())["trials"]) == 2  # nothing ran, nothing recorded
+
+
+def test_the_report_is_written_at_the_end_and_logged_as_a_run_linked_to_the_sweep(runs_dir: Path, tmp_path: Path):
+    sweep_dir = tmp_path / "sweep"
+    proc = sweep(runs_dir, sweep_dir, "hydra.sweeper.n_trials=5", "hydra.sweeper.report=true", "hydra.sweeper.max_failure_rate=1.0",
+                 "train.optimizer=sgd", "train.lr=choice(0.05,1e12)", *PRUNING)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = results(sweep_dir)
+    assert {t["status"] for t in out["trials"]} >= {"failed"}
+    assert f"sweep report: {sweep_dir / 'report' / 'report.md'}" in proc.stdout
+    report_runs = [r for r in read_file_store(runs_dir / "store") if r.meta.get("sweep_report_of") == out["sweep_id"]]
+    assert len(report_runs) == 1 and report_runs[0].status == "COMPLETED"
+    assert {"report.md", "best_so_far.png", "objective_vs_params.png", "parallel_coordinates.png"} <= set(report_runs[0].artifacts)
+    again = run_cli(["sweep-report", out["sweep_id"], "--out", str(tmp_path / "again")], runs_dir)  # by id, under paths.runs
+    assert again.returncode == 2 and f"no sweep '{out['sweep_id']}'" in again.stderr  # the sweep dir is outside paths.runs
+    again = run_cli(["sweep-report", str(sweep_dir), "--out", str(tmp_path / "again")], runs_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "failed" in again.stdout and (tmp_path / "again" / "report.md").exists()
