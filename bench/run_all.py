@@ -19,6 +19,7 @@ BENCHMARKS = {
     "tracking_overhead.py": "tracking overhead",
     "dashboard.py": "dashboard start-up",
     "sweep_parallel.py": "sweep wall time",
+    "sweep_pruning.py": "pruning: 24-trial",
 }
 
 

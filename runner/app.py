@@ -129,7 +129,7 @@ def run_from_hydra(cfg: DictConfig) -> float:
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    trial = hydra_cfg.job.num if cfg.get("sweep_trial") is None else cfg.sweep_trial
+    trial = (hydra_cfg.job.num if cfg.get("sweep_trial") is None else cfg.sweep_trial) if multirun else None
     meta = {"sweep_id": cfg.sweep_id or Path(hydra_cfg.sweep.dir).name, "trial": trial} if multirun else {}
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra/")}
     try:

@@ -141,6 +141,7 @@ def summary_row(r: RunRecord) -> dict[str, Any]:
         "test_loss": test.get("test.loss"),
         "best_val_loss": r.best("val.loss"),
         "epochs": len(r.metrics.get("val.loss", {}).get("values", [])),
+        "pruned_at": (r.info.get("pruned") or {}).get("epoch"),  # the epoch a sweep's pruner stopped it
         "fnfe": r.final("nfe.forward") if is_ode else None,
         "bnfe": r.final("nfe.backward") if is_ode else None,
         "params": r.info.get("parameters", {}).get("total"),

@@ -140,22 +140,20 @@ def test_pruned_trials_across_two_joblib_workers_and_after_resume(runs_dir: Path
 
 
 def test_warm_start_from_a_sweep_with_the_same_space_and_refused_with_a_changed_one(runs_dir: Path, tmp_path: Path):
-    earlier = sweep(runs_dir, tmp_path / "earlier", "hydra.sweeper.n_trials=2")
+    earlier_dir = runs_dir / "sweeps" / "earlier"
+    earlier = sweep(runs_dir, earlier_dir, "hydra.sweeper.n_trials=2")
     assert earlier.returncode == 0, earlier.stderr[-3000:]
-    earlier_id = results(tmp_path / "earlier")["sweep_id"]
+    earlier_id = results(earlier_dir)["sweep_id"]
 
     seeded = sweep(runs_dir, tmp_path / "seeded", "hydra.sweeper.n_trials=1", "hydra.sweeper.n_jobs=1",
-                   f"hydra.sweeper.warm_start=[{earlier_id}]")  # by id, found under paths.runs... or by folder:
-    assert seeded.returncode == 2 and "no sweep" in seeded.stderr  # ... the earlier sweep lives outside paths.runs
-    seeded = sweep(runs_dir, tmp_path / "seeded", "hydra.sweeper.n_trials=1", "hydra.sweeper.n_jobs=1",
-                   f"hydra.sweeper.warm_start=[{tmp_path / 'earlier'}]")
+                   f"hydra.sweeper.warm_start=[{earlier_id}]")  # by id: found under paths.runs
     assert seeded.returncode == 0, seeded.stderr[-3000:]
-    assert f"warm start: 2 trials of sweep {earlier_id}" in seeded.stdout
+    assert f"warm start: 2 trials of sweep {earlier_id} ({earlier_dir})" in seeded.stdout
     state = json.loads((tmp_path / "seeded" / "sweep_state.json").read_text())
-    assert state["warm_start"] == [str(tmp_path / "earlier")] and len(state["trials"]) == 1  # seeds are not its trials
+    assert state["warm_start"] == [earlier_id] and len(state["trials"]) == 1  # the seeds are not its trials
 
-    changed = sweep(runs_dir, tmp_path / "changed", "hydra.sweeper.n_trials=1", f"hydra.sweeper.warm_start=[{tmp_path / 'earlier'}]",
-                    "train.lr=tag(log,interval(1e-5,1e-1))")
+    changed = sweep(runs_dir, tmp_path / "changed", "hydra.sweeper.n_trials=1", f"hydra.sweeper.warm_start=[{earlier_dir}]",
+                    "train.lr=tag(log,interval(1e-5,1e-1))")  # by folder
     assert changed.returncode == 2 and "Traceback" not in changed.stderr
     assert (f"cannot warm-start from sweep {earlier_id}" in changed.stderr
             and "train.lr: loguniform(0.001, 0.1) then, loguniform(1e-05, 0.1) now" in changed.stderr)
@@ -205,7 +203,7 @@ def test_a_crash_mid_batch_records_finished_trials_and_reruns_lost_ones_under_ne
 
 
 def test_the_report_is_written_at_the_end_and_logged_as_a_run_linked_to_the_sweep(runs_dir: Path, tmp_path: Path):
-    sweep_dir = tmp_path / "sweep"
+    sweep_dir = runs_dir / "sweeps" / "reported"
     proc = sweep(runs_dir, sweep_dir, "hydra.sweeper.n_trials=5", "hydra.sweeper.report=true", "hydra.sweeper.max_failure_rate=1.0",
                  "train.optimizer=sgd", "train.lr=choice(0.05,1e12)", *PRUNING)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -216,7 +214,7 @@ def test_the_report_is_written_at_the_end_and_logged_as_a_run_linked_to_the_swee
     assert len(report_runs) == 1 and report_runs[0].status == "COMPLETED"
     assert {"report.md", "best_so_far.png", "objective_vs_params.png", "parallel_coordinates.png"} <= set(report_runs[0].artifacts)
     again = run_cli(["sweep-report", out["sweep_id"], "--out", str(tmp_path / "again")], runs_dir)  # by id, under paths.runs
-    assert again.returncode == 2 and f"no sweep '{out['sweep_id']}'" in again.stderr  # the sweep dir is outside paths.runs
-    again = run_cli(["sweep-report", str(sweep_dir), "--out", str(tmp_path / "again")], runs_dir)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "failed" in again.stdout and (tmp_path / "again" / "report.md").exists()
+    missing = run_cli(["sweep-report", "no-such-sweep"], runs_dir)
+    assert missing.returncode == 2 and "no sweep 'no-such-sweep'" in missing.stderr and "Traceback" not in missing.stderr
