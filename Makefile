@@ -44,7 +44,7 @@ study: $(INSTALLED) ## Thesis architecture study on digits with the adjoint: STU
 	$(PY) -m runner -m experiment=study_$(STUDY)
 	$(PY) -m runner study $(STUDY)
 
-bench: $(INSTALLED) ## Run every benchmark in bench/ (ratios measured in one run; ~10 min) and write bench/RESULTS.md
+bench: $(INSTALLED) ## Run every benchmark in bench/ (ratios measured in one run; ~20 min) and write bench/RESULTS.md
 	$(PY) bench/run_all.py
 
 up: ## Start MongoDB and Omniboard (docker compose, ports on 127.0.0.1)

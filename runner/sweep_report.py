@@ -189,6 +189,10 @@ def importance_png(importance: pd.DataFrame, record: SweepRecord, path: Path) ->
 
 def write_report(sweep_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
     """report.md and the PNGs in `out_dir` (default: <sweep dir>/report); returns their paths by name."""
+    return _write(sweep_dir, out_dir)[0]
+
+
+def _write(sweep_dir: Path, out_dir: Path | None) -> tuple[dict[str, Path], SweepRecord, pd.DataFrame | None]:
     record = sweep_state.load(sweep_dir)
     if record is None:
         raise UserError(f"{sweep_dir} holds no {sweep_state.STATE_FILE}", "point at a hyperopt sweep's directory")
@@ -205,7 +209,7 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None) -> dict[str, Path
         paths["importance.png"] = importance_png(importance, record, out / "importance.png")
     paths["report.md"] = out / "report.md"
     paths["report.md"].write_text(_markdown(record, frame, importance, paths))
-    return paths
+    return paths, record, importance
 
 
 def _markdown(record: SweepRecord, frame: pd.DataFrame, importance: pd.DataFrame | None, paths: dict[str, Path]) -> str:
@@ -240,12 +244,11 @@ def write_and_log_report(sweep_dir: Path, cfg: Any, out_dir: Path | None = None)
     from runner.factories import instantiate_group
     from runner.tracking import run_tracked
 
-    paths = write_report(sweep_dir, out_dir)
-    record = sweep_state.load(sweep_dir)
+    paths, record, importance = _write(sweep_dir, out_dir)
     best = record.best()
     summary = {"sweep_id": record.sweep_id, "objective": record.objective, "direction": record.direction,
-               "space": [f"{n}: {s}" for n, s in record.space.items()], "trials": len(record.trials), "best_value": best.value if best else None,
-               "best_run": best.run_id if best else None}
+               "space": [f"{n}: {s}" for n, s in record.space.items()], "trials": len(record.trials),
+               "best_value": best.value if best else None, "best_run": best.run_id if best else None}
 
     def body(run) -> dict[str, Any]:
         run.set_info("sweep", summary)
@@ -257,4 +260,8 @@ def write_and_log_report(sweep_dir: Path, cfg: Any, out_dir: Path | None = None)
     run_id, _ = run_tracked("sweep_report", summary, store, body, {"sweep_report_of": record.sweep_id},
                             command="sweep_report")
     print(f"sweep report: {paths['report.md']}" + (f" (logged as run {run_id})" if run_id is not None else ""), flush=True)
+    print(f"  {record.count('ok')} finished, {record.count('pruned')} pruned, {record.count('failed')} failed; "
+          + (f"best {record.objective} {best.value:.6g} (trial {best.number}, run {best.run_id})" if best else "no trial with a value"), flush=True)
+    if importance is not None:
+        print("  parameter importance: " + ", ".join(f"{row.parameter} {row.importance:.3f}" for row in importance.itertuples()), flush=True)
     return run_id, paths
