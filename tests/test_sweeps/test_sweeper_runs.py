@@ -57,22 +57,6 @@ def test_sweep_records_best_and_resumes(runs_dir: Path, tmp_path: Path):
     assert len(listing.stdout.strip().splitlines()) == 8
 
 
-def test_failed_trials_are_recorded_and_the_sweep_goes_on(runs_dir: Path, tmp_path: Path):
-    sweep_dir = tmp_path / "sweep"
-    proc = sweep(runs_dir, sweep_dir, "hydra.sweeper.n_trials=6", "hydra.sweeper.max_failure_rate=1.0",
-                 "train.optimizer=sgd", "train.lr=choice(0.05,1e12)")  # lr 1e12 diverges to NaN
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = results(sweep_dir)
-    failed = [t for t in out["trials"] if t["status"] == "failed"]
-    ok = [t for t in out["trials"] if t["status"] == "ok"]
-    assert out["n_trials"] == 6 and failed and ok
-    assert all("TrainingDivergedError" in t["error"] for t in failed)
-    assert all(t["params"]["train.lr"] == 1e12 for t in failed)
-    assert "the sweep goes on" in proc.stdout
-    store = [r for r in read_file_store(runs_dir / "store") if r.meta.get("sweep_id") == out["sweep_id"]]
-    assert sum(r.status == "FAILED" for r in store) == len(failed)  # each failure is a logged, failed run
-
-
 def test_failure_rate_bound_stops_the_sweep(runs_dir: Path, tmp_path: Path):
     sweep_dir = tmp_path / "sweep"
     proc = sweep(runs_dir, sweep_dir, "hydra.sweeper.n_trials=8", "hydra.sweeper.max_failure_rate=0.5",
@@ -82,18 +66,6 @@ def test_failure_rate_bound_stops_the_sweep(runs_dir: Path, tmp_path: Path):
     out = results(sweep_dir)
     assert out["n_trials"] == 2 and out["n_failed"] == 2  # stopped after the first batch of 2
     assert "Traceback" not in proc.stderr.split("stopping sweep")[-1]
-
-
-def test_joblib_sweep_with_two_workers(runs_dir: Path, tmp_path: Path):
-    sweep_dir = tmp_path / "sweep"
-    proc = sweep(runs_dir, sweep_dir, "hydra.sweeper.n_trials=2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
-    out = results(sweep_dir)
-    assert [t["status"] for t in out["trials"]] == ["ok", "ok"]
-    assert len({t["run_id"] for t in out["trials"]}) == 2
-    for job in ("0", "1"):
-        assert json.loads((sweep_dir / job / "result.json").read_text())["sweep_id"] == out["sweep_id"]
 
 
 def test_an_accuracy_objective_is_maximized(runs_dir: Path, tmp_path: Path):
@@ -116,16 +88,22 @@ def test_a_direction_that_contradicts_the_objective_is_refused_before_any_trial(
 def test_pruned_trials_across_two_joblib_workers_and_after_resume(runs_dir: Path, tmp_path: Path):
     sweep_dir = tmp_path / "sweep"
     args = [*PRUNING, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2"]
-    first = sweep(runs_dir, sweep_dir, *args, "hydra.sweeper.n_trials=4")
+    first = sweep(runs_dir, sweep_dir, *args, "hydra.sweeper.n_trials=2")
     assert first.returncode == 0, first.stderr[-3000:]
-    resumed = sweep(runs_dir, sweep_dir, *args, "hydra.sweeper.n_trials=8")
+    assert "Joblib.Parallel(n_jobs=2" in first.stdout + first.stderr
+    out = results(sweep_dir)
+    assert [t["status"] for t in out["trials"]] == ["ok", "ok"] and len({t["run_id"] for t in out["trials"]}) == 2
+    for job in ("0", "1"):
+        assert json.loads((sweep_dir / job / "result.json").read_text())["sweep_id"] == out["sweep_id"]
+
+    resumed = sweep(runs_dir, sweep_dir, *args, "hydra.sweeper.n_trials=6")  # pruned on the first run's evidence
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Joblib.Parallel(n_jobs=2" in resumed.stdout + resumed.stderr and "resuming sweep" in resumed.stdout
+    assert "resuming sweep" in resumed.stdout and "(pruned after epoch" in resumed.stdout
     out = results(sweep_dir)
     pruned = [t for t in out["trials"] if t["status"] == "pruned"]
-    assert pruned and out["n_pruned"] == len(pruned) and any(t["number"] >= 4 for t in pruned)
+    assert pruned and out["n_pruned"] == len(pruned) and all(t["number"] >= 2 for t in pruned)
     evidence = [json.loads(line) for line in (sweep_dir / "pruning_evidence.jsonl").read_text().splitlines()]
-    assert {r["job"] for r in evidence} == set(range(8))  # every worker's epochs, the first run's kept
+    assert {r["job"] for r in evidence} == set(range(6))  # every worker's epochs, the first run's kept
     store = {r.id: r for r in read_file_store(runs_dir / "store")}
     for trial in pruned:
         run, epoch = store[trial["run_id"]], trial["pruned"]["epoch"]
@@ -135,8 +113,6 @@ def test_pruned_trials_across_two_joblib_workers_and_after_resume(runs_dir: Path
         assert trial["value"] == min(run.metrics["val.loss"]["values"])  # reported with the objective it reached
         assert (sweep_dir / str(trial["job"]) / "best_checkpoint.pt").exists()
         assert (sweep_dir / str(trial["job"]) / "last_checkpoint.pt").exists()
-        assert f"[hyperopt] trial {trial['number']}: " in first.stdout + resumed.stdout
-    assert "(pruned after epoch" in first.stdout + resumed.stdout
 
 
 def test_warm_start_from_a_sweep_with_the_same_space_and_refused_with_a_changed_one(runs_dir: Path, tmp_path: Path):
@@ -202,19 +178,27 @@ def test_a_crash_mid_batch_records_finished_trials_and_reruns_lost_ones_under_ne
     assert len(json.loads(state_file.read_text())["trials"]) == 2  # nothing ran, nothing recorded
 
 
-def test_the_report_is_written_at_the_end_and_logged_as_a_run_linked_to_the_sweep(runs_dir: Path, tmp_path: Path):
+def test_failed_trials_are_recorded_the_sweep_goes_on_and_ends_with_its_report(runs_dir: Path, tmp_path: Path):
     sweep_dir = runs_dir / "sweeps" / "reported"
-    proc = sweep(runs_dir, sweep_dir, "hydra.sweeper.n_trials=5", "hydra.sweeper.report=true", "hydra.sweeper.max_failure_rate=1.0",
-                 "train.optimizer=sgd", "train.lr=choice(0.05,1e12)", *PRUNING)
+    proc = sweep(runs_dir, sweep_dir, "hydra.sweeper.n_trials=6", "hydra.sweeper.report=true", "hydra.sweeper.max_failure_rate=1.0",
+                 "train.optimizer=sgd", "train.lr=choice(0.05,1e12)", *PRUNING)  # lr 1e12 diverges to NaN
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = results(sweep_dir)
-    assert {t["status"] for t in out["trials"]} >= {"failed"}
-    assert f"sweep report: {sweep_dir / 'report' / 'report.md'}" in proc.stdout
-    report_runs = [r for r in read_file_store(runs_dir / "store") if r.meta.get("sweep_report_of") == out["sweep_id"]]
+    failed = [t for t in out["trials"] if t["status"] == "failed"]
+    assert out["n_trials"] == 6 and failed and len(failed) < 6
+    assert all("TrainingDivergedError" in t["error"] for t in failed)
+    assert all(t["params"]["train.lr"] == 1e12 for t in failed)
+    assert "the sweep goes on" in proc.stdout
+    store = read_file_store(runs_dir / "store")
+    trials = [r for r in store if r.meta.get("sweep_id") == out["sweep_id"]]
+    assert sum(r.status == "FAILED" for r in trials) == len(failed)  # each failure is a logged, failed run
+
+    assert f"sweep report: {sweep_dir / 'report' / 'report.md'}" in proc.stdout.split("results:")[-1]  # the last word
+    report_runs = [r for r in store if r.meta.get("sweep_report_of") == out["sweep_id"]]
     assert len(report_runs) == 1 and report_runs[0].status == "COMPLETED"
     assert {"report.md", "best_so_far.png", "objective_vs_params.png", "parallel_coordinates.png"} <= set(report_runs[0].artifacts)
-    again = run_cli(["sweep-report", out["sweep_id"], "--out", str(tmp_path / "again")], runs_dir)  # by id, under paths.runs
+    again = run_cli(["sweep-report", out["sweep_id"], "--out", str(tmp_path / "again"), "tracking=none"], runs_dir)  # by id
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "failed" in again.stdout and (tmp_path / "again" / "report.md").exists()
+    assert f"{len(failed)} failed" in again.stdout and (tmp_path / "again" / "report.md").exists()
     missing = run_cli(["sweep-report", "no-such-sweep"], runs_dir)
     assert missing.returncode == 2 and "no sweep 'no-such-sweep'" in missing.stderr and "Traceback" not in missing.stderr
