@@ -31,8 +31,9 @@ sweep: $(INSTALLED) ## A small hyperopt TPE search on spheres (offline, a few mi
 run: $(INSTALLED) ## Quickstart: simple ODEnet and small ResNet on digits (offline, a few minutes on CPU)
 	$(PY) -m runner -m experiment=quickstart model=odenet_simple,resnet_simple_small
 
+TEST_WORKERS ?= 2
 test: $(INSTALLED) ## Run the default test suite (offline, CPU; starts its own database server, Omniboard and Chromium)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 DATA ?= fmnist
 table: $(INSTALLED) ## Thesis table 8.1 for DATA=fmnist or DATA=cifar10: the five models, then the comparison report
