@@ -31,7 +31,7 @@ from odeflow.errors import UserError
 from odeflow.objectives import OBJECTIVE_DIRECTIONS
 from odeflow.tables import text_table
 from runner import sweep_state
-from runner.pruning import EPOCH_METRIC, PrunerSettings
+from runner.pruning import EPOCH_METRIC, EVIDENCE_FILE, PrunerSettings
 from runner.sweep_state import SweepRecord, TrialRecord
 
 logging.getLogger("hyperopt").setLevel(logging.WARNING)  # it logs every TPE step at INFO
@@ -304,6 +304,10 @@ class HyperoptSweeperImpl(Sweeper):
                 print(f"[hyperopt] migrated the sweep state of an older odeflow ({sweep_state.OLD_STATE_FILE}, kept) to "
                       f"{sweep_state.STATE_FILE}: {len(record.trials)} trials", flush=True)
         if record is None:
+            if (self.sweep_dir / sweep_state.STATE_FILE).exists():
+                print(f"[hyperopt] hydra.sweeper.resume=false: starting {self.sweep_dir} over (its earlier trials' "
+                      "state and pruning evidence are replaced)", flush=True)
+            (self.sweep_dir / EVIDENCE_FILE).unlink(missing_ok=True)  # a new sweep prunes on its own trials only
             return SweepRecord(f"{self.sweep_dir.name}-{uuid.uuid4().hex[:8]}", self.objective, self.direction, specs,
                                warm_start=list(self.warm_start))
         changes = sweep_state.describe_change(record, specs, self.objective, self.direction)

@@ -177,6 +177,14 @@ def test_a_crash_mid_batch_records_finished_trials_and_reruns_lost_ones_under_ne
     assert "hydra.sweeper.resume=false" in other.stderr
     assert len(json.loads(state_file.read_text())["trials"]) == 2  # nothing ran, nothing recorded
 
+    (sweep_dir / "pruning_evidence.jsonl").write_text('{"job": 0, "trial": 0, "finished": "ok"}\n')  # an earlier pruned sweep's
+    over = sweep(runs_dir, sweep_dir, "hydra.sweeper.n_trials=1", "hydra.sweeper.n_jobs=1", "hydra.sweeper.resume=false")
+    assert over.returncode == 0, over.stderr[-3000:]
+    assert "starting" in over.stdout and "over" in over.stdout
+    restarted = json.loads(state_file.read_text())
+    assert restarted["sweep_id"] != state["sweep_id"] and len(restarted["trials"]) == 1
+    assert not (sweep_dir / "pruning_evidence.jsonl").exists()  # the new sweep does not prune on the old one's trials
+
 
 def test_failed_trials_are_recorded_the_sweep_goes_on_and_ends_with_its_report(runs_dir: Path, tmp_path: Path):
     sweep_dir = runs_dir / "sweeps" / "reported"
