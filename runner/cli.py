@@ -173,8 +173,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     cfg = current_config(overrides)
     records = read_records(store_of(cfg))
     paths = write_report(records, Path(args.out) if args.out else Path(cfg.paths.runs) / "report")
-    print(paths["comparison.md"].read_text())
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    _show_written(paths, paths["comparison.md"].read_text())
     return 0
 
 
@@ -188,8 +187,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         folder = Path(current_config(overrides).paths.runs) / "studies" / words[0]
     paths = write_study(folder)
-    print(paths["study.md"].read_text())
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    _show_written(paths, paths["study.md"].read_text())
     return 0
 
 
@@ -202,9 +200,14 @@ def cmd_sweep_report(args: argparse.Namespace) -> int:
         raise UserError("sweep-report takes one sweep directory or sweep id", "python -m runner sweep-report runs/sweeps/quickstart")
     cfg = current_config(overrides)
     _, paths = write_and_log_report(find_sweep(words[0], Path(cfg.paths.runs)), cfg, Path(args.out) if args.out else None)
-    print(paths["report.md"].read_text().split("## Convergence")[0].rstrip())
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    _show_written(paths, paths["report.md"].read_text().split("## Convergence")[0].rstrip())
     return 0
+
+
+def _show_written(paths: dict[str, Path], text: str) -> None:
+    """What a report command wrote: its text on the console, then every file."""
+    print(text)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 def build_parser() -> argparse.ArgumentParser:

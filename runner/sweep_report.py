@@ -30,6 +30,7 @@ TOP_K = 10
 MARKERS = {"ok": dict(marker="o", color="tab:blue", label="finished"),
            "pruned": dict(marker="v", color="tab:orange", label="pruned (value when stopped)")}
 FAILED = dict(marker="x", color="tab:red", label="failed (no value)")
+LINES = {"ok": ("-", 0.9), "pruned": ("--", 0.7), "failed": (":", 0.6)}  # parallel coordinates: (line style, alpha)
 
 
 def is_log(spec: str) -> bool:
@@ -134,14 +135,12 @@ def parallel_coordinates_png(frame: pd.DataFrame, record: SweepRecord, path: Pat
     norm = plt.Normalize(low, high if high > low else low + 1)
     cmap = plt.get_cmap("viridis_r" if record.direction == "minimize" else "viridis")  # bright = better
     xs = list(range(len(names) + 1))
+    worst = 1.0 if record.direction == "minimize" else 0.0  # where a failed trial's objective axis point goes
     for index, row in frame.iterrows():
-        status = row["status"]
-        objective = norm(row["value"]) if scored[index] else 1.0 if record.direction == "minimize" else 0.0
-        ys = [*encoded.loc[index, names].tolist(), objective]
-        style = {"ok": dict(color=cmap(norm(row["value"])) if scored[index] else "grey", linestyle="-", alpha=0.9),
-                 "pruned": dict(color=cmap(norm(row["value"])) if scored[index] else "grey", linestyle="--", alpha=0.7),
-                 "failed": dict(color="tab:red", linestyle=":", alpha=0.6)}[status]
-        ax.plot(xs, ys, linewidth=1.2, **style)
+        ys = [*encoded.loc[index, names].tolist(), norm(row["value"]) if scored[index] else worst]
+        linestyle, alpha = LINES[row["status"]]
+        color = "tab:red" if row["status"] == "failed" else cmap(norm(row["value"])) if scored[index] else "grey"
+        ax.plot(xs, ys, linewidth=1.2, linestyle=linestyle, alpha=alpha, color=color)
     ax.set_xticks(xs, [*names, record.objective], rotation=15, fontsize=8)
     ax.set_yticks([])
     for x, name in enumerate([*names, "value"]):

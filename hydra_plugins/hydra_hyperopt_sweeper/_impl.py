@@ -95,23 +95,16 @@ DISTRIBUTIONS: dict[str, tuple[int | None, Callable[[str, list], Any]]] = {
 _CALL = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((.*)\)\s*$", re.S)
 
 
-LOG_SCALE = ("loguniform", "qloguniform", "lognormal")
-
-
 @dataclass
 class Parameter:
-    """One searched parameter: its hyperopt expression, its distribution as written (`spec`, what a resumed
-    or warm-started sweep is compared on), and what the report needs (log scale, categorical options)."""
+    """One searched parameter: its hyperopt expression, its distribution as written (`spec`: what a resumed
+    or warm-started sweep is compared on, and what the report reads its axes from), and its choices."""
 
     name: str
     expression: Any
     spec: str
     integer: bool = False
     options: list | None = None  # choice: the values, whose index is what hyperopt records
-
-    @property
-    def log(self) -> bool:
-        return self.spec.startswith(LOG_SCALE)
 
     def value(self, sampled: Any) -> Any:
         return int(round(sampled)) if self.integer else sampled
@@ -380,7 +373,6 @@ class HyperoptSweeperImpl(Sweeper):
             if new:
                 ids = list(range(len(record.trials), len(record.trials) + new))
                 history = tpe_history([*seeded, *record.trials], searched, self.direction, domain)
-                history.new_trial_ids(new)
                 seed = int(np.random.default_rng([self.seed, ids[0]]).integers(2**31 - 1))  # reproducible on resume
                 for number, doc in zip(ids, suggest(ids, domain, history, seed)):
                     vals = {k: v[0] for k, v in doc["misc"]["vals"].items() if v}
@@ -418,9 +410,9 @@ class HyperoptSweeperImpl(Sweeper):
             value = ret.return_value  # Hydra re-raises the trial's exception here when it failed
         except Exception as error:  # noqa: BLE001 - any failure of a trial is recorded, and the sweep goes on
             trial.status, trial.error = "failed", f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            trial.run_id = (summary or {}).get("run_id")
         else:
             self._record_value(trial, value, summary)
-        trial.run_id = (summary or {}).get("run_id")
         if trial.status == "failed":
             print(f"[hyperopt] trial {trial.number} failed ({trial.error}); the sweep goes on", flush=True)
         shown = {"ok": lambda: f"{trial.value:.6g}", "failed": lambda: "failed",
