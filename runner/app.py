@@ -133,7 +133,7 @@ def run_from_hydra(cfg: DictConfig) -> float:
     meta = {"sweep_id": cfg.sweep_id or Path(hydra_cfg.sweep.dir).name, "trial": trial} if multirun else {}
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra/")}
     try:
-        pruner = trial_pruner(hydra_cfg, cfg.objective, trial) if multirun else None
+        pruner = trial_pruner(hydra_cfg, cfg.objective, trial, int(cfg.train.max_epochs)) if multirun else None
         summary = run_experiment(cfg, Path(hydra_cfg.runtime.output_dir), choices, meta, pruner=pruner)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
@@ -144,7 +144,7 @@ def run_from_hydra(cfg: DictConfig) -> float:
     return float(summary[cfg.objective])
 
 
-def trial_pruner(hydra_cfg: DictConfig, objective: str, trial: int) -> TrialPruner | None:
+def trial_pruner(hydra_cfg: DictConfig, objective: str, trial: int, max_epochs: int) -> TrialPruner | None:
     """The pruner of a hyperopt sweep's trial, from the sweeper's settings; None when the sweep does not prune."""
     from runner.pruning import EVIDENCE_FILE, Evidence, PrunerSettings
 
@@ -154,4 +154,5 @@ def trial_pruner(hydra_cfg: DictConfig, objective: str, trial: int) -> TrialPrun
     settings = PrunerSettings(**to_plain(sweeper.pruner))
     if not settings.active:
         return None
-    return TrialPruner(settings, Evidence(Path(hydra_cfg.sweep.dir) / EVIDENCE_FILE), hydra_cfg.job.num, trial, objective)
+    return TrialPruner(settings, Evidence(Path(hydra_cfg.sweep.dir) / EVIDENCE_FILE), hydra_cfg.job.num, trial, objective,
+                       max_epochs)

@@ -127,10 +127,15 @@ def decide(settings: PrunerSettings, records: list[dict[str, Any]], job: int, ep
 
 
 class TrialPruner:
-    """One trial's side: `after_epoch` records the epoch's value and returns why to stop (or None)."""
+    """One trial's side: `after_epoch` records the epoch's value and returns why to stop (or None).
 
-    def __init__(self, settings: PrunerSettings, evidence: Evidence, job: int, trial: int, objective: str) -> None:
+    Never at `last_epoch`: the trial ends there anyway, so stopping saves nothing and would only mislabel a
+    trial that ran its full budget as pruned."""
+
+    def __init__(self, settings: PrunerSettings, evidence: Evidence, job: int, trial: int, objective: str,
+                 last_epoch: int) -> None:
         self.settings, self.evidence, self.job, self.trial = settings, evidence, job, trial
+        self.last_epoch = last_epoch
         self.metric, self.direction = EPOCH_METRIC[objective]
         self.seen: list[float] = []
 
@@ -139,6 +144,8 @@ class TrialPruner:
         value = running_best(self.seen, self.direction)[-1]
         records = self.evidence.read()
         self.evidence.append({"job": self.job, "trial": self.trial, "epoch": epoch, "value": value})
+        if epoch >= self.last_epoch:
+            return None
         reason = decide(self.settings, records, self.job, epoch, value, self.direction)
         return f"{self.settings.kind} pruner: {self.metric} {reason}" if reason else None
 

@@ -58,7 +58,7 @@ def test_a_trial_pruner_compares_its_best_so_far_and_leaves_evidence(tmp_path):
     evidence = Evidence(tmp_path / "evidence.jsonl")
     for line in three_finished():
         evidence.append(line)
-    pruner = TrialPruner(MEDIAN, evidence, job=7, trial=3, objective="best_val_loss")
+    pruner = TrialPruner(MEDIAN, evidence, job=7, trial=3, objective="best_val_loss", last_epoch=4)
     assert pruner.after_epoch(1, {"val.loss": 0.55}) is None  # warm-up
     assert pruner.after_epoch(2, {"val.loss": 0.8}) is None  # best so far 0.55 against the median 0.6 at epoch 2
     reason = pruner.after_epoch(3, {"val.loss": 0.52})  # best so far 0.52 against the median 0.5 at epoch 3
@@ -66,6 +66,17 @@ def test_a_trial_pruner_compares_its_best_so_far_and_leaves_evidence(tmp_path):
     pruner.finished(pruned=True)
     mine = [r for r in evidence.read() if r["job"] == 7]
     assert [r.get("value") for r in mine] == [0.55, 0.55, 0.52, None] and mine[-1]["finished"] == "pruned"
+
+
+def test_a_trial_is_not_pruned_at_its_last_epoch(tmp_path):
+    evidence = Evidence(tmp_path / "evidence.jsonl")
+    for line in three_finished():
+        evidence.append(line)
+    pruner = TrialPruner(MEDIAN, evidence, job=7, trial=3, objective="best_val_loss", last_epoch=3)
+    assert pruner.after_epoch(1, {"val.loss": 0.95}) is None  # warm-up
+    assert pruner.after_epoch(2, {"val.loss": 0.58}) is None  # 0.58 against the median 0.6 at epoch 2
+    assert pruner.after_epoch(3, {"val.loss": 0.57}) is None  # worse than the median 0.5, but it ends here anyway
+    assert [r["value"] for r in evidence.read() if r["job"] == 7] == [0.95, 0.58, 0.57]
 
 
 def test_running_best_and_bad_settings():
