@@ -5,7 +5,9 @@ Setting: the simple FashionMNIST ODEnet's block (f = conv3x3 -> GroupNorm -> ReL
 direct training step  FNFE x (f forward with grad + f backward)
 adjoint training step FNFE x f forward without grad + BNFE x (f forward with grad + f backward)
 evaluation forward    FNFE x f forward without grad
-Each configuration runs in a fresh process (allocator state changes CPU timings), all in one run.
+Each configuration runs in a fresh process (allocator state changes CPU timings), all in one run, and
+keeps freed host memory for reuse as the runner does (`train.reuse_host_memory`; BENCH_REUSE=0 measures
+glibc's default, where every new state-sized tensor pays page faults, f alone included).
 Usage: .venv/bin/python bench/ode_block.py [--quick]
 """
 from __future__ import annotations
@@ -14,7 +16,6 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -32,7 +33,10 @@ CONFIGS = [  # (backend, method, value, adjoint, adjoint norm)
 MEMORY_VS_NFE = [("fused", "dopri5", tol, adjoint, "mixed") for adjoint in (False, True) for tol in (1e-2, 1e-4)]
 
 
-def median_time(fn, reps: int, warmup: int = 1) -> float:
+def fastest_time(fn, reps: int, warmup: int = 1) -> float:
+    """The fastest of `reps` calls: on a shared machine noise only ever adds time, so the fastest call is the
+    best estimate of what the work costs. The limit is built from f's fastest calls too: the ratio compares
+    like with like (a median against a minimum would count the machine's noise as solver overhead)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -40,7 +44,7 @@ def median_time(fn, reps: int, warmup: int = 1) -> float:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 REFERENCE_FILE = Path(os.environ.get("TMPDIR", "/tmp")) / "odeflow-bench-reference-gradients.pt"
@@ -79,7 +83,9 @@ def measure_one(backend: str, method: str, value: float, adjoint: bool, norm: st
 
     from models.ode_block import ODEBlock
     from models.solvers import SolverSpec
+    from runner.settings import reuse_freed_host_memory
 
+    reuse_freed_host_memory(os.environ.get("BENCH_REUSE", "1") == "1")  # as the runner does by default
     net, x = block_setup()
     fixed = method in ("rk4", "euler")
     spec = SolverSpec(method, step_size=value if fixed else None, rtol=1e-3 if fixed else value,
@@ -104,7 +110,7 @@ def measure_one(backend: str, method: str, value: float, adjoint: bool, norm: st
         """f alone, interleaved so drift hits all three timings alike."""
         for _ in range(samples):
             pairs.append(f_forward_backward())
-            nograd.append(median_time(f_without_grad, 1, 0))
+            nograd.append(fastest_time(f_without_grad, 1, 0))
 
     for _ in range(3):
         f_forward_backward()
@@ -125,7 +131,7 @@ def measure_one(backend: str, method: str, value: float, adjoint: bool, norm: st
         counts.setdefault("fwd", []).append(mid - start)
         counts.setdefault("bwd", []).append(time.perf_counter() - mid)
 
-    train = median_time(train_step, reps)
+    train = fastest_time(train_step, reps)
     peak_rise_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_kb) / 1024
 
     def evaluate():
@@ -133,7 +139,7 @@ def measure_one(backend: str, method: str, value: float, adjoint: bool, norm: st
             block(x)
         counts["eval_fnfe"] = block.forward_nfe
 
-    evaluation = median_time(evaluate, reps)
+    evaluation = fastest_time(evaluate, max(reps, 5))  # cheap: a few more calls
     # f alone again after the block, in the allocator state the block left: this VM's timings drift
     # within a process, so the limit uses the minimum over both rounds (f's cost in the best state).
     time_f_alone(6)
@@ -152,7 +158,7 @@ def measure_one(backend: str, method: str, value: float, adjoint: bool, norm: st
         grad_error = float((grads - reference).norm() / reference.norm())
     return {"backend": backend, "method": method, "value": value, "adjoint": adjoint, "norm": norm, "fnfe": fnfe, "bnfe": bnfe,
             "grad_error": grad_error,
-            "train_s": train, "fwd_s": statistics.median(counts["fwd"]), "bwd_s": statistics.median(counts["bwd"]),
+            "train_s": train, "fwd_s": min(counts["fwd"]), "bwd_s": min(counts["bwd"]),
             "eval_s": evaluation, "train_x_limit": train / limit_train, "eval_x_limit": evaluation / limit_eval,
             "peak_rise_mb": peak_rise_mb, "f_fwd_s": f_fwd, "f_bwd_s": f_bwd, "f_nograd_s": f_nograd}
 
@@ -190,7 +196,7 @@ def main() -> None:
     rows = [run_fresh(c, reps) for c in configs]
     f = rows[0]
     print(f"\nODE block, batch 128, 66 ch 14x14 (f alone, fastest of 12: fwd {f['f_fwd_s']:.3f}s, bwd {f['f_bwd_s']:.3f}s, "
-          f"fwd without grad {f['f_nograd_s']:.3f}s), medians of {reps} steps, fresh process each")
+          f"fwd without grad {f['f_nograd_s']:.3f}s), fastest of {reps} training steps and of {max(reps, 5)} evaluations, fresh process each")
     header = f"{'configuration':<30}{'backend':<13}{'FNFE':>5}{'BNFE':>6}{'train s':>9}{'x limit':>9}{'eval s':>8}{'x limit':>9}{'peak MB':>9}"
     print(header)
     for r in rows:

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 from data import load_digits  # noqa: E402
 from models import SimpleNet, SolverSpec  # noqa: E402
 from runner.app import run_experiment  # noqa: E402
-from runner.settings import seed_everything  # noqa: E402
+from runner.settings import reuse_freed_host_memory, seed_everything  # noqa: E402
 
 EPOCHS = 6
 OVERRIDES = ["experiment=quickstart", "model.channels=32", f"train.max_epochs={EPOCHS}", "train.patience=100",
@@ -62,6 +62,7 @@ def bare_epoch_times() -> list[float]:
 
 def main() -> None:
     runner, bare = [], []
+    reuse_freed_host_memory(True)  # the runner's default, process-wide: the bare loop gets the same allocator
     for _ in range(3):  # interleaved, so drift of the machine hits both alike
         bare += bare_epoch_times()
         with tempfile.TemporaryDirectory() as tmp:

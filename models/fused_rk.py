@@ -373,7 +373,7 @@ class TorchdiffeqAdapter:
             raise ValueError(unsupported_fused_options(unsupported))
         from torchdiffeq._impl.misc import _rms_norm
 
-        self.func, self.y0, self.rtol, self.atol = func, y0, float(rtol), float(atol)
+        self.func, self.y0, self.rtol, self.atol = _without_perturb_wrapper(func, y0), y0, float(rtol), float(atol)
         norm = options.get("norm")
         self.norm = None if norm is _rms_norm else norm  # torchdiffeq's default for one tensor: our buffered RMS
         self.step_size, self.max_steps = options.get("step_size"), options.get("max_num_steps", 2**31 - 1)
@@ -393,6 +393,30 @@ class TorchdiffeqAdapter:
     @classmethod
     def valid_callbacks(cls) -> set[str]:
         return {"callback_step", "callback_accept_step", "callback_reject_step"}
+
+
+class _Unperturbed:
+    """torchdiffeq's outermost wrapper of f minus its work: `_PerturbFunc` computes `y.abs()` on every call only
+    to read a dtype (a pass over the state per evaluation, the adjoint's whole augmented state included), and
+    otherwise only serves `perturb=True`, which the adapter refuses. Keeps the step callbacks torchdiffeq
+    attached to the wrapper."""
+
+    def __init__(self, wrapper: torch.nn.Module) -> None:
+        from torchdiffeq._impl.misc import _all_callback_names
+
+        self.evaluate = wrapper.base_func
+        for name in _all_callback_names:
+            setattr(self, name, getattr(wrapper, name, None))
+
+    def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.evaluate(t, y)
+
+
+def _without_perturb_wrapper(func: Func, y0: torch.Tensor) -> Func:
+    from torchdiffeq._impl.misc import _PerturbFunc
+
+    # the wrapper also casts a complex t to real; the fused clock already gives t the state's (real) dtype
+    return _Unperturbed(func) if isinstance(func, _PerturbFunc) and not y0.is_complex() else func
 
 
 def _register_with_torchdiffeq() -> None:

@@ -58,7 +58,9 @@ class ODEBlock(nn.Module):
         self.func.nfe = 0
         spec = self.solver
         try:
-            if spec.fused and not spec.adjoint:
+            # Without autograd the adjoint has nothing to do: its forward pass is this same solve (same options,
+            # the same RMS norm), taken directly, without torchdiffeq's wrapping and per-stage time tensors.
+            if spec.fused and (not spec.adjoint or not torch.is_grad_enabled()):
                 z = self._fused_direct(z0)
             else:
                 t = torch.tensor([0.0, self.t_final], dtype=z0.dtype, device=z0.device)

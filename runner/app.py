@@ -19,7 +19,7 @@ from odeflow.objectives import OBJECTIVE_DIRECTIONS
 from runner.factories import instantiate_group, to_plain
 from runner.masking import mask_secrets
 from runner.pruning import TrialPruner
-from runner.settings import check_seed, configure_threads, resolve_device, seed_everything
+from runner.settings import check_seed, configure_threads, resolve_device, reuse_freed_host_memory, seed_everything
 from runner.summary import format_summary
 from runner.tracking import RunLog, run_tracked
 
@@ -44,6 +44,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | Non
     store = instantiate_group("tracking", cfg.tracking)
     device = resolve_device(settings.device)
     configure_threads(settings.num_threads)
+    reuse_freed_host_memory(settings.reuse_host_memory)
     seed_everything(settings.seed, settings.deterministic)
     data = pipeline.load(instantiate_group("data", cfg.data), device)
     recipe = model_recipe(config["model"], config["solver"], data.input_shape, data.num_classes)

@@ -156,3 +156,44 @@ def test_extra_options_reach_the_fused_solve_or_are_refused():
     with pytest.raises(ValueError, match="jump_t"):
         SolverSpec("dopri5", extra_options={"jump_t": [0.5]})
     assert SolverSpec("dopri5", backend="torchdiffeq", extra_options={"jump_t": [0.5]}).extra_options == {"jump_t": [0.5]}
+
+
+@pytest.mark.parametrize("spec", [SolverSpec("dopri5", adjoint=True, extra_options={"max_step": 0.2}),
+                                  SolverSpec("rk4", step_size=0.25, adjoint=True)], ids=["dopri5", "rk4"])
+def test_evaluating_an_adjoint_block_solves_directly_with_the_adjoints_own_forward_result(spec, monkeypatch):
+    net, z0 = trained_block()
+    block = ODEBlock(net, spec)
+    trained_way = block(z0).detach()  # with autograd: torchdiffeq's odeint_adjoint, whose forward is fused
+    trained_nfe = block.forward_nfe
+
+    def no_adjoint(*args, **kwargs):
+        raise AssertionError("evaluation went through odeint_adjoint")
+
+    monkeypatch.setattr("models.ode_block.odeint_adjoint", no_adjoint)
+    with torch.no_grad():
+        evaluated = block(z0)
+    assert torch.equal(evaluated, trained_way) and block.forward_nfe == trained_nfe
+
+
+class CountAbs(torch.overrides.TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += func in (torch.abs, torch.Tensor.abs)
+        return func(*args, **(kwargs or {}))
+
+
+def test_through_torchdiffeq_the_fused_solve_keeps_the_callbacks_and_skips_the_wrappers_per_call_pass():
+    net, z0 = trained_block()
+    direct, adapted = Recorder(net), Recorder(net)
+    t = torch.tensor([0.0, 1.0], dtype=z0.dtype)
+    with torch.no_grad():
+        expected = solve_adaptive(direct, z0, 0.0, 1.0, "dopri5", 1e-3, 1e-3, 1000)
+        got = odeint(adapted, z0, t, method="fused_dopri5", rtol=1e-3, atol=1e-3)[-1]
+        counter = CountAbs()
+        with counter:  # torchdiffeq's perturb wrapper takes y.abs() on every call only to read a dtype
+            odeint(Recorder(net), z0, t, method="fused_rk4", options={"step_size": 0.25})
+    assert torch.equal(got, expected) and adapted.steps == direct.steps and adapted.nfe == direct.nfe
+    assert counter.calls == 0  # 16 evaluations, and a fixed-step solve takes no absolute values of its own
