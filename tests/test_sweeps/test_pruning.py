@@ -54,11 +54,16 @@ def test_asha_keeps_the_best_fraction_at_each_rung_and_decides_only_there():
     assert decide(asha, others[:2], job=7, epoch=2, value=0.9, direction="minimize") is None  # 3 < min_trials
 
 
-def test_a_trial_pruner_compares_its_best_so_far_and_leaves_evidence(tmp_path):
+def pruner_after_three_finished(tmp_path, last_epoch: int) -> tuple[TrialPruner, Evidence]:
+    """Job 7's pruner (trial 3, best_val_loss) on an evidence file holding `three_finished()`."""
     evidence = Evidence(tmp_path / "evidence.jsonl")
     for line in three_finished():
         evidence.append(line)
-    pruner = TrialPruner(MEDIAN, evidence, job=7, trial=3, objective="best_val_loss", last_epoch=4)
+    return TrialPruner(MEDIAN, evidence, job=7, trial=3, objective="best_val_loss", last_epoch=last_epoch), evidence
+
+
+def test_a_trial_pruner_compares_its_best_so_far_and_leaves_evidence(tmp_path):
+    pruner, evidence = pruner_after_three_finished(tmp_path, last_epoch=4)
     assert pruner.after_epoch(1, {"val.loss": 0.55}) is None  # warm-up
     assert pruner.after_epoch(2, {"val.loss": 0.8}) is None  # best so far 0.55 against the median 0.6 at epoch 2
     reason = pruner.after_epoch(3, {"val.loss": 0.52})  # best so far 0.52 against the median 0.5 at epoch 3
@@ -69,10 +74,7 @@ def test_a_trial_pruner_compares_its_best_so_far_and_leaves_evidence(tmp_path):
 
 
 def test_a_trial_is_not_pruned_at_its_last_epoch(tmp_path):
-    evidence = Evidence(tmp_path / "evidence.jsonl")
-    for line in three_finished():
-        evidence.append(line)
-    pruner = TrialPruner(MEDIAN, evidence, job=7, trial=3, objective="best_val_loss", last_epoch=3)
+    pruner, evidence = pruner_after_three_finished(tmp_path, last_epoch=3)
     assert pruner.after_epoch(1, {"val.loss": 0.95}) is None  # warm-up
     assert pruner.after_epoch(2, {"val.loss": 0.58}) is None  # 0.58 against the median 0.6 at epoch 2
     assert pruner.after_epoch(3, {"val.loss": 0.57}) is None  # worse than the median 0.5, but it ends here anyway
