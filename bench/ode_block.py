@@ -83,7 +83,7 @@ def measure_one(backend: str, method: str, value: float, adjoint: bool, norm: st
 
     from models.ode_block import ODEBlock
     from models.solvers import SolverSpec
-    from runner.settings import reuse_freed_host_memory
+    from runner.experiment.settings import reuse_freed_host_memory
 
     reuse_freed_host_memory(os.environ.get("BENCH_REUSE", "1") == "1")  # as the runner does by default
     net, x = block_setup()

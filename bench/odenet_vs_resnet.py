@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from data.splits import make_bundle, scale_uint8  # noqa: E402
 from models import SimpleNet, SolverSpec  # noqa: E402
-from runner.settings import TrainSettings, seed_everything  # noqa: E402
-from runner.training import fit  # noqa: E402
+from runner.experiment.settings import TrainSettings, seed_everything  # noqa: E402
+from runner.experiment.training import fit  # noqa: E402
 
 N_TRAIN, EPOCHS = 1280, 2
 

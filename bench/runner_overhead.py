@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from data import load_digits  # noqa: E402
 from models import SimpleNet, SolverSpec  # noqa: E402
-from runner.app import run_experiment  # noqa: E402
-from runner.settings import reuse_freed_host_memory, seed_everything  # noqa: E402
+from runner.experiment.app import run_experiment  # noqa: E402
+from runner.experiment.settings import reuse_freed_host_memory, seed_everything  # noqa: E402
 
 EPOCHS = 6
 OVERRIDES = ["experiment=quickstart", "model.channels=32", f"train.max_epochs={EPOCHS}", "train.patience=100",

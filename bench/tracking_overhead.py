@@ -23,7 +23,7 @@ from hydra import compose, initialize_config_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dashboard.server import DatabaseServer  # noqa: E402
-from runner.app import run_experiment  # noqa: E402
+from runner.experiment.app import run_experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS, REPEATS, LOG_CALLS = 2, 3, 2000
@@ -36,7 +36,7 @@ EPOCH_METRICS = {"train.loss": 0.1, "train.acc": 0.9, "val.loss": 0.1, "val.acc"
 
 def per_epoch_logging_seconds(store) -> float:
     """Mean time to log one epoch's metrics into a live Sacred run of `store`."""
-    from runner.tracking import run_tracked
+    from runner.tracking.stores import run_tracked
 
     def body(run):
         start = time.perf_counter()
@@ -51,7 +51,7 @@ def database_write_seconds(url: str) -> float:
     """Mean time of one epoch's database writes (metrics and run document) through the runner's observer."""
     import datetime as dt
 
-    from runner.mongo import open_observer
+    from runner.tracking.mongo import open_observer
 
     observer = open_observer(pymongo.MongoClient(url), "bench_writes")
     now = dt.datetime.now(dt.timezone.utc)
@@ -66,7 +66,7 @@ def database_write_seconds(url: str) -> float:
 
 
 def main() -> None:
-    import runner.tracking
+    import runner.tracking.stores
 
     walls: dict[str, list[float]] = {b: [] for b in BACKENDS}
     epoch_times: list[float] = []
@@ -81,8 +81,8 @@ def main() -> None:
                 if repeat:
                     walls[backend].append(time.perf_counter() - start)
                     epoch_times.append(summary["epoch_time"])
-        stores = {"file": runner.tracking.FileStore(f"{tmp}/runs/log-bench"),
-                  "mongo": runner.tracking.MongoStore(url=server.url, db_name="bench", journal_dir=f"{tmp}/runs/log-journal")}
+        stores = {"file": runner.tracking.stores.FileStore(f"{tmp}/runs/log-bench"),
+                  "mongo": runner.tracking.stores.MongoStore(url=server.url, db_name="bench", journal_dir=f"{tmp}/runs/log-journal")}
         logging_cost = {name: per_epoch_logging_seconds(store) for name, store in stores.items()}
         write_cost = database_write_seconds(server.url)
     epoch = statistics.median(epoch_times)

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from odeflow.errors import UserError
-from runner.masking import mask_url
-from runner.tracking import PROJECT_ROOT, env_file
+from runner.tracking.masking import mask_url
+from runner.tracking.stores import PROJECT_ROOT, env_file
 
 ENV_EXAMPLE = PROJECT_ROOT / ".env.example"
 EXAMPLE_PASSWORD = "change-me"
@@ -48,7 +48,7 @@ def credentials() -> dict[str, str]:
 
 def push_runs(client, db_name: str, folders: list[Path]) -> dict[str, int]:
     """Every finished run of the file store and the journal into the database (idempotent, keyed by run uid)."""
-    from runner.mongo import sync
+    from runner.tracking.mongo import sync
 
     totals = {"pushed": 0, "already_there": 0, "running": 0}
     for folder in folders:

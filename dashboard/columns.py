@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from runner.mongo import table_fields
+from runner.tracking.mongo import table_fields
 
 # Custom columns over the top-level fields the runner's MongoDB observer writes first into every run
-# document (runner.mongo.table_fields), so the table opens with them beside the run id.
+# document (runner.tracking.mongo.table_fields), so the table opens with them beside the run id.
 CUSTOM_COLUMNS = [(name, name) for name in table_fields({}, {})]
 # Omniboard polls for new and running runs; its default of 30 s makes a live run look stuck.
 SETTINGS = {"auto_refresh_interval": 10}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dashboard.server import stop_with_parent, terminate
 from odeflow.errors import UserError
-from runner.tracking import PROJECT_ROOT
+from runner.tracking.stores import PROJECT_ROOT
 
 NPM_PROJECT = PROJECT_ROOT / "omniboard"
 ENTRY = NPM_PROJECT / "node_modules" / "omniboard" / "dist" / "start.js"

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
-    from runner.app import run_from_hydra  # torch loads only when a job runs, not for --help
+    from runner.cli import run_from_hydra  # torch loads only when a job runs, not for --help
 
     return run_from_hydra(cfg)
 
@@ -24,7 +24,7 @@ def main() -> None:
     from odeflow.errors import UserError
     from runner.cli import SUBCOMMANDS
     from runner.command_line import check_command, check_overrides
-    from runner.tracking import env_file
+    from runner.tracking.stores import env_file
 
     # MONGO_URL for tracking=mongo, as `make` and docker compose read it; the environment wins.
     load_dotenv(env_file(), override=False)

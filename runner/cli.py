@@ -1,6 +1,7 @@
-"""Subcommands next to the Hydra entry point: `sync` (journal -> MongoDB) and `runs` (the run browser).
+"""The command line's dispatch: the Hydra task (one run or a sweep's trial) and the subcommands next to it
+(`sync`, `runs`, `reproduce`, `resume`, `reevaluate`, `report`, `study`, `sweep-report`).
 
-Both read the store from the same config tree as training runs, so `tracking=mongo` or
+The subcommands read the store from the same config tree as training runs, so `tracking=mongo` or
 `paths.runs=...` select it exactly as they do for `python -m runner`.
 """
 from __future__ import annotations
@@ -14,6 +15,33 @@ from odeflow.errors import UserError
 SUBCOMMANDS = ("sync", "runs", "reproduce", "resume", "reevaluate", "report", "study", "sweep-report")
 
 
+def run_from_hydra(cfg) -> float:
+    """The Hydra task: one run (a sweep's trial with its pruner), its summary printed, its objective returned."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from runner.experiment.app import run_experiment
+    from runner.experiment.summary import format_summary
+    from runner.sweeps.pruning import trial_pruner
+
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    trial = (hydra_cfg.job.num if cfg.get("sweep_trial") is None else cfg.sweep_trial) if multirun else None
+    meta = {"sweep_id": cfg.sweep_id or Path(hydra_cfg.sweep.dir).name, "trial": trial} if multirun else {}
+    choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra/")}
+    try:
+        pruner = trial_pruner(hydra_cfg.sweeper, Path(hydra_cfg.sweep.dir), hydra_cfg.job.num, trial, cfg.objective,
+                              int(cfg.train.max_epochs)) if multirun else None
+        summary = run_experiment(cfg, Path(hydra_cfg.runtime.output_dir), choices, meta, pruner=pruner)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        if multirun and "hyperopt" in str(hydra_cfg.sweeper.get("_target_", "")).lower():
+            raise  # the hyperopt sweeper records the failure and goes on
+        raise SystemExit(2) from None  # Hydra's basic sweeper would stop with a traceback; stop cleanly
+    print(format_summary([summary]), flush=True)
+    return float(summary[cfg.objective])
+
+
 def _split(values: list[str]) -> tuple[list[str], list[str]]:
     """Positional words: (plain arguments, config overrides key=value)."""
     return [v for v in values if "=" not in v], [v for v in values if "=" in v]
@@ -24,7 +52,7 @@ def current_config(overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
-    from runner.tracking import PROJECT_ROOT
+    from runner.tracking.stores import PROJECT_ROOT
 
     try:
         with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
@@ -39,20 +67,20 @@ def load_store(overrides: list[str]):
 
 def store_of(cfg):
     """The run store (file store or MongoDB with its journal) a composed config names."""
-    from runner.factories import instantiate_group
+    from runner.experiment.factories import instantiate_group
 
     return instantiate_group("tracking", cfg.tracking)
 
 
 def read_records(store) -> list:
-    from runner.runstore import read_file_store, read_mongo
-    from runner.tracking import MongoStore
+    from runner.tracking.runstore import read_file_store, read_mongo
+    from runner.tracking.stores import MongoStore
 
     if isinstance(store, MongoStore):
         try:
             return read_mongo(answering_client(store), store.db_name)
         except Exception as exc:  # pymongo raises several types for "no server"
-            from runner.mongo import describe_failure
+            from runner.tracking.mongo import describe_failure
 
             print(f"{describe_failure(store.url, exc)}; showing the local journal {store.local_dir} instead", file=sys.stderr)
     return read_file_store(store.local_dir)
@@ -66,8 +94,8 @@ def answering_client(store):
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from runner.mongo import sync
-    from runner.tracking import MongoStore
+    from runner.tracking.mongo import sync
+    from runner.tracking.stores import MongoStore
 
     _, overrides = _split(args.words)
     store = load_store(["tracking=mongo", *overrides])
@@ -76,7 +104,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     try:
         client = answering_client(store)
     except Exception as exc:  # pymongo raises several types for "no server"
-        from runner.mongo import describe_failure
+        from runner.tracking.mongo import describe_failure
 
         raise UserError(f"{describe_failure(store.url, exc)}; nothing was pushed, the journal {store.local_dir} is unchanged",
                         "start it (make dashboard or make up) or correct MONGO_URL (in .env), then sync again") from None
@@ -87,7 +115,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from runner import browse
+    from runner.tracking import browse
 
     words, overrides = _split(args.words)
     records = read_records(load_store(overrides))
@@ -112,7 +140,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def _one_run(args: argparse.Namespace):
     """(the run named by the one id among the words, the current config, the store)."""
-    from runner import browse
+    from runner.tracking import browse
 
     words, overrides = _split(args.words)
     if len(words) != 1:
@@ -123,8 +151,8 @@ def _one_run(args: argparse.Namespace):
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from runner.app import run_experiment
-    from runner.rerun import check_environment, config_from_record, format_comparison, metric_comparison, new_output_dir
+    from runner.experiment.app import run_experiment
+    from runner.research.rerun import check_environment, config_from_record, format_comparison, metric_comparison, new_output_dir
 
     record, cfg, store = _one_run(args)
     differences = check_environment(record, args.strict)
@@ -140,8 +168,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from runner.app import run_experiment
-    from runner.rerun import config_from_record, load_training_state
+    from runner.experiment.app import run_experiment
+    from runner.research.rerun import config_from_record, load_training_state
 
     record, cfg, _ = _one_run(args)
     if record.status == "COMPLETED":
@@ -158,7 +186,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_reevaluate(args: argparse.Namespace) -> int:
-    from runner.reevaluate import reevaluate_run
+    from runner.research.reevaluate import reevaluate_run
 
     record, cfg, store = _one_run(args)
     run_id, out_dir = reevaluate_run(record, cfg, store, args.grid, args.collapse_threshold, args.device)
@@ -167,7 +195,7 @@ def cmd_reevaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from runner.report import write_report
+    from runner.research.report import write_report
 
     _, overrides = _split(args.words)
     cfg = current_config(overrides)
@@ -178,7 +206,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from runner.study import write_study
+    from runner.research.study import write_study
 
     words, overrides = _split(args.words)
     if len(words) != 1:
@@ -192,8 +220,8 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep_report(args: argparse.Namespace) -> int:
-    from runner.sweep_report import write_and_log_report
-    from runner.sweep_state import find_sweep
+    from runner.sweeps.report import write_and_log_report
+    from runner.sweeps.state import find_sweep
 
     words, overrides = _split(args.words)
     if len(words) != 1:
@@ -221,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="browse logged runs")
     actions = runs.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="one line per run, filtered")
-    from runner.browse import FILTERS
+    from runner.tracking.browse import FILTERS
 
     for name in FILTERS:
         listing.add_argument(f"--{name}", help=f"only runs whose {name} is this")

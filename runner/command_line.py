@@ -77,7 +77,7 @@ def check_distribution_syntax(words: list[str]) -> None:
 def _compose(group_overrides: list[str]) -> Any:
     from hydra import compose, initialize_config_dir
 
-    from runner.tracking import PROJECT_ROOT
+    from runner.tracking.stores import PROJECT_ROOT
 
     try:
         with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):

@@ -1,7 +1,7 @@
 """Hyperopt TPE sweeps over Hydra's launchers: search space, batches, failures, pruning, resume, warm start.
 
 Hyperopt has no ask/tell API, so the sweep drives `tpe.suggest` itself: rebuild TPE's history from the
-sweep's JSON record (runner/sweep_state.py), suggest a batch, record it as running, run it through the
+sweep's JSON record (runner/sweeps/state.py), suggest a batch, record it as running, run it through the
 configured launcher, record each outcome, repeat.
 """
 from __future__ import annotations
@@ -30,9 +30,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from odeflow.errors import UserError
 from odeflow.objectives import OBJECTIVE_DIRECTIONS
 from odeflow.tables import text_table
-from runner import sweep_state
-from runner.pruning import EPOCH_METRIC, EVIDENCE_FILE, PrunerSettings
-from runner.sweep_state import SweepRecord, TrialRecord
+from runner.sweeps import state as sweep_state
+from runner.sweeps.pruning import EPOCH_METRIC, EVIDENCE_FILE, PrunerSettings
+from runner.sweeps.state import SweepRecord, TrialRecord
 
 logging.getLogger("hyperopt").setLevel(logging.WARNING)  # it logs every TPE step at INFO
 
@@ -478,7 +478,7 @@ class HyperoptSweeperImpl(Sweeper):
             print(f"best: trial {best.number}, value {best.value:.6g}, run {best.run_id}, params {best.params}", flush=True)
         print(f"results: {path}", flush=True)
         if self.report:
-            from runner.sweep_report import write_and_log_report
+            from runner.sweeps.report import write_and_log_report
 
             write_and_log_report(self.sweep_dir, self.config)
 

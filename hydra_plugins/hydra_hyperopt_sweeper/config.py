@@ -10,7 +10,7 @@ from hydra.core.config_store import ConfigStore
 
 @dataclass
 class PrunerConf:
-    # none, median (median stopping rule) or asha (successive halving); see runner/pruning.py
+    # none, median (median stopping rule) or asha (successive halving); see runner/sweeps/pruning.py
     kind: str = "none"
     # no trial is pruned before it has trained this many epochs (asha: the first rung)
     warmup_epochs: int = 2

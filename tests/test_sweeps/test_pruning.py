@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from odeflow.errors import ConfigError
-from runner.pruning import Evidence, PrunerSettings, TrialPruner, decide, running_best
+from runner.sweeps.pruning import Evidence, PrunerSettings, TrialPruner, decide, running_best
 
 MEDIAN = PrunerSettings("median", warmup_epochs=2, min_trials=3)
 

@@ -8,8 +8,8 @@ import pytest
 from matplotlib.image import imread
 
 from odeflow.errors import UserError
-from runner.sweep_report import encode, parameter_importance, trial_frame, write_report
-from runner.sweep_state import SweepRecord, TrialRecord
+from runner.sweeps.report import encode, parameter_importance, trial_frame, write_report
+from runner.sweeps.state import SweepRecord, TrialRecord
 
 SPACE = {"train.lr": "loguniform(0.0001, 0.1)", "train.weight_decay": "loguniform(1e-06, 0.01)", "train.optimizer": "choice(adam, sgd)"}
 

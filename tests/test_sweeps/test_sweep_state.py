@@ -10,8 +10,8 @@ from hyperopt import base, space_eval
 
 from hydra_plugins.hydra_hyperopt_sweeper._impl import build_space, failure_rate_exceeded, tpe_history
 from odeflow.errors import UserError
-from runner import sweep_state
-from runner.sweep_state import SweepRecord, TrialRecord, describe_change
+from runner.sweeps import state as sweep_state
+from runner.sweeps.state import SweepRecord, TrialRecord, describe_change
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PARAMS = {"train.lr": "loguniform(1e-4, 1e-1)", "train.optimizer": "choice(adam, sgd)", "model.augment_dims": "quniform(0, 4, 1)",

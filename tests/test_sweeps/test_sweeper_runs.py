@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runner.runstore import read_file_store
+from runner.tracking.runstore import read_file_store
 from tests.conftest import run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -8,7 +8,7 @@ import pymongo
 import pytest
 
 from dashboard.server import DatabaseServer
-from runner.app import run_experiment
+from runner.experiment.app import run_experiment
 from tests.conftest import compose_config
 
 TINY = ["data=spheres", "data.n_train=300", "data.n_test=100", "model.channels=4", "solver=euler",

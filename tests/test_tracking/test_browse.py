@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from runner import browse
-from runner.mongo import sync
-from runner.runstore import read_file_store, read_mongo
+from runner.tracking import browse
+from runner.tracking.mongo import sync
+from runner.tracking.runstore import read_file_store, read_mongo
 from tests.conftest import run_cli
 from tests.test_tracking.conftest import tiny_run
 

@@ -17,7 +17,7 @@ def test_file_store_record_is_complete(runs_dir: Path, tmp_path: Path):
     deps = " ".join(record["experiment"]["dependencies"])
     assert "torch==" in deps and "torchdiffeq==" in deps
     sources = {name for name, _ in record["experiment"]["sources"]}
-    assert {"runner/app.py", "models/ode_block.py", "data/offline.py"} <= sources
+    assert {"runner/experiment/app.py", "models/ode_block.py", "data/offline.py"} <= sources
     assert set(record["artifacts"]) >= {"best_checkpoint.pt", "confusion_matrix.png", "learning_curves.png", "nfe.png",
                                          "evaluation_report.json", "classification_report.csv"}
     for name in record["artifacts"]:

@@ -13,8 +13,8 @@ import pymongo
 import pymongo.errors
 import pytest
 from dashboard.server import DatabaseServer
-from runner.mongo import CAPTURED_OUT_HEAD, StrictMongoObserver, CAPTURED_OUT_TAIL, COST_METRICS_COLLECTION, MARKER, replay, sync, truncate_output
-from runner.tracking import PROJECT_ROOT, RunLog
+from runner.tracking.mongo import CAPTURED_OUT_HEAD, StrictMongoObserver, CAPTURED_OUT_TAIL, COST_METRICS_COLLECTION, MARKER, replay, sync, truncate_output
+from runner.tracking.stores import PROJECT_ROOT, RunLog
 from tests.conftest import ROOT, run_cli
 from tests.test_tracking.conftest import MONGO, TINY, tiny_run
 
@@ -52,7 +52,7 @@ def test_whole_record_in_a_real_server(runs_dir, tmp_path, mongo_db, capsys):
     assert {"nfe.forward", "nfe.backward", "epoch.time"} <= set(costs) and costs["nfe.forward"]["values"] == [2.0] * 3
     fs = gridfs.GridFS(db)
     sources = dict(doc["experiment"]["sources"])
-    assert fs.get(sources["runner/app.py"]).read() == (PROJECT_ROOT / "runner" / "app.py").read_bytes()
+    assert fs.get(sources["runner/experiment/app.py"]).read() == (PROJECT_ROOT / "runner" / "experiment" / "app.py").read_bytes()
     artifacts = {a["name"]: a["file_id"] for a in doc["artifacts"]}
     assert {"best_checkpoint.pt", "confusion_matrix.png", "learning_curves.png", "nfe.png"} <= set(artifacts)
     assert fs.get(artifacts["confusion_matrix.png"]).read() == (Path(doc["meta"]["output_dir"]) / "confusion_matrix.png").read_bytes()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from odeflow.errors import UserError
-from runner.runstore import RunRecord, runs_frame, summary_row
+from runner.tracking.runstore import RunRecord, runs_frame, summary_row
 
 FILTERS = ("status", "dataset", "model", "solver", "sweep", "experiment")
 
@@ -100,7 +100,7 @@ def export_runs(records: list[RunRecord], path: Path) -> Path:
 
 
 def plot_metric(records: list[RunRecord], metric: str, path: Path) -> Path:
-    from runner.plots import metric_across_runs_png
+    from odeflow.plots import metric_across_runs_png
 
     series = {f"run {r.id} {summary_row(r)['model']}": (r.metrics[metric]["steps"], r.metrics[metric]["values"])
               for r in records if metric in r.metrics}

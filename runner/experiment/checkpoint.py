@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from odeflow.errors import UserError
-from runner.factories import instantiate_group
+from runner.experiment.factories import instantiate_group
 
 
 def model_recipe(model_cfg: dict[str, Any], solver_cfg: dict[str, Any], input_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:

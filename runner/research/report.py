@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from odeflow.tables import markdown_table
-from runner.runstore import RunRecord, summary_row
+from runner.tracking.runstore import RunRecord, summary_row
 
 
 def _mean(record: RunRecord, metric: str) -> float | None:
@@ -40,7 +40,7 @@ def comparison_rows(records: list[RunRecord]) -> pd.DataFrame:
 
 def write_report(records: list[RunRecord], out_dir: Path) -> dict[str, Path]:
     """comparison.md (a table per dataset), comparison.csv and two PNGs: accuracy vs parameters and vs NFE."""
-    from runner.plots import plt, save_figure
+    from odeflow.plots import plt, save_figure
 
     frame = comparison_rows(records)
     out_dir.mkdir(parents=True, exist_ok=True)

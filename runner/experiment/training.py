@@ -18,8 +18,8 @@ from tqdm import tqdm
 from data.tensors import DataBundle
 from models.ode_block import backward_nfe, forward_nfe, ode_blocks, translate_solver_failure
 from odeflow.errors import TrainingDivergedError
-from runner.evaluation import predict
-from runner.settings import TrainSettings, make_optimizer
+from runner.experiment.evaluation import predict
+from runner.experiment.settings import TrainSettings, make_optimizer
 
 # Receives each epoch's metrics; a returned string stops training there (a sweep pruned the run) and says why.
 EpochCallback = Callable[[dict[str, float]], "str | None"]

@@ -2,31 +2,36 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from omegaconf import DictConfig
 
 from models.ode_block import ode_blocks
 from models.parameters import count_parameters, residual_block_count
-from runner import pipeline
-from runner.adjoint_check import adjoint_gradient_check
-from runner.adjoint_check import describe as describe_adjoint_check
-from runner.checkpoint import model_recipe
-from odeflow.errors import UserError, check_choice
+from runner.experiment import pipeline
+from runner.experiment.adjoint_check import adjoint_gradient_check
+from runner.experiment.adjoint_check import describe as describe_adjoint_check
+from runner.experiment.checkpoint import model_recipe
+from odeflow.errors import check_choice
 from odeflow.objectives import OBJECTIVE_DIRECTIONS
-from runner.factories import instantiate_group, to_plain
-from runner.masking import mask_secrets
-from runner.pruning import TrialPruner
-from runner.settings import check_seed, configure_threads, resolve_device, reuse_freed_host_memory, seed_everything
-from runner.summary import format_summary
-from runner.tracking import RunLog, run_tracked
+from runner.experiment.factories import instantiate_group, to_plain
+from runner.tracking.masking import mask_secrets
+from runner.experiment.settings import check_seed, configure_threads, resolve_device, reuse_freed_host_memory, seed_everything
+from runner.tracking.stores import RunLog, run_tracked
+
+
+class EpochPruner(Protocol):
+    """What a run asks at the end of each epoch whether to stop (a sweep's pruner; see runner.sweeps.pruning)."""
+
+    def after_epoch(self, epoch: int, metrics: dict[str, float]) -> str | None: ...
+
+    def finished(self, pruned: bool) -> None: ...
 
 
 def run_experiment(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None = None,
                    meta: dict[str, Any] | None = None, resume: dict[str, Any] | None = None,
-                   pruner: TrialPruner | None = None) -> dict[str, Any]:
+                   pruner: EpochPruner | None = None) -> dict[str, Any]:
     """Validate everything, then load -> build -> train -> evaluate inside one tracked run. Returns the summary.
 
     `meta` (e.g. sweep_id, trial, links to other runs) is stored with the run so the run browser and the
@@ -121,39 +126,3 @@ def cost_summary(epochs: list[dict[str, float]], is_ode: bool) -> dict[str, floa
     """Mean seconds per epoch and, for ODEnets, mean forward/backward NFE per batch over the epochs so far."""
     keys = {"epoch_time": "epoch.time", **({"fnfe": "nfe.forward", "bnfe": "nfe.backward"} if is_ode else {})}
     return {name: round(sum(e[key] for e in epochs) / len(epochs), 3) for name, key in keys.items()}
-
-
-def run_from_hydra(cfg: DictConfig) -> float:
-    """Hydra task function body: run, print the summary, return the objective (`objective` config key)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    hydra_cfg = HydraConfig.get()
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    trial = (hydra_cfg.job.num if cfg.get("sweep_trial") is None else cfg.sweep_trial) if multirun else None
-    meta = {"sweep_id": cfg.sweep_id or Path(hydra_cfg.sweep.dir).name, "trial": trial} if multirun else {}
-    choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra/")}
-    try:
-        pruner = trial_pruner(hydra_cfg, cfg.objective, trial, int(cfg.train.max_epochs)) if multirun else None
-        summary = run_experiment(cfg, Path(hydra_cfg.runtime.output_dir), choices, meta, pruner=pruner)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        if multirun and "hyperopt" in str(hydra_cfg.sweeper.get("_target_", "")).lower():
-            raise  # the hyperopt sweeper records the failure and goes on
-        raise SystemExit(2) from None  # Hydra's basic sweeper would stop with a traceback; stop cleanly
-    print(format_summary([summary]), flush=True)
-    return float(summary[cfg.objective])
-
-
-def trial_pruner(hydra_cfg: DictConfig, objective: str, trial: int, max_epochs: int) -> TrialPruner | None:
-    """The pruner of a hyperopt sweep's trial, from the sweeper's settings; None when the sweep does not prune."""
-    from runner.pruning import EVIDENCE_FILE, Evidence, PrunerSettings
-
-    sweeper = hydra_cfg.sweeper
-    if "hyperopt" not in str(sweeper.get("_target_", "")).lower() or not sweeper.get("pruner"):
-        return None
-    settings = PrunerSettings(**to_plain(sweeper.pruner))
-    if not settings.active:
-        return None
-    return TrialPruner(settings, Evidence(Path(hydra_cfg.sweep.dir) / EVIDENCE_FILE), hydra_cfg.job.num, trial, objective,
-                       max_epochs)

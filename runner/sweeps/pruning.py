@@ -151,3 +151,15 @@ class TrialPruner:
 
     def finished(self, pruned: bool) -> None:
         self.evidence.append({"job": self.job, "trial": self.trial, "finished": "pruned" if pruned else "ok"})
+
+
+def trial_pruner(sweeper: Any, sweep_dir: Path, job: int, trial: int, objective: str, max_epochs: int) -> TrialPruner | None:
+    """The pruner of a hyperopt sweep's trial, from the sweeper's settings; None when the sweep does not prune."""
+    from runner.experiment.factories import to_plain
+
+    if "hyperopt" not in str(sweeper.get("_target_", "")).lower() or not sweeper.get("pruner"):
+        return None
+    settings = PrunerSettings(**to_plain(sweeper.pruner))
+    if not settings.active:
+        return None
+    return TrialPruner(settings, Evidence(sweep_dir / EVIDENCE_FILE), job, trial, objective, max_epochs)

@@ -18,7 +18,7 @@ with warnings.catch_warnings():
     from sacred.observers import MongoObserver
     from sacred.observers.base import RunObserver
 
-from runner.masking import mask_url
+from runner.tracking.masking import mask_url
 
 # Captured output kept in the run document: the head and the tail, so the document stays far below 16 MB
 # however long a run prints. The journal keeps all of it (cout.txt).

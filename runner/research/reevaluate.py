@@ -20,7 +20,7 @@ from models.ode_block import ode_blocks, set_solver
 from models.solvers import FIXED_STEP_METHODS, SolverSpec
 from odeflow.errors import ConfigError, UserError
 from odeflow.tables import markdown_table
-from runner.evaluation import predict
+from runner.experiment.evaluation import predict
 
 # (method, step size for fixed-step methods / tolerance for adaptive ones), coarse to fine.
 DEFAULT_GRID: list[tuple[str, float]] = [
@@ -125,7 +125,7 @@ def ode_ness_gap(results: list[SettingResult], threshold: float = COLLAPSE_THRES
 
 def write_reports(results: list[SettingResult], gap: dict[str, Any], out_dir: Path, title: str) -> dict[str, Path]:
     """reevaluation.csv, reevaluation.md (table + gap) and reevaluation_heatmap.png (accuracy per setting)."""
-    from runner.plots import plt, save_figure
+    from odeflow.plots import plt, save_figure
 
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame([asdict(r) for r in results])
@@ -169,13 +169,13 @@ def reevaluate_run(record: Any, cfg: Any, store: Any, grid_items: list[str] | No
     Everything a user can get wrong (the grid, a run without a checkpoint, a ResNet run) is checked before
     the tracked run starts, so a mistake records nothing.
     """
-    from runner.checkpoint import load_checkpoint
-    from runner.factories import instantiate_group, to_plain
-    from runner.masking import mask_secrets
-    from runner.rerun import new_output_dir
-    from runner.runstore import artifact_ref, fetch_artifact
-    from runner.settings import resolve_device
-    from runner.tracking import MongoStore, run_tracked
+    from runner.experiment.checkpoint import load_checkpoint
+    from runner.experiment.factories import instantiate_group, to_plain
+    from runner.tracking.masking import mask_secrets
+    from runner.research.rerun import new_output_dir
+    from runner.tracking.runstore import artifact_ref, fetch_artifact
+    from runner.experiment.settings import resolve_device
+    from runner.tracking.stores import MongoStore, run_tracked
 
     grid = parse_grid(grid_items) if grid_items else DEFAULT_GRID
     artifact_ref(record, "best_checkpoint.pt")

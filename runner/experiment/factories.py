@@ -14,6 +14,27 @@ from omegaconf import DictConfig, OmegaConf
 from odeflow.errors import ConfigError, UserError
 
 
+# Classes that configs name as `_target_` and that moved when runner/ was split into wings: runs, checkpoints
+# and sweeps logged before the move name the old paths, and must still reproduce, resume and re-evaluate.
+MOVED_TARGETS = {
+    "runner.tracking.FileStore": "runner.tracking.stores.FileStore",
+    "runner.tracking.MongoStore": "runner.tracking.stores.MongoStore",
+    "runner.tracking.NoStore": "runner.tracking.stores.NoStore",
+    "runner.settings.TrainSettings": "runner.experiment.settings.TrainSettings",
+    "runner.callbacks.MultirunSummary": "runner.experiment.callbacks.MultirunSummary",
+}
+
+
+def current_targets(config: Any) -> Any:
+    """`config` (plain containers) with every `_target_` that names a moved class replaced by its new path."""
+    if isinstance(config, dict):
+        return {k: (MOVED_TARGETS.get(v, v) if k == "_target_" and isinstance(v, str) else current_targets(v))
+                for k, v in config.items()}
+    if isinstance(config, list):
+        return [current_targets(v) for v in config]
+    return config
+
+
 def to_plain(node: DictConfig | dict) -> dict[str, Any]:
     """A resolved, plain-dict copy of a config node."""
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
@@ -21,8 +42,11 @@ def to_plain(node: DictConfig | dict) -> dict[str, Any]:
 
 def instantiate_group(group: str, node: DictConfig | dict, **kwargs: Any) -> Any:
     """instantiate(node) for config group `group`; user errors come back naming `group.key`."""
+    plain = to_plain(node)
+    if current_targets(plain) != plain:  # logged before a class moved
+        node = plain = current_targets(plain)
     try:
-        check_types(to_plain(node))
+        check_types(plain)
     except ConfigError as exc:
         raise exc.within(group) from None
     try:
@@ -34,7 +58,7 @@ def instantiate_group(group: str, node: DictConfig | dict, **kwargs: Any) -> Any
         if isinstance(cause, UserError):
             raise cause from None
         if isinstance(cause, TypeError) and "keyword argument" in str(cause):
-            target = to_plain(node).get("_target_", "")
+            target = plain.get("_target_", "")
             raise UserError(f"{group}: {cause}", f"use only the keys {target} accepts: {', '.join(accepted_keys(target))}") from None
         raise
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from runner.report import comparison_rows, write_report
-from runner.runstore import read_file_store
+from runner.research.report import comparison_rows, write_report
+from runner.tracking.runstore import read_file_store
 from tests.conftest import ROOT, run_cli
 from tests.test_tracking.conftest import tiny_run
 
@@ -218,3 +218,32 @@ def test_a_run_trained_with_torchdiffeq_is_reevaluated_with_torchdiffeq(tmp_path
     rows = read_file_store(runs_dir / "store")[-1].info["reevaluation"]
     assert [(r["method"], r["backend"]) for r in rows] == [("dopri5", "torchdiffeq"), ("euler", "torchdiffeq"),
                                                            ("rk4", "torchdiffeq"), ("dopri5", "torchdiffeq")]
+
+
+def test_a_run_logged_before_runner_was_split_reproduces_and_reevaluates(tmp_path: Path, runs_dir: Path):
+    """Runs logged before runner/ was split into wings name the classes' old paths (runner.tracking.FileStore,
+    runner.settings.TrainSettings) in their config and their checkpoints; they must still reproduce exactly."""
+    old_targets = {"runner.tracking.stores.FileStore": "runner.tracking.FileStore",
+                   "runner.experiment.settings.TrainSettings": "runner.settings.TrainSettings"}
+    tiny_run(runs_dir, tmp_path / "out")
+    store = runs_dir / "store" / "1"
+    config_json = store / "config.json"
+    text = config_json.read_text()
+    for new, old in old_targets.items():
+        assert new in text
+        text = text.replace(new, old)
+    config_json.write_text(text)
+    for checkpoint in [store / "best_checkpoint.pt", tmp_path / "out" / "best_checkpoint.pt"]:
+        content = torch.load(checkpoint, weights_only=False)
+        content["config"]["train"]["_target_"] = "runner.settings.TrainSettings"
+        content["config"]["tracking"]["_target_"] = "runner.tracking.FileStore"
+        torch.save(content, checkpoint)
+    assert record(runs_dir, 1).config["train"]["_target_"] == "runner.settings.TrainSettings"
+
+    proc = run_cli(["reproduce", "1"], runs_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "\nMATCH: largest per-epoch difference 0 " in proc.stdout
+    assert record(runs_dir, 2).config["train"]["_target_"] == "runner.experiment.settings.TrainSettings"
+    proc = run_cli(["reevaluate", "1", "--grid", "euler:0.5"], runs_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert record(runs_dir, 3).meta["reevaluates"] == 1

@@ -21,9 +21,9 @@ import pandas as pd  # noqa: E402
 
 from odeflow.errors import UserError  # noqa: E402
 from odeflow.tables import markdown_table  # noqa: E402
-from runner import sweep_state  # noqa: E402
-from runner.plots import save_figure  # noqa: E402
-from runner.sweep_state import SweepRecord  # noqa: E402
+from runner.sweeps import state as sweep_state  # noqa: E402
+from odeflow.plots import save_figure  # noqa: E402
+from runner.sweeps.state import SweepRecord  # noqa: E402
 
 MIN_TRIALS_FOR_IMPORTANCE = 5
 TOP_K = 10
@@ -240,8 +240,8 @@ def _markdown(record: SweepRecord, frame: pd.DataFrame, importance: pd.DataFrame
 def write_and_log_report(sweep_dir: Path, cfg: Any, out_dir: Path | None = None) -> tuple[Any, dict[str, Path]]:
     """Write the report and log it as a run of its own (command sweep_report) in the store `cfg` names, its
     files as artifacts and the sweep's id in its meta data, so it shows in Omniboard beside the trials."""
-    from runner.factories import instantiate_group
-    from runner.tracking import run_tracked
+    from runner.experiment.factories import instantiate_group
+    from runner.tracking.stores import run_tracked
 
     paths, record, importance = _write(sweep_dir, out_dir)
     best = record.best()

@@ -10,10 +10,10 @@ from omegaconf import OmegaConf
 
 from data.tensors import DataBundle
 from models.solvers import METHODS, SolverSpec
-from runner.checkpoint import build_model, load_checkpoint, model_recipe, save_checkpoint
-from runner.factories import instantiate_group, to_plain
-from runner.settings import TrainSettings
-from runner.tracking import FileStore, MongoStore, NoStore
+from runner.experiment.checkpoint import build_model, load_checkpoint, model_recipe, save_checkpoint
+from runner.experiment.factories import instantiate_group, to_plain
+from runner.experiment.settings import TrainSettings
+from runner.tracking.stores import FileStore, MongoStore, NoStore
 from tests.conftest import CONF, compose_config
 from tests.dataset_files import write_cifar10, write_fashion_mnist
 

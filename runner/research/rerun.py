@@ -9,8 +9,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from odeflow.errors import UserError
 from odeflow.tables import text_table
-from runner.checkpoint import read_torch_file
-from runner.runstore import RunRecord
+from runner.experiment.checkpoint import read_torch_file
+from runner.experiment.factories import current_targets
+from runner.tracking.runstore import RunRecord
 
 TIMING_METRICS = ("epoch.time",)  # wall-clock metrics differ between any two runs
 
@@ -19,7 +20,7 @@ def config_from_record(record: RunRecord, current: DictConfig) -> DictConfig:
     """The logged config, with where runs and data live taken from the current config (`current`)."""
     if not record.config:
         raise UserError(f"run {record.id} has no logged config", "pick a run made by python -m runner (runs list)")
-    config = {k: v for k, v in record.config.items()}
+    config = current_targets(dict(record.config))
     config["tracking"] = OmegaConf.to_container(current.tracking, resolve=True)
     config["paths"] = OmegaConf.to_container(current.paths, resolve=True)
     return OmegaConf.create(config)
@@ -52,7 +53,7 @@ def environment_differences(record: RunRecord) -> list[str]:
         try:
             import git
 
-            repo = git.Repo(Path(__file__).resolve().parents[1], search_parent_directories=True)
+            repo = git.Repo(Path(__file__).resolve().parents[2], search_parent_directories=True)
             commit, dirty = repo.head.commit.hexsha, repo.is_dirty()
         except Exception:  # not a git checkout any more
             commit, dirty = None, None

@@ -13,12 +13,12 @@ from torch import nn
 
 from data.tensors import DataBundle
 from models.parameters import count_parameters
-from runner.checkpoint import build_model as build_from_recipe
-from runner.checkpoint import save_checkpoint
+from runner.experiment.checkpoint import build_model as build_from_recipe
+from runner.experiment.checkpoint import save_checkpoint
 from odeflow.errors import ConfigError, UserError
-from runner.evaluation import classification_report, predict
-from runner.settings import TrainSettings
-from runner.training import EpochCallback, FitResult, fit
+from runner.experiment.evaluation import classification_report, predict
+from runner.experiment.settings import TrainSettings
+from runner.experiment.training import EpochCallback, FitResult, fit
 
 
 def load(data: DataBundle, device: torch.device) -> DataBundle:
@@ -67,7 +67,7 @@ def evaluate(model: nn.Module, data: DataBundle) -> dict[str, Any]:
 def write_outputs(out_dir: Path, model: nn.Module, recipe: dict[str, Any], config: dict[str, Any],
                   fit_result: FitResult, results: dict[str, Any], class_names: list[str], is_ode: bool) -> dict[str, Path]:
     """Best checkpoint, evaluation report (JSON and per-class CSV) and figures in `out_dir`, by artifact name."""
-    from runner import plots
+    from odeflow import plots
 
     report = results["report"]
     paths = {

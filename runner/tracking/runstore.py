@@ -99,7 +99,7 @@ def _read_run_folder(run_dir: Path) -> RunRecord | None:
 
 def read_mongo(client: Any, db_name: str) -> list[RunRecord]:
     """Every run document of a Sacred MongoDB database with its metrics, ordered by id."""
-    from runner.mongo import COST_METRICS_COLLECTION
+    from runner.tracking.mongo import COST_METRICS_COLLECTION
 
     db = client[db_name]
     metrics: dict[Any, dict[str, dict[str, list]]] = {}

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from data import load_digits
-from runner.checkpoint import load_checkpoint
-from runner.evaluation import predict
+from runner.experiment.checkpoint import load_checkpoint
+from runner.experiment.evaluation import predict
 from tests.conftest import run_cli
 
 
@@ -60,8 +60,8 @@ def test_multirun_compares_odenet_and_resnet(runs_dir: Path):
 
 
 def test_an_adjoint_run_records_its_gradient_check_in_info_console_and_report(tmp_path: Path, runs_dir: Path, capsys):
-    from runner.report import comparison_rows
-    from runner.runstore import read_file_store
+    from runner.research.report import comparison_rows
+    from runner.tracking.runstore import read_file_store
     from tests.test_tracking.conftest import tiny_run
 
     summary = tiny_run(runs_dir, tmp_path / "out", "solver=dopri5", "solver.adjoint=true", "train.adjoint_check_threshold=1e-9")

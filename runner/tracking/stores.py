@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from odeflow.errors import check_positive
-from runner.masking import mask_url
+from runner.tracking.masking import mask_url
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def env_file() -> Path:
@@ -78,7 +78,7 @@ class MongoStore:
         check_positive("timeout_ms", self.timeout_ms)
 
     def observers(self) -> list:
-        from runner.mongo import MongoMirror
+        from runner.tracking.mongo import MongoMirror
 
         journal = _file_observer(self.journal_dir)
         return [journal, MongoMirror(self, journal)]

@@ -14,9 +14,10 @@ import pytest
 from data import load_digits
 from models import SimpleNet
 from models.ode_block import ode_blocks
-from runner.evaluation import classification_report, predict
-from runner.settings import TrainSettings, seed_everything
-from runner.training import fit
+from runner.experiment.evaluation import classification_report, predict
+from runner.experiment.settings import TrainSettings, seed_everything
+from runner.experiment.training import fit
+from tests.conftest import ROOT
 
 
 def test_early_stopping_stops_and_restores_the_best_epoch():
@@ -61,7 +62,7 @@ def test_train_settings_reject_bad_values(kwargs, key):
 def test_adjoint_gradient_check_measures_the_adjoint_against_direct_backpropagation():
     from data.tensors import Split
     from models import SimpleNet, SolverSpec
-    from runner.adjoint_check import adjoint_gradient_check
+    from runner.experiment.adjoint_check import adjoint_gradient_check
 
     torch.manual_seed(0)
     spec = SolverSpec("dopri5", rtol=1e-2, atol=1e-2, adjoint=True)
@@ -88,7 +89,7 @@ def test_adjoint_gradient_check_measures_the_adjoint_against_direct_backpropagat
 
 REUSE_PROBE = """
 import resource, sys, torch
-from runner.settings import reuse_freed_host_memory
+from runner.experiment.settings import reuse_freed_host_memory
 took = reuse_freed_host_memory(sys.argv[1] == "on")
 def step():  # a solver step's pattern: several state-sized tensors alive at once, then all freed
     stages = [torch.ones(2**21) for _ in range(6)]  # 8 MiB each
@@ -105,7 +106,7 @@ print(took, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 def test_reusing_freed_host_memory_stops_the_page_faults_of_new_tensors():
     def faults(setting: str) -> tuple[str, int]:
         proc = subprocess.run([sys.executable, "-c", REUSE_PROBE, setting], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parents[1])
+                              cwd=ROOT)
         took, count = proc.stdout.split()
         return took, int(count)
 

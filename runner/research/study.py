@@ -40,7 +40,7 @@ def varied_keys(jobs: list[dict[str, Any]]) -> list[str]:
 
 def write_study(folder: Path) -> dict[str, Path]:
     """study.md (a table per varied setting) and bnfe_per_epoch.png in `folder`; returns their paths."""
-    from runner.plots import metric_across_runs_png
+    from odeflow.plots import metric_across_runs_png
 
     jobs = read_jobs(folder)
     if not jobs:

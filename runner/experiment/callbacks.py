@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 class MultirunSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from runner.summary import format_summary
+        from runner.experiment.summary import format_summary
 
         results = sorted(Path(config.hydra.sweep.dir).glob("*/result.json"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
         rows = [json.loads(p.read_text()) for p in results]

@@ -1,0 +1,1 @@
+"""What a hyperopt sweep keeps and decides: trial pruning, the sweep's state file, the sweep report."""
