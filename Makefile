@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-ray sweep table study run test bench up down dashboard clean
+.PHONY: help install install-ray sweep table study run test lint bench up down dashboard clean
 
 # .env (from .env.example) holds the MongoDB credentials and MONGO_URL; exported to every command.
 -include .env
@@ -34,6 +34,10 @@ run: $(INSTALLED) ## Quickstart: simple ODEnet and small ResNet on digits (offli
 TEST_WORKERS ?= 2
 test: $(INSTALLED) ## Run the default test suite (offline, CPU; starts its own database server, Omniboard and Chromium)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
+lint: $(INSTALLED) ## Check the code with ruff (lint rules and formatting; CI runs it before the tests; ruff format . fixes the layout)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 DATA ?= fmnist
 table: $(INSTALLED) ## Thesis table 8.1 for DATA=fmnist or DATA=cifar10: the five models, then the comparison report

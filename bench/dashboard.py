@@ -7,6 +7,7 @@ database against 5 runs, each timed from navigation to the rows on screen in a f
 (no layout remembered), median of three. The 500 runs are copies of one real run, so every column and
 metric is filled. Needs Node.js and chromium. Usage: .venv/bin/python bench/dashboard.py
 """
+
 from __future__ import annotations
 
 import copy
@@ -27,8 +28,16 @@ sys.path.insert(0, str(ROOT))
 from dashboard.omniboard import Omniboard, ensure_installed  # noqa: E402
 from dashboard.server import DatabaseServer, free_port, mongo_url  # noqa: E402
 
-TINY = ["data=spheres", "data.n_train=300", "data.n_test=100", "model.channels=4", "solver=euler", "solver.step_size=0.5",
-        "train.max_epochs=5", "train.progress=false"]
+TINY = [
+    "data=spheres",
+    "data.n_train=300",
+    "data.n_test=100",
+    "model.channels=4",
+    "solver=euler",
+    "solver.step_size=0.5",
+    "train.max_epochs=5",
+    "train.progress=false",
+]
 REPEATS = 3
 
 
@@ -83,13 +92,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         runs, env_file = Path(tmp) / "runs", Path(tmp) / ".env"
         port = free_port()
-        env_file.write_text(f"MONGO_USER=bench\nMONGO_PASSWORD=bench-pw\nMONGO_PORT={port}\nOMNIBOARD_PORT={free_port()}\n"
-                            f"MONGO_URL={mongo_url(port, 'bench', 'bench-pw')}\n")
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MONGO_", "OMNIBOARD_"))},
-               "ODEFLOW_RUNS": str(runs), "ODEFLOW_ENV_FILE": str(env_file)}
+        env_file.write_text(
+            f"MONGO_USER=bench\nMONGO_PASSWORD=bench-pw\nMONGO_PORT={port}\nOMNIBOARD_PORT={free_port()}\n"
+            f"MONGO_URL={mongo_url(port, 'bench', 'bench-pw')}\n"
+        )
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("MONGO_", "OMNIBOARD_"))},
+            "ODEFLOW_RUNS": str(runs),
+            "ODEFLOW_ENV_FILE": str(env_file),
+        }
         for seed in (0, 1):
-            subprocess.run([sys.executable, "-m", "runner", *TINY, f"seed={seed}"], cwd=ROOT, env=env, check=True,
-                           capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "runner", *TINY, f"seed={seed}"],
+                cwd=ROOT,
+                env=env,
+                check=True,
+                capture_output=True,
+            )
         cold = dashboard_start_seconds(env)
         warm = dashboard_start_seconds(env)
 
@@ -98,8 +117,15 @@ def main() -> None:
         loads = {}
         try:
             with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=chromium, args=[
-                    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+                browser = playwright.chromium.launch(
+                    executable_path=chromium,
+                    args=[
+                        "--no-sandbox",
+                        "--disable-gpu",
+                        "--disable-background-networking",
+                        "--disable-component-update",
+                    ],
+                )
                 for count in (500, 5):
                     db["runs"].delete_many({"_id": {"$gt": 1}})
                     for collection in ("metrics", "cost_metrics"):
@@ -114,10 +140,14 @@ def main() -> None:
         finally:
             server.stop()
     print("\ndashboard start-up and run table load")
-    print(f"python -m dashboard to ready: cold {cold:.1f} s (new data folder, user provisioned, 2 runs pushed), "
-          f"warm {warm:.1f} s; cold/warm {cold / warm:.2f}x")
-    print(f"Omniboard run table on screen, median of {REPEATS}: 500 runs {loads[500]:.2f} s, 5 runs {loads[5]:.2f} s; "
-          f"500/5 = {loads[500] / loads[5]:.2f}x (Omniboard fetches the first 50 rows, then more as you scroll)")
+    print(
+        f"python -m dashboard to ready: cold {cold:.1f} s (new data folder, user provisioned, 2 runs pushed), "
+        f"warm {warm:.1f} s; cold/warm {cold / warm:.2f}x"
+    )
+    print(
+        f"Omniboard run table on screen, median of {REPEATS}: 500 runs {loads[500]:.2f} s, 5 runs {loads[5]:.2f} s; "
+        f"500/5 = {loads[500] / loads[5]:.2f}x (Omniboard fetches the first 50 rows, then more as you scroll)"
+    )
 
 
 if __name__ == "__main__":

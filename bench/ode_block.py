@@ -10,6 +10,7 @@ keeps freed host memory for reuse as the runner does (`train.reuse_host_memory`;
 glibc's default, where every new state-sized tensor pays page faults, f alone included).
 Usage: .venv/bin/python bench/ode_block.py [--quick]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -88,8 +89,15 @@ def measure_one(backend: str, method: str, value: float, adjoint: bool, norm: st
     reuse_freed_host_memory(os.environ.get("BENCH_REUSE", "1") == "1")  # as the runner does by default
     net, x = block_setup()
     fixed = method in ("rk4", "euler")
-    spec = SolverSpec(method, step_size=value if fixed else None, rtol=1e-3 if fixed else value,
-                      atol=1e-3 if fixed else value, adjoint=adjoint, backend=backend, adjoint_norm=norm)
+    spec = SolverSpec(
+        method,
+        step_size=value if fixed else None,
+        rtol=1e-3 if fixed else value,
+        atol=1e-3 if fixed else value,
+        adjoint=adjoint,
+        backend=backend,
+        adjoint_norm=norm,
+    )
     block = ODEBlock(net, spec)
 
     def f_forward_backward():
@@ -156,16 +164,36 @@ def measure_one(backend: str, method: str, value: float, adjoint: bool, norm: st
         grads = torch.cat([p.grad.reshape(-1) for p in net.parameters()]).double()
         reference = torch.load(REFERENCE_FILE)
         grad_error = float((grads - reference).norm() / reference.norm())
-    return {"backend": backend, "method": method, "value": value, "adjoint": adjoint, "norm": norm, "fnfe": fnfe, "bnfe": bnfe,
-            "grad_error": grad_error,
-            "train_s": train, "fwd_s": min(counts["fwd"]), "bwd_s": min(counts["bwd"]),
-            "eval_s": evaluation, "train_x_limit": train / limit_train, "eval_x_limit": evaluation / limit_eval,
-            "peak_rise_mb": peak_rise_mb, "f_fwd_s": f_fwd, "f_bwd_s": f_bwd, "f_nograd_s": f_nograd}
+    return {
+        "backend": backend,
+        "method": method,
+        "value": value,
+        "adjoint": adjoint,
+        "norm": norm,
+        "fnfe": fnfe,
+        "bnfe": bnfe,
+        "grad_error": grad_error,
+        "train_s": train,
+        "fwd_s": min(counts["fwd"]),
+        "bwd_s": min(counts["bwd"]),
+        "eval_s": evaluation,
+        "train_x_limit": train / limit_train,
+        "eval_x_limit": evaluation / limit_eval,
+        "peak_rise_mb": peak_rise_mb,
+        "f_fwd_s": f_fwd,
+        "f_bwd_s": f_bwd,
+        "f_nograd_s": f_nograd,
+    }
 
 
 def run_fresh(config: tuple, reps: int) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(config), "--reps", str(reps)],
-                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.run(
+        [sys.executable, __file__, "--one", json.dumps(config), "--reps", str(reps)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     if proc.returncode != 0:
         sys.exit(f"configuration {config} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -192,28 +220,38 @@ def main() -> None:
         return
     configs = [c for c in CONFIGS if c[1] == "dopri5" and c[4] == "mixed"] if args.quick else CONFIGS
     reps = 2 if args.quick else args.reps
-    subprocess.run([sys.executable, __file__, "--reference"], check=True, cwd=ROOT)  # in its own process: its memory goes with it
+    subprocess.run(
+        [sys.executable, __file__, "--reference"], check=True, cwd=ROOT
+    )  # in its own process: its memory goes with it
     rows = [run_fresh(c, reps) for c in configs]
     f = rows[0]
-    print(f"\nODE block, batch 128, 66 ch 14x14 (f alone, fastest of 12: fwd {f['f_fwd_s']:.3f}s, bwd {f['f_bwd_s']:.3f}s, "
-          f"fwd without grad {f['f_nograd_s']:.3f}s), fastest of {reps} training steps and of {max(reps, 5)} evaluations, fresh process each")
+    print(
+        f"\nODE block, batch 128, 66 ch 14x14 (f alone, fastest of 12: fwd {f['f_fwd_s']:.3f}s, bwd {f['f_bwd_s']:.3f}s, "
+        f"fwd without grad {f['f_nograd_s']:.3f}s), fastest of {reps} training steps and of {max(reps, 5)} evaluations, fresh process each"
+    )
     header = f"{'configuration':<30}{'backend':<13}{'FNFE':>5}{'BNFE':>6}{'train s':>9}{'x limit':>9}{'eval s':>8}{'x limit':>9}{'peak MB':>9}"
     print(header)
     for r in rows:
-        print(f"{label(r):<30}{r['backend']:<13}{r['fnfe']:>5}{r['bnfe']:>6}{r['train_s']:>9.3f}{r['train_x_limit']:>9.2f}"
-              f"{r['eval_s']:>8.3f}{r['eval_x_limit']:>9.2f}{r['peak_rise_mb']:>9.0f}")
+        print(
+            f"{label(r):<30}{r['backend']:<13}{r['fnfe']:>5}{r['bnfe']:>6}{r['train_s']:>9.3f}{r['train_x_limit']:>9.2f}"
+            f"{r['eval_s']:>8.3f}{r['eval_x_limit']:>9.2f}{r['peak_rise_mb']:>9.0f}"
+        )
     print("\nfused vs torchdiffeq (same configuration): speed-up of the training step / evaluation forward")
     by_key = {(label(r), r["backend"]): r for r in rows}
     for name in dict.fromkeys(label(r) for r in rows):
         fused, ref = by_key.get((name, "fused")), by_key.get((name, "torchdiffeq"))
         if fused and ref:
-            print(f"  {name:<28} train {ref['train_s'] / fused['train_s']:.2f}x   eval {ref['eval_s'] / fused['eval_s']:.2f}x")
+            print(
+                f"  {name:<28} train {ref['train_s'] / fused['train_s']:.2f}x   eval {ref['eval_s'] / fused['eval_s']:.2f}x"
+            )
     graded = [r for r in rows if r["grad_error"] is not None]
     if graded:
         print("\nadjoint norms (dopri5 1e-3): BNFE, backward time, and the parameter gradients' relative error against")
         print("direct backpropagation through a float64 dopri5 solve at 1e-8 (the mixed norm is torchdiffeq's default)")
         for r in graded:
-            print(f"  {label(r):<28} {r['backend']:<12} BNFE {r['bnfe']:>4}  backward {r['bwd_s']:7.3f} s  gradient error {r['grad_error']:.2e}")
+            print(
+                f"  {label(r):<28} {r['backend']:<12} BNFE {r['bnfe']:>4}  backward {r['bwd_s']:7.3f} s  gradient error {r['grad_error']:.2e}"
+            )
     if not args.quick:
         print("\npeak memory against NFE (fused dopri5): direct backpropagation grows with NFE, the adjoint stays flat")
         for r in [run_fresh(c, 1) for c in MEMORY_VS_NFE]:

@@ -3,6 +3,7 @@ training-state checkpoint, index batching) against a bare PyTorch loop doing the
 validation on the same model and tensors. One run; per-epoch wall times, medians over epochs 2..E.
 Usage: .venv/bin/python bench/runner_overhead.py
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,14 @@ from runner.experiment.app import run_experiment  # noqa: E402
 from runner.experiment.settings import reuse_freed_host_memory, seed_everything  # noqa: E402
 
 EPOCHS = 6
-OVERRIDES = ["experiment=quickstart", "model.channels=32", f"train.max_epochs={EPOCHS}", "train.patience=100",
-             "train.device=cpu", "tracking=file"]
+OVERRIDES = [
+    "experiment=quickstart",
+    "model.channels=32",
+    f"train.max_epochs={EPOCHS}",
+    "train.patience=100",
+    "train.device=cpu",
+    "tracking=file",
+]
 
 
 def runner_epoch_times(tmp: str) -> list[float]:
@@ -55,7 +62,7 @@ def bare_epoch_times() -> list[float]:
         model.eval()
         with torch.no_grad():
             for start in range(0, len(data.val), 128):
-                F.cross_entropy(model(data.val.x[start:start + 128]), data.val.y[start:start + 128])
+                F.cross_entropy(model(data.val.x[start : start + 128]), data.val.y[start : start + 128])
         stamps.append(time.perf_counter())
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
@@ -67,12 +74,16 @@ def main() -> None:
         bare += bare_epoch_times()
         with tempfile.TemporaryDirectory() as tmp:
             runner += runner_epoch_times(tmp)
-    print(f"\nrunner vs bare loop, quickstart ODEnet (32+2 ch, dopri5) on digits, 3 x {EPOCHS} epochs each (epochs 2-{EPOCHS})")
+    print(
+        f"\nrunner vs bare loop, quickstart ODEnet (32+2 ch, dopri5) on digits, 3 x {EPOCHS} epochs each (epochs 2-{EPOCHS})"
+    )
     print(f"  {'':<18} {'median s/epoch':>15} {'fastest s/epoch':>16}")
     print(f"  {'bare PyTorch loop':<18} {statistics.median(bare):>15.3f} {min(bare):>16.3f}")
     print(f"  {'runner':<18} {statistics.median(runner):>15.3f} {min(runner):>16.3f}")
-    print(f"  overhead: {100 * (statistics.median(runner) / statistics.median(bare) - 1):+.1f}% on medians, "
-          f"{100 * (min(runner) / min(bare) - 1):+.1f}% on the fastest epochs (target <= 3%; epoch-to-epoch noise here is ~5%)")
+    print(
+        f"  overhead: {100 * (statistics.median(runner) / statistics.median(bare) - 1):+.1f}% on medians, "
+        f"{100 * (min(runner) / min(bare) - 1):+.1f}% on the fastest epochs (target <= 3%; epoch-to-epoch noise here is ~5%)"
+    )
 
 
 if __name__ == "__main__":

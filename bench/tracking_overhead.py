@@ -9,6 +9,7 @@ updates and the run document save) through the runner's observer, an upper bound
 per heartbeat. Timing whole runs of different lengths and taking the slope drowns a sub-millisecond cost
 in the run-to-run noise of this machine (about 5%). Usage: .venv/bin/python bench/tracking_overhead.py
 """
+
 from __future__ import annotations
 
 import os
@@ -27,11 +28,25 @@ from runner.experiment.app import run_experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS, REPEATS, LOG_CALLS = 2, 3, 2000
-BASE = ["experiment=quickstart", "model.channels=16", "train.patience=100", "train.progress=false", "train.device=cpu",
-        f"train.max_epochs={EPOCHS}"]
+BASE = [
+    "experiment=quickstart",
+    "model.channels=16",
+    "train.patience=100",
+    "train.progress=false",
+    "train.device=cpu",
+    f"train.max_epochs={EPOCHS}",
+]
 BACKENDS = {"none": ["tracking=none"], "file": ["tracking=file"], "mongo": ["tracking=mongo", "tracking.db_name=bench"]}
-EPOCH_METRICS = {"train.loss": 0.1, "train.acc": 0.9, "val.loss": 0.1, "val.acc": 0.9, "val.nfe.forward": 20.0,
-                 "nfe.forward": 20.0, "nfe.backward": 0.0, "epoch.time": 1.0}
+EPOCH_METRICS = {
+    "train.loss": 0.1,
+    "train.acc": 0.9,
+    "val.loss": 0.1,
+    "val.acc": 0.9,
+    "val.nfe.forward": 20.0,
+    "nfe.forward": 20.0,
+    "nfe.backward": 0.0,
+    "epoch.time": 1.0,
+}
 
 
 def per_epoch_logging_seconds(store) -> float:
@@ -55,12 +70,21 @@ def database_write_seconds(url: str) -> float:
 
     observer = open_observer(pymongo.MongoClient(url), "bench_writes")
     now = dt.datetime.now(dt.timezone.utc)
-    observer.started_event({"name": "bench", "sources": [], "base_dir": str(ROOT)}, "train", {}, now, {"seed": 0},
-                           {"run_uid": "bench"}, None)
+    observer.started_event(
+        {"name": "bench", "sources": [], "base_dir": str(ROOT)},
+        "train",
+        {},
+        now,
+        {"seed": 0},
+        {"run_uid": "bench"},
+        None,
+    )
     info: dict = {}
     start = time.perf_counter()
     for step in range(LOG_CALLS // 10):
-        observer.log_metrics({k: {"steps": [step], "values": [v], "timestamps": [now]} for k, v in EPOCH_METRICS.items()}, info)
+        observer.log_metrics(
+            {k: {"steps": [step], "values": [v], "timestamps": [now]} for k, v in EPOCH_METRICS.items()}, info
+        )
         observer.save()
     return (time.perf_counter() - start) / (LOG_CALLS // 10)
 
@@ -70,32 +94,45 @@ def main() -> None:
 
     walls: dict[str, list[float]] = {b: [] for b in BACKENDS}
     epoch_times: list[float] = []
-    with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(str(ROOT / "conf"), version_base="1.3"), \
-            DatabaseServer(Path(tmp) / "db", sync_on_commit=True) as server:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        initialize_config_dir(str(ROOT / "conf"), version_base="1.3"),
+        DatabaseServer(Path(tmp) / "db", sync_on_commit=True) as server,
+    ):
         os.environ["MONGO_URL"] = server.url
         for repeat in range(REPEATS + 1):  # the first round warms caches up and is not counted
             for backend, overrides in BACKENDS.items():
                 cfg = compose("config", overrides=[*BASE, *overrides, f"paths.runs={tmp}/runs"])
                 start = time.perf_counter()
-                summary = run_experiment(cfg, Path(tmp) / f"out-{backend}-{repeat}", {"model": "odenet_simple", "data": "digits"})
+                summary = run_experiment(
+                    cfg, Path(tmp) / f"out-{backend}-{repeat}", {"model": "odenet_simple", "data": "digits"}
+                )
                 if repeat:
                     walls[backend].append(time.perf_counter() - start)
                     epoch_times.append(summary["epoch_time"])
-        stores = {"file": runner.tracking.stores.FileStore(f"{tmp}/runs/log-bench"),
-                  "mongo": runner.tracking.stores.MongoStore(url=server.url, db_name="bench", journal_dir=f"{tmp}/runs/log-journal")}
+        stores = {
+            "file": runner.tracking.stores.FileStore(f"{tmp}/runs/log-bench"),
+            "mongo": runner.tracking.stores.MongoStore(
+                url=server.url, db_name="bench", journal_dir=f"{tmp}/runs/log-journal"
+            ),
+        }
         logging_cost = {name: per_epoch_logging_seconds(store) for name, store in stores.items()}
         write_cost = database_write_seconds(server.url)
     epoch = statistics.median(epoch_times)
     base = statistics.median(walls["none"])
     print(f"\ntracking overhead, quickstart ODEnet (16+2 ch) on digits ({epoch:.2f} s/epoch), medians of {REPEATS}")
-    print(f"{'backend':<8} {'per-epoch cost s':>17} {'epoch ratio vs none':>20} {'fixed cost s/run':>17} {f'{EPOCHS}-epoch run ratio':>19}")
+    print(
+        f"{'backend':<8} {'per-epoch cost s':>17} {'epoch ratio vs none':>20} {'fixed cost s/run':>17} {f'{EPOCHS}-epoch run ratio':>19}"
+    )
     for backend in BACKENDS:
         cost = logging_cost.get(backend, 0.0) + (write_cost if backend == "mongo" else 0.0)
         wall = statistics.median(walls[backend])
         print(f"{backend:<8} {cost:>17.6f} {(epoch + cost) / epoch:>20.4f} {wall - base:>17.2f} {wall / base:>19.3f}")
-    print(f"(mongo per epoch: {logging_cost['mongo'] * 1e6:.0f} us logging + {write_cost * 1e3:.2f} ms database writes of one\n"
-          " epoch, an upper bound since Sacred sends them per heartbeat. fixed cost: Sacred start-up, source and git\n"
-          " capture, copying artifacts into the store (GridFS for mongo); 'none' still writes its checkpoint and plots.)")
+    print(
+        f"(mongo per epoch: {logging_cost['mongo'] * 1e6:.0f} us logging + {write_cost * 1e3:.2f} ms database writes of one\n"
+        " epoch, an upper bound since Sacred sends them per heartbeat. fixed cost: Sacred start-up, source and git\n"
+        " capture, copying artifacts into the store (GridFS for mongo); 'none' still writes its checkpoint and plots.)"
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Runs in the foreground like `mlflow ui`; Ctrl-C or SIGTERM stops Omniboard, then
 nothing is lost), and the next start shows the same runs. Overrides such as `paths.runs=DIR` or
 `tracking.db_name=NAME` select the runs exactly as they do for `python -m runner`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,11 +38,15 @@ def credentials() -> dict[str, str]:
     values = {**dotenv_values(path), **{k: v for k, v in os.environ.items() if k.startswith(("MONGO_", "OMNIBOARD_"))}}
     missing = [k for k in ("MONGO_USER", "MONGO_PASSWORD") if not values.get(k)]
     if missing:
-        raise UserError(f"{' and '.join(missing)} not set in {path}", f"copy the lines from {ENV_EXAMPLE.name} and set them")
+        raise UserError(
+            f"{' and '.join(missing)} not set in {path}", f"copy the lines from {ENV_EXAMPLE.name} and set them"
+        )
     for key, default in (("MONGO_PORT", "27017"), ("OMNIBOARD_PORT", "9000")):
         value = values.get(key) or default
         if not value.isdigit() or not 0 < int(value) < 65536:
-            raise UserError(f"{key}={value!r} in {path} is not a port number", f"set {key} to a free port, e.g. {default}")
+            raise UserError(
+                f"{key}={value!r} in {path} is not a port number", f"set {key} to a free port, e.g. {default}"
+            )
         values[key] = value
     return values
 
@@ -88,31 +93,44 @@ def serve(overrides: list[str], stop: threading.Event, with_omniboard: bool = Tr
     mongo = load_store(["tracking=mongo", *overrides])
     files = load_store(["tracking=file", *[o for o in overrides if not o.startswith("tracking")]])
     runs_root = files.local_dir.parent.resolve()
-    server = DatabaseServer(runs_root / "dashboard" / "db", int(env["MONGO_PORT"]), env["MONGO_USER"], env["MONGO_PASSWORD"])
+    server = DatabaseServer(
+        runs_root / "dashboard" / "db", int(env["MONGO_PORT"]), env["MONGO_USER"], env["MONGO_PASSWORD"]
+    )
     omniboard = None
     try:
         server.start()
         client = pymongo.MongoClient(server.url, serverSelectionTimeoutMS=5000)
         counts = push_runs(client, mongo.db_name, [files.local_dir, mongo.local_dir])
-        print(f"database: {mongo_url(server.port)} db {mongo.db_name} (data in {server.data_dir}); "
-              f"{counts['pushed']} runs pushed from {files.local_dir} and {mongo.local_dir}, "
-              f"{counts['already_there']} already there" + (f", {counts['running']} still running or killed (not pushed)" if counts["running"] else ""))
+        print(
+            f"database: {mongo_url(server.port)} db {mongo.db_name} (data in {server.data_dir}); "
+            f"{counts['pushed']} runs pushed from {files.local_dir} and {mongo.local_dir}, "
+            f"{counts['already_there']} already there"
+            + (f", {counts['running']} still running or killed (not pushed)" if counts["running"] else "")
+        )
         seed_omniboard(client[mongo.db_name])
         client.close()
         if with_omniboard:
-            omniboard = Omniboard(server.url, mongo.db_name, int(env["OMNIBOARD_PORT"]), runs_root / "dashboard").start()
+            omniboard = Omniboard(
+                server.url, mongo.db_name, int(env["OMNIBOARD_PORT"]), runs_root / "dashboard"
+            ).start()
             print(f"Omniboard {version()}: {omniboard.url}   (ready in {time.monotonic() - started:.1f} s)")
         print("log runs here live:  .venv/bin/python -m runner tracking=mongo   (MONGO_URL from .env)")
         if env.get("MONGO_URL") and env["MONGO_URL"].split("?")[0] != server.url.split("?")[0]:
-            print(f"warning: MONGO_URL in .env does not point at this database; runs with tracking=mongo will go elsewhere "
-                  f"(set it to {mask_url(server.url)})")
+            print(
+                f"warning: MONGO_URL in .env does not point at this database; runs with tracking=mongo will go elsewhere "
+                f"(set it to {mask_url(server.url)})"
+            )
         print("Ctrl-C stops the dashboard", flush=True)
         while not stop.wait(0.5):
             if server.process is None or server.process.poll() is not None:
-                raise UserError(f"the database server stopped unexpectedly (see {server.log_file})",
-                                "start make dashboard again; runs in the journal are pushed again at start")
+                raise UserError(
+                    f"the database server stopped unexpectedly (see {server.log_file})",
+                    "start make dashboard again; runs in the journal are pushed again at start",
+                )
             if omniboard is not None and not omniboard.running():
-                raise UserError(f"Omniboard stopped unexpectedly (see {omniboard.log_file})", "start make dashboard again")
+                raise UserError(
+                    f"Omniboard stopped unexpectedly (see {omniboard.log_file})", "start make dashboard again"
+                )
     finally:
         if omniboard is not None:
             omniboard.stop()

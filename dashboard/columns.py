@@ -4,6 +4,7 @@ Omniboard keeps custom columns (a name and a path into the run document) in a co
 database; the run table shows them to every browser. They are seeded once per database, so a column a
 user removes in Omniboard stays removed.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -4,6 +4,7 @@ Omniboard reads its database from a JSON file named by OMNIBOARD_CONFIG (written
 password never appears on a command line. It moves to the next port by itself when its port is taken;
 the URL printed is the one it reports listening on.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,8 +25,10 @@ ENTRY = NPM_PROJECT / "node_modules" / "omniboard" / "dist" / "start.js"
 INSTALLED_MARKER = NPM_PROJECT / "node_modules" / ".odeflow-lock.sha256"
 LISTENING = re.compile(r"Omniboard is listening on port (\d+)")
 CONNECTED = "established successfully"
-NODE_FIX = ("install Node.js 18 or newer with npm (Debian/Ubuntu: apt-get install nodejs npm; macOS: brew install node; "
-            "or the installer from the Node.js website), then run make dashboard again")
+NODE_FIX = (
+    "install Node.js 18 or newer with npm (Debian/Ubuntu: apt-get install nodejs npm; macOS: brew install node; "
+    "or the installer from the Node.js website), then run make dashboard again"
+)
 
 
 def version() -> str:
@@ -40,12 +43,18 @@ def ensure_installed() -> None:
     lock_hash = hashlib.sha256((NPM_PROJECT / "package-lock.json").read_bytes()).hexdigest()
     if ENTRY.exists() and INSTALLED_MARKER.exists() and INSTALLED_MARKER.read_text() == lock_hash:
         return
-    print(f"installing Omniboard {version()} with npm ci into {NPM_PROJECT / 'node_modules'} (about a minute, once)", flush=True)
-    done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NPM_PROJECT,
-                          capture_output=True, text=True)
+    print(
+        f"installing Omniboard {version()} with npm ci into {NPM_PROJECT / 'node_modules'} (about a minute, once)",
+        flush=True,
+    )
+    done = subprocess.run(
+        ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NPM_PROJECT, capture_output=True, text=True
+    )
     if done.returncode != 0 or not ENTRY.exists():
-        raise UserError(f"npm ci failed in {NPM_PROJECT} (exit code {done.returncode}): {done.stderr.strip()[-600:]}",
-                        "check that the npm registry is reachable (npm ping), then run make dashboard again")
+        raise UserError(
+            f"npm ci failed in {NPM_PROJECT} (exit code {done.returncode}): {done.stderr.strip()[-600:]}",
+            "check that the npm registry is reachable (npm ping), then run make dashboard again",
+        )
     INSTALLED_MARKER.write_text(lock_hash)
 
 
@@ -63,18 +72,33 @@ class Omniboard:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/{self.db_name}"
 
-    def start(self, timeout: float = 60) -> "Omniboard":
+    def start(self, timeout: float = 60) -> Omniboard:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         config = self.work_dir / "omniboard-config.json"
         config.touch(mode=0o600)
         config.chmod(0o600)
-        config.write_text(json.dumps({self.db_name: {"mongodbURI": _with_database(self.mongo_url, self.db_name),
-                                                      "path": f"/{self.db_name}"}}))
-        env = {**os.environ, "OMNIBOARD_CONFIG": str(config), "PORT": str(self.requested_port), "NODE_ENV": "production"}
+        config.write_text(
+            json.dumps(
+                {self.db_name: {"mongodbURI": _with_database(self.mongo_url, self.db_name), "path": f"/{self.db_name}"}}
+            )
+        )
+        env = {
+            **os.environ,
+            "OMNIBOARD_CONFIG": str(config),
+            "PORT": str(self.requested_port),
+            "NODE_ENV": "production",
+        }
         with self.log_file.open("wb") as log:
-            self.process = subprocess.Popen(["node", str(ENTRY)], cwd=self.work_dir, env=env, stdout=log,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                            preexec_fn=stop_with_parent)
+            self.process = subprocess.Popen(
+                ["node", str(ENTRY)],
+                cwd=self.work_dir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=stop_with_parent,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.process.poll() is None:
             text = self.log_file.read_text(errors="replace")
@@ -84,8 +108,10 @@ class Omniboard:
                 return self
             time.sleep(0.1)
         self.stop()
-        raise UserError(f"Omniboard did not come up: {self.log_file.read_text(errors='replace').strip()[-600:] or '(no output)'}",
-                        f"see {self.log_file}")
+        raise UserError(
+            f"Omniboard did not come up: {self.log_file.read_text(errors='replace').strip()[-600:] or '(no output)'}",
+            f"see {self.log_file}",
+        )
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None

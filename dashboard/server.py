@@ -10,6 +10,7 @@ Authentication: SecantusDB has no localhost exception, so the first start of a n
 once without authentication on a free port to create the user, stops, and then starts with
 `require_auth` on the real port.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,15 @@ def mongo_url(port: int, user: str | None = None, password: str | None = None) -
 class DatabaseServer:
     """SecantusDB over `data_dir`, listening on 127.0.0.1:`port` (0: a free one), with SCRAM when `user` is set."""
 
-    def __init__(self, data_dir: Path, port: int = 0, user: str | None = None, password: str | None = None,
-                 sync_on_commit: bool = True, log_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 0,
+        user: str | None = None,
+        password: str | None = None,
+        sync_on_commit: bool = True,
+        log_file: Path | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.user, self.password = user, password
@@ -87,30 +95,43 @@ class DatabaseServer:
             return
         pid, owner = found
         if alive(owner):
-            raise UserError(f"another process (pid {owner}, a dashboard or a test) serves {self.data_dir} with its "
-                            f"database server (pid {pid})", f"use that dashboard, or stop it first (Ctrl-C in its terminal, or kill {owner})")
-        print(f"stopping the database server a killed dashboard left on {self.data_dir} (pid {pid}; "
-              f"up to {self.leftover_grace:.0f} s)...", file=sys.stderr, flush=True)
+            raise UserError(
+                f"another process (pid {owner}, a dashboard or a test) serves {self.data_dir} with its "
+                f"database server (pid {pid})",
+                f"use that dashboard, or stop it first (Ctrl-C in its terminal, or kill {owner})",
+            )
+        print(
+            f"stopping the database server a killed dashboard left on {self.data_dir} (pid {pid}; "
+            f"up to {self.leftover_grace:.0f} s)...",
+            file=sys.stderr,
+            flush=True,
+        )
         os.kill(pid, signal.SIGTERM)  # already stopping after its parent died: a second SIGTERM changes nothing
         deadline = time.monotonic() + self.leftover_grace
         while leftover_server(self.pid_file, self.data_dir) and time.monotonic() < deadline:
             time.sleep(0.1)
         if leftover_server(self.pid_file, self.data_dir):
             os.kill(pid, signal.SIGKILL)
-            print(f"it did not stop within {self.leftover_grace:.0f} s: killed (every committed run is on disk: "
-                  "the server fsyncs each commit)", file=sys.stderr, flush=True)
+            print(
+                f"it did not stop within {self.leftover_grace:.0f} s: killed (every committed run is on disk: "
+                "the server fsyncs each commit)",
+                file=sys.stderr,
+                flush=True,
+            )
             while leftover_server(self.pid_file, self.data_dir):
                 time.sleep(0.1)
         self.pid_file.unlink(missing_ok=True)
 
-    def start(self, timeout: float = 60) -> "DatabaseServer":
+    def start(self, timeout: float = 60) -> DatabaseServer:
         self._stop_leftover()
         started = time.monotonic()
         while not port_is_free(self.port) and time.monotonic() < started + 5:  # a socket of ours still closing
             time.sleep(0.1)
         if not port_is_free(self.port):
-            raise UserError(f"port {self.port} on 127.0.0.1 is taken (another MongoDB, `make up`, or a dashboard "
-                            f"already running?)", "stop that server, or set MONGO_PORT (and the port in MONGO_URL) in .env to a free port")
+            raise UserError(
+                f"port {self.port} on 127.0.0.1 is taken (another MongoDB, `make up`, or a dashboard already running?)",
+                "stop that server, or set MONGO_PORT (and the port in MONGO_URL) in .env to a free port",
+            )
         marker = self.data_dir.parent / f"{self.data_dir.name}.{USER_MARKER}"
         if self.user is not None and not marker.exists():
             self._provision(marker, timeout)
@@ -134,7 +155,7 @@ class DatabaseServer:
             self.process = None
             self.pid_file.unlink(missing_ok=True)
 
-    def __enter__(self) -> "DatabaseServer":
+    def __enter__(self) -> DatabaseServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -142,12 +163,25 @@ class DatabaseServer:
 
     def _spawn(self, port: int, auth: bool, timeout: float) -> subprocess.Popen:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "dashboard.server", "--port", str(port), "--data-dir", str(self.data_dir.resolve())]
+        command = [
+            sys.executable,
+            "-m",
+            "dashboard.server",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(self.data_dir.resolve()),
+        ]
         command += ["--auth"] * auth + ["--sync-on-commit"] * self.sync_on_commit
         log = self.log_file.open("ab")
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
-                                   start_new_session=True,  # Ctrl-C in a terminal reaches the parent only; it stops us in order
-                                   preexec_fn=stop_with_parent)
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C in a terminal reaches the parent only; it stops us in order
+            preexec_fn=stop_with_parent,
+        )
         log.close()
         self.pid_file.write_text(json.dumps({"pid": process.pid, "owner": os.getpid()}))
         deadline = time.monotonic() + timeout
@@ -156,8 +190,10 @@ class DatabaseServer:
             if ready and process.stdout.readline().decode().strip() == READY:
                 return process
             if process.poll() is not None:
-                raise UserError(f"the database server did not start (exit code {process.returncode}): {_tail(self.log_file)}",
-                                f"see {self.log_file}; if another process holds {self.data_dir}, stop it first")
+                raise UserError(
+                    f"the database server did not start (exit code {process.returncode}): {_tail(self.log_file)}",
+                    f"see {self.log_file}; if another process holds {self.data_dir}, stop it first",
+                )
         terminate(process, 5)
         raise UserError(f"the database server did not answer within {timeout:.0f} s", f"see {self.log_file}")
 
@@ -169,7 +205,9 @@ class DatabaseServer:
         try:
             client = pymongo.MongoClient(mongo_url(port), serverSelectionTimeoutMS=5000)
             if not client.admin.command("usersInfo", self.user)["users"]:
-                client.admin.command("createUser", self.user, pwd=self.password, roles=[{"role": "root", "db": "admin"}])
+                client.admin.command(
+                    "createUser", self.user, pwd=self.password, roles=[{"role": "root", "db": "admin"}]
+                )
             client.close()
         finally:
             terminate(process, timeout)
@@ -186,10 +224,12 @@ class DatabaseServer:
             client.list_database_names()  # needs authentication: ping does not
         except pymongo.errors.OperationFailure as exc:
             self.stop()
-            raise UserError(f"the dashboard database {self.data_dir} refuses user {self.user!r} ({exc.details.get('errmsg', exc)}): "
-                            "it was created with other credentials",
-                            "put the earlier MONGO_USER/MONGO_PASSWORD back in .env, or delete that folder "
-                            "(make dashboard pushes every run again from runs/store and runs/journal)") from None
+            raise UserError(
+                f"the dashboard database {self.data_dir} refuses user {self.user!r} ({exc.details.get('errmsg', exc)}): "
+                "it was created with other credentials",
+                "put the earlier MONGO_USER/MONGO_PASSWORD back in .env, or delete that folder "
+                "(make dashboard pushes every run again from runs/store and runs/journal)",
+            ) from None
         finally:
             client.close()
 
@@ -254,9 +294,16 @@ def serve(port: int, data_dir: Path, auth: bool, sync_on_commit: bool) -> None:
     """The server process: start, say READY on stdout, stop cleanly on SIGTERM or SIGINT."""
     from secantus import SecantusDBServer
 
-    server = SecantusDBServer(host="127.0.0.1", port=port, storage_path=str(data_dir), require_auth=auth,
-                              replica_set_name=None,  # a plain standalone server: what Omniboard's driver expects
-                              enable_test_commands=False, sync_on_commit=sync_on_commit, cache_size="256M")
+    server = SecantusDBServer(
+        host="127.0.0.1",
+        port=port,
+        storage_path=str(data_dir),
+        require_auth=auth,
+        replica_set_name=None,  # a plain standalone server: what Omniboard's driver expects
+        enable_test_commands=False,
+        sync_on_commit=sync_on_commit,
+        cache_size="256M",
+    )
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())

@@ -1,4 +1,5 @@
 """Datasets as tensors: loaders (one per config file in conf/data) and the index-batched splits."""
+
 from data.images import load_cifar10, load_fashion_mnist
 from data.offline import load_digits, load_spheres
 from data.tensors import DataBundle, Split

@@ -1,4 +1,5 @@
 """FashionMNIST and CIFAR10 through torchvision: downloaded when online, or read from a local root."""
+
 from __future__ import annotations
 
 import math
@@ -13,11 +14,33 @@ import torchvision
 
 from data.splits import make_bundle, scale_uint8
 from data.tensors import DataBundle
-from odeflow.errors import (CHECKSUM_FIX, DAMAGED_DATASET_FIX, DOWNLOAD_OFF, DatasetNotFoundError, UserError,
-                            dataset_files_fix)
+from odeflow.errors import (
+    CHECKSUM_FIX,
+    DAMAGED_DATASET_FIX,
+    DOWNLOAD_OFF,
+    DatasetNotFoundError,
+    UserError,
+    dataset_files_fix,
+)
 
-FASHION_MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_MNIST_FILES = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+]
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
 
 
@@ -41,8 +64,15 @@ def _missing(folder: Path, names: list[str]) -> list[str]:
     return [n for n in names if not (folder / n).is_file()]
 
 
-def _read_both_splits(dataset: str, root: Path, folder: Path, files: list[str], download: bool,
-                      read: Callable[[bool, bool], object], check: Callable[[Path], str | None]) -> dict[bool, object]:
+def _read_both_splits(
+    dataset: str,
+    root: Path,
+    folder: Path,
+    files: list[str],
+    download: bool,
+    read: Callable[[bool, bool], object],
+    check: Callable[[Path], str | None],
+) -> dict[bool, object]:
     """{True: train, False: test} from read(train, download); one clear error when files are missing or
     damaged (`check(path)` says what is wrong with one file, or None)."""
     try:
@@ -53,11 +83,15 @@ def _read_both_splits(dataset: str, root: Path, folder: Path, files: list[str], 
             for name in files:
                 problem = check(folder / name)
                 if problem:
-                    raise UserError(f"{dataset} file {folder / name} is damaged: {problem}", DAMAGED_DATASET_FIX) from None
+                    raise UserError(
+                        f"{dataset} file {folder / name} is damaged: {problem}", DAMAGED_DATASET_FIX
+                    ) from None
             raise
         reason = "download failed: " + str(exc).splitlines()[0][:100] if download else DOWNLOAD_OFF
-        raise DatasetNotFoundError(f"{dataset} files not found under {folder} ({reason}); missing: {', '.join(missing)}",
-                                   dataset_files_fix(str(folder), str(folder.relative_to(root)))) from exc
+        raise DatasetNotFoundError(
+            f"{dataset} files not found under {folder} ({reason}); missing: {', '.join(missing)}",
+            dataset_files_fix(str(folder), str(folder.relative_to(root))),
+        ) from exc
 
 
 _IDX_ITEM_BYTES = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}  # IDX type codes -> bytes per value
@@ -75,11 +109,13 @@ def idx_problem(path: Path) -> str | None:
     ndim = data[3]
     if len(data) < 4 + 4 * ndim:
         return f"truncated inside its header ({len(data)} bytes)"
-    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     expected = 4 + 4 * ndim + math.prod(dims) * _IDX_ITEM_BYTES[data[2]]
     if len(data) != expected:
-        return (f"{'truncated' if len(data) < expected else 'longer than its header says'}: {len(data):,} bytes, "
-                f"its header announces {expected:,} ({' x '.join(map(str, dims))} values)")
+        return (
+            f"{'truncated' if len(data) < expected else 'longer than its header says'}: {len(data):,} bytes, "
+            f"its header announces {expected:,} ({' x '.join(map(str, dims))} values)"
+        )
     return None
 
 
@@ -117,14 +153,26 @@ def load_fashion_mnist(
     """FashionMNIST (60k train / 10k test, 1x28x28) from `<root>/FashionMNIST/raw/` (uncompressed IDX files)."""
     base = _resolve_root(root)
     raw = base / "FashionMNIST" / "raw"
-    splits = _read_both_splits("FashionMNIST", base, raw, FASHION_MNIST_FILES, download,
-                               lambda train, get: torchvision.datasets.FashionMNIST(str(base), train=train, download=get),
-                               idx_problem)
+    splits = _read_both_splits(
+        "FashionMNIST",
+        base,
+        raw,
+        FASHION_MNIST_FILES,
+        download,
+        lambda train, get: torchvision.datasets.FashionMNIST(str(base), train=train, download=get),
+        idx_problem,
+    )
     return make_bundle(
         "fashion_mnist",
-        scale_uint8(splits[True].data.numpy())[:, None], splits[True].targets.numpy(),
-        scale_uint8(splits[False].data.numpy())[:, None], splits[False].targets.numpy(),
-        FASHION_MNIST_CLASSES, val_fraction, subset, seed, batch_size,
+        scale_uint8(splits[True].data.numpy())[:, None],
+        splits[True].targets.numpy(),
+        scale_uint8(splits[False].data.numpy())[:, None],
+        splits[False].targets.numpy(),
+        FASHION_MNIST_CLASSES,
+        val_fraction,
+        subset,
+        seed,
+        batch_size,
     )
 
 
@@ -142,19 +190,34 @@ def load_cifar10(
     folder = base / "cifar-10-batches-py"
     reader = torchvision.datasets.CIFAR10 if verify_checksums else _CIFAR10Unverified
     try:
-        splits = _read_both_splits("CIFAR10", base, folder, CIFAR10_FILES, download,
-                                   lambda train, get: reader(str(base), train=train, download=get), cifar_batch_problem)
+        splits = _read_both_splits(
+            "CIFAR10",
+            base,
+            folder,
+            CIFAR10_FILES,
+            download,
+            lambda train, get: reader(str(base), train=train, download=get),
+            cifar_batch_problem,
+        )
     except RuntimeError as exc:
         if "corrupted" not in str(exc):
             raise
-        raise DatasetNotFoundError(f"CIFAR10 files under {folder} do not match the official checksums", CHECKSUM_FIX) from exc
+        raise DatasetNotFoundError(
+            f"CIFAR10 files under {folder} do not match the official checksums", CHECKSUM_FIX
+        ) from exc
 
     def images(ds: torchvision.datasets.CIFAR10) -> np.ndarray:
         return scale_uint8(ds.data.transpose(0, 3, 1, 2))  # NHWC -> NCHW
 
     return make_bundle(
         "cifar10",
-        images(splits[True]), np.asarray(splits[True].targets),
-        images(splits[False]), np.asarray(splits[False].targets),
-        list(splits[True].classes), val_fraction, subset, seed, batch_size,
+        images(splits[True]),
+        np.asarray(splits[True].targets),
+        images(splits[False]),
+        np.asarray(splits[False].targets),
+        list(splits[True].classes),
+        val_fraction,
+        subset,
+        seed,
+        batch_size,
     )

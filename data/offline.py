@@ -1,4 +1,5 @@
 """Datasets that need no network: scikit-learn's bundled digits and synthetic concentric spheres."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,11 +30,23 @@ def load_digits(
     train_x, test_x, train_y, test_y = train_test_split(
         images, digits.target, test_size=test_fraction, stratify=digits.target, random_state=seed
     )
-    return make_bundle("digits", train_x, train_y, test_x, test_y, [str(c) for c in digits.target_names],
-                       val_fraction, subset, seed, batch_size)
+    return make_bundle(
+        "digits",
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        [str(c) for c in digits.target_names],
+        val_fraction,
+        subset,
+        seed,
+        batch_size,
+    )
 
 
-def sample_spheres(n: int, dim: int, inner_radius: float, shell: tuple[float, float], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def sample_spheres(
+    n: int, dim: int, inner_radius: float, shell: tuple[float, float], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """n points, half uniform in the ball |x| < inner_radius (class 0), half uniform in the shell (class 1).
 
     Dupont et al. (2019): no homeomorphism of R^dim maps these classes apart, so an ODE flow in the
@@ -69,11 +82,22 @@ def load_spheres(
     check_positive("n_train", n_train)
     check_positive("n_test", n_test)
     if not 0 < inner_radius < shell_inner < shell_outer:
-        raise ConfigError("inner_radius", (inner_radius, shell_inner, shell_outer),
-                          "0 < inner_radius < shell_inner < shell_outer")
+        raise ConfigError(
+            "inner_radius", (inner_radius, shell_inner, shell_outer), "0 < inner_radius < shell_inner < shell_outer"
+        )
     rng = np.random.default_rng(seed)
     shell = (shell_inner, shell_outer)
     train_x, train_y = sample_spheres(n_train, dim, inner_radius, shell, rng)
     test_x, test_y = sample_spheres(n_test, dim, inner_radius, shell, rng)
-    return make_bundle("spheres", train_x / shell_outer, train_y, test_x / shell_outer, test_y, ["inner", "outer"],
-                       val_fraction, subset, seed, batch_size)
+    return make_bundle(
+        "spheres",
+        train_x / shell_outer,
+        train_y,
+        test_x / shell_outer,
+        test_y,
+        ["inner", "outer"],
+        val_fraction,
+        subset,
+        seed,
+        batch_size,
+    )

@@ -1,4 +1,5 @@
 """Seeded subset and validation split, shared by every dataset."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,17 +34,25 @@ def make_bundle(
     if subset is not None:
         check_positive("subset", subset)
         if subset > pool:
-            raise ConfigError("subset", subset, f"at most {pool}, the size of the {name} training set (or null for all of it)")
+            raise ConfigError(
+                "subset", subset, f"at most {pool}, the size of the {name} training set (or null for all of it)"
+            )
         keep = rng.choice(pool, size=subset, replace=False)
         train_x, train_y, pool = train_x[keep], train_y[keep], subset
     order = rng.permutation(pool)
     n_val = int(round(val_fraction * pool))
     if (n_val == 0 or n_val == pool) and subset is not None:
         smallest = next(n for n in range(2, 10**7) if 0 < round(val_fraction * n) < n)
-        raise ConfigError("subset", subset, f"at least {smallest}: the subset is split into training and validation "
-                          f"samples (val_fraction={val_fraction:g}) and each split needs one")
+        raise ConfigError(
+            "subset",
+            subset,
+            f"at least {smallest}: the subset is split into training and validation "
+            f"samples (val_fraction={val_fraction:g}) and each split needs one",
+        )
     if n_val == 0 or n_val == pool:
-        raise ConfigError("val_fraction", val_fraction, f"a fraction that leaves both splits non-empty for {pool} training samples")
+        raise ConfigError(
+            "val_fraction", val_fraction, f"a fraction that leaves both splits non-empty for {pool} training samples"
+        )
     val_idx, train_idx = order[:n_val], order[n_val:]
     return DataBundle(
         name=name,
@@ -56,7 +65,9 @@ def make_bundle(
 
 
 def _split(x: np.ndarray, y: np.ndarray) -> Split:
-    return Split(torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32), torch.as_tensor(np.asarray(y), dtype=torch.long))
+    return Split(
+        torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32), torch.as_tensor(np.asarray(y), dtype=torch.long)
+    )
 
 
 def scale_uint8(images: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
 """Whole datasets held as tensors on the training device and batched by index: no DataLoader workers, no per-batch copies to the device."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -17,10 +18,12 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
-    def to(self, device: torch.device | str) -> "Split":
+    def to(self, device: torch.device | str) -> Split:
         return Split(self.x.to(device), self.y.to(device))
 
-    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Index batches; shuffled when a generator is given (its state makes the order reproducible)."""
         n = len(self)
         if generator is None:
@@ -57,8 +60,15 @@ class DataBundle:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def to(self, device: torch.device | str) -> "DataBundle":
-        return DataBundle(self.name, self.train.to(device), self.val.to(device), self.test.to(device), self.class_names, self.batch_size)
+    def to(self, device: torch.device | str) -> DataBundle:
+        return DataBundle(
+            self.name,
+            self.train.to(device),
+            self.val.to(device),
+            self.test.to(device),
+            self.class_names,
+            self.batch_size,
+        )
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}

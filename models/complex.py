@@ -6,6 +6,7 @@ keeps one shape; f strips all but `keep_zero_channels` of the zero channels, run
 zero-pads the small output back to the full spatial size; after the block the spatial padding is removed
 before the classifier ("Getting Correct Dimensions", thesis 7.3.2).
 """
+
 from __future__ import annotations
 
 import math
@@ -33,12 +34,16 @@ def pooled_size(size: int, stages: int) -> int:
 class Stage(nn.Module):
     """conv3x3 -> [+ zero-padded input] -> max-pool -> norm -> activation."""
 
-    def __init__(self, in_channels: int, out_channels: int, residual: bool, kernel_size: int, act: str, norm: str) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, residual: bool, kernel_size: int, act: str, norm: str
+    ) -> None:
         super().__init__()
         self.out_channels = out_channels
         self.residual = residual
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
-        self.post = nn.Sequential(nn.MaxPool2d(POOL, ceil_mode=True), normalization(norm, out_channels), make_activation(act))
+        self.post = nn.Sequential(
+            nn.MaxPool2d(POOL, ceil_mode=True), normalization(norm, out_channels), make_activation(act)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
@@ -79,7 +84,9 @@ class ComplexNet(nn.Module):
         super().__init__()
         if len(input_shape) != 3:
             raise ConfigError(
-                "model", "complex", "an image dataset: the complex models need (channels, height, width) inputs",
+                "model",
+                "complex",
+                "an image dataset: the complex models need (channels, height, width) inputs",
                 fix=f"this dataset gives vectors of shape {tuple(input_shape)}; use model=odenet_simple or a resnet_simple_* model",
             )
         if not stage_channels:
@@ -94,9 +101,15 @@ class ComplexNet(nn.Module):
         residual = check_choice("block", block, BLOCK_KINDS) == "residual"
         first = in_channels if residual else in_channels + keep_zero_channels
         if not residual and first > out_channels:
-            raise ConfigError("stage_channels", list(stage_channels), f"a last stage of at least {first} channels (input channels + keep_zero_channels)")
+            raise ConfigError(
+                "stage_channels",
+                list(stage_channels),
+                f"a last stage of at least {first} channels (input channels + keep_zero_channels)",
+            )
         widths = [first, *stage_channels]
-        stages = nn.Sequential(*(Stage(i, o, residual, kernel_size, activation, norm) for i, o in zip(widths, widths[1:])))
+        stages = nn.Sequential(
+            *(Stage(i, o, residual, kernel_size, activation, norm) for i, o in zip(widths, widths[1:]))
+        )
         if residual:
             # The complex ResNet's shortcuts live inside its stages (before pooling), not around them.
             self.stem: nn.Module = nn.Identity()
@@ -111,4 +124,3 @@ class ComplexNet(nn.Module):
         z = self.body(self.stem(x))
         h, w = self.out_size
         return self.classifier(z[:, :, :h, :w])
-

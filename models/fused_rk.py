@@ -10,6 +10,7 @@ norm are computed without gradients, and the last step is shortened to land on T
 The tableaus are torchdiffeq's own (same methods, same orders, same step-size rule), so solutions agree
 with torchdiffeq's within the tolerance and NFE is counted the same way, one per call of f.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,8 +50,14 @@ class Tableau:
 def _from_torchdiffeq(solver_class) -> Tableau:
     tab = solver_class.tableau
     floats = lambda t: tuple(float(v) for v in t)  # noqa: E731
-    return Tableau(floats(tab.alpha), tuple(floats(b) for b in tab.beta), floats(tab.c_sol), floats(tab.c_error),
-                   solver_class.order, floats(solver_class.mid))
+    return Tableau(
+        floats(tab.alpha),
+        tuple(floats(b) for b in tab.beta),
+        floats(tab.c_sol),
+        floats(tab.c_error),
+        solver_class.order,
+        floats(solver_class.mid),
+    )
 
 
 # Fixed-step methods, written as tableaus that reproduce torchdiffeq's step functions exactly
@@ -79,8 +86,13 @@ class SolveFailed(AssertionError):
     """Raised with torchdiffeq's wording so the ODE block reports it the same way."""
 
 
-def _combine(base: torch.Tensor, stages: list[torch.Tensor], weights: tuple[float, ...], scale: float,
-             out: torch.Tensor | None = None) -> torch.Tensor:
+def _combine(
+    base: torch.Tensor,
+    stages: list[torch.Tensor],
+    weights: tuple[float, ...],
+    scale: float,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """base + scale * sum_j weights[j] * stages[j], one pass per non-zero weight, no product tensors.
 
     With `out` (only without autograd) the result is written into that buffer: a new 6 MB tensor per
@@ -91,7 +103,9 @@ def _combine(base: torch.Tensor, stages: list[torch.Tensor], weights: tuple[floa
         if w == 0.0:
             continue
         if result is None:
-            result = torch.add(base, k, alpha=scale * w, out=out) if out is not None else torch.add(base, k, alpha=scale * w)
+            result = (
+                torch.add(base, k, alpha=scale * w, out=out) if out is not None else torch.add(base, k, alpha=scale * w)
+            )
         else:
             result.add_(k, alpha=scale * w)
     if result is None:
@@ -139,8 +153,16 @@ class _Clock:
         return self.constant if self.constant is not None else self._make(value)
 
 
-def _stages(func: Func, t: float, y: torch.Tensor, f0: torch.Tensor, dt: float, tableau: Tableau,
-            buffers: _Buffers, clock: _Clock) -> tuple[list[torch.Tensor], torch.Tensor]:
+def _stages(
+    func: Func,
+    t: float,
+    y: torch.Tensor,
+    f0: torch.Tensor,
+    dt: float,
+    tableau: Tableau,
+    buffers: _Buffers,
+    clock: _Clock,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """All stage derivatives of one step, and the input of the last stage."""
     k = [f0]
     yi = y
@@ -159,8 +181,9 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x) / math.sqrt(max(1, x.numel()))
 
 
-def solve_fixed(func: Func, y0: torch.Tensor, t0: float, t1: float, step_size: float, method: str,
-                autonomous: bool = False) -> torch.Tensor:
+def solve_fixed(
+    func: Func, y0: torch.Tensor, t0: float, t1: float, step_size: float, method: str, autonomous: bool = False
+) -> torch.Tensor:
     """Fixed steps of `step_size` from t0, the last one shortened to end at t1 (torchdiffeq's grid).
 
     No host synchronisation at all: the number of steps is known before the first one.
@@ -184,8 +207,17 @@ def solve_fixed(func: Func, y0: torch.Tensor, t0: float, t1: float, step_size: f
 
 
 @torch.no_grad()
-def _initial_step(func: Func, t0: float, y0: torch.Tensor, f0: torch.Tensor, order: int, rtol: float, atol: float,
-                  norm: Norm, clock: _Clock) -> float:
+def _initial_step(
+    func: Func,
+    t0: float,
+    y0: torch.Tensor,
+    f0: torch.Tensor,
+    order: int,
+    rtol: float,
+    atol: float,
+    norm: Norm,
+    clock: _Clock,
+) -> float:
     """Hairer, Norsett & Wanner II.4 as torchdiffeq does it (one evaluation of f). torchdiffeq passes the
     method's order minus one, so the exponent is 1 / order."""
     scale = torch.abs(y0).mul_(rtol).add_(atol)
@@ -193,8 +225,9 @@ def _initial_step(func: Func, t0: float, y0: torch.Tensor, f0: torch.Tensor, ord
     h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
     f1 = func(clock(t0 + float(h0)), torch.add(y0, f0, alpha=float(h0)))
     d2 = norm((f1 - f0) / scale) / h0
-    h1 = torch.where((d1 <= 1e-15) & (d2 <= 1e-15), torch.clamp(h0 * 1e-3, min=1e-6),
-                     (0.01 / torch.maximum(d1, d2)) ** (1.0 / order))
+    h1 = torch.where(
+        (d1 <= 1e-15) & (d2 <= 1e-15), torch.clamp(h0 * 1e-3, min=1e-6), (0.01 / torch.maximum(d1, d2)) ** (1.0 / order)
+    )
     return float(torch.minimum(100 * h0, h1))  # the solve's one synchronisation before its first step
 
 
@@ -238,10 +271,25 @@ def _callback(func: Func, name: str) -> Callable | None:
     return None if callback is None or callback is _null_callback else callback
 
 
-def solve_adaptive(func: Func, y0: torch.Tensor, t0: float, t1: float, method: str, rtol: float, atol: float,
-                   max_steps: int, min_step: float = 0.0, first_step: float | None = None, *,
-                   max_step: float = math.inf, safety: float = SAFETY, ifactor: float = IFACTOR, dfactor: float = DFACTOR,
-                   norm: Norm | None = None, autonomous: bool = False) -> torch.Tensor:
+def solve_adaptive(
+    func: Func,
+    y0: torch.Tensor,
+    t0: float,
+    t1: float,
+    method: str,
+    rtol: float,
+    atol: float,
+    max_steps: int,
+    min_step: float = 0.0,
+    first_step: float | None = None,
+    *,
+    max_step: float = math.inf,
+    safety: float = SAFETY,
+    ifactor: float = IFACTOR,
+    dfactor: float = DFACTOR,
+    norm: Norm | None = None,
+    autonomous: bool = False,
+) -> torch.Tensor:
     """y(t1) by adaptive steps that are torchdiffeq's own: the same initial step, error estimate, `norm`,
     controller and options, so the accepted and rejected steps, and with them FNFE and BNFE, are the
     same; like torchdiffeq the last step may pass t1, and y(t1) is read from the same 4th-order dense
@@ -257,14 +305,20 @@ def solve_adaptive(func: Func, y0: torch.Tensor, t0: float, t1: float, method: s
     with the host once (the accept/reject decision).
     """
     tableau = ADAPTIVE_TABLEAUS[method]
-    on_step, on_accept, on_reject = (_callback(func, name) for name in ("callback_step", "callback_accept_step", "callback_reject_step"))
+    on_step, on_accept, on_reject = (
+        _callback(func, name) for name in ("callback_step", "callback_accept_step", "callback_reject_step")
+    )
     buffers = _Buffers(y0, not torch.is_grad_enabled())
     clock = _Clock(y0, t0, autonomous)
     error_norm = _ErrorNorm(y0, rtol, atol, norm)
     t = t0
     y = y0
     f0 = func(clock(t0), y0)
-    dt = first_step if first_step is not None else _initial_step(func, t0, y0, f0, tableau.order, rtol, atol, norm or rms_norm, clock)
+    dt = (
+        first_step
+        if first_step is not None
+        else _initial_step(func, t0, y0, f0, tableau.order, rtol, atol, norm or rms_norm, clock)
+    )
     trial_not_finite = not math.isfinite(dt)  # f returned NaN or infinity near y0
     if trial_not_finite:
         _check_finite(y0, f0)
@@ -314,8 +368,9 @@ def solve_adaptive(func: Func, y0: torch.Tensor, t0: float, t1: float, method: s
     return y
 
 
-def _dense_output(y0: torch.Tensor, y1: torch.Tensor, k: list[torch.Tensor], dt: float, mid: tuple[float, ...],
-                  x: float) -> torch.Tensor:
+def _dense_output(
+    y0: torch.Tensor, y1: torch.Tensor, k: list[torch.Tensor], dt: float, mid: tuple[float, ...], x: float
+) -> torch.Tensor:
     """The solution at the fraction `x` of a step, from torchdiffeq's dense output: the quartic through y0,
     the midpoint estimate y_mid = y0 + dt * sum(mid_j k_j) and y1, with slopes k_0 and k_last at the ends.
 
@@ -386,8 +441,21 @@ class TorchdiffeqAdapter:
             if self.method in FIXED_TABLEAUS:
                 ys.append(solve_fixed(self.func, ys[-1], a, b, self.step_size, self.method))
             else:
-                ys.append(solve_adaptive(self.func, ys[-1], a, b, self.method, self.rtol, self.atol, self.max_steps,
-                                         first_step=self.first_step, norm=self.norm, **self.control))
+                ys.append(
+                    solve_adaptive(
+                        self.func,
+                        ys[-1],
+                        a,
+                        b,
+                        self.method,
+                        self.rtol,
+                        self.atol,
+                        self.max_steps,
+                        first_step=self.first_step,
+                        norm=self.norm,
+                        **self.control,
+                    )
+                )
         return torch.stack(ys)
 
     @classmethod

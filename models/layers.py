@@ -1,4 +1,5 @@
 """Registries for the layer choices a config can name: activations and normalizations."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """The ODE block: integrates dz/dt = f(z) over [0, T] and counts function evaluations."""
+
 from __future__ import annotations
 
 import torch
@@ -7,7 +8,14 @@ from torchdiffeq import odeint, odeint_adjoint
 
 from models.fused_rk import rms_norm, solve_adaptive, solve_fixed
 from models.solvers import SolverSpec
-from odeflow.errors import MAX_STEPS_CAUSE, NONFINITE_FIX, SOLVER_FAILURE_FIX, ConfigError, SolverError, step_longer_than_interval
+from odeflow.errors import (
+    MAX_STEPS_CAUSE,
+    NONFINITE_FIX,
+    SOLVER_FAILURE_FIX,
+    ConfigError,
+    SolverError,
+    step_longer_than_interval,
+)
 
 _SOLVER_FAILURES = {
     # torchdiffeq turns a NaN step size (f returned NaN) into a step of 0: not a stiff solve
@@ -82,8 +90,20 @@ class ODEBlock(nn.Module):
         spec = self.solver
         if spec.is_fixed_step:
             return solve_fixed(self.func, z0, 0.0, self.t_final, spec.step_size, spec.method, autonomous=True)
-        return solve_adaptive(self.func, z0, 0.0, self.t_final, spec.method, spec.rtol, spec.atol, spec.max_steps,
-                              spec.min_step, spec.step_size, autonomous=True, **spec.extra_options)
+        return solve_adaptive(
+            self.func,
+            z0,
+            0.0,
+            self.t_final,
+            spec.method,
+            spec.rtol,
+            spec.atol,
+            spec.max_steps,
+            spec.min_step,
+            spec.step_size,
+            autonomous=True,
+            **spec.extra_options,
+        )
 
 
 def adjoint_norm_option(spec: SolverSpec) -> dict:
@@ -107,14 +127,15 @@ def adjoint_norm_option(spec: SolverSpec) -> dict:
     return {"norm": norm}
 
 
-
 def translate_solver_failure(exc: BaseException, solver: SolverSpec) -> BaseException:
     """A SolverError naming the cause and the fix for torchdiffeq's assertion failures; others unchanged."""
     text = str(exc)
     for marker, cause in _SOLVER_FAILURES.items():
         if marker in text:
-            return SolverError(f"{solver.describe()} failed: {cause} ({text.splitlines()[0][:120]})",
-                               _SOLVER_FIXES.get(marker, SOLVER_FAILURE_FIX))
+            return SolverError(
+                f"{solver.describe()} failed: {cause} ({text.splitlines()[0][:120]})",
+                _SOLVER_FIXES.get(marker, SOLVER_FAILURE_FIX),
+            )
     return exc
 
 

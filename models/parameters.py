@@ -1,4 +1,5 @@
 """Parameter counts as the thesis reports them: total, and not in the fully connected classifier."""
+
 from __future__ import annotations
 
 from torch import nn

@@ -4,6 +4,7 @@ stem (1x1 conv with stride, or a linear layer for vector data) -> optional activ
 body (one ODE block, or N residual blocks) -> linear classifier. The body's f is conv3x3 -> norm ->
 activation (linear -> norm -> activation for vectors), the same function in both families.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -73,7 +74,9 @@ class SimpleNet(nn.Module):
         check_positive("num_blocks", num_blocks)
         image = len(input_shape) == 3
         if len(input_shape) not in (1, 3):
-            raise ConfigError("input_shape", tuple(input_shape), "(channels, height, width) images or (features,) vectors")
+            raise ConfigError(
+                "input_shape", tuple(input_shape), "(channels, height, width) images or (features,) vectors"
+            )
         width = channels + augment_dims
         if image:
             in_channels, height, width_px = input_shape
@@ -84,7 +87,9 @@ class SimpleNet(nn.Module):
             stem = nn.Linear(input_shape[0], channels)
             features = width
         self.stem = nn.Sequential(stem, make_activation(activation_before, "activation_before"), ZeroPadChannels(width))
-        self.body = make_body(block, [dynamics(width, image, activation, norm) for _ in range(num_blocks)], solver, t_final)
+        self.body = make_body(
+            block, [dynamics(width, image, activation, norm) for _ in range(num_blocks)], solver, t_final
+        )
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(features, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """ODE solver settings: every torchdiffeq method by name, validated up front."""
+
 from __future__ import annotations
 
 import inspect
@@ -52,10 +53,14 @@ class SolverSpec:
         check_choice("adjoint_norm", self.adjoint_norm, ADJOINT_NORMS)
         unknown = sorted(set(self.extra_options) - self.accepted_extra_options())
         if unknown:
-            raise ConfigError("extra_options", dict(self.extra_options),
-                              f"options {self.method} on the {self.backend} backend takes: "
-                              + (", ".join(sorted(self.accepted_extra_options())) or "none")
-                              + f" ({', '.join(unknown)} is not one of them)", EXTRA_OPTIONS_FIX)
+            raise ConfigError(
+                "extra_options",
+                dict(self.extra_options),
+                f"options {self.method} on the {self.backend} backend takes: "
+                + (", ".join(sorted(self.accepted_extra_options())) or "none")
+                + f" ({', '.join(unknown)} is not one of them)",
+                EXTRA_OPTIONS_FIX,
+            )
         check_positive("rtol", self.rtol)
         check_positive("atol", self.atol)
         check_positive("max_steps", self.max_steps)
@@ -73,10 +78,26 @@ class SolverSpec:
         names: set[str] = set()
         for cls in _TORCHDIFFEQ_SOLVERS[self.method].__mro__:
             if "__init__" in vars(cls):
-                names |= {name for name, parameter in inspect.signature(cls.__init__).parameters.items()
-                          if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)}
-        return names - {"self", "func", "y0", "rtol", "atol", "kwargs", "unused_kwargs", "step_size", "max_num_steps",
-                        "min_step", "first_step", "norm", "dtype"}
+                names |= {
+                    name
+                    for name, parameter in inspect.signature(cls.__init__).parameters.items()
+                    if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+                }
+        return names - {
+            "self",
+            "func",
+            "y0",
+            "rtol",
+            "atol",
+            "kwargs",
+            "unused_kwargs",
+            "step_size",
+            "max_num_steps",
+            "min_step",
+            "first_step",
+            "norm",
+            "dtype",
+        }
 
     @property
     def is_fixed_step(self) -> bool:

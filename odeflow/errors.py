@@ -3,6 +3,7 @@
 Models, datasets and solvers raise these too (they validate their own typed arguments), so this module
 has no dependencies on the rest of the project.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -27,7 +28,7 @@ class ConfigError(UserError, ValueError):
         self.key, self.value, self.expected = key, value, expected
         super().__init__(f"{key}={value!r} is invalid: expected {expected}", fix or f"set {key} to {expected}")
 
-    def within(self, group: str) -> "ConfigError":
+    def within(self, group: str) -> ConfigError:
         """The same error with its key prefixed by the config group it came from."""
         if self.key.startswith(group + "."):
             return self
@@ -77,29 +78,41 @@ SOLVER_FAILURE_FIX = (
     "loosen solver.rtol/solver.atol, raise solver.max_steps, set solver.min_step > 0, lower train.lr, "
     "use model.norm=group instead of batch (thesis 7.1.3), or train with a fixed-step solver (e.g. solver=rk4)"
 )
-NONFINITE_FIX = ("a NaN or infinity came out of the network, not a stiff solve: lower train.lr, add weight decay "
-                 "(train.weight_decay), or check the inputs for NaN")
-EXTRA_OPTIONS_FIX = ("drop them from solver.extra_options, or set solver.backend=torchdiffeq to use torchdiffeq's own "
-                     "solver, which takes all of its options")
+NONFINITE_FIX = (
+    "a NaN or infinity came out of the network, not a stiff solve: lower train.lr, add weight decay "
+    "(train.weight_decay), or check the inputs for NaN"
+)
+EXTRA_OPTIONS_FIX = (
+    "drop them from solver.extra_options, or set solver.backend=torchdiffeq to use torchdiffeq's own "
+    "solver, which takes all of its options"
+)
 MAX_STEPS_CAUSE = "the solver needed more steps than solver.max_steps allows"
 DOWNLOAD_OFF = "data.download=false"
 
 
 def dataset_files_fix(folder: str, subfolder: str) -> str:
-    return (f"put the standard files there (expected layout: {folder}/<file>), point data.root at the folder "
-            f"that holds {subfolder}/, or run once with internet access and data.download=true")
+    return (
+        f"put the standard files there (expected layout: {folder}/<file>), point data.root at the folder "
+        f"that holds {subfolder}/, or run once with internet access and data.download=true"
+    )
 
 
 CHECKSUM_FIX = "replace them with the official files, or set data.verify_checksums=false to read them as they are"
-DAMAGED_DATASET_FIX = "replace it with the official file (delete it and run once with internet access and data.download=true)"
+DAMAGED_DATASET_FIX = (
+    "replace it with the official file (delete it and run once with internet access and data.download=true)"
+)
 
 
 def step_longer_than_interval(step_size: float, t_final: float) -> UserError:
-    return UserError(f"solver.step_size={step_size:g} is longer than the integration interval [0, {t_final:g}] (model.t_final): "
-                     f"a fixed-step solver would take one step of h={t_final:g} instead",
-                     f"set solver.step_size to at most {t_final:g} (e.g. {t_final / 4:g} for 4 steps), or raise model.t_final")
+    return UserError(
+        f"solver.step_size={step_size:g} is longer than the integration interval [0, {t_final:g}] (model.t_final): "
+        f"a fixed-step solver would take one step of h={t_final:g} instead",
+        f"set solver.step_size to at most {t_final:g} (e.g. {t_final / 4:g} for 4 steps), or raise model.t_final",
+    )
 
 
 def unsupported_fused_options(names: list[str]) -> str:
-    return (f"the fused solver does not implement torchdiffeq's option(s) {', '.join(names)}; "
-            "set solver.backend=torchdiffeq to use them")
+    return (
+        f"the fused solver does not implement torchdiffeq's option(s) {', '.join(names)}; "
+        "set solver.backend=torchdiffeq to use them"
+    )

@@ -1,4 +1,5 @@
 """PNG figures of a run (confusion matrix, learning curves, NFE per epoch) and of a metric across runs."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,6 +3,7 @@
 `python -m runner runs ...` browses logged runs and `python -m runner sync` pushes the local journal to
 MongoDB (see runner/cli.py).
 """
+
 from __future__ import annotations
 
 import sys

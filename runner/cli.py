@@ -4,6 +4,7 @@
 The subcommands read the store from the same config tree as training runs, so `tracking=mongo` or
 `paths.runs=...` select it exactly as they do for `python -m runner`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,18 @@ def run_from_hydra(cfg) -> float:
     meta = {"sweep_id": cfg.sweep_id or Path(hydra_cfg.sweep.dir).name, "trial": trial} if multirun else {}
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra/")}
     try:
-        pruner = trial_pruner(hydra_cfg.sweeper, Path(hydra_cfg.sweep.dir), hydra_cfg.job.num, trial, cfg.objective,
-                              int(cfg.train.max_epochs)) if multirun else None
+        pruner = (
+            trial_pruner(
+                hydra_cfg.sweeper,
+                Path(hydra_cfg.sweep.dir),
+                hydra_cfg.job.num,
+                trial,
+                cfg.objective,
+                int(cfg.train.max_epochs),
+            )
+            if multirun
+            else None
+        )
         summary = run_experiment(cfg, Path(hydra_cfg.runtime.output_dir), choices, meta, pruner=pruner)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
@@ -58,7 +69,9 @@ def current_config(overrides: list[str]):
         with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
             return compose("config", overrides=overrides)
     except HydraException as exc:
-        raise UserError(f"bad config override: {exc}", "overrides look like tracking=mongo or paths.runs=/some/dir") from None
+        raise UserError(
+            f"bad config override: {exc}", "overrides look like tracking=mongo or paths.runs=/some/dir"
+        ) from None
 
 
 def load_store(overrides: list[str]):
@@ -82,7 +95,10 @@ def read_records(store) -> list:
         except Exception as exc:  # pymongo raises several types for "no server"
             from runner.tracking.mongo import describe_failure
 
-            print(f"{describe_failure(store.url, exc)}; showing the local journal {store.local_dir} instead", file=sys.stderr)
+            print(
+                f"{describe_failure(store.url, exc)}; showing the local journal {store.local_dir} instead",
+                file=sys.stderr,
+            )
     return read_file_store(store.local_dir)
 
 
@@ -100,17 +116,27 @@ def cmd_sync(args: argparse.Namespace) -> int:
     _, overrides = _split(args.words)
     store = load_store(["tracking=mongo", *overrides])
     if not isinstance(store, MongoStore):
-        raise UserError("sync needs the mongo tracking backend", "drop the tracking= override (sync uses tracking=mongo)")
+        raise UserError(
+            "sync needs the mongo tracking backend", "drop the tracking= override (sync uses tracking=mongo)"
+        )
     try:
         client = answering_client(store)
     except Exception as exc:  # pymongo raises several types for "no server"
         from runner.tracking.mongo import describe_failure
 
-        raise UserError(f"{describe_failure(store.url, exc)}; nothing was pushed, the journal {store.local_dir} is unchanged",
-                        "start it (make dashboard or make up) or correct MONGO_URL (in .env), then sync again") from None
+        raise UserError(
+            f"{describe_failure(store.url, exc)}; nothing was pushed, the journal {store.local_dir} is unchanged",
+            "start it (make dashboard or make up) or correct MONGO_URL (in .env), then sync again",
+        ) from None
     counts = sync(store.local_dir, client, store.db_name, include_running=args.include_running)
-    print(f"sync: {counts['pushed']} pushed, {counts['already_there']} already in MongoDB"
-          + (f", {counts['running']} still running or killed (add --include-running to push them as they are)" if counts["running"] else ""))
+    print(
+        f"sync: {counts['pushed']} pushed, {counts['already_there']} already in MongoDB"
+        + (
+            f", {counts['running']} still running or killed (add --include-running to push them as they are)"
+            if counts["running"]
+            else ""
+        )
+    )
     return 0
 
 
@@ -152,18 +178,30 @@ def _one_run(args: argparse.Namespace):
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from runner.experiment.app import run_experiment
-    from runner.research.rerun import check_environment, config_from_record, format_comparison, metric_comparison, new_output_dir
+    from runner.research.rerun import (
+        check_environment,
+        config_from_record,
+        format_comparison,
+        metric_comparison,
+        new_output_dir,
+    )
 
     record, cfg, store = _one_run(args)
     differences = check_environment(record, args.strict)
     out_dir = new_output_dir(Path(cfg.paths.runs), "reproduce")
-    meta = {"reproduces": record.id, "reproduces_uid": record.meta.get("run_uid"), "environment_differences": differences}
+    meta = {
+        "reproduces": record.id,
+        "reproduces_uid": record.meta.get("run_uid"),
+        "environment_differences": differences,
+    }
     summary = run_experiment(config_from_record(record, cfg), out_dir, record.choices, meta)
     reproduced = next(r for r in read_records(store) if r.id == summary["run_id"])
     rows, worst = metric_comparison(record, reproduced)
     print(f"\nrun {record.id} reproduced as run {summary['run_id']}:\n{format_comparison(rows)}")
     matches = worst <= args.tolerance
-    print(f"{'MATCH' if matches else 'MISMATCH'}: largest per-epoch difference {worst:.3g} (tolerance {args.tolerance:g})")
+    print(
+        f"{'MATCH' if matches else 'MISMATCH'}: largest per-epoch difference {worst:.3g} (tolerance {args.tolerance:g})"
+    )
     return 0 if matches else 1
 
 
@@ -173,15 +211,23 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     record, cfg, _ = _one_run(args)
     if record.status == "COMPLETED":
-        raise UserError(f"run {record.id} is COMPLETED: it trained to the end (or stopped early), so there is nothing to resume",
-                        f"resume continues crashed or killed runs (status RUNNING, FAILED or INTERRUPTED); "
-                        f"to train it again use: python -m runner reproduce {record.id}")
+        raise UserError(
+            f"run {record.id} is COMPLETED: it trained to the end (or stopped early), so there is nothing to resume",
+            f"resume continues crashed or killed runs (status RUNNING, FAILED or INTERRUPTED); "
+            f"to train it again use: python -m runner reproduce {record.id}",
+        )
     state, out_dir = load_training_state(record)
     print(f"resuming run {record.id} after epoch {state['epoch']} (from {out_dir / 'last_checkpoint.pt'})", flush=True)
-    meta = {"resumed_from": record.id, "resumed_from_uid": record.meta.get("run_uid"), "resumed_after_epoch": state["epoch"],
-            **{k: v for k, v in record.meta.items() if k in ("sweep_id", "trial")}}
+    meta = {
+        "resumed_from": record.id,
+        "resumed_from_uid": record.meta.get("run_uid"),
+        "resumed_after_epoch": state["epoch"],
+        **{k: v for k, v in record.meta.items() if k in ("sweep_id", "trial")},
+    }
     summary = run_experiment(config_from_record(record, cfg), out_dir, record.choices, meta, resume=state)
-    print(f"run {record.id} continued as run {summary['run_id']}: epochs 1-{summary['epochs']}, test acc {summary['test_acc']:.4f}")
+    print(
+        f"run {record.id} continued as run {summary['run_id']}: epochs 1-{summary['epochs']}, test acc {summary['test_acc']:.4f}"
+    )
     return 0
 
 
@@ -225,9 +271,13 @@ def cmd_sweep_report(args: argparse.Namespace) -> int:
 
     words, overrides = _split(args.words)
     if len(words) != 1:
-        raise UserError("sweep-report takes one sweep directory or sweep id", "python -m runner sweep-report runs/sweeps/quickstart")
+        raise UserError(
+            "sweep-report takes one sweep directory or sweep id", "python -m runner sweep-report runs/sweeps/quickstart"
+        )
     cfg = current_config(overrides)
-    _, paths = write_and_log_report(find_sweep(words[0], Path(cfg.paths.runs)), cfg, Path(args.out) if args.out else None)
+    _, paths = write_and_log_report(
+        find_sweep(words[0], Path(cfg.paths.runs)), cfg, Path(args.out) if args.out else None
+    )
     _show_written(paths, paths["report.md"].read_text().split("## Convergence")[0].rstrip())
     return 0
 
@@ -239,11 +289,15 @@ def _show_written(paths: dict[str, Path], text: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m runner", description="odeflow subcommands (without one: run an experiment)")
+    parser = argparse.ArgumentParser(
+        prog="python -m runner", description="odeflow subcommands (without one: run an experiment)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     words_help = "run ids and/or config overrides such as tracking=mongo or paths.runs=DIR"
     sync = sub.add_parser("sync", help="push journalled runs into MongoDB (idempotent)")
-    sync.add_argument("--include-running", action="store_true", help="also push runs still marked RUNNING (killed runs)")
+    sync.add_argument(
+        "--include-running", action="store_true", help="also push runs still marked RUNNING (killed runs)"
+    )
     sync.add_argument("words", nargs="*", help="config overrides, e.g. tracking.db_name=thesis")
     sync.set_defaults(handler=cmd_sync)
     runs = sub.add_parser("runs", help="browse logged runs")
@@ -265,21 +319,31 @@ def build_parser() -> argparse.ArgumentParser:
     runs.set_defaults(handler=cmd_runs)
 
     reproduce = sub.add_parser("reproduce", help="re-run a logged run exactly and compare its metrics")
-    reproduce.add_argument("--strict", action="store_true", help="refuse when package versions or the git commit differ")
-    reproduce.add_argument("--tolerance", type=float, default=1e-6, help="largest per-epoch difference that counts as a match")
+    reproduce.add_argument(
+        "--strict", action="store_true", help="refuse when package versions or the git commit differ"
+    )
+    reproduce.add_argument(
+        "--tolerance", type=float, default=1e-6, help="largest per-epoch difference that counts as a match"
+    )
     reproduce.set_defaults(handler=cmd_reproduce)
     resume = sub.add_parser("resume", help="continue a crashed run from its last per-epoch checkpoint")
     resume.set_defaults(handler=cmd_resume)
     reevaluate = sub.add_parser("reevaluate", help="evaluate a trained ODEnet with other solvers and tolerances")
-    reevaluate.add_argument("--grid", nargs="*", metavar="METHOD:VALUES",
-                            help="e.g. euler:1,0.5,0.25 rk4:1,0.25 dopri5:1e-1,1e-3 (dopri5 at 1e-6, the reference, is always added)")
+    reevaluate.add_argument(
+        "--grid",
+        nargs="*",
+        metavar="METHOD:VALUES",
+        help="e.g. euler:1,0.5,0.25 rk4:1,0.25 dopri5:1e-1,1e-3 (dopri5 at 1e-6, the reference, is always added)",
+    )
     reevaluate.add_argument("--collapse-threshold", type=float, default=0.05, help="ODE-ness gap that flags a collapse")
     reevaluate.add_argument("--device", default="auto")
     reevaluate.set_defaults(handler=cmd_reevaluate)
     report = sub.add_parser("report", help="parameter-matched comparison report (thesis table 8.1) of the stored runs")
     report.add_argument("--out", help="folder for comparison.md/.csv and the PNGs (default: <paths.runs>/report)")
     report.set_defaults(handler=cmd_report)
-    study = sub.add_parser("study", help="table and BNFE-per-epoch plot of an architecture study (make study STUDY=t_final)")
+    study = sub.add_parser(
+        "study", help="table and BNFE-per-epoch plot of an architecture study (make study STUDY=t_final)"
+    )
     study.set_defaults(handler=cmd_study)
     sweep_report = sub.add_parser("sweep-report", help="plots, parameter importance and top trials of a hyperopt sweep")
     sweep_report.add_argument("--out", help="folder for report.md and the PNGs (default: <sweep dir>/report)")
@@ -309,6 +373,9 @@ def main(argv: list[str]) -> int:
     except OSError as exc:  # a path the user gave (--out, paths.runs) that cannot be written or read
         if exc.filename is None:
             raise
-        print(f"error: cannot use {exc.filename}: {exc.strerror or exc}\n  fix: give a path in a folder that exists and "
-              f"that you can write (--out, paths.runs or ODEFLOW_RUNS)", file=sys.stderr)
+        print(
+            f"error: cannot use {exc.filename}: {exc.strerror or exc}\n  fix: give a path in a folder that exists and "
+            f"that you can write (--out, paths.runs or ODEFLOW_RUNS)",
+            file=sys.stderr,
+        )
         return 2

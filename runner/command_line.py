@@ -5,6 +5,7 @@ the wrong fix for a typo), reads a mistyped subcommand as a malformed override (
 fails with an OSError traceback when the runs folder cannot be created. These checks run first and
 end in one line naming the cause and the fix.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -13,7 +14,17 @@ from typing import Any
 
 from odeflow.errors import UserError
 
-HYDRA_FLAGS_WITHOUT_VALUE = {"-m", "--multirun", "--help", "-h", "--hydra-help", "--info", "-i", "--resolve", "--version"}
+HYDRA_FLAGS_WITHOUT_VALUE = {
+    "-m",
+    "--multirun",
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--info",
+    "-i",
+    "--resolve",
+    "--version",
+}
 
 
 def check_command(word: str, commands: tuple[str, ...]) -> None:
@@ -21,15 +32,19 @@ def check_command(word: str, commands: tuple[str, ...]) -> None:
     if "=" in word or word.startswith(("-", "+", "~")) or word in commands:
         return
     close = difflib.get_close_matches(word, commands, n=1)
-    raise UserError(f"'{word}' is not a command or a config override",
-                    (f"did you mean '{close[0]}'? " if close else "")
-                    + f"commands: {', '.join(commands)} (python -m runner <command> --help); "
-                    "without a command, give overrides like model=resnet_simple_small train.lr=0.01")
+    raise UserError(
+        f"'{word}' is not a command or a config override",
+        (f"did you mean '{close[0]}'? " if close else "")
+        + f"commands: {', '.join(commands)} (python -m runner <command> --help); "
+        "without a command, give overrides like model=resnet_simple_small train.lr=0.01",
+    )
 
 
 def check_overrides(argv: list[str]) -> None:
     """Every dotted key the overrides change exists in the config they compose; the runs folder can be made."""
-    if any(a.startswith("-") and a not in HYDRA_FLAGS_WITHOUT_VALUE for a in argv) or any(a in ("--help", "-h", "--hydra-help") for a in argv):
+    if any(a.startswith("-") and a not in HYDRA_FLAGS_WITHOUT_VALUE for a in argv) or any(
+        a in ("--help", "-h", "--hydra-help") for a in argv
+    ):
         return  # --cfg, --config-name, ...: Hydra's own business
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType
@@ -50,9 +65,11 @@ def check_overrides(argv: list[str]) -> None:
         key = o.key_or_group
         if "." in key and not _has_key(cfg, key):
             close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
-            raise UserError(f"{key} is not a config key",
-                            (f"did you mean {close[0]}? " if close else "")
-                            + f"python -m runner --cfg job lists every key; to add a key of your own write +{key}=...")
+            raise UserError(
+                f"{key} is not a config key",
+                (f"did you mean {close[0]}? " if close else "")
+                + f"python -m runner --cfg job lists every key; to add a key of your own write +{key}=...",
+            )
     runs = [o for o in changed if o.key_or_group == "paths.runs"]
     if not runs:
         _check_writable_folder("paths.runs", cfg.paths.runs)
@@ -68,10 +85,12 @@ def check_distribution_syntax(words: list[str]) -> None:
         key, _, value = word.partition("=")
         function = value.split("(", 1)[0].strip()
         if "(" in value and function in DISTRIBUTIONS and function not in ("choice",):
-            raise UserError(f"{word}: {function}(...) is hyperopt's syntax, for search configs (conf/search/*.yaml, "
-                            "hydra.sweeper.params); the command line takes Hydra's sweep syntax",
-                            f"write {key}='tag(log, interval(a, b))' for a log scale, {key}='interval(a, b)', "
-                            f"{key}='tag(int, interval(a, b))' for whole numbers, or {key}=a,b,c")
+            raise UserError(
+                f"{word}: {function}(...) is hyperopt's syntax, for search configs (conf/search/*.yaml, "
+                "hydra.sweeper.params); the command line takes Hydra's sweep syntax",
+                f"write {key}='tag(log, interval(a, b))' for a log scale, {key}='interval(a, b)', "
+                f"{key}='tag(int, interval(a, b))' for whole numbers, or {key}=a,b,c",
+            )
 
 
 def _compose(group_overrides: list[str]) -> Any:
@@ -116,5 +135,7 @@ def _check_writable_folder(key: str, folder: str) -> None:
         probe.touch()
         probe.unlink()
     except OSError as exc:
-        raise UserError(f"{key}={folder} cannot be used: {exc.strerror or exc} ({exc.filename or path})",
-                        f"set {key} (or the ODEFLOW_RUNS environment variable) to a folder you can write") from None
+        raise UserError(
+            f"{key}={folder} cannot be used: {exc.strerror or exc} ({exc.filename or path})",
+            f"set {key} (or the ODEFLOW_RUNS environment variable) to a folder you can write",
+        ) from None

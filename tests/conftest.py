@@ -1,4 +1,5 @@
 """Shared fixtures: Hydra compose on the real config tree, CPU-only, runs written under tmp_path."""
+
 from __future__ import annotations
 
 import os
@@ -17,13 +18,19 @@ CONF = ROOT / "conf"
 def compose_config(overrides: list[str], runs_dir: Path) -> DictConfig:
     """The config `python -m runner <overrides>` would get, with CPU, no progress output and runs in tmp."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=[f"paths.runs={runs_dir}", "train.device=cpu", "train.progress=false", *overrides])
+        return compose(
+            "config", overrides=[f"paths.runs={runs_dir}", "train.device=cpu", "train.progress=false", *overrides]
+        )
 
 
-def run_cli(args: list[str], runs_dir: Path, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], runs_dir: Path, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """`python -m runner <args>` in a subprocess, the way a user runs it (`env` adds to the environment)."""
     env = {**os.environ, "ODEFLOW_RUNS": str(runs_dir), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture

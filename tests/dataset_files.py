@@ -1,4 +1,5 @@
 """Writers for small files in the real FashionMNIST (IDX) and CIFAR10 (pickled batch) formats."""
+
 from __future__ import annotations
 
 import pickle
@@ -40,7 +41,20 @@ def write_cifar10(root: Path, per_batch: int = 10, n_test: int = 20, seed: int =
     written = {"train_x": [], "train_y": []}
     for name in CIFAR10_FILES:
         if name == "batches.meta":
-            meta = {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]}
+            meta = {
+                "label_names": [
+                    "airplane",
+                    "automobile",
+                    "bird",
+                    "cat",
+                    "deer",
+                    "dog",
+                    "frog",
+                    "horse",
+                    "ship",
+                    "truck",
+                ]
+            }
             (folder / name).write_bytes(pickle.dumps(meta))
             continue
         n = n_test if name == "test_batch" else per_batch

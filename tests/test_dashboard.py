@@ -1,4 +1,5 @@
 """`python -m dashboard` as a user runs it: a real database server, the runs pushed, Omniboard in Chromium."""
+
 from __future__ import annotations
 
 import os
@@ -28,18 +29,28 @@ def dashboard_env(tmp_path) -> dict[str, str]:
     """Environment for a dashboard over a runs folder of its own, with its own .env and free ports."""
     env_file = tmp_path / "dashboard.env"
     port = free_port()
-    env_file.write_text(f"MONGO_USER=researcher\nMONGO_PASSWORD=pw-{port}\nMONGO_PORT={port}\nOMNIBOARD_PORT={free_port()}\n"
-                        f"MONGO_URL={mongo_url(port, 'researcher', f'pw-{port}')}\n")
+    env_file.write_text(
+        f"MONGO_USER=researcher\nMONGO_PASSWORD=pw-{port}\nMONGO_PORT={port}\nOMNIBOARD_PORT={free_port()}\n"
+        f"MONGO_URL={mongo_url(port, 'researcher', f'pw-{port}')}\n"
+    )
     runs = tmp_path / "runs"
     runs.mkdir()
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO_", "OMNIBOARD_"))}
     return {**clean, "ODEFLOW_RUNS": str(runs), "ODEFLOW_ENV_FILE": str(env_file), "PYTHONUNBUFFERED": "1"}
 
 
-def start_dashboard(env: dict[str, str], *args: str, timeout: float = 240, cwd: Path = ROOT) -> tuple[subprocess.Popen, str]:
+def start_dashboard(
+    env: dict[str, str], *args: str, timeout: float = 240, cwd: Path = ROOT
+) -> tuple[subprocess.Popen, str]:
     """`python -m dashboard` in the background; returns it and what it printed up to READY."""
-    proc = subprocess.Popen([sys.executable, "-m", "dashboard", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dashboard", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: queue.Queue[str] = queue.Queue()
     proc.reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)
     proc.reader.start()
@@ -72,14 +83,19 @@ def dashboard_client(env: dict[str, str]) -> pymongo.MongoClient:
 
 def train(env: dict[str, str], *overrides: str) -> None:
     flags = [o for o in overrides if o.startswith("-")]  # -m goes before the overrides
-    proc = run_cli([*flags, *TINY, "train.progress=false", *(o for o in overrides if o not in flags)], Path(env["ODEFLOW_RUNS"]),
-                   env={"ODEFLOW_ENV_FILE": env["ODEFLOW_ENV_FILE"], "MONGO_URL": dashboard_url(env)})
+    proc = run_cli(
+        [*flags, *TINY, "train.progress=false", *(o for o in overrides if o not in flags)],
+        Path(env["ODEFLOW_RUNS"]),
+        env={"ODEFLOW_ENV_FILE": env["ODEFLOW_ENV_FILE"], "MONGO_URL": dashboard_url(env)},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_missing_node_is_one_clear_message(dashboard_env):
     env = {**dashboard_env, "PATH": str(Path(sys.executable).parent)}  # no node, no npm
-    proc = subprocess.run([sys.executable, "-m", "dashboard"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dashboard"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "node and npm is not on PATH" in proc.stderr and "install Node.js 18 or newer" in proc.stderr
 
@@ -111,7 +127,9 @@ def test_a_killed_dashboard_leaves_no_server_behind(dashboard_env):
     proc, _ = start_dashboard(dashboard_env, "--no-omniboard")
     proc.kill()  # kill -9: no chance to stop its children
     proc.wait()
-    proc, out = start_dashboard(dashboard_env, "--no-omniboard", timeout=150)  # the port and the data folder are free again
+    proc, out = start_dashboard(
+        dashboard_env, "--no-omniboard", timeout=150
+    )  # the port and the data folder are free again
     assert "0 runs pushed" in out
     stop_dashboard(proc)
 
@@ -128,7 +146,9 @@ time.sleep(600)
 
 def owned_server(data: Path, port: int) -> tuple[subprocess.Popen, int]:
     """A database server started by another process (as a dashboard starts it); returns that owner and the server's pid."""
-    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(data), str(port)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, str(data), str(port)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
     return owner, int(owner.stdout.readline())
 
 
@@ -172,8 +192,14 @@ def test_changed_password_is_refused_with_the_fix(dashboard_env):
     stop_dashboard(proc)
     env_file = Path(dashboard_env["ODEFLOW_ENV_FILE"])
     env_file.write_text(env_file.read_text().replace("MONGO_PASSWORD=pw-", "MONGO_PASSWORD=other-"))
-    done = subprocess.run([sys.executable, "-m", "dashboard", "--no-omniboard"], cwd=ROOT, env=dashboard_env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "dashboard", "--no-omniboard"],
+        cwd=ROOT,
+        env=dashboard_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "created with other credentials" in done.stderr and "delete that folder" in done.stderr
 
@@ -193,14 +219,33 @@ def test_omniboard_in_a_browser(dashboard_env, tmp_path):
     try:
         train(dashboard_env, "tracking=mongo", "solver=rk4", "solver.step_size=0.25")  # appears live
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=chromium, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run"])
+            browser = playwright.chromium.launch(
+                executable_path=chromium,
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                ],
+            )
             page = browser.new_page(viewport={"width": 2200, "height": 900})
             page.goto(url)
             page.wait_for_selector("text=2 experiments", timeout=60_000)
             headers = page.inner_text(".fixedDataTableLayout_header")
-            for column in ("Model", "Dataset", "Solver", "Rtol", "Test acc", "Best val loss", "FNFE", "BNFE", "Params", "Sweep"):
+            for column in (
+                "Model",
+                "Dataset",
+                "Solver",
+                "Rtol",
+                "Test acc",
+                "Best val loss",
+                "FNFE",
+                "BNFE",
+                "Params",
+                "Sweep",
+            ):
                 assert column.lower() in headers.lower(), (column, headers)
             table = page.inner_text(".fixedDataTableLayout_main")
             assert "euler" in table and "rk4" in table and "odenet_simple" in table  # rk4: the live run

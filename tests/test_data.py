@@ -1,4 +1,5 @@
 """Loaders on small files in the real formats, seeded splits, normalisation and missing-file errors."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,10 +39,13 @@ def test_cifar10_checksum_mismatch_is_explained(tmp_path: Path):
         load_cifar10(root=str(tmp_path), download=False)
 
 
-@pytest.mark.parametrize("loader,files", [
-    (load_fashion_mnist, ["train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
-    (load_cifar10, ["data_batch_1", "test_batch", "batches.meta"]),
-])
+@pytest.mark.parametrize(
+    "loader,files",
+    [
+        (load_fashion_mnist, ["train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
+        (load_cifar10, ["data_batch_1", "test_batch", "batches.meta"]),
+    ],
+)
 def test_missing_files_name_the_files_and_the_layout(tmp_path: Path, loader, files):
     with pytest.raises(DatasetNotFoundError) as info:
         loader(root=str(tmp_path), download=False)
@@ -94,13 +98,17 @@ def _garbage(path: Path) -> None:
     path.write_bytes(b"<html>404 not found</html>" * 40)
 
 
-@pytest.mark.parametrize("writer,loader,name,damage,words", [
-    (write_fashion_mnist, load_fashion_mnist, "train-images-idx3-ubyte", _truncate, "truncated"),
-    (write_fashion_mnist, load_fashion_mnist, "t10k-labels-idx1-ubyte", _truncate, "truncated"),
-    (write_fashion_mnist, load_fashion_mnist, "t10k-images-idx3-ubyte", _garbage, "not an IDX file"),
-    (write_cifar10, load_cifar10, "test_batch", _truncate, "not a readable pickled batch"),
-    (write_cifar10, load_cifar10, "data_batch_3", _garbage, "not a readable pickled batch"),
-], ids=["fmnist-truncated-images", "fmnist-truncated-labels", "fmnist-garbage", "cifar-truncated", "cifar-garbage"])
+@pytest.mark.parametrize(
+    "writer,loader,name,damage,words",
+    [
+        (write_fashion_mnist, load_fashion_mnist, "train-images-idx3-ubyte", _truncate, "truncated"),
+        (write_fashion_mnist, load_fashion_mnist, "t10k-labels-idx1-ubyte", _truncate, "truncated"),
+        (write_fashion_mnist, load_fashion_mnist, "t10k-images-idx3-ubyte", _garbage, "not an IDX file"),
+        (write_cifar10, load_cifar10, "test_batch", _truncate, "not a readable pickled batch"),
+        (write_cifar10, load_cifar10, "data_batch_3", _garbage, "not a readable pickled batch"),
+    ],
+    ids=["fmnist-truncated-images", "fmnist-truncated-labels", "fmnist-garbage", "cifar-truncated", "cifar-garbage"],
+)
 def test_a_damaged_dataset_file_is_named_with_what_is_wrong(tmp_path: Path, writer, loader, name, damage, words):
     writer(tmp_path)
     folder = tmp_path / ("FashionMNIST/raw" if loader is load_fashion_mnist else "cifar-10-batches-py")

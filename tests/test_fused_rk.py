@@ -1,4 +1,5 @@
 """The fused Runge-Kutta path agrees with torchdiffeq (the reference) and with exact solutions."""
+
 from __future__ import annotations
 
 import pytest
@@ -73,12 +74,15 @@ def block_pair(method: str, **kwargs):
     return fused, reference
 
 
-@pytest.mark.parametrize("method,kwargs,out_tol,grad_tol", [
-    ("dopri5", {}, 2e-2, 5e-2),                               # default training tolerance 1e-3
-    ("dopri5", {"rtol": 1e-6, "atol": 1e-6}, 5e-4, 5e-3),  # float32 state: 1e-6 is near its resolution
-    ("bosh3", {"rtol": 1e-5, "atol": 1e-5}, 1e-3, 2e-2),
-    ("rk4", {"step_size": 0.25}, 1e-5, 1e-4),                 # same arithmetic: equal up to float32 rounding
-])
+@pytest.mark.parametrize(
+    "method,kwargs,out_tol,grad_tol",
+    [
+        ("dopri5", {}, 2e-2, 5e-2),  # default training tolerance 1e-3
+        ("dopri5", {"rtol": 1e-6, "atol": 1e-6}, 5e-4, 5e-3),  # float32 state: 1e-6 is near its resolution
+        ("bosh3", {"rtol": 1e-5, "atol": 1e-5}, 1e-3, 2e-2),
+        ("rk4", {"step_size": 0.25}, 1e-5, 1e-4),  # same arithmetic: equal up to float32 rounding
+    ],
+)
 def test_ode_block_outputs_gradients_and_nfe_agree(method, kwargs, out_tol, grad_tol):
     fused, reference = block_pair(method, **kwargs)
     x = torch.randn(16, 1, 8, 8)
@@ -92,9 +96,14 @@ def test_ode_block_outputs_gradients_and_nfe_agree(method, kwargs, out_tol, grad
 
 def test_fused_adjoint_is_as_accurate_as_torchdiffeqs_adjoint():
     torch.manual_seed(2)
-    models = {name: SimpleNet((1, 8, 8), 10, "ode", 1, 16, 2, solver=SolverSpec("dopri5", rtol=1e-6, atol=1e-6, **kw))
-              for name, kw in {"direct": {}, "fused_adjoint": {"adjoint": True},
-                               "torchdiffeq_adjoint": {"adjoint": True, "backend": "torchdiffeq"}}.items()}
+    models = {
+        name: SimpleNet((1, 8, 8), 10, "ode", 1, 16, 2, solver=SolverSpec("dopri5", rtol=1e-6, atol=1e-6, **kw))
+        for name, kw in {
+            "direct": {},
+            "fused_adjoint": {"adjoint": True},
+            "torchdiffeq_adjoint": {"adjoint": True, "backend": "torchdiffeq"},
+        }.items()
+    }
     for model in models.values():
         model.load_state_dict(models["direct"].state_dict())
     x = torch.randn(8, 1, 8, 8)

@@ -1,4 +1,5 @@
 """Parameter budgets of thesis table 7.4 / 7.5, NFE counting and solver failure messages."""
+
 from __future__ import annotations
 
 import pytest
@@ -93,10 +94,13 @@ class Exploding(nn.Module):
         return 1e3 * z**3  # finite-time blow-up: the adaptive step collapses
 
 
-@pytest.mark.parametrize("max_steps,cause", [
-    (100_000, "the adaptive step size collapsed (underflow in dt): the learned dynamics became stiff"),
-    (50, "the solver needed more steps than solver.max_steps allows (max_num_steps exceeded (50>=50))"),
-])
+@pytest.mark.parametrize(
+    "max_steps,cause",
+    [
+        (100_000, "the adaptive step size collapsed (underflow in dt): the learned dynamics became stiff"),
+        (50, "the solver needed more steps than solver.max_steps allows (max_num_steps exceeded (50>=50))"),
+    ],
+)
 def test_a_failing_solve_names_its_own_cause_and_the_fix(max_steps, cause):
     block = ODEBlock(Exploding(), SolverSpec("dopri5", rtol=1e-6, atol=1e-6, max_steps=max_steps))
     with pytest.raises(SolverError) as info:
@@ -105,13 +109,16 @@ def test_a_failing_solve_names_its_own_cause_and_the_fix(max_steps, cause):
     assert info.value.fix == SOLVER_FAILURE_FIX
 
 
-@pytest.mark.parametrize("kwargs,key", [
-    ({"method": "rk5"}, "method"),
-    ({"rtol": -1e-3}, "rtol"),
-    ({"atol": 0.0}, "atol"),
-    ({"method": "euler"}, "step_size"),
-    ({"max_steps": 0}, "max_steps"),
-])
+@pytest.mark.parametrize(
+    "kwargs,key",
+    [
+        ({"method": "rk5"}, "method"),
+        ({"rtol": -1e-3}, "rtol"),
+        ({"atol": 0.0}, "atol"),
+        ({"method": "euler"}, "step_size"),
+        ({"max_steps": 0}, "max_steps"),
+    ],
+)
 def test_solver_spec_rejects_bad_values(kwargs, key):
     with pytest.raises(ConfigError) as info:
         SolverSpec(**kwargs)
@@ -147,6 +154,8 @@ def test_a_nan_state_fails_at_once_with_its_own_message(backend):
     block = ODEBlock(net, SolverSpec("dopri5", backend=backend, max_steps=1000))
     with pytest.raises(SolverError) as info:
         block(torch.ones(2, 3))
-    assert ("failed: the ODE state became NaN or infinite" in str(info.value) or "the step size became NaN" in str(info.value))
+    assert "failed: the ODE state became NaN or infinite" in str(info.value) or "the step size became NaN" in str(
+        info.value
+    )
     assert "not a stiff solve" in info.value.fix
     assert net.calls <= 8  # at once: not after the step size has shrunk for hundreds of steps

@@ -7,6 +7,7 @@ rtol = atol = 1e-3 and 1e-6. The effects these tests guard against are a step of
 (a changed initial step rule or error norm moves every later step) and gradient differences of a per
 cent (the adjoint's flat RMS norm against torchdiffeq's mixed norm); their bounds are far tighter.
 """
+
 from __future__ import annotations
 
 import copy
@@ -85,11 +86,15 @@ def test_forward_steps_and_fnfe_are_torchdiffeqs(problem, method, tol):
     fused, reference = Recorder(net), Recorder(net)
     with torch.no_grad():
         y_fused = solve_adaptive(fused, z0, 0.0, t_final, method, tol, tol, 100_000)
-        y_reference = odeint(reference, z0, torch.tensor([0.0, t_final], dtype=z0.dtype), method=method, rtol=tol, atol=tol)[-1]
+        y_reference = odeint(
+            reference, z0, torch.tensor([0.0, t_final], dtype=z0.dtype), method=method, rtol=tol, atol=tol
+        )[-1]
     accepted = [[s for s in r.steps if s[0] == "accept"] for r in (fused, reference)]
     assert abs(len(accepted[0]) - len(accepted[1])) <= 1
     for (_, t_a, dt_a), (_, t_b, dt_b) in zip(accepted[0][:-1], accepted[1][:-1]):
-        assert t_a == pytest.approx(t_b, rel=1e-6, abs=1e-12) and dt_a == pytest.approx(dt_b, rel=1e-6)  # summation order only
+        assert t_a == pytest.approx(t_b, rel=1e-6, abs=1e-12) and dt_a == pytest.approx(
+            dt_b, rel=1e-6
+        )  # summation order only
     assert abs(fused.nfe - reference.nfe) <= stages_per_step(method)
     assert len(fused.steps) > 2 and torch.allclose(y_fused, y_reference, rtol=1e-7, atol=1e-10)
 
@@ -109,12 +114,17 @@ def gradients(net: nn.Module, z0: torch.Tensor, t_final: float, spec: SolverSpec
 def test_adjoint_bnfe_and_gradients_are_torchdiffeqs(problem, method, tol):
     make, t_final = PROBLEMS[problem]
     net, z0 = make()
-    runs = {backend: gradients(net, z0, t_final, SolverSpec(method, rtol=tol, atol=tol, adjoint=True, backend=backend,
-                                                            max_steps=100_000))
-            for backend in ("fused", "torchdiffeq")}
+    runs = {
+        backend: gradients(
+            net, z0, t_final, SolverSpec(method, rtol=tol, atol=tol, adjoint=True, backend=backend, max_steps=100_000)
+        )
+        for backend in ("fused", "torchdiffeq")
+    }
     (g_fused, f_fused, b_fused), (g_reference, f_reference, b_reference) = runs["fused"], runs["torchdiffeq"]
     assert f_fused == f_reference
-    assert abs(b_fused - b_reference) <= stages_per_step(method) and b_fused > f_fused  # the mixed norm's long backward solve
+    assert (
+        abs(b_fused - b_reference) <= stages_per_step(method) and b_fused > f_fused
+    )  # the mixed norm's long backward solve
     assert float((g_fused - g_reference).norm() / g_reference.norm()) < 1e-6
 
 
@@ -123,13 +133,18 @@ def test_adjoint_bnfe_and_gradients_are_torchdiffeqs(problem, method, tol):
 def test_adjoint_gradients_converge_to_an_accurate_direct_reference(method, norm):
     """Against direct backpropagation through a 1e-11 solve, the adjoint's gradient error is of the size of
     the forward solve's own error at that tolerance (direct backpropagation's), and shrinks with it."""
-    reference, _, _ = gradients(Spiral(), SPIRAL_Y0, 2.0, SolverSpec("dopri5", rtol=1e-11, atol=1e-11, max_steps=10**6,
-                                                                      backend="torchdiffeq"))
+    reference, _, _ = gradients(
+        Spiral(), SPIRAL_Y0, 2.0, SolverSpec("dopri5", rtol=1e-11, atol=1e-11, max_steps=10**6, backend="torchdiffeq")
+    )
     errors = {}
     for tol in (1e-3, 1e-6):
         spec = SolverSpec(method, rtol=tol, atol=tol, max_steps=10**6)
-        adjoint, _, _ = gradients(Spiral(), SPIRAL_Y0, 2.0, SolverSpec(method, rtol=tol, atol=tol, max_steps=10**6,
-                                                                       adjoint=True, adjoint_norm=norm))
+        adjoint, _, _ = gradients(
+            Spiral(),
+            SPIRAL_Y0,
+            2.0,
+            SolverSpec(method, rtol=tol, atol=tol, max_steps=10**6, adjoint=True, adjoint_norm=norm),
+        )
         direct, _, _ = gradients(Spiral(), SPIRAL_Y0, 2.0, spec)
         errors[tol] = float((adjoint - reference).norm() / reference.norm())
         assert errors[tol] <= 10 * float((direct - reference).norm() / reference.norm())
@@ -140,7 +155,9 @@ def test_the_seminorm_leaves_the_parameters_out_of_the_backward_error():
     net, z0 = trained_block()
     _, _, mixed = gradients(net, z0, 1.0, SolverSpec("dopri5", adjoint=True))
     _, _, seminorm = gradients(net, z0, 1.0, SolverSpec("dopri5", adjoint=True, adjoint_norm="seminorm"))
-    _, _, reference = gradients(net, z0, 1.0, SolverSpec("dopri5", adjoint=True, adjoint_norm="seminorm", backend="torchdiffeq"))
+    _, _, reference = gradients(
+        net, z0, 1.0, SolverSpec("dopri5", adjoint=True, adjoint_norm="seminorm", backend="torchdiffeq")
+    )
     assert seminorm < mixed and abs(seminorm - reference) <= stages_per_step("dopri5")
 
 
@@ -155,11 +172,19 @@ def test_extra_options_reach_the_fused_solve_or_are_refused():
     assert block.forward_nfe >= 2 + 6 * 20
     with pytest.raises(ValueError, match="jump_t"):
         SolverSpec("dopri5", extra_options={"jump_t": [0.5]})
-    assert SolverSpec("dopri5", backend="torchdiffeq", extra_options={"jump_t": [0.5]}).extra_options == {"jump_t": [0.5]}
+    assert SolverSpec("dopri5", backend="torchdiffeq", extra_options={"jump_t": [0.5]}).extra_options == {
+        "jump_t": [0.5]
+    }
 
 
-@pytest.mark.parametrize("spec", [SolverSpec("dopri5", adjoint=True, extra_options={"max_step": 0.2}),
-                                  SolverSpec("rk4", step_size=0.25, adjoint=True)], ids=["dopri5", "rk4"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        SolverSpec("dopri5", adjoint=True, extra_options={"max_step": 0.2}),
+        SolverSpec("rk4", step_size=0.25, adjoint=True),
+    ],
+    ids=["dopri5", "rk4"],
+)
 def test_evaluating_an_adjoint_block_solves_directly_with_the_adjoints_own_forward_result(spec, monkeypatch):
     net, z0 = trained_block()
     block = ODEBlock(net, spec)

@@ -1,4 +1,5 @@
 """Every user error ends before training in one message naming the key, the value and the fix; no traceback."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,10 @@ CASES = [
     (["data.val_fraction=1.5"], ["data.val_fraction", "1.5", "between 0 and 1"]),
     (["train.optimizer=lbfgs"], ["train.optimizer", "adam", "sgd"]),
     (["model=odenet_complex", "data=spheres"], ["model", "image", "odenet_simple"]),
-    (["data=fashion_mnist", "data.download=false", "paths.datasets=/nonexistent/odeflow-data"],
-     ["FashionMNIST", "train-images-idx3-ubyte", "/nonexistent/odeflow-data/FashionMNIST/raw", "data.root"]),
+    (
+        ["data=fashion_mnist", "data.download=false", "paths.datasets=/nonexistent/odeflow-data"],
+        ["FashionMNIST", "train-images-idx3-ubyte", "/nonexistent/odeflow-data/FashionMNIST/raw", "data.root"],
+    ),
     (["+model.depth=3"], ["model", "depth", "channels"]),
     # wrong types: the key, the value and the type it takes
     (["train.lr=abc"], ["train.lr='abc' is invalid: expected a number"]),
@@ -27,10 +30,16 @@ CASES = [
     (["seed=-1"], ["seed=-1 is invalid", "0 to 4294967295"]),
     (["seed=abc"], ["seed='abc' is invalid", "0 to 4294967295"]),
     # values that would run something else than what they say
-    (["solver=euler", "solver.step_size=5"], ["solver.step_size=5 is longer than the integration interval [0, 1]", "at most 1"]),
+    (
+        ["solver=euler", "solver.step_size=5"],
+        ["solver.step_size=5 is longer than the integration interval [0, 1]", "at most 1"],
+    ),
     (["data.subset=2"], ["data.subset=2 is invalid: expected at least 3"]),
     # the solver fails in the model's first forward pass: a solver message, not a shape one
-    (["solver.max_steps=2", "solver.rtol=1e-9", "solver.atol=1e-9"], ["more steps than solver.max_steps allows", "raise solver.max_steps"]),
+    (
+        ["solver.max_steps=2", "solver.rtol=1e-9", "solver.atol=1e-9"],
+        ["more steps than solver.max_steps allows", "raise solver.max_steps"],
+    ),
     # Hydra-level mistakes
     (["train.lrr=1"], ["train.lrr is not a config key", "did you mean train.lr?"]),
     (["paths.runs=/proc/nope"], ["paths.runs=/proc/nope cannot be used", "ODEFLOW_RUNS"]),

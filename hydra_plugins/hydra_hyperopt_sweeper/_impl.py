@@ -4,6 +4,7 @@ Hyperopt has no ask/tell API, so the sweep drives `tpe.suggest` itself: rebuild 
 sweep's JSON record (runner/sweeps/state.py), suggest a batch, record it as running, run it through the
 configured launcher, record each outcome, repeat.
 """
+
 from __future__ import annotations
 
 import functools
@@ -13,9 +14,10 @@ import math
 import re
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import yaml
@@ -45,6 +47,7 @@ class SearchSpaceError(UserError, ValueError):
 
 
 # --- search space -------------------------------------------------------------------------------------
+
 
 def _parse_scalar(text: str) -> Any:
     text = text.strip()
@@ -114,7 +117,9 @@ class Parameter:
         if self.options is None:
             return value
         if value not in self.options:
-            raise SearchSpaceError(f"{self.name}={format_value(value)} of an earlier trial is not an option of {self.spec}")
+            raise SearchSpaceError(
+                f"{self.name}={format_value(value)} of an earlier trial is not an option of {self.spec}"
+            )
         return self.options.index(value)
 
 
@@ -131,14 +136,20 @@ def parse_line(name: str, spec: Any) -> Parameter | Any:
         return _parse_scalar(spec)
     function, body = match.group(1), match.group(2)
     if function not in DISTRIBUTIONS:
-        raise SearchSpaceError(f"{name}: unknown distribution {function!r} in {spec!r}; valid: {', '.join(DISTRIBUTIONS)}")
+        raise SearchSpaceError(
+            f"{name}: unknown distribution {function!r} in {spec!r}; valid: {', '.join(DISTRIBUTIONS)}"
+        )
     args = [_parse_scalar(a) for a in body.split(",")] if body.strip() else []
     arity, build = DISTRIBUTIONS[function]
     if (arity is not None and len(args) != arity) or not args:
-        raise SearchSpaceError(f"{name}: {function} takes {arity or 'one or more'} arguments, got {len(args)} in {spec!r}")
+        raise SearchSpaceError(
+            f"{name}: {function} takes {arity or 'one or more'} arguments, got {len(args)} in {spec!r}"
+        )
     if function != "choice" and not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
         raise SearchSpaceError(f"{name}: {function} needs numbers, got {spec!r}")
-    integer = (function in ("quniform", "qloguniform", "qnormal") and all(_is_int(a) for a in args)) or function == "randint"
+    integer = (
+        function in ("quniform", "qloguniform", "qnormal") and all(_is_int(a) for a in args)
+    ) or function == "randint"
     return Parameter(name, build(name, args), _spec(function, args), integer, args if function == "choice" else None)
 
 
@@ -158,7 +169,9 @@ def parse_override(override: Override) -> Parameter | Any:
     if "log" in value.tags:
         return Parameter(name, hp.loguniform(name, *_log_bounds(name, low, high)), _spec("loguniform", [low, high]))
     if "int" in value.tags:
-        return Parameter(name, hp.quniform(name, *_bounds(name, low, high), 1), _spec("quniform", [low, high, 1]), integer=True)
+        return Parameter(
+            name, hp.quniform(name, *_bounds(name, low, high), 1), _spec("quniform", [low, high, 1]), integer=True
+        )
     return Parameter(name, hp.uniform(name, *_bounds(name, low, high)), _spec("uniform", [low, high]))
 
 
@@ -194,6 +207,7 @@ def format_value(value: Any) -> str:
 
 # --- devices ------------------------------------------------------------------------------------------
 
+
 def assign_devices(batch_size: int, device_count: int) -> list[str | None]:
     """One GPU per trial of a batch, round-robin: no two trials share a GPU while batch_size <= device_count."""
     if device_count < 2:
@@ -212,18 +226,23 @@ def visible_gpus() -> int:
 
 # --- the sweep -------------------------------------------------------------------------------------
 
+
 def sweep_direction(direction: str | None, objective: str | None) -> str:
     """The direction the objective is better in; a direction given that contradicts it is refused."""
     natural = OBJECTIVE_DIRECTIONS.get(str(objective))
     if direction is None:
         return natural or "minimize"
     if direction not in DIRECTIONS:
-        raise SearchSpaceError(f"hydra.sweeper.direction={direction!r} is invalid: expected one of {', '.join(DIRECTIONS)}",
-                               "leave it out: it follows the objective")
+        raise SearchSpaceError(
+            f"hydra.sweeper.direction={direction!r} is invalid: expected one of {', '.join(DIRECTIONS)}",
+            "leave it out: it follows the objective",
+        )
     if natural is not None and direction != natural:
-        raise SearchSpaceError(f"hydra.sweeper.direction={direction} contradicts objective={objective}, which is better when "
-                               f"{natural}d: the sweep would report the worst trial as the best",
-                               f"leave hydra.sweeper.direction out (it follows the objective) or set it to {natural}")
+        raise SearchSpaceError(
+            f"hydra.sweeper.direction={direction} contradicts objective={objective}, which is better when "
+            f"{natural}d: the sweep would report the worst trial as the best",
+            f"leave hydra.sweeper.direction out (it follows the objective) or set it to {natural}",
+        )
     return direction
 
 
@@ -237,7 +256,9 @@ def failure_rate_exceeded(finished: int, failed: int, max_rate: float, min_finis
     return finished >= max(1, min_finished) and failed / finished > max_rate
 
 
-def tpe_history(trials: list[TrialRecord], searched: dict[str, Parameter], direction: str, domain: base.Domain) -> base.Trials:
+def tpe_history(
+    trials: list[TrialRecord], searched: dict[str, Parameter], direction: str, domain: base.Domain
+) -> base.Trials:
     """hyperopt's Trials rebuilt from trial records: a value (finished or pruned) is a result TPE models,
     a failure is a failed result, a trial still running is left out."""
     history = base.Trials()
@@ -246,8 +267,15 @@ def tpe_history(trials: list[TrialRecord], searched: dict[str, Parameter], direc
     results, miscs = [], []
     for tid, trial in zip(tids, done):
         vals = {name: [p.to_hyperopt(trial.params[name])] for name, p in searched.items()}
-        miscs.append({"tid": tid, "cmd": domain.cmd, "workdir": domain.workdir, "vals": vals,
-                      "idxs": {name: [tid] for name in vals}})
+        miscs.append(
+            {
+                "tid": tid,
+                "cmd": domain.cmd,
+                "workdir": domain.workdir,
+                "vals": vals,
+                "idxs": {name: [tid] for name in vals},
+            }
+        )
         if trial.has_value:
             results.append({"loss": trial.value if direction == "minimize" else -trial.value, "status": base.STATUS_OK})
         else:
@@ -261,13 +289,28 @@ def tpe_history(trials: list[TrialRecord], searched: dict[str, Parameter], direc
 
 
 class HyperoptSweeperImpl(Sweeper):
-    def __init__(self, direction: str | None = None, n_trials: int = 20, n_jobs: int = 1, n_startup_jobs: int = 10,
-                 seed: int = 0, max_failure_rate: float = 0.5, failure_rate_min_finished: int = 4, resume: bool = True,
-                 pruner: dict | None = None, warm_start: list | None = None, report: bool = True,
-                 params: dict | None = None) -> None:
+    def __init__(
+        self,
+        direction: str | None = None,
+        n_trials: int = 20,
+        n_jobs: int = 1,
+        n_startup_jobs: int = 10,
+        seed: int = 0,
+        max_failure_rate: float = 0.5,
+        failure_rate_min_finished: int = 4,
+        resume: bool = True,
+        pruner: dict | None = None,
+        warm_start: list | None = None,
+        report: bool = True,
+        params: dict | None = None,
+    ) -> None:
         self.direction, self.n_trials, self.n_jobs = direction, n_trials, n_jobs
         self.n_startup_jobs, self.seed = n_startup_jobs, seed
-        self.max_failure_rate, self.failure_rate_min_finished, self.resume = max_failure_rate, failure_rate_min_finished, resume
+        self.max_failure_rate, self.failure_rate_min_finished, self.resume = (
+            max_failure_rate,
+            failure_rate_min_finished,
+            resume,
+        )
         self.pruner = PrunerSettings(**_container(pruner or {}))
         self.warm_start = [str(w) for w in _container(warm_start or [])]
         self.report = report
@@ -279,13 +322,20 @@ class HyperoptSweeperImpl(Sweeper):
         if self.n_trials < 1 or self.n_jobs < 1:
             raise SearchSpaceError("hydra.sweeper.n_trials and hydra.sweeper.n_jobs must be >= 1")
         if not 0.0 <= self.max_failure_rate <= 1.0:
-            raise SearchSpaceError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate}: expected a fraction in [0, 1]")
+            raise SearchSpaceError(
+                f"hydra.sweeper.max_failure_rate={self.max_failure_rate}: expected a fraction in [0, 1]"
+            )
         if self.pruner.active and self.objective not in EPOCH_METRIC:
-            raise SearchSpaceError(f"hydra.sweeper.pruner.kind={self.pruner.kind} needs an objective with a per-epoch value "
-                                   f"({', '.join(EPOCH_METRIC)}), not objective={self.objective}", "set hydra.sweeper.pruner.kind=none")
+            raise SearchSpaceError(
+                f"hydra.sweeper.pruner.kind={self.pruner.kind} needs an objective with a per-epoch value "
+                f"({', '.join(EPOCH_METRIC)}), not objective={self.objective}",
+                "set hydra.sweeper.pruner.kind=none",
+            )
         self.config = config
         self.hydra_context = hydra_context
-        self.launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context, task_function=task_function)
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
         self.sweep_dir = Path(config.hydra.sweep.dir)
 
     # -- state --
@@ -294,21 +344,37 @@ class HyperoptSweeperImpl(Sweeper):
         if record is None and self.resume:
             record = sweep_state.migrate_pickle(self.sweep_dir, self.objective, specs)
             if record is not None:
-                print(f"[hyperopt] migrated the sweep state of an older odeflow ({sweep_state.OLD_STATE_FILE}, kept) to "
-                      f"{sweep_state.STATE_FILE}: {len(record.trials)} trials", flush=True)
+                print(
+                    f"[hyperopt] migrated the sweep state of an older odeflow ({sweep_state.OLD_STATE_FILE}, kept) to "
+                    f"{sweep_state.STATE_FILE}: {len(record.trials)} trials",
+                    flush=True,
+                )
         if record is None:
             if (self.sweep_dir / sweep_state.STATE_FILE).exists():
-                print(f"[hyperopt] hydra.sweeper.resume=false: starting {self.sweep_dir} over (its earlier trials' "
-                      "state and pruning evidence are replaced)", flush=True)
+                print(
+                    f"[hyperopt] hydra.sweeper.resume=false: starting {self.sweep_dir} over (its earlier trials' "
+                    "state and pruning evidence are replaced)",
+                    flush=True,
+                )
             (self.sweep_dir / EVIDENCE_FILE).unlink(missing_ok=True)  # a new sweep prunes on its own trials only
-            return SweepRecord(f"{self.sweep_dir.name}-{uuid.uuid4().hex[:8]}", self.objective, self.direction, specs,
-                               warm_start=list(self.warm_start))
+            return SweepRecord(
+                f"{self.sweep_dir.name}-{uuid.uuid4().hex[:8]}",
+                self.objective,
+                self.direction,
+                specs,
+                warm_start=list(self.warm_start),
+            )
         changes = sweep_state.describe_change(record, specs, self.objective, self.direction)
         if changes:
-            raise SearchSpaceError(f"sweep {record.sweep_id} in {self.sweep_dir} was started with another search: {'; '.join(changes)}",
-                                   "resume it as it was started, start a new sweep in another hydra.sweep.dir, or start "
-                                   "this one over with hydra.sweeper.resume=false")
-        print(f"[hyperopt] resuming sweep {record.sweep_id}: {record.count('ok', 'pruned', 'failed')} trials done in {self.sweep_dir}", flush=True)
+            raise SearchSpaceError(
+                f"sweep {record.sweep_id} in {self.sweep_dir} was started with another search: {'; '.join(changes)}",
+                "resume it as it was started, start a new sweep in another hydra.sweep.dir, or start "
+                "this one over with hydra.sweeper.resume=false",
+            )
+        print(
+            f"[hyperopt] resuming sweep {record.sweep_id}: {record.count('ok', 'pruned', 'failed')} trials done in {self.sweep_dir}",
+            flush=True,
+        )
         return record
 
     def _warm_start_trials(self, record: SweepRecord, specs: dict[str, str]) -> list[TrialRecord]:
@@ -319,12 +385,17 @@ class HyperoptSweeperImpl(Sweeper):
             earlier = sweep_state.load(directory)
             changes = sweep_state.describe_change(earlier, specs, self.objective, self.direction)
             if changes:
-                raise SearchSpaceError(f"cannot warm-start from sweep {earlier.sweep_id} ({directory}): {'; '.join(changes)}",
-                                       "warm-start only from sweeps with the same search space and objective")
+                raise SearchSpaceError(
+                    f"cannot warm-start from sweep {earlier.sweep_id} ({directory}): {'; '.join(changes)}",
+                    "warm-start only from sweeps with the same search space and objective",
+                )
             if earlier.sweep_id == record.sweep_id:
                 continue
             seeded += [t for t in earlier.trials if t.has_value or t.status == "failed"]
-            print(f"[hyperopt] warm start: {earlier.count('ok', 'pruned')} trials of sweep {earlier.sweep_id} ({directory})", flush=True)
+            print(
+                f"[hyperopt] warm start: {earlier.count('ok', 'pruned')} trials of sweep {earlier.sweep_id} ({directory})",
+                flush=True,
+            )
             if reference not in record.warm_start:
                 record.warm_start.append(reference)
         return seeded
@@ -337,17 +408,25 @@ class HyperoptSweeperImpl(Sweeper):
             summary = _result_json(self.sweep_dir / str(trial.job))
             if summary is not None and summary.get("sweep_id") == record.sweep_id:
                 self._record_value(trial, summary.get(self.objective), summary)
-                print(f"[hyperopt] trial {trial.number} (job {trial.job}) had finished before the interruption: recorded", flush=True)
+                print(
+                    f"[hyperopt] trial {trial.number} (job {trial.job}) had finished before the interruption: recorded",
+                    flush=True,
+                )
             else:
-                print(f"[hyperopt] trial {trial.number} (job {trial.job}) was lost in an interruption: it runs again "
-                      f"under a new job number", flush=True)
+                print(
+                    f"[hyperopt] trial {trial.number} (job {trial.job}) was lost in an interruption: it runs again "
+                    f"under a new job number",
+                    flush=True,
+                )
 
     # -- the loop --
     def sweep(self, arguments: list[str]) -> None:
         searched, fixed = build_space(self.params, arguments)
         if not searched:
-            raise SearchSpaceError("no parameter to search: set hydra.sweeper.params (e.g. search=quickstart) "
-                                   "or pass a sweep override such as train.lr=tag(log,interval(1e-4,1e-2))")
+            raise SearchSpaceError(
+                "no parameter to search: set hydra.sweeper.params (e.g. search=quickstart) "
+                "or pass a sweep override such as train.lr=tag(log,interval(1e-4,1e-2))"
+            )
         space = {name: p.expression for name, p in searched.items()}
         specs = {name: p.spec for name, p in searched.items()}
         domain = base.Domain(lambda _: 0.0, space)  # trials run through the launcher, not through fn
@@ -359,8 +438,11 @@ class HyperoptSweeperImpl(Sweeper):
         if gpus > 1 and self.n_jobs > gpus:
             print(f"[hyperopt] n_jobs={self.n_jobs} > {gpus} GPUs: some trials of a batch will share a GPU", flush=True)
         pruning = f"; pruner {self.pruner.kind}" if self.pruner.active else ""
-        print(f"[hyperopt] sweep {record.sweep_id}: {self.direction} {self.objective} over {', '.join(searched)}; "
-              f"{self.n_trials} trials, {self.n_jobs} per batch{pruning}; state in {self.sweep_dir / sweep_state.STATE_FILE}", flush=True)
+        print(
+            f"[hyperopt] sweep {record.sweep_id}: {self.direction} {self.objective} over {', '.join(searched)}; "
+            f"{self.n_trials} trials, {self.n_jobs} per batch{pruning}; state in {self.sweep_dir / sweep_state.STATE_FILE}",
+            flush=True,
+        )
         record.save(self.sweep_dir)
         while True:
             lost = [t for t in record.trials if t.status == "running"]
@@ -368,7 +450,7 @@ class HyperoptSweeperImpl(Sweeper):
             if not lost and wanted <= 0:
                 break
             self._check_failure_rate(record)
-            batch = lost[:self.n_jobs]
+            batch = lost[: self.n_jobs]
             new = min(self.n_jobs - len(batch), max(wanted, 0))
             if new:
                 ids = list(range(len(record.trials), len(record.trials) + new))
@@ -377,7 +459,9 @@ class HyperoptSweeperImpl(Sweeper):
                 for number, doc in zip(ids, suggest(ids, domain, history, seed)):
                     vals = {k: v[0] for k, v in doc["misc"]["vals"].items() if v}
                     sampled = space_eval(space, vals)
-                    trial = TrialRecord(number, -1, {name: _plain(searched[name].value(sampled[name])) for name in searched})
+                    trial = TrialRecord(
+                        number, -1, {name: _plain(searched[name].value(sampled[name])) for name in searched}
+                    )
                     record.trials.append(trial)
                     batch.append(trial)
             first_job = record.next_job
@@ -409,14 +493,20 @@ class HyperoptSweeperImpl(Sweeper):
         try:
             value = ret.return_value  # Hydra re-raises the trial's exception here when it failed
         except Exception as error:  # noqa: BLE001 - any failure of a trial is recorded, and the sweep goes on
-            trial.status, trial.error = "failed", f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            trial.status, trial.error = (
+                "failed",
+                f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+            )
             trial.run_id = (summary or {}).get("run_id")
         else:
             self._record_value(trial, value, summary)
         if trial.status == "failed":
             print(f"[hyperopt] trial {trial.number} failed ({trial.error}); the sweep goes on", flush=True)
-        shown = {"ok": lambda: f"{trial.value:.6g}", "failed": lambda: "failed",
-                 "pruned": lambda: f"{trial.value:.6g} (pruned after epoch {trial.pruned['epoch']})"}[trial.status]()
+        shown = {
+            "ok": lambda: f"{trial.value:.6g}",
+            "failed": lambda: "failed",
+            "pruned": lambda: f"{trial.value:.6g} (pruned after epoch {trial.pruned['epoch']})",
+        }[trial.status]()
         print(f"[hyperopt] trial {trial.number}: {shown}  {trial.params}", flush=True)
 
     def _record_value(self, trial: TrialRecord, value: Any, summary: dict | None) -> None:
@@ -438,9 +528,11 @@ class HyperoptSweeperImpl(Sweeper):
         if failure_rate_exceeded(finished, failed, self.max_failure_rate, self.failure_rate_min_finished):
             self._write_results(record)
             last = [t for t in record.trials if t.status == "failed"][-1]
-            message = (f"[hyperopt] stopping sweep {record.sweep_id}: {failed} of {finished} trials failed, "
-                       f"more than hydra.sweeper.max_failure_rate={self.max_failure_rate}. Last failure: {last.error}. "
-                       f"Results so far: {self.sweep_dir / RESULTS_FILE}")
+            message = (
+                f"[hyperopt] stopping sweep {record.sweep_id}: {failed} of {finished} trials failed, "
+                f"more than hydra.sweeper.max_failure_rate={self.max_failure_rate}. Last failure: {last.error}. "
+                f"Results so far: {self.sweep_dir / RESULTS_FILE}"
+            )
             print(message, file=sys.stderr, flush=True)
             raise SweepStopped(3)
 
@@ -457,9 +549,19 @@ class HyperoptSweeperImpl(Sweeper):
             "best_params": best.params if best else None,
             "best_run_id": best.run_id if best else None,
             "best_trial": best.number if best else None,
-            "trials": [{"number": t.number, "status": t.status, "value": t.value, "run_id": t.run_id, "job": t.job,
-                        "params": t.params, **({"error": t.error} if t.error else {}),
-                        **({"pruned": t.pruned} if t.pruned else {})} for t in record.trials],
+            "trials": [
+                {
+                    "number": t.number,
+                    "status": t.status,
+                    "value": t.value,
+                    "run_id": t.run_id,
+                    "job": t.job,
+                    "params": t.params,
+                    **({"error": t.error} if t.error else {}),
+                    **({"pruned": t.pruned} if t.pruned else {}),
+                }
+                for t in record.trials
+            ],
         }
         path = self.sweep_dir / RESULTS_FILE
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -469,13 +571,27 @@ class HyperoptSweeperImpl(Sweeper):
     def _finish(self, record: SweepRecord, searched: dict[str, Parameter]) -> None:
         path = self._write_results(record)
         best = record.best()
-        rows = [{"trial": t.number, "status": t.status, "value": t.value, "run": t.run_id,
-                 **{n: format_value(t.params.get(n)) for n in searched}} for t in record.trials]
-        print(f"\n[hyperopt] sweep {record.sweep_id}: {len(record.trials)} trials, {record.count('pruned')} pruned, "
-              f"{record.count('failed')} failed", flush=True)
+        rows = [
+            {
+                "trial": t.number,
+                "status": t.status,
+                "value": t.value,
+                "run": t.run_id,
+                **{n: format_value(t.params.get(n)) for n in searched},
+            }
+            for t in record.trials
+        ]
+        print(
+            f"\n[hyperopt] sweep {record.sweep_id}: {len(record.trials)} trials, {record.count('pruned')} pruned, "
+            f"{record.count('failed')} failed",
+            flush=True,
+        )
         print(text_table(rows, {"value": "{:.6g}"}), flush=True)
         if best:
-            print(f"best: trial {best.number}, value {best.value:.6g}, run {best.run_id}, params {best.params}", flush=True)
+            print(
+                f"best: trial {best.number}, value {best.value:.6g}, run {best.run_id}, params {best.params}",
+                flush=True,
+            )
         print(f"results: {path}", flush=True)
         if self.report:
             from runner.sweeps.report import write_and_log_report

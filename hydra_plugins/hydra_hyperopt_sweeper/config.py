@@ -3,7 +3,7 @@
 # cannot resolve string annotations.
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
@@ -25,7 +25,7 @@ class HyperoptSweeperConf:
     _target_: str = "hydra_plugins.hydra_hyperopt_sweeper.hyperopt_sweeper.HyperoptSweeper"
     # minimize or maximize the float each trial returns (the `objective` key of the task config); null follows
     # the objective (losses are minimized, accuracies maximized), and a contradicting value is refused
-    direction: Optional[str] = None
+    direction: str | None = None
     # total number of trials, counting those of a resumed sweep
     n_trials: int = 20
     # trials suggested per batch and handed to the launcher together (parallel with joblib, Slurm, Ray)
@@ -42,11 +42,13 @@ class HyperoptSweeperConf:
     # stop hopeless trials at the end of an epoch (kind: none, median, asha)
     pruner: PrunerConf = field(default_factory=PrunerConf)
     # earlier sweeps (directories or sweep ids) with the same search space whose trials seed TPE
-    warm_start: List[str] = field(default_factory=list)
+    warm_start: list[str] = field(default_factory=list)
     # write the sweep report (plots, importance, top trials) at the end, logged as a run of its own
     report: bool = True
     # search space: one line per parameter, e.g. train.lr: loguniform(1e-4, 1e-2)
-    params: Dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="hyperopt", node=HyperoptSweeperConf, provider="hyperopt_sweeper")
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="hyperopt", node=HyperoptSweeperConf, provider="hyperopt_sweeper"
+)

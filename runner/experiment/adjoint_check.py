@@ -6,6 +6,7 @@ not retrace the forward one). At the end of training, a run trained with the adj
 batch the relative error of its adjoint gradient against direct backpropagation with the same solver
 and tolerance, and is flagged when the error passes a threshold.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -22,8 +23,11 @@ from models.ode_block import ode_blocks, set_solver
 def parameter_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     model.zero_grad(set_to_none=True)
     F.cross_entropy(model(x), y).backward()
-    grads = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=p.device)
-             for p in model.parameters() if p.requires_grad]
+    grads = [
+        p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=p.device)
+        for p in model.parameters()
+        if p.requires_grad
+    ]
     model.zero_grad(set_to_none=True)
     return torch.cat(grads)
 
@@ -50,8 +54,13 @@ def adjoint_gradient_check(model: nn.Module, split: Split, batch_size: int, thre
 
 
 def describe(check: dict[str, Any]) -> str:
-    verdict = (f"ABOVE the threshold {check['threshold']:g}: the adjoint's gradients are not the gradients of the forward "
-               f"solve; lower solver.rtol/atol or train without the adjoint" if check["flagged"]
-               else f"within the threshold {check['threshold']:g}")
-    return (f"adjoint gradient check: relative error {check['relative_error']:.3g} against direct backpropagation "
-            f"on {check['batch_size']} validation samples, {verdict}")
+    verdict = (
+        f"ABOVE the threshold {check['threshold']:g}: the adjoint's gradients are not the gradients of the forward "
+        f"solve; lower solver.rtol/atol or train without the adjoint"
+        if check["flagged"]
+        else f"within the threshold {check['threshold']:g}"
+    )
+    return (
+        f"adjoint gradient check: relative error {check['relative_error']:.3g} against direct backpropagation "
+        f"on {check['batch_size']} validation samples, {verdict}"
+    )

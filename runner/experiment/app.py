@@ -1,4 +1,5 @@
 """The entry point's body: turn the composed config into typed objects and wire the four stages."""
+
 from __future__ import annotations
 
 import json
@@ -9,15 +10,21 @@ from omegaconf import DictConfig
 
 from models.ode_block import ode_blocks
 from models.parameters import count_parameters, residual_block_count
+from odeflow.errors import check_choice
+from odeflow.objectives import OBJECTIVE_DIRECTIONS
 from runner.experiment import pipeline
 from runner.experiment.adjoint_check import adjoint_gradient_check
 from runner.experiment.adjoint_check import describe as describe_adjoint_check
 from runner.experiment.checkpoint import model_recipe
-from odeflow.errors import check_choice
-from odeflow.objectives import OBJECTIVE_DIRECTIONS
 from runner.experiment.factories import instantiate_group, to_plain
+from runner.experiment.settings import (
+    check_seed,
+    configure_threads,
+    resolve_device,
+    reuse_freed_host_memory,
+    seed_everything,
+)
 from runner.tracking.masking import mask_secrets
-from runner.experiment.settings import check_seed, configure_threads, resolve_device, reuse_freed_host_memory, seed_everything
 from runner.tracking.stores import RunLog, run_tracked
 
 
@@ -29,9 +36,14 @@ class EpochPruner(Protocol):
     def finished(self, pruned: bool) -> None: ...
 
 
-def run_experiment(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | None = None,
-                   meta: dict[str, Any] | None = None, resume: dict[str, Any] | None = None,
-                   pruner: EpochPruner | None = None) -> dict[str, Any]:
+def run_experiment(
+    cfg: DictConfig,
+    out_dir: Path,
+    choices: dict[str, str] | None = None,
+    meta: dict[str, Any] | None = None,
+    resume: dict[str, Any] | None = None,
+    pruner: EpochPruner | None = None,
+) -> dict[str, Any]:
     """Validate everything, then load -> build -> train -> evaluate inside one tracked run. Returns the summary.
 
     `meta` (e.g. sweep_id, trial, links to other runs) is stored with the run so the run browser and the
@@ -56,8 +68,11 @@ def run_experiment(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | Non
     model = pipeline.build(recipe, data, device)
     is_ode = bool(ode_blocks(model))
     model_name = (choices or {}).get("model", recipe["_target_"])
-    print(f"{cfg.name}: {model_name} on {data.name} {data.sizes()} | solver {solver.describe() if is_ode else '-'} | "
-          f"device {device} | runs in {store.describe()}", flush=True)
+    print(
+        f"{cfg.name}: {model_name} on {data.name} {data.sizes()} | solver {solver.describe() if is_ode else '-'} | "
+        f"device {device} | runs in {store.describe()}",
+        flush=True,
+    )
     outcome: dict[str, Any] = {}
 
     def body(run: RunLog) -> float:
@@ -93,26 +108,40 @@ def run_experiment(cfg: DictConfig, out_dir: Path, choices: dict[str, str] | Non
             outcome["adjoint_check"] = check
         results = pipeline.evaluate(model, data)
         run.set_info("test", {k: results[k] for k in ("test.loss", "test.acc", "test.nfe.forward", "test.time")})
-        for name, path in pipeline.write_outputs(out_dir, model, recipe, logged_config, fit_result, results,
-                                                 data.class_names, is_ode).items():
+        for name, path in pipeline.write_outputs(
+            out_dir, model, recipe, logged_config, fit_result, results, data.class_names, is_ode
+        ).items():
             run.add_artifact(path, name)
         outcome.update(results, fit=fit_result)
         return results["test.acc"]
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    run_meta = {"output_dir": str(out_dir.resolve()), "choices": choices or {},
-                "model_family": "odenet" if is_ode else "resnet", **(meta or {})}
+    run_meta = {
+        "output_dir": str(out_dir.resolve()),
+        "choices": choices or {},
+        "model_family": "odenet" if is_ode else "resnet",
+        **(meta or {}),
+    }
     run_id, _ = run_tracked(cfg.name, logged_config, store, body, run_meta, command="train")
     fit_result = outcome["fit"]
     last = fit_result.history[-1]
     summary = {
-        "run_id": run_id, "name": cfg.name, "model": model_name, "dataset": data.name,
+        "run_id": run_id,
+        "name": cfg.name,
+        "model": model_name,
+        "dataset": data.name,
         "solver": solver.describe() if is_ode else None,
-        "test_acc": outcome["test.acc"], "test_loss": outcome["test.loss"],
-        "best_val_loss": fit_result.best_val_loss, "best_val_acc": fit_result.history[fit_result.best_epoch - 1]["val.acc"],
-        "best_epoch": fit_result.best_epoch, "epochs": len(fit_result.history), "sweep_id": (meta or {}).get("sweep_id"),
-        "params_total": outcome["parameters"]["total"], "params_not_in_fc": outcome["parameters"]["not_in_fc"],
-        "fnfe": last["nfe.forward"] if is_ode else None, "bnfe": last["nfe.backward"] if is_ode else None,
+        "test_acc": outcome["test.acc"],
+        "test_loss": outcome["test.loss"],
+        "best_val_loss": fit_result.best_val_loss,
+        "best_val_acc": fit_result.history[fit_result.best_epoch - 1]["val.acc"],
+        "best_epoch": fit_result.best_epoch,
+        "epochs": len(fit_result.history),
+        "sweep_id": (meta or {}).get("sweep_id"),
+        "params_total": outcome["parameters"]["total"],
+        "params_not_in_fc": outcome["parameters"]["not_in_fc"],
+        "fnfe": last["nfe.forward"] if is_ode else None,
+        "bnfe": last["nfe.backward"] if is_ode else None,
         "test_fnfe": outcome["test.nfe.forward"] if is_ode else None,
         "epoch_time": sum(h["epoch.time"] for h in fit_result.history) / len(fit_result.history),
         "adjoint_grad_err": outcome.get("adjoint_check", {}).get("relative_error"),

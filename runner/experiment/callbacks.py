@@ -1,4 +1,5 @@
 """Hydra callbacks: a summary table over all jobs of a multirun (read from each job's result.json)."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,10 @@ class MultirunSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from runner.experiment.summary import format_summary
 
-        results = sorted(Path(config.hydra.sweep.dir).glob("*/result.json"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+        results = sorted(
+            Path(config.hydra.sweep.dir).glob("*/result.json"),
+            key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+        )
         rows = [json.loads(p.read_text()) for p in results]
         if rows:
             print(f"\nsummary of {len(rows)} runs ({config.hydra.sweep.dir}):\n{format_summary(rows)}", flush=True)

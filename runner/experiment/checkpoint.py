@@ -1,4 +1,5 @@
 """Checkpoints that carry everything needed to rebuild and evaluate the model (nanoGPT style)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,9 @@ from odeflow.errors import UserError
 from runner.experiment.factories import instantiate_group
 
 
-def model_recipe(model_cfg: dict[str, Any], solver_cfg: dict[str, Any], input_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+def model_recipe(
+    model_cfg: dict[str, Any], solver_cfg: dict[str, Any], input_shape: tuple[int, ...], num_classes: int
+) -> dict[str, Any]:
     """A plain, Hydra-instantiable description of a model: its config plus the data-derived arguments."""
     return {**model_cfg, "input_shape": list(input_shape), "num_classes": int(num_classes), "solver": dict(solver_cfg)}
 
@@ -20,7 +23,9 @@ def build_model(recipe: dict[str, Any]) -> nn.Module:
     return instantiate_group("model", recipe)
 
 
-def save_checkpoint(path: Path, model: nn.Module, recipe: dict[str, Any], config: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    path: Path, model: nn.Module, recipe: dict[str, Any], config: dict[str, Any], extra: dict[str, Any] | None = None
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"recipe": recipe, "config": config, "state_dict": model.state_dict(), **(extra or {})}, path)
     return path
@@ -41,9 +46,13 @@ def read_torch_file(path: Path | str, device: torch.device | str = "cpu") -> dic
     except FileNotFoundError:
         raise UserError(f"{path} does not exist", "the run's output folder was moved or deleted; restore it") from None
     except (OSError, RuntimeError, EOFError, ValueError) as exc:  # torch reports a damaged zip in several ways
-        raise UserError(f"{path} is damaged ({str(exc).splitlines()[0][:120] or type(exc).__name__}): it is empty or truncated",
-                        "restore it from a backup, or train the run again (python -m runner reproduce <run id>)") from None
+        raise UserError(
+            f"{path} is damaged ({str(exc).splitlines()[0][:120] or type(exc).__name__}): it is empty or truncated",
+            "restore it from a backup, or train the run again (python -m runner reproduce <run id>)",
+        ) from None
     if not isinstance(content, dict):
-        raise UserError(f"{path} is not a checkpoint written by odeflow (it holds a {type(content).__name__})",
-                        "pick a best_checkpoint.pt or last_checkpoint.pt from a run's output folder")
+        raise UserError(
+            f"{path} is not a checkpoint written by odeflow (it holds a {type(content).__name__})",
+            "pick a best_checkpoint.pt or last_checkpoint.pt from a run's output folder",
+        )
     return content

@@ -1,4 +1,5 @@
 """Evaluation: loss, accuracy and NFE over a split, and the classification report of thesis appendix D."""
+
 from __future__ import annotations
 
 import math
@@ -45,7 +46,9 @@ def predict(model: nn.Module, split: Split, batch_size: int) -> Predictions:
     probabilities = torch.cat(probs).numpy()
     labels = split.y.cpu().numpy()
     n = len(labels)
-    return Predictions(total_loss / n, float((probabilities.argmax(1) == labels).mean()), nfe / batches, probabilities, labels)
+    return Predictions(
+        total_loss / n, float((probabilities.argmax(1) == labels).mean()), nfe / batches, probabilities, labels
+    )
 
 
 def classification_report(labels: np.ndarray, probabilities: np.ndarray, class_names: list[str]) -> dict:
@@ -57,15 +60,19 @@ def classification_report(labels: np.ndarray, probabilities: np.ndarray, class_n
     for c, name in enumerate(class_names):
         positives = labels == c
         both_present = positives.any() and (~positives).any()  # AUC/AP are undefined otherwise
-        per_class.append({
-            "class": name,
-            "precision": float(precision[c]),
-            "recall": float(recall[c]),
-            "f1": float(f1[c]),
-            "support": int(support[c]),
-            "roc_auc": float(roc_auc_score(positives, probabilities[:, c])) if both_present else math.nan,
-            "average_precision": float(average_precision_score(positives, probabilities[:, c])) if both_present else math.nan,
-        })
+        per_class.append(
+            {
+                "class": name,
+                "precision": float(precision[c]),
+                "recall": float(recall[c]),
+                "f1": float(f1[c]),
+                "support": int(support[c]),
+                "roc_auc": float(roc_auc_score(positives, probabilities[:, c])) if both_present else math.nan,
+                "average_precision": float(average_precision_score(positives, probabilities[:, c]))
+                if both_present
+                else math.nan,
+            }
+        )
     return {
         "confusion_matrix": confusion_matrix(labels, predicted, labels=classes).tolist(),
         "per_class": per_class,

@@ -1,4 +1,5 @@
 """The one place config objects become typed objects: Hydra instantiate plus readable errors."""
+
 from __future__ import annotations
 
 import collections.abc
@@ -12,7 +13,6 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from odeflow.errors import ConfigError, UserError
-
 
 # Classes that configs name as `_target_` and that moved when runner/ was split into wings: runs, checkpoints
 # and sweeps logged before the move name the old paths, and must still reproduce, resume and re-evaluate.
@@ -28,8 +28,10 @@ MOVED_TARGETS = {
 def current_targets(config: Any) -> Any:
     """`config` (plain containers) with every `_target_` that names a moved class replaced by its new path."""
     if isinstance(config, dict):
-        return {k: (MOVED_TARGETS.get(v, v) if k == "_target_" and isinstance(v, str) else current_targets(v))
-                for k, v in config.items()}
+        return {
+            k: (MOVED_TARGETS.get(v, v) if k == "_target_" and isinstance(v, str) else current_targets(v))
+            for k, v in config.items()
+        }
     if isinstance(config, list):
         return [current_targets(v) for v in config]
     return config
@@ -59,13 +61,19 @@ def instantiate_group(group: str, node: DictConfig | dict, **kwargs: Any) -> Any
             raise cause from None
         if isinstance(cause, TypeError) and "keyword argument" in str(cause):
             target = plain.get("_target_", "")
-            raise UserError(f"{group}: {cause}", f"use only the keys {target} accepts: {', '.join(accepted_keys(target))}") from None
+            raise UserError(
+                f"{group}: {cause}", f"use only the keys {target} accepts: {', '.join(accepted_keys(target))}"
+            ) from None
         raise
 
 
 def accepted_keys(target: str) -> list[str]:
     try:
-        return [p for p in inspect.signature(get_object(target)).parameters if p not in ("self", "input_shape", "num_classes", "solver")]
+        return [
+            p
+            for p in inspect.signature(get_object(target)).parameters
+            if p not in ("self", "input_shape", "num_classes", "solver")
+        ]
     except Exception:  # an unknown target has no signature to list
         return []
 
@@ -82,7 +90,11 @@ def check_types(values: dict[str, Any]) -> None:
     except Exception:  # no target, or hints that do not resolve: Hydra reports the target itself
         return
     for key, value in values.items():
-        if key in hints and not (isinstance(value, dict) and "_target_" in value) and not matches_type(value, hints[key]):
+        if (
+            key in hints
+            and not (isinstance(value, dict) and "_target_" in value)
+            and not matches_type(value, hints[key])
+        ):
             raise ConfigError(key, value, describe_type(hints[key]))
 
 
@@ -104,7 +116,11 @@ def matches_type(value: Any, hint: Any) -> bool:
         return isinstance(value, str)
     if origin in (list, tuple, collections.abc.Sequence) or hint in (list, tuple):
         args = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        return isinstance(value, (list, tuple)) and all(matches_type(v, args[0]) for v in value) if args else isinstance(value, (list, tuple))
+        return (
+            isinstance(value, (list, tuple)) and all(matches_type(v, args[0]) for v in value)
+            if args
+            else isinstance(value, (list, tuple))
+        )
     if origin is dict or hint is dict:
         return isinstance(value, dict)
     return True  # a type this check does not know: the class validates it

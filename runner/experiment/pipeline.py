@@ -1,4 +1,5 @@
 """The four stages of an experiment: load -> build -> train -> evaluate. Each takes plain arguments."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,9 @@ from torch import nn
 
 from data.tensors import DataBundle
 from models.parameters import count_parameters
+from odeflow.errors import ConfigError, UserError
 from runner.experiment.checkpoint import build_model as build_from_recipe
 from runner.experiment.checkpoint import save_checkpoint
-from odeflow.errors import ConfigError, UserError
 from runner.experiment.evaluation import classification_report, predict
 from runner.experiment.settings import TrainSettings
 from runner.experiment.training import EpochCallback, FitResult, fit
@@ -36,17 +37,28 @@ def build(recipe: dict[str, Any], data: DataBundle, device: torch.device) -> nn.
     except UserError:
         raise  # e.g. the solver failed: its own message says why
     except RuntimeError as exc:
-        raise ConfigError("model", recipe.get("_target_"), f"a model that fits inputs of shape {data.input_shape}: "
-                          + str(exc).splitlines()[0][:200]) from exc
+        raise ConfigError(
+            "model",
+            recipe.get("_target_"),
+            f"a model that fits inputs of shape {data.input_shape}: " + str(exc).splitlines()[0][:200],
+        ) from exc
     finally:
         model.train()
     if tuple(out.shape) != (min(2, len(data.train)), data.num_classes):
-        raise ConfigError("model", recipe.get("_target_"), f"{data.num_classes} outputs per sample, got shape {tuple(out.shape)}")
+        raise ConfigError(
+            "model", recipe.get("_target_"), f"{data.num_classes} outputs per sample, got shape {tuple(out.shape)}"
+        )
     return model
 
 
-def train(model: nn.Module, data: DataBundle, settings: TrainSettings, on_epoch: EpochCallback | None = None,
-          checkpoint_path: Path | None = None, resume: dict[str, Any] | None = None) -> FitResult:
+def train(
+    model: nn.Module,
+    data: DataBundle,
+    settings: TrainSettings,
+    on_epoch: EpochCallback | None = None,
+    checkpoint_path: Path | None = None,
+    resume: dict[str, Any] | None = None,
+) -> FitResult:
     return fit(model, data, settings, on_epoch, checkpoint_path, resume)
 
 
@@ -64,22 +76,39 @@ def evaluate(model: nn.Module, data: DataBundle) -> dict[str, Any]:
     }
 
 
-def write_outputs(out_dir: Path, model: nn.Module, recipe: dict[str, Any], config: dict[str, Any],
-                  fit_result: FitResult, results: dict[str, Any], class_names: list[str], is_ode: bool) -> dict[str, Path]:
+def write_outputs(
+    out_dir: Path,
+    model: nn.Module,
+    recipe: dict[str, Any],
+    config: dict[str, Any],
+    fit_result: FitResult,
+    results: dict[str, Any],
+    class_names: list[str],
+    is_ode: bool,
+) -> dict[str, Path]:
     """Best checkpoint, evaluation report (JSON and per-class CSV) and figures in `out_dir`, by artifact name."""
     from odeflow import plots
 
     report = results["report"]
     paths = {
-        "best_checkpoint.pt": save_checkpoint(out_dir / "best_checkpoint.pt", model, recipe, config,
-                                              {"best_epoch": fit_result.best_epoch, "history": fit_result.history}),
-        "confusion_matrix.png": plots.confusion_matrix_png(report["confusion_matrix"], class_names, out_dir / "confusion_matrix.png"),
+        "best_checkpoint.pt": save_checkpoint(
+            out_dir / "best_checkpoint.pt",
+            model,
+            recipe,
+            config,
+            {"best_epoch": fit_result.best_epoch, "history": fit_result.history},
+        ),
+        "confusion_matrix.png": plots.confusion_matrix_png(
+            report["confusion_matrix"], class_names, out_dir / "confusion_matrix.png"
+        ),
         "learning_curves.png": plots.learning_curves_png(fit_result.history, out_dir / "learning_curves.png"),
     }
     if is_ode:
         paths["nfe.png"] = plots.nfe_png(fit_result.history, out_dir / "nfe.png")
     paths["evaluation_report.json"] = out_dir / "evaluation_report.json"
-    paths["evaluation_report.json"].write_text(json.dumps({**results, "fit": asdict(fit_result)}, indent=2, default=float))
+    paths["evaluation_report.json"].write_text(
+        json.dumps({**results, "fit": asdict(fit_result)}, indent=2, default=float)
+    )
     paths["classification_report.csv"] = out_dir / "classification_report.csv"
     pd.DataFrame(report["per_class"]).to_csv(paths["classification_report.csv"], index=False)
     return paths

@@ -1,4 +1,5 @@
 """Typed settings built from the `train` config group, and the device and seeding they imply."""
+
 from __future__ import annotations
 
 import ctypes
@@ -43,7 +44,11 @@ class TrainSettings:
         check_positive("max_epochs", self.max_epochs)
         check_seed("seed", self.seed)
         if not isinstance(self.patience, int) or self.patience < 1:
-            raise ConfigError("patience", self.patience, "an integer >= 1 (epochs without validation-loss improvement before stopping)")
+            raise ConfigError(
+                "patience",
+                self.patience,
+                "an integer >= 1 (epochs without validation-loss improvement before stopping)",
+            )
         check_positive("min_delta", self.min_delta, allow_zero=True)
         check_positive("adjoint_check_threshold", self.adjoint_check_threshold)
         if self.num_threads is not None:
@@ -113,7 +118,9 @@ def reuse_freed_host_memory(enabled: bool) -> bool:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, _LARGEST_MMAP_THRESHOLD)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, _LARGEST_MMAP_THRESHOLD)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+    )
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

@@ -1,4 +1,5 @@
 """Console summary tables of finished runs."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -6,15 +7,27 @@ from typing import Any
 from odeflow.tables import text_table
 
 COLUMNS = [
-    ("run_id", "run", "{}"), ("model", "model", "{}"), ("dataset", "data", "{}"), ("solver", "solver", "{}"),
-    ("test_acc", "test acc", "{:.4f}"), ("test_loss", "test loss", "{:.4f}"), ("best_epoch", "best ep", "{}"),
-    ("epochs", "epochs", "{}"), ("params_total", "params", "{:,}"), ("params_not_in_fc", "not in FC", "{:,}"),
-    ("fnfe", "FNFE", "{:.1f}"), ("bnfe", "BNFE", "{:.1f}"), ("epoch_time", "s/epoch", "{:.2f}"),
+    ("run_id", "run", "{}"),
+    ("model", "model", "{}"),
+    ("dataset", "data", "{}"),
+    ("solver", "solver", "{}"),
+    ("test_acc", "test acc", "{:.4f}"),
+    ("test_loss", "test loss", "{:.4f}"),
+    ("best_epoch", "best ep", "{}"),
+    ("epochs", "epochs", "{}"),
+    ("params_total", "params", "{:,}"),
+    ("params_not_in_fc", "not in FC", "{:,}"),
+    ("fnfe", "FNFE", "{:.1f}"),
+    ("bnfe", "BNFE", "{:.1f}"),
+    ("epoch_time", "s/epoch", "{:.2f}"),
     ("adjoint_grad_err", "adj. grad err", "{:.2g}"),
 ]
 
 
 def format_summary(rows: list[dict[str, Any]]) -> str:
     """One row per run: what ran and its headline numbers."""
-    return text_table([{key: r.get(key) for key, _, _ in COLUMNS} for r in rows],
-                      {key: fmt for key, _, fmt in COLUMNS}, {key: header for key, header, _ in COLUMNS})
+    return text_table(
+        [{key: r.get(key) for key, _, _ in COLUMNS} for r in rows],
+        {key: fmt for key, _, fmt in COLUMNS},
+        {key: header for key, header, _ in COLUMNS},
+    )

@@ -1,4 +1,5 @@
 """The training loop: per-epoch metrics, NFE counts, early stopping that restores the best weights."""
+
 from __future__ import annotations
 
 import copy
@@ -34,8 +35,14 @@ class FitResult:
     pruned: dict[str, Any] | None = None  # {"epoch": e, "reason": ...} when a sweep's pruner stopped the run
 
 
-def _train_one_epoch(model: nn.Module, data: DataBundle, optimizer: torch.optim.Optimizer,
-                     generator: torch.Generator, bar: tqdm | None, epoch: int) -> dict[str, float]:
+def _train_one_epoch(
+    model: nn.Module,
+    data: DataBundle,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    bar: tqdm | None,
+    epoch: int,
+) -> dict[str, float]:
     model.train()
     has_ode = bool(ode_blocks(model))
     total_loss, correct, seen, fnfe, bnfe, batches = 0.0, 0, 0, 0, 0, 0
@@ -64,12 +71,25 @@ def _train_one_epoch(model: nn.Module, data: DataBundle, optimizer: torch.optim.
         batches += 1
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", nfe=f"{batch_fnfe}/{backward_nfe(model)}" if has_ode else "-")
-    return {"train.loss": total_loss / seen, "train.acc": correct / seen, "nfe.forward": fnfe / batches, "nfe.backward": bnfe / batches}
+            bar.set_postfix(
+                loss=f"{total_loss / seen:.4f}", nfe=f"{batch_fnfe}/{backward_nfe(model)}" if has_ode else "-"
+            )
+    return {
+        "train.loss": total_loss / seen,
+        "train.acc": correct / seen,
+        "nfe.forward": fnfe / batches,
+        "nfe.backward": bnfe / batches,
+    }
 
 
-def fit(model: nn.Module, data: DataBundle, settings: TrainSettings, on_epoch: EpochCallback | None = None,
-        checkpoint_path: Path | None = None, resume: dict[str, Any] | None = None) -> FitResult:
+def fit(
+    model: nn.Module,
+    data: DataBundle,
+    settings: TrainSettings,
+    on_epoch: EpochCallback | None = None,
+    checkpoint_path: Path | None = None,
+    resume: dict[str, Any] | None = None,
+) -> FitResult:
     """Train until max_epochs or until validation loss has not improved for `patience` epochs (thesis 6.2.2).
 
     The best epoch's weights are restored before returning. `on_epoch` receives each epoch's metrics:
@@ -96,12 +116,24 @@ def fit(model: nn.Module, data: DataBundle, settings: TrainSettings, on_epoch: E
     show_bar = settings.progress and sys.stderr.isatty()
     for epoch in range(first_epoch, settings.max_epochs + 1):
         start = time.perf_counter()
-        with tqdm(total=data.train.num_batches(data.batch_size), desc=f"epoch {epoch}/{settings.max_epochs}",
-                  leave=False, disable=not show_bar, file=sys.stderr) as bar:
+        with tqdm(
+            total=data.train.num_batches(data.batch_size),
+            desc=f"epoch {epoch}/{settings.max_epochs}",
+            leave=False,
+            disable=not show_bar,
+            file=sys.stderr,
+        ) as bar:
             metrics = _train_one_epoch(model, data, optimizer, generator, bar if show_bar else None, epoch)
         val = predict(model, data.val, data.batch_size)
-        metrics.update({"val.loss": val.loss, "val.acc": val.accuracy, "val.nfe.forward": val.mean_fnfe,
-                        "epoch.time": time.perf_counter() - start, "epoch": epoch})
+        metrics.update(
+            {
+                "val.loss": val.loss,
+                "val.acc": val.accuracy,
+                "val.nfe.forward": val.mean_fnfe,
+                "epoch.time": time.perf_counter() - start,
+                "epoch": epoch,
+            }
+        )
         result.history.append(metrics)
         improved = val.loss < result.best_val_loss - settings.min_delta
         if improved:
@@ -121,25 +153,46 @@ def fit(model: nn.Module, data: DataBundle, settings: TrainSettings, on_epoch: E
         if waited >= settings.patience:
             result.stopped_early = epoch < settings.max_epochs
             if settings.progress:
-                print(f"early stopping: validation loss has not improved for {settings.patience} epochs; "
-                      f"restoring epoch {result.best_epoch}", flush=True)
+                print(
+                    f"early stopping: validation loss has not improved for {settings.patience} epochs; "
+                    f"restoring epoch {result.best_epoch}",
+                    flush=True,
+                )
             break
     model.load_state_dict(best_state)
     return result
 
 
-def _save_training_state(path: Path, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                         generator: torch.Generator, best_state: dict, waited: int, result: FitResult) -> None:
-    state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "best_state": best_state,
-             "waited": waited, "history": result.history, "best_epoch": result.best_epoch,
-             "best_val_loss": result.best_val_loss}
+def _save_training_state(
+    path: Path,
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    best_state: dict,
+    waited: int,
+    result: FitResult,
+) -> None:
+    state = {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "best_state": best_state,
+        "waited": waited,
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "best_val_loss": result.best_val_loss,
+    }
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)  # atomic: a kill mid-write leaves the previous epoch's state
 
 
 def format_epoch(m: dict[str, float], max_epochs: int, improved: bool) -> str:
-    return (f"epoch {int(m['epoch']):>3}/{max_epochs}  train loss {m['train.loss']:.4f} acc {m['train.acc']:.4f}  "
-            f"val loss {m['val.loss']:.4f} acc {m['val.acc']:.4f}  NFE fwd {m['nfe.forward']:.1f} bwd {m['nfe.backward']:.1f}  "
-            f"{m['epoch.time']:.1f}s{'  *' if improved else ''}")
+    return (
+        f"epoch {int(m['epoch']):>3}/{max_epochs}  train loss {m['train.loss']:.4f} acc {m['train.acc']:.4f}  "
+        f"val loss {m['val.loss']:.4f} acc {m['val.acc']:.4f}  NFE fwd {m['nfe.forward']:.1f} bwd {m['nfe.backward']:.1f}  "
+        f"{m['epoch.time']:.1f}s{'  *' if improved else ''}"
+    )

@@ -4,6 +4,7 @@ The ODE-ness gap is the test accuracy with the training solver minus the accurac
 of the same ODE: dopri5 at rtol = atol = 1e-6, added to every grid (whatever the grid's last entry is). A
 model whose accuracy collapses under the accurate solve has learned the discretisation, not an ODE.
 """
+
 from __future__ import annotations
 
 import time
@@ -24,10 +25,18 @@ from runner.experiment.evaluation import predict
 
 # (method, step size for fixed-step methods / tolerance for adaptive ones), coarse to fine.
 DEFAULT_GRID: list[tuple[str, float]] = [
-    ("euler", 1.0), ("euler", 0.5), ("euler", 0.25), ("euler", 0.1),
-    ("midpoint", 0.5), ("midpoint", 0.25),
-    ("rk4", 1.0), ("rk4", 0.5), ("rk4", 0.25),
-    ("dopri5", 1e-1), ("dopri5", 1e-2), ("dopri5", 1e-3),
+    ("euler", 1.0),
+    ("euler", 0.5),
+    ("euler", 0.25),
+    ("euler", 0.1),
+    ("midpoint", 0.5),
+    ("midpoint", 0.25),
+    ("rk4", 1.0),
+    ("rk4", 0.5),
+    ("rk4", 0.25),
+    ("dopri5", 1e-1),
+    ("dopri5", 1e-2),
+    ("dopri5", 1e-3),
 ]
 # The accurate solve the gap is measured against (added to every grid).
 REFERENCE: tuple[str, float] = ("dopri5", 1e-6)
@@ -86,8 +95,9 @@ def with_reference(grid: list[tuple[str, float]]) -> list[tuple[str, float]]:
     return [setting for setting in grid if setting != REFERENCE] + [REFERENCE]
 
 
-def reevaluate(model: torch.nn.Module, data: DataBundle, training_solver: SolverSpec,
-               grid: list[tuple[str, float]]) -> list[SettingResult]:
+def reevaluate(
+    model: torch.nn.Module, data: DataBundle, training_solver: SolverSpec, grid: list[tuple[str, float]]
+) -> list[SettingResult]:
     """Test-set accuracy, loss, mean FNFE per batch and time for the training solver, every grid setting
     and the reference solve."""
     check_is_odenet(model)
@@ -99,28 +109,49 @@ def reevaluate(model: torch.nn.Module, data: DataBundle, training_solver: Solver
         start = time.perf_counter()
         pred = predict(model, data.test, data.batch_size)
         is_reference = index == len(specs) - 1
-        results.append(SettingResult(spec.method, describe_setting(spec), pred.accuracy, pred.loss, pred.mean_fnfe,
-                                     time.perf_counter() - start, training_solver=index == 0, reference=is_reference,
-                                     backend="fused" if spec.fused else "torchdiffeq"))
+        results.append(
+            SettingResult(
+                spec.method,
+                describe_setting(spec),
+                pred.accuracy,
+                pred.loss,
+                pred.mean_fnfe,
+                time.perf_counter() - start,
+                training_solver=index == 0,
+                reference=is_reference,
+                backend="fused" if spec.fused else "torchdiffeq",
+            )
+        )
         note = "  (training solver)" if index == 0 else "  (reference)" if is_reference else ""
-        print(f"  {spec.method:<10} {describe_setting(spec):<10} acc {pred.accuracy:.4f}  loss {pred.loss:.4f}  "
-              f"FNFE {pred.mean_fnfe:6.2f}  {results[-1].seconds:.2f}s{note}", flush=True)
+        print(
+            f"  {spec.method:<10} {describe_setting(spec):<10} acc {pred.accuracy:.4f}  loss {pred.loss:.4f}  "
+            f"FNFE {pred.mean_fnfe:6.2f}  {results[-1].seconds:.2f}s{note}",
+            flush=True,
+        )
     set_solver(model, training_solver)
     return results
 
 
 def check_is_odenet(model: torch.nn.Module) -> None:
     if not ode_blocks(model):
-        raise UserError("this run's model has no ODE block; re-evaluation with other solvers applies to ODEnets",
-                        "pick an ODEnet run (runs list shows a solver for them)")
+        raise UserError(
+            "this run's model has no ODE block; re-evaluation with other solvers applies to ODEnets",
+            "pick an ODEnet run (runs list shows a solver for them)",
+        )
 
 
 def ode_ness_gap(results: list[SettingResult], threshold: float = COLLAPSE_THRESHOLD) -> dict[str, Any]:
     trained, reference = results[0], next(r for r in results if r.reference)
     gap = trained.accuracy - reference.accuracy
-    return {"training": f"{trained.method} {trained.setting}", "reference": f"{reference.method} {reference.setting}",
-            "training_accuracy": trained.accuracy, "reference_accuracy": reference.accuracy, "gap": gap,
-            "collapsed": gap > threshold, "threshold": threshold}
+    return {
+        "training": f"{trained.method} {trained.setting}",
+        "reference": f"{reference.method} {reference.setting}",
+        "training_accuracy": trained.accuracy,
+        "reference_accuracy": reference.accuracy,
+        "gap": gap,
+        "collapsed": gap > threshold,
+        "threshold": threshold,
+    }
 
 
 def write_reports(results: list[SettingResult], gap: dict[str, Any], out_dir: Path, title: str) -> dict[str, Path]:
@@ -131,15 +162,29 @@ def write_reports(results: list[SettingResult], gap: dict[str, Any], out_dir: Pa
     frame = pd.DataFrame([asdict(r) for r in results])
     csv = out_dir / "reevaluation.csv"
     frame.to_csv(csv, index=False)
-    rows = [{"solver": r.method + (" (training)" if r.training_solver else " (reference)" if r.reference else ""),
-             "setting": r.setting, "accuracy": r.accuracy, "loss": r.loss, "mean FNFE": r.mean_fnfe, "seconds": r.seconds}
-            for r in results]
+    rows = [
+        {
+            "solver": r.method + (" (training)" if r.training_solver else " (reference)" if r.reference else ""),
+            "setting": r.setting,
+            "accuracy": r.accuracy,
+            "loss": r.loss,
+            "mean FNFE": r.mean_fnfe,
+            "seconds": r.seconds,
+        }
+        for r in results
+    ]
     table = markdown_table(rows, {"accuracy": "{:.4f}", "loss": "{:.4f}", "mean FNFE": "{:.2f}", "seconds": "{:.2f}"})
     lines = [f"# {title}", "", table]
-    verdict = ("COLLAPSES under the accurate solve: the model depends on its training discretisation" if gap["collapsed"]
-               else "keeps its accuracy under the accurate solve")
-    lines += ["", f"ODE-ness gap: accuracy with the training solver ({gap['training']}) minus accuracy with the reference "
-              f"({gap['reference']}) = {gap['gap']:+.4f}; the model {verdict} (threshold {gap['threshold']})."]
+    verdict = (
+        "COLLAPSES under the accurate solve: the model depends on its training discretisation"
+        if gap["collapsed"]
+        else "keeps its accuracy under the accurate solve"
+    )
+    lines += [
+        "",
+        f"ODE-ness gap: accuracy with the training solver ({gap['training']}) minus accuracy with the reference "
+        f"({gap['reference']}) = {gap['gap']:+.4f}; the model {verdict} (threshold {gap['threshold']}).",
+    ]
     md = out_dir / "reevaluation.md"
     md.write_text("\n".join(lines) + "\n")
 
@@ -155,15 +200,18 @@ def write_reports(results: list[SettingResult], gap: dict[str, Any], out_dir: Pa
     ax.set_yticks(range(len(methods)), methods)
     for (i, j), value in np.ndenumerate(matrix):
         if not np.isnan(value):
-            ax.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=8, color="white" if value < 0.6 else "black")
+            ax.text(
+                j, i, f"{value:.3f}", ha="center", va="center", fontsize=8, color="white" if value < 0.6 else "black"
+            )
     fig.colorbar(image, ax=ax, label="test accuracy")
     ax.set_title(title, fontsize=9)
     png = save_figure(fig, out_dir / "reevaluation_heatmap.png")
     return {"reevaluation.csv": csv, "reevaluation.md": md, "reevaluation_heatmap.png": png}
 
 
-def reevaluate_run(record: Any, cfg: Any, store: Any, grid_items: list[str] | None, collapse_threshold: float,
-                   device_name: str) -> tuple[Any, Path]:
+def reevaluate_run(
+    record: Any, cfg: Any, store: Any, grid_items: list[str] | None, collapse_threshold: float, device_name: str
+) -> tuple[Any, Path]:
     """Re-evaluate a logged run as a tracked run of its own (linked to it); returns (run id, output folder).
 
     Everything a user can get wrong (the grid, a run without a checkpoint, a ResNet run) is checked before
@@ -171,10 +219,10 @@ def reevaluate_run(record: Any, cfg: Any, store: Any, grid_items: list[str] | No
     """
     from runner.experiment.checkpoint import load_checkpoint
     from runner.experiment.factories import instantiate_group, to_plain
-    from runner.tracking.masking import mask_secrets
-    from runner.research.rerun import new_output_dir
-    from runner.tracking.runstore import artifact_ref, fetch_artifact
     from runner.experiment.settings import resolve_device
+    from runner.research.rerun import new_output_dir
+    from runner.tracking.masking import mask_secrets
+    from runner.tracking.runstore import artifact_ref, fetch_artifact
     from runner.tracking.stores import MongoStore, run_tracked
 
     grid = parse_grid(grid_items) if grid_items else DEFAULT_GRID
@@ -188,17 +236,29 @@ def reevaluate_run(record: Any, cfg: Any, store: Any, grid_items: list[str] | No
     t_final = min(block.t_final for block in ode_blocks(model))
     for method, value in grid:
         if method in FIXED_STEP_METHODS and value > t_final:
-            raise ConfigError("--grid", f"{method}:{value:g}", f"fixed steps of at most the integration time T={t_final:g}")
+            raise ConfigError(
+                "--grid", f"{method}:{value:g}", f"fixed steps of at most the integration time T={t_final:g}"
+            )
     data = instantiate_group("data", checkpoint["config"]["data"]).to(device)
     training_solver = instantiate_group("solver", checkpoint["config"]["solver"])
-    title = f"run {record.id}: {record.choices.get('model', '')} on {data.name}, trained with {training_solver.describe()}"
+    title = (
+        f"run {record.id}: {record.choices.get('model', '')} on {data.name}, trained with {training_solver.describe()}"
+    )
     print(f"re-evaluating {title} on {len(data.test)} test samples", flush=True)
 
     def body(run: Any) -> float:
         results = reevaluate(model, data, training_solver, grid)
         gap = ode_ness_gap(results, collapse_threshold)
         for step, r in enumerate(results):
-            run.log_metrics({"reeval.accuracy": r.accuracy, "reeval.loss": r.loss, "reeval.fnfe": r.mean_fnfe, "reeval.time": r.seconds}, step)
+            run.log_metrics(
+                {
+                    "reeval.accuracy": r.accuracy,
+                    "reeval.loss": r.loss,
+                    "reeval.fnfe": r.mean_fnfe,
+                    "reeval.time": r.seconds,
+                },
+                step,
+            )
         run.set_info("reevaluation", [asdict(r) for r in results])
         run.set_info("ode_ness_gap", gap)
         for name, path in write_reports(results, gap, out_dir, title).items():
@@ -206,8 +266,18 @@ def reevaluate_run(record: Any, cfg: Any, store: Any, grid_items: list[str] | No
         print((out_dir / "reevaluation.md").read_text())
         return gap["gap"]
 
-    config = {"reevaluates": record.id, "grid": [list(g) for g in with_reference(grid)], "collapse_threshold": collapse_threshold,
-              "tracking": mask_secrets(to_plain(cfg.tracking))}
-    run_id, _ = run_tracked("reevaluate", config, store, body, {"reevaluates": record.id, "reevaluates_uid": record.meta.get("run_uid")},
-                            command="reevaluate")
+    config = {
+        "reevaluates": record.id,
+        "grid": [list(g) for g in with_reference(grid)],
+        "collapse_threshold": collapse_threshold,
+        "tracking": mask_secrets(to_plain(cfg.tracking)),
+    }
+    run_id, _ = run_tracked(
+        "reevaluate",
+        config,
+        store,
+        body,
+        {"reevaluates": record.id, "reevaluates_uid": record.meta.get("run_uid")},
+        command="reevaluate",
+    )
     return run_id, out_dir

@@ -1,4 +1,5 @@
 """The parameter-matched comparison report (thesis table 8.1) over the runs in a store."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,20 +23,34 @@ def comparison_rows(records: list[RunRecord]) -> pd.DataFrame:
             continue  # failed runs, re-evaluations
         summary = summary_row(r)
         is_ode = r.info.get("model_family") == "odenet"
-        rows.append({
-            "run": r.id, "dataset": summary["dataset"], "model": summary["model"], "solver": summary["solver"] or "-",
-            "params": r.info["parameters"]["total"], "params_not_in_fc": r.info["parameters"]["not_in_fc"],
-            "test_acc": summary["test_acc"], "test_loss": summary["test_loss"],
-            "epoch_time_s": _mean(r, "epoch.time"), "epochs": summary["epochs"],
-            "fnfe": _mean(r, "nfe.forward") if is_ode else None, "bnfe": _mean(r, "nfe.backward") if is_ode else None,
-            # evaluations of f per forward pass: FNFE for ODEnets, residual blocks for ResNets
-            "f_evaluations": _mean(r, "nfe.forward") if is_ode else r.info.get("residual_blocks"),
-            "adjoint_grad_err": (r.info.get("adjoint_gradient_check") or {}).get("relative_error"),
-        })
+        rows.append(
+            {
+                "run": r.id,
+                "dataset": summary["dataset"],
+                "model": summary["model"],
+                "solver": summary["solver"] or "-",
+                "params": r.info["parameters"]["total"],
+                "params_not_in_fc": r.info["parameters"]["not_in_fc"],
+                "test_acc": summary["test_acc"],
+                "test_loss": summary["test_loss"],
+                "epoch_time_s": _mean(r, "epoch.time"),
+                "epochs": summary["epochs"],
+                "fnfe": _mean(r, "nfe.forward") if is_ode else None,
+                "bnfe": _mean(r, "nfe.backward") if is_ode else None,
+                # evaluations of f per forward pass: FNFE for ODEnets, residual blocks for ResNets
+                "f_evaluations": _mean(r, "nfe.forward") if is_ode else r.info.get("residual_blocks"),
+                "adjoint_grad_err": (r.info.get("adjoint_gradient_check") or {}).get("relative_error"),
+            }
+        )
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    return frame.sort_values("run").groupby(["dataset", "model", "solver"], as_index=False).last().sort_values(["dataset", "params"])
+    return (
+        frame.sort_values("run")
+        .groupby(["dataset", "model", "solver"], as_index=False)
+        .last()
+        .sort_values(["dataset", "params"])
+    )
 
 
 def write_report(records: list[RunRecord], out_dir: Path) -> dict[str, Path]:
@@ -47,11 +62,29 @@ def write_report(records: list[RunRecord], out_dir: Path) -> dict[str, Path]:
     csv = out_dir / "comparison.csv"
     frame.to_csv(csv, index=False)
     lines = ["# Parameter-matched comparison (thesis table 8.1)", ""]
-    columns = {"model": "model", "solver": "solver", "params": "params", "params_not_in_fc": "not in FC", "test_acc": "test acc",
-               "test_loss": "test loss", "epoch_time_s": "s/epoch", "fnfe": "FNFE", "bnfe": "BNFE",
-               "adjoint_grad_err": "adj. grad err", "run": "run"}
-    formats = {"params": "{:,}", "params_not_in_fc": "{:,}", "test_acc": "{:.4f}", "test_loss": "{:.4f}",
-               "epoch_time_s": "{:.2f}", "fnfe": "{:.1f}", "bnfe": "{:.1f}", "adjoint_grad_err": "{:.2g}"}
+    columns = {
+        "model": "model",
+        "solver": "solver",
+        "params": "params",
+        "params_not_in_fc": "not in FC",
+        "test_acc": "test acc",
+        "test_loss": "test loss",
+        "epoch_time_s": "s/epoch",
+        "fnfe": "FNFE",
+        "bnfe": "BNFE",
+        "adjoint_grad_err": "adj. grad err",
+        "run": "run",
+    }
+    formats = {
+        "params": "{:,}",
+        "params_not_in_fc": "{:,}",
+        "test_acc": "{:.4f}",
+        "test_loss": "{:.4f}",
+        "epoch_time_s": "{:.2f}",
+        "fnfe": "{:.1f}",
+        "bnfe": "{:.1f}",
+        "adjoint_grad_err": "{:.2g}",
+    }
     for dataset, group in frame.groupby("dataset") if not frame.empty else []:
         lines += [f"## {dataset}", "", markdown_table(group[list(columns)], formats, columns), ""]
     if frame.empty:
@@ -59,8 +92,14 @@ def write_report(records: list[RunRecord], out_dir: Path) -> dict[str, Path]:
     md = out_dir / "comparison.md"
     md.write_text("\n".join(lines) + "\n")
     paths = {"comparison.md": md, "comparison.csv": csv}
-    for x, label, name in [("params", "parameters", "accuracy_vs_parameters.png"),
-                           ("f_evaluations", "evaluations of f per forward pass (FNFE; residual blocks for ResNets)", "accuracy_vs_nfe.png")]:
+    for x, label, name in [
+        ("params", "parameters", "accuracy_vs_parameters.png"),
+        (
+            "f_evaluations",
+            "evaluations of f per forward pass (FNFE; residual blocks for ResNets)",
+            "accuracy_vs_nfe.png",
+        ),
+    ]:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for (dataset, model), group in frame.groupby(["dataset", "model"]) if not frame.empty else []:
             ax.scatter(group[x], group["test_acc"], label=f"{dataset}: {model}", s=40)

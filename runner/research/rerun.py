@@ -1,4 +1,5 @@
 """Run again from a logged run: reproduce it exactly (and compare), or resume it after a crash."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -70,8 +71,10 @@ def environment_differences(record: RunRecord) -> list[str]:
 def check_environment(record: RunRecord, strict: bool) -> list[str]:
     differences = environment_differences(record)
     if differences and strict:
-        raise UserError(f"run {record.id} was made in another environment:\n  " + "\n  ".join(differences),
-                        "check out the logged commit and install the logged versions, or drop --strict to reproduce anyway")
+        raise UserError(
+            f"run {record.id} was made in another environment:\n  " + "\n  ".join(differences),
+            "check out the logged commit and install the logged versions, or drop --strict to reproduce anyway",
+        )
     for line in differences:
         print(f"warning: {line}", flush=True)
     return differences
@@ -84,25 +87,44 @@ def metric_comparison(original: RunRecord, reproduced: RunRecord) -> tuple[list[
         a = original.metrics.get(name, {}).get("values", [])
         b = reproduced.metrics.get(name, {}).get("values", [])
         if name in TIMING_METRICS:
-            rows.append({"metric": name, "original": a[-1] if a else None, "reproduced": b[-1] if b else None,
-                         "max_epoch_diff": None, "note": "wall time, not compared"})
+            rows.append(
+                {
+                    "metric": name,
+                    "original": a[-1] if a else None,
+                    "reproduced": b[-1] if b else None,
+                    "max_epoch_diff": None,
+                    "note": "wall time, not compared",
+                }
+            )
             continue
         same_length = len(a) == len(b)
         diff = max((abs(x - y) for x, y in zip(a, b)), default=0.0) if same_length else float("inf")
         worst = max(worst, diff)
-        rows.append({"metric": name, "original": a[-1] if a else None, "reproduced": b[-1] if b else None,
-                     "max_epoch_diff": diff, "note": "" if same_length else f"{len(a)} vs {len(b)} epochs"})
+        rows.append(
+            {
+                "metric": name,
+                "original": a[-1] if a else None,
+                "reproduced": b[-1] if b else None,
+                "max_epoch_diff": diff,
+                "note": "" if same_length else f"{len(a)} vs {len(b)} epochs",
+            }
+        )
     x, y = original.result, reproduced.result
     if isinstance(x, (int, float)) and isinstance(y, (int, float)):
         worst = max(worst, abs(x - y))
-        rows.append({"metric": "test.acc (result)", "original": x, "reproduced": y, "max_epoch_diff": abs(x - y), "note": ""})
+        rows.append(
+            {"metric": "test.acc (result)", "original": x, "reproduced": y, "max_epoch_diff": abs(x - y), "note": ""}
+        )
     return rows, worst
 
 
 def format_comparison(rows: list[dict[str, Any]]) -> str:
     number = lambda v: f"{v:.8g}" if isinstance(v, float) else str(v)  # noqa: E731
-    return text_table(rows, {"original": number, "reproduced": number, "max_epoch_diff": number},
-                      {"max_epoch_diff": "max |diff| per epoch"})
+    return text_table(
+        rows,
+        {"original": number, "reproduced": number, "max_epoch_diff": number},
+        {"max_epoch_diff": "max |diff| per epoch"},
+    )
 
 
 def new_output_dir(runs_root: Path, kind: str) -> Path:
@@ -116,6 +138,8 @@ def load_training_state(record: RunRecord) -> tuple[dict[str, Any], Path]:
     out_dir = record.meta.get("output_dir")
     path = Path(out_dir) / "last_checkpoint.pt" if out_dir else None
     if path is None or not path.exists():
-        raise UserError(f"run {record.id} left no training state to resume from ({path or 'no output_dir logged'})",
-                        "runs save last_checkpoint.pt after every epoch; a run killed during its first epoch must start again")
+        raise UserError(
+            f"run {record.id} left no training state to resume from ({path or 'no output_dir logged'})",
+            "runs save last_checkpoint.pt after every epoch; a run killed during its first epoch must start again",
+        )
     return read_torch_file(path), Path(out_dir)

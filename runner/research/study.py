@@ -4,6 +4,7 @@ Each job of the multirun folder left `result.json` (its summary), `evaluation_re
 history) and `.hydra/overrides.yaml` (what it was run with); the keys whose values differ between the
 jobs are what the study varied.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,21 +16,50 @@ import yaml
 from odeflow.errors import UserError
 from odeflow.tables import markdown_table
 
-COLUMNS = {"test_acc": "test acc", "test_loss": "test loss", "fnfe": "FNFE", "bnfe": "BNFE", "epoch_time": "s/epoch",
-           "epochs": "epochs", "adjoint_grad_err": "adj. grad err", "run_id": "run"}
-FORMATS = {"test_acc": "{:.4f}", "test_loss": "{:.4f}", "fnfe": "{:.1f}", "bnfe": "{:.1f}", "epoch_time": "{:.2f}",
-           "adjoint_grad_err": "{:.2g}"}
+COLUMNS = {
+    "test_acc": "test acc",
+    "test_loss": "test loss",
+    "fnfe": "FNFE",
+    "bnfe": "BNFE",
+    "epoch_time": "s/epoch",
+    "epochs": "epochs",
+    "adjoint_grad_err": "adj. grad err",
+    "run_id": "run",
+}
+FORMATS = {
+    "test_acc": "{:.4f}",
+    "test_loss": "{:.4f}",
+    "fnfe": "{:.1f}",
+    "bnfe": "{:.1f}",
+    "epoch_time": "{:.2f}",
+    "adjoint_grad_err": "{:.2g}",
+}
 
 
 def read_jobs(folder: Path) -> list[dict[str, Any]]:
     """One entry per finished job: its overrides (key -> value), summary and per-epoch history."""
     jobs = []
-    for result in sorted(folder.glob("*/result.json"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else -1):
+    for result in sorted(
+        folder.glob("*/result.json"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else -1
+    ):
         job = result.parent
-        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) if (job / ".hydra" / "overrides.yaml").exists() else []
-        report = json.loads((job / "evaluation_report.json").read_text()) if (job / "evaluation_report.json").exists() else {}
-        jobs.append({"overrides": dict(o.split("=", 1) for o in overrides if "=" in o),
-                     "summary": json.loads(result.read_text()), "history": report.get("fit", {}).get("history", [])})
+        overrides = (
+            yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+            if (job / ".hydra" / "overrides.yaml").exists()
+            else []
+        )
+        report = (
+            json.loads((job / "evaluation_report.json").read_text())
+            if (job / "evaluation_report.json").exists()
+            else {}
+        )
+        jobs.append(
+            {
+                "overrides": dict(o.split("=", 1) for o in overrides if "=" in o),
+                "summary": json.loads(result.read_text()),
+                "history": report.get("fit", {}).get("history", []),
+            }
+        )
     return jobs
 
 
@@ -44,18 +74,30 @@ def write_study(folder: Path) -> dict[str, Path]:
 
     jobs = read_jobs(folder)
     if not jobs:
-        raise UserError(f"{folder} holds no finished study jobs (no */result.json)",
-                        "run the study first: make study STUDY=t_final (or python -m runner -m experiment=study_t_final)")
+        raise UserError(
+            f"{folder} holds no finished study jobs (no */result.json)",
+            "run the study first: make study STUDY=t_final (or python -m runner -m experiment=study_t_final)",
+        )
     keys = varied_keys(jobs) or ["run_id"]
     label = lambda job: ", ".join(f"{k}={job['overrides'].get(k, job['summary'].get(k))}" for k in keys)  # noqa: E731
-    rows = [{**{k: job["overrides"].get(k, job["summary"].get(k)) for k in keys},
-             **{c: job["summary"].get(c) for c in COLUMNS}} for job in jobs]
+    rows = [
+        {
+            **{k: job["overrides"].get(k, job["summary"].get(k)) for k in keys},
+            **{c: job["summary"].get(c) for c in COLUMNS},
+        }
+        for job in jobs
+    ]
     name = jobs[0]["summary"].get("name", folder.name)
     table = markdown_table(rows, FORMATS, COLUMNS)
     md = folder / "study.md"
-    md.write_text(f"# {name}\n\n{jobs[0]['summary'].get('model')} on {jobs[0]['summary'].get('dataset')}, "
-                  f"{jobs[0]['summary'].get('solver')}; FNFE and BNFE are the last epoch's means per batch.\n\n{table}\n")
-    series = {label(job): ([h["epoch"] for h in job["history"]], [h["nfe.backward"] for h in job["history"]])
-              for job in jobs if job["history"]}
+    md.write_text(
+        f"# {name}\n\n{jobs[0]['summary'].get('model')} on {jobs[0]['summary'].get('dataset')}, "
+        f"{jobs[0]['summary'].get('solver')}; FNFE and BNFE are the last epoch's means per batch.\n\n{table}\n"
+    )
+    series = {
+        label(job): ([h["epoch"] for h in job["history"]], [h["nfe.backward"] for h in job["history"]])
+        for job in jobs
+        if job["history"]
+    }
     png = metric_across_runs_png(series, "nfe.backward", folder / "bnfe_per_epoch.png")
     return {"study.md": md, "bnfe_per_epoch.png": png}

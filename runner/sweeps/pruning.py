@@ -10,6 +10,7 @@ The value compared is the best so far of the epoch metric behind the sweep's obj
 for best_val_loss and test_loss, validation accuracy for best_val_acc and test_acc): after epoch e a
 trial's value is what its objective would be if it stopped there.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,12 @@ from odeflow.errors import ConfigError
 EVIDENCE_FILE = "pruning_evidence.jsonl"
 PRUNERS = ("none", "median", "asha")
 # objective -> (epoch metric, which way it is better)
-EPOCH_METRIC = {"best_val_loss": ("val.loss", "minimize"), "test_loss": ("val.loss", "minimize"),
-                "best_val_acc": ("val.acc", "maximize"), "test_acc": ("val.acc", "maximize")}
+EPOCH_METRIC = {
+    "best_val_loss": ("val.loss", "minimize"),
+    "test_loss": ("val.loss", "minimize"),
+    "best_val_acc": ("val.acc", "maximize"),
+    "test_acc": ("val.acc", "maximize"),
+}
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,9 @@ class Evidence:
         if not self.path.exists():
             return []
         lines = self.path.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip().endswith("}")]  # a line still being written is skipped
+        return [
+            json.loads(line) for line in lines if line.strip().endswith("}")
+        ]  # a line still being written is skipped
 
 
 def running_best(values: list[float], direction: str) -> list[float]:
@@ -94,21 +101,27 @@ def _worse(a: float, b: float, direction: str) -> bool:
     return a > b if direction == "minimize" else a < b
 
 
-def decide(settings: PrunerSettings, records: list[dict[str, Any]], job: int, epoch: int, value: float,
-           direction: str) -> str | None:
+def decide(
+    settings: PrunerSettings, records: list[dict[str, Any]], job: int, epoch: int, value: float, direction: str
+) -> str | None:
     """Why the trial of `job`, at `value` after `epoch`, should stop now; None to go on."""
     if not settings.active or epoch < settings.warmup_epochs:
         return None
     values, finished = _histories(records)
     if settings.kind == "median":
         # finished trials' value at this epoch; one that stopped early (patience) keeps its last value
-        peers = [history[max(e for e in history if e <= epoch)] for other, history in values.items()
-                 if finished.get(other) == "ok" and other != job and any(e <= epoch for e in history)]
+        peers = [
+            history[max(e for e in history if e <= epoch)]
+            for other, history in values.items()
+            if finished.get(other) == "ok" and other != job and any(e <= epoch for e in history)
+        ]
         if len(peers) < settings.min_trials:
             return None
         median = statistics.median(peers)
         if _worse(value, median, direction):
-            return f"{value:.4g} after epoch {epoch} is worse than the median {median:.4g} of {len(peers)} finished trials"
+            return (
+                f"{value:.4g} after epoch {epoch} is worse than the median {median:.4g} of {len(peers)} finished trials"
+            )
         return None
     rung, factor = settings.warmup_epochs, settings.reduction_factor
     while rung < epoch:
@@ -121,8 +134,10 @@ def decide(settings: PrunerSettings, records: list[dict[str, Any]], job: int, ep
     kept = max(1, len(at_rung) // factor)
     ranked = sorted(at_rung, reverse=direction == "maximize")
     if _worse(value, ranked[kept - 1], direction):
-        return (f"{value:.4g} after epoch {epoch} is not in the best {kept} of {len(at_rung)} trials at this rung "
-                f"(cut-off {ranked[kept - 1]:.4g})")
+        return (
+            f"{value:.4g} after epoch {epoch} is not in the best {kept} of {len(at_rung)} trials at this rung "
+            f"(cut-off {ranked[kept - 1]:.4g})"
+        )
     return None
 
 
@@ -132,8 +147,9 @@ class TrialPruner:
     Never at `last_epoch`: the trial ends there anyway, so stopping saves nothing and would only mislabel a
     trial that ran its full budget as pruned."""
 
-    def __init__(self, settings: PrunerSettings, evidence: Evidence, job: int, trial: int, objective: str,
-                 last_epoch: int) -> None:
+    def __init__(
+        self, settings: PrunerSettings, evidence: Evidence, job: int, trial: int, objective: str, last_epoch: int
+    ) -> None:
         self.settings, self.evidence, self.job, self.trial = settings, evidence, job, trial
         self.last_epoch = last_epoch
         self.metric, self.direction = EPOCH_METRIC[objective]
@@ -153,7 +169,9 @@ class TrialPruner:
         self.evidence.append({"job": self.job, "trial": self.trial, "finished": "pruned" if pruned else "ok"})
 
 
-def trial_pruner(sweeper: Any, sweep_dir: Path, job: int, trial: int, objective: str, max_epochs: int) -> TrialPruner | None:
+def trial_pruner(
+    sweeper: Any, sweep_dir: Path, job: int, trial: int, objective: str, max_epochs: int
+) -> TrialPruner | None:
     """The pruner of a hyperopt sweep's trial, from the sweeper's settings; None when the sweep does not prune."""
     from runner.experiment.factories import to_plain
 

@@ -6,6 +6,7 @@ ones); a parallel-coordinates plot; the parameters' permutation importance in a 
 the trials (scikit-learn); and a Markdown page with the top trials. Pruned trials are drawn with their own
 marker at the value they reached; failed trials, which have none, as red crosses on the worst edge.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,15 +21,17 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from odeflow.errors import UserError  # noqa: E402
+from odeflow.plots import save_figure  # noqa: E402
 from odeflow.tables import markdown_table  # noqa: E402
 from runner.sweeps import state as sweep_state  # noqa: E402
-from odeflow.plots import save_figure  # noqa: E402
 from runner.sweeps.state import SweepRecord  # noqa: E402
 
 MIN_TRIALS_FOR_IMPORTANCE = 5
 TOP_K = 10
-MARKERS = {"ok": dict(marker="o", color="tab:blue", label="finished"),
-           "pruned": dict(marker="v", color="tab:orange", label="pruned (value when stopped)")}
+MARKERS = {
+    "ok": dict(marker="o", color="tab:blue", label="finished"),
+    "pruned": dict(marker="v", color="tab:orange", label="pruned (value when stopped)"),
+}
 FAILED = dict(marker="x", color="tab:red", label="failed (no value)")
 LINES = {"ok": ("-", 0.9), "pruned": ("--", 0.7), "failed": (":", 0.6)}  # parallel coordinates: (line style, alpha)
 
@@ -42,8 +45,18 @@ def is_choice(spec: str) -> bool:
 
 
 def trial_frame(record: SweepRecord) -> pd.DataFrame:
-    rows = [{"trial": t.number, "status": t.status, "value": t.value, "run": t.run_id,
-             "pruned_at": (t.pruned or {}).get("epoch"), **t.params} for t in record.trials if t.status != "running"]
+    rows = [
+        {
+            "trial": t.number,
+            "status": t.status,
+            "value": t.value,
+            "run": t.run_id,
+            "pruned_at": (t.pruned or {}).get("epoch"),
+            **t.params,
+        }
+        for t in record.trials
+        if t.status != "running"
+    ]
     return pd.DataFrame(rows, columns=["trial", "status", "value", "run", "pruned_at", *record.space])
 
 
@@ -100,7 +113,7 @@ def objective_vs_params_png(frame: pd.DataFrame, record: SweepRecord, path: Path
         _scatter_by_status(ax, frame, name, record.direction, positions)
         ax.set_xlabel(f"{name}\n{spec}", fontsize=8)
         ax.set_ylabel(record.objective, fontsize=8)
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper right", fontsize=8)
@@ -157,7 +170,10 @@ def parallel_coordinates_png(frame: pd.DataFrame, record: SweepRecord, path: Pat
         ax.text(x, 1.04, high_text, ha="center", va="bottom", fontsize=7)
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=record.objective)
     ax.set_ylim(-0.12, 1.12)
-    ax.set_title("parallel coordinates (solid: finished, dashed: pruned, red dotted: failed; log-distributed axes on a log scale)", fontsize=9)
+    ax.set_title(
+        "parallel coordinates (solid: finished, dashed: pruned, red dotted: failed; log-distributed axes on a log scale)",
+        fontsize=9,
+    )
     return save_figure(fig, path)
 
 
@@ -171,10 +187,13 @@ def parameter_importance(frame: pd.DataFrame, space: dict[str, str], seed: int =
     if len(scored) < MIN_TRIALS_FOR_IMPORTANCE:
         return None
     features = encode(scored, space)
-    forest = RandomForestRegressor(n_estimators=200, min_samples_leaf=2, random_state=seed).fit(features, scored["value"])
+    forest = RandomForestRegressor(n_estimators=200, min_samples_leaf=2, random_state=seed).fit(
+        features, scored["value"]
+    )
     result = permutation_importance(forest, features, scored["value"], n_repeats=30, random_state=seed)
-    return pd.DataFrame({"parameter": list(space), "importance": result.importances_mean, "std": result.importances_std}
-                        ).sort_values("importance", ascending=False, ignore_index=True)
+    return pd.DataFrame(
+        {"parameter": list(space), "importance": result.importances_mean, "std": result.importances_std}
+    ).sort_values("importance", ascending=False, ignore_index=True)
 
 
 def importance_png(importance: pd.DataFrame, record: SweepRecord, path: Path) -> Path:
@@ -200,9 +219,11 @@ def _write(sweep_dir: Path, out_dir: Path | None) -> tuple[dict[str, Path], Swee
     frame = trial_frame(record)
     if frame.empty:
         raise UserError(f"sweep {record.sweep_id} has no finished trial yet", "report on it once a batch has finished")
-    paths = {"best_so_far.png": best_so_far_png(frame, record, out / "best_so_far.png"),
-             "objective_vs_params.png": objective_vs_params_png(frame, record, out / "objective_vs_params.png"),
-             "parallel_coordinates.png": parallel_coordinates_png(frame, record, out / "parallel_coordinates.png")}
+    paths = {
+        "best_so_far.png": best_so_far_png(frame, record, out / "best_so_far.png"),
+        "objective_vs_params.png": objective_vs_params_png(frame, record, out / "objective_vs_params.png"),
+        "parallel_coordinates.png": parallel_coordinates_png(frame, record, out / "parallel_coordinates.png"),
+    }
     importance = parameter_importance(frame, record.space)
     if importance is not None:
         paths["importance.png"] = importance_png(importance, record, out / "importance.png")
@@ -216,23 +237,54 @@ def _markdown(record: SweepRecord, frame: pd.DataFrame, importance: pd.DataFrame
     scored = frame[frame["value"].notna()]
     top = scored.sort_values("value", ascending=record.direction == "minimize").head(TOP_K)
     counts = frame["status"].value_counts()
-    lines = [f"# Sweep {record.sweep_id}", "",
-             f"{record.objective} ({record.direction}) over {', '.join(f'`{n}: {s}`' for n, s in record.space.items())}.", "",
-             f"{len(frame)} trials: {counts.get('ok', 0)} finished, {counts.get('pruned', 0)} pruned, "
-             f"{counts.get('failed', 0)} failed." + (f" Warm-started from {', '.join(record.warm_start)}." if record.warm_start else ""), ""]
+    lines = [
+        f"# Sweep {record.sweep_id}",
+        "",
+        f"{record.objective} ({record.direction}) over {', '.join(f'`{n}: {s}`' for n, s in record.space.items())}.",
+        "",
+        f"{len(frame)} trials: {counts.get('ok', 0)} finished, {counts.get('pruned', 0)} pruned, "
+        f"{counts.get('failed', 0)} failed."
+        + (f" Warm-started from {', '.join(record.warm_start)}." if record.warm_start else ""),
+        "",
+    ]
     if best is not None:
-        lines += [f"Best: trial {best.number} (run {best.run_id}), {record.objective} = {best.value:.6g}, "
-                  + ", ".join(f"{k}={v}" for k, v in best.params.items()), ""]
-    lines += [f"## Top {min(TOP_K, len(top))} trials", "", markdown_table(top.drop(columns=["pruned_at"]), {"value": "{:.6g}"}), ""]
-    lines += ["## Convergence", "", "![best so far](best_so_far.png)", "",
-              "## The objective against each parameter", "", "![objective against parameters](objective_vs_params.png)", "",
-              "![parallel coordinates](parallel_coordinates.png)", "", "## Parameter importance", ""]
+        lines += [
+            f"Best: trial {best.number} (run {best.run_id}), {record.objective} = {best.value:.6g}, "
+            + ", ".join(f"{k}={v}" for k, v in best.params.items()),
+            "",
+        ]
+    lines += [
+        f"## Top {min(TOP_K, len(top))} trials",
+        "",
+        markdown_table(top.drop(columns=["pruned_at"]), {"value": "{:.6g}"}),
+        "",
+    ]
+    lines += [
+        "## Convergence",
+        "",
+        "![best so far](best_so_far.png)",
+        "",
+        "## The objective against each parameter",
+        "",
+        "![objective against parameters](objective_vs_params.png)",
+        "",
+        "![parallel coordinates](parallel_coordinates.png)",
+        "",
+        "## Parameter importance",
+        "",
+    ]
     if importance is None:
         lines += [f"Needs at least {MIN_TRIALS_FOR_IMPORTANCE} trials with a value; this sweep has {len(scored)}.", ""]
     else:
-        lines += ["Permutation importance in a random forest fitted to the trials (scikit-learn): how much worse it "
-                  "predicts the objective when one parameter's values are shuffled. With few trials it is a hint, not a test.", "",
-                  markdown_table(importance, {"importance": "{:.3f}", "std": "{:.3f}"}), "", "![importance](importance.png)", ""]
+        lines += [
+            "Permutation importance in a random forest fitted to the trials (scikit-learn): how much worse it "
+            "predicts the objective when one parameter's values are shuffled. With few trials it is a hint, not a test.",
+            "",
+            markdown_table(importance, {"importance": "{:.3f}", "std": "{:.3f}"}),
+            "",
+            "![importance](importance.png)",
+            "",
+        ]
     lines += ["## All trials", "", markdown_table(frame, {"value": "{:.6g}"}), ""]
     return "\n".join(lines)
 
@@ -245,9 +297,15 @@ def write_and_log_report(sweep_dir: Path, cfg: Any, out_dir: Path | None = None)
 
     paths, record, importance = _write(sweep_dir, out_dir)
     best = record.best()
-    summary = {"sweep_id": record.sweep_id, "objective": record.objective, "direction": record.direction,
-               "space": [f"{n}: {s}" for n, s in record.space.items()], "trials": len(record.trials),
-               "best_value": best.value if best else None, "best_run": best.run_id if best else None}
+    summary = {
+        "sweep_id": record.sweep_id,
+        "objective": record.objective,
+        "direction": record.direction,
+        "space": [f"{n}: {s}" for n, s in record.space.items()],
+        "trials": len(record.trials),
+        "best_value": best.value if best else None,
+        "best_run": best.run_id if best else None,
+    }
 
     def body(run) -> dict[str, Any]:
         run.set_info("sweep", summary)
@@ -256,11 +314,25 @@ def write_and_log_report(sweep_dir: Path, cfg: Any, out_dir: Path | None = None)
         return summary
 
     store = instantiate_group("tracking", cfg.tracking)
-    run_id, _ = run_tracked("sweep_report", summary, store, body, {"sweep_report_of": record.sweep_id},
-                            command="sweep_report")
-    print(f"sweep report: {paths['report.md']}" + (f" (logged as run {run_id})" if run_id is not None else ""), flush=True)
-    print(f"  {record.count('ok')} finished, {record.count('pruned')} pruned, {record.count('failed')} failed; "
-          + (f"best {record.objective} {best.value:.6g} (trial {best.number}, run {best.run_id})" if best else "no trial with a value"), flush=True)
+    run_id, _ = run_tracked(
+        "sweep_report", summary, store, body, {"sweep_report_of": record.sweep_id}, command="sweep_report"
+    )
+    print(
+        f"sweep report: {paths['report.md']}" + (f" (logged as run {run_id})" if run_id is not None else ""), flush=True
+    )
+    print(
+        f"  {record.count('ok')} finished, {record.count('pruned')} pruned, {record.count('failed')} failed; "
+        + (
+            f"best {record.objective} {best.value:.6g} (trial {best.number}, run {best.run_id})"
+            if best
+            else "no trial with a value"
+        ),
+        flush=True,
+    )
     if importance is not None:
-        print("  parameter importance: " + ", ".join(f"{row.parameter} {row.importance:.3f}" for row in importance.itertuples()), flush=True)
+        print(
+            "  parameter importance: "
+            + ", ".join(f"{row.parameter} {row.importance:.3f}" for row in importance.itertuples()),
+            flush=True,
+        )
     return run_id, paths

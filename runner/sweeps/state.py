@@ -6,6 +6,7 @@ TPE's history is rebuilt from it at every batch, so neither a renamed class nor 
 can make a sweep unreadable. Sweeps written before this format (a pickle, `hyperopt_state.pkl`) are
 migrated on resume.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,12 +72,16 @@ class SweepRecord:
         return path
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], source: Path) -> "SweepRecord":
+    def from_json(cls, data: dict[str, Any], source: Path) -> SweepRecord:
         if data.get("format") != FORMAT:
-            raise UserError(f"{source} is not an odeflow sweep state", "point at a sweep directory (it holds sweep_state.json)")
+            raise UserError(
+                f"{source} is not an odeflow sweep state", "point at a sweep directory (it holds sweep_state.json)"
+            )
         if data.get("version") != VERSION:
-            raise UserError(f"{source} has sweep-state version {data.get('version')}; this odeflow reads version {VERSION}",
-                            "use the odeflow version that wrote it, or start a new sweep in another hydra.sweep.dir")
+            raise UserError(
+                f"{source} has sweep-state version {data.get('version')}; this odeflow reads version {VERSION}",
+                "use the odeflow version that wrote it, or start a new sweep in another hydra.sweep.dir",
+            )
         fields = {k: v for k, v in data.items() if k not in ("format", "version")}
         fields["trials"] = [TrialRecord(**t) for t in fields.get("trials", [])]
         return cls(**fields)
@@ -89,7 +94,10 @@ def load(sweep_dir: Path) -> SweepRecord | None:
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
-            raise UserError(f"{path} is damaged ({exc})", f"repair or delete it (optimization_results.yaml beside it lists the trials)") from None
+            raise UserError(
+                f"{path} is damaged ({exc})",
+                "repair or delete it (optimization_results.yaml beside it lists the trials)",
+            ) from None
         return SweepRecord.from_json(data, path)
     return None
 
@@ -103,20 +111,41 @@ def migrate_pickle(sweep_dir: Path, objective: str, space: dict[str, str]) -> Sw
     try:
         with path.open("rb") as f:
             old = _RecordsOnly(f).load()
-        trials = [TrialRecord(number=t.number, job=t.number, params=dict(t.params), status=t.status, value=t.value,
-                              run_id=t.run_id, error=t.error) for t in old.records]
+        trials = [
+            TrialRecord(
+                number=t.number,
+                job=t.number,
+                params=dict(t.params),
+                status=t.status,
+                value=t.value,
+                run_id=t.run_id,
+                error=t.error,
+            )
+            for t in old.records
+        ]
         direction = getattr(old, "direction", None)
     except Exception as exc:
-        raise UserError(f"{path} (a sweep state of an older odeflow) cannot be read: {type(exc).__name__}: {exc}",
-                        "start a new sweep in another hydra.sweep.dir (optimization_results.yaml beside it lists the old trials)") from None
+        raise UserError(
+            f"{path} (a sweep state of an older odeflow) cannot be read: {type(exc).__name__}: {exc}",
+            "start a new sweep in another hydra.sweep.dir (optimization_results.yaml beside it lists the old trials)",
+        ) from None
     names = {n for t in trials for n in t.params}
     if trials and names != set(space):
-        raise UserError(f"the old sweep state {path} searched {', '.join(sorted(names))}; the search space now has "
-                        f"{', '.join(sorted(space))}", "resume with the old search space, or start a new sweep in another hydra.sweep.dir")
+        raise UserError(
+            f"the old sweep state {path} searched {', '.join(sorted(names))}; the search space now has "
+            f"{', '.join(sorted(space))}",
+            "resume with the old search space, or start a new sweep in another hydra.sweep.dir",
+        )
     from odeflow.objectives import OBJECTIVE_DIRECTIONS
 
-    return SweepRecord(old.sweep_id, objective, direction or OBJECTIVE_DIRECTIONS.get(objective, "minimize"), dict(space),
-                       trials, next_job=1 + max((t.job for t in trials), default=-1))
+    return SweepRecord(
+        old.sweep_id,
+        objective,
+        direction or OBJECTIVE_DIRECTIONS.get(objective, "minimize"),
+        dict(space),
+        trials,
+        next_job=1 + max((t.job for t in trials), default=-1),
+    )
 
 
 class _Attributes:
@@ -158,16 +187,21 @@ def find_sweep(reference: str, runs_root: Path) -> Path:
     if (path / STATE_FILE).exists():
         return path
     if path.exists():
-        raise UserError(f"{path} holds no {STATE_FILE}: not a hyperopt sweep directory (or one from an older odeflow "
-                        "that was never resumed)", "point at the hydra.sweep.dir of a sweep run with hydra/sweeper=hyperopt")
+        raise UserError(
+            f"{path} holds no {STATE_FILE}: not a hyperopt sweep directory (or one from an older odeflow "
+            "that was never resumed)",
+            "point at the hydra.sweep.dir of a sweep run with hydra/sweeper=hyperopt",
+        )
     for state in sorted(Path(runs_root).rglob(STATE_FILE)):
         try:
             if json.loads(state.read_text()).get("sweep_id") == reference:
                 return state.parent
         except (OSError, json.JSONDecodeError):
             continue
-    raise UserError(f"no sweep {reference!r}: neither a sweep directory nor the id of a sweep under {runs_root}",
-                    "give the sweep's directory (hydra.sweep.dir) or its id (printed at its start, in optimization_results.yaml)")
+    raise UserError(
+        f"no sweep {reference!r}: neither a sweep directory nor the id of a sweep under {runs_root}",
+        "give the sweep's directory (hydra.sweep.dir) or its id (printed at its start, in optimization_results.yaml)",
+    )
 
 
 def _plain(value: Any) -> Any:

@@ -1,4 +1,5 @@
 """The run browser: list, show, compare, export and plot logged runs from either backend."""
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,9 @@ def no_match_note(records: list[RunRecord], **criteria: str | None) -> str:
     for key, value in criteria.items():
         if value is not None:
             present = sorted({str(summary_row(r).get(key)) for r in records} - {"None"})
-            notes.append(f"--{key} {value}: this store has " + (", ".join(present) if present else f"no runs with a {key}"))
+            notes.append(
+                f"--{key} {value}: this store has " + (", ".join(present) if present else f"no runs with a {key}")
+            )
     return f"(no runs of {len(records)} match; " + "; ".join(notes) + ")"
 
 
@@ -42,8 +45,22 @@ def _table(frame: pd.DataFrame) -> str:
 
 
 def list_runs(records: list[RunRecord]) -> str:
-    columns = ["id", "experiment", "status", "dataset", "model", "solver", "sweep", "test_acc", "test_loss",
-               "best_val_loss", "epochs", "fnfe", "params", "start"]
+    columns = [
+        "id",
+        "experiment",
+        "status",
+        "dataset",
+        "model",
+        "solver",
+        "sweep",
+        "test_acc",
+        "test_loss",
+        "best_val_loss",
+        "epochs",
+        "fnfe",
+        "params",
+        "start",
+    ]
     frame = runs_frame(records)
     return _table(frame[columns] if not frame.empty else frame)
 
@@ -52,8 +69,9 @@ def find_run(records: list[RunRecord], run_id: str) -> RunRecord:
     for r in records:
         if str(r.id) == str(run_id):
             return r
-    raise UserError(f"no run with id {run_id} in this store ({len(records)} runs)",
-                    "list the ids with: python -m runner runs list")
+    raise UserError(
+        f"no run with id {run_id} in this store ({len(records)} runs)", "list the ids with: python -m runner runs list"
+    )
 
 
 def show_run(r: RunRecord) -> str:
@@ -76,8 +94,23 @@ def compare_runs(records: list[RunRecord]) -> str:
     frame = runs_frame(records, with_config=True).set_index("id")
     # A key set in one run and null or missing in another differs too (nunique drops nulls by default).
     config_cols = [c for c in frame.columns if c.startswith("config.") and frame[c].map(repr).nunique() > 1]
-    metric_cols = ["status", "dataset", "model", "solver", "test_acc", "test_loss", "best_val_loss", "epochs", "fnfe", "bnfe", "params", "seconds"]
-    finals = pd.DataFrame({r.id: {f"final {k}": m["values"][-1] for k, m in r.metrics.items() if m["values"]} for r in records}).T
+    metric_cols = [
+        "status",
+        "dataset",
+        "model",
+        "solver",
+        "test_acc",
+        "test_loss",
+        "best_val_loss",
+        "epochs",
+        "fnfe",
+        "bnfe",
+        "params",
+        "seconds",
+    ]
+    finals = pd.DataFrame(
+        {r.id: {f"final {k}": m["values"][-1] for k, m in r.metrics.items() if m["values"]} for r in records}
+    ).T
     table = pd.concat([frame[config_cols], frame[metric_cols], finals.reindex(frame.index)], axis=1).T
     table.columns = [f"run {c}" for c in table.columns]
     diff_note = "config differences:" if config_cols else "config: identical"
@@ -102,8 +135,11 @@ def export_runs(records: list[RunRecord], path: Path) -> Path:
 def plot_metric(records: list[RunRecord], metric: str, path: Path) -> Path:
     from odeflow.plots import metric_across_runs_png
 
-    series = {f"run {r.id} {summary_row(r)['model']}": (r.metrics[metric]["steps"], r.metrics[metric]["values"])
-              for r in records if metric in r.metrics}
+    series = {
+        f"run {r.id} {summary_row(r)['model']}": (r.metrics[metric]["steps"], r.metrics[metric]["values"])
+        for r in records
+        if metric in r.metrics
+    }
     if not series:
         known = sorted({name for r in records for name in r.metrics})
         raise UserError(f"no run here logged the metric {metric!r}", "use one of: " + ", ".join(known))

@@ -1,4 +1,5 @@
 """Keep database passwords out of logged configs, captured output and the console."""
+
 from __future__ import annotations
 
 import re

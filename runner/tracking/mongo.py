@@ -4,6 +4,7 @@ Sacred's own MongoObserver writes the documents (so Omniboard reads them as usua
 when to stop talking to a database that has gone away, keeps documents far below MongoDB's 16 MB limit,
 and replays journalled runs into the database idempotently, keyed by each run's `meta.run_uid`.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -55,11 +56,20 @@ def table_fields(entry: dict[str, Any], best: dict[str, float]) -> dict[str, Any
     solver = (config.get("solver") or {}) if meta.get("model_family") == "odenet" else {}  # a ResNet has no solver
     choices, cost, parameters = meta.get("choices") or {}, info.get("cost") or {}, info.get("parameters") or {}
     return {  # most compared first: a 1920-pixel screen shows about ten
-        "model": choices.get("model"), "dataset": choices.get("data"), "solver": solver.get("method"),
-        "rtol": solver.get("rtol"), "test acc": (info.get("test") or {}).get("test.acc"),
-        "best val loss": best.get("val.loss"), "FNFE": cost.get("fnfe"), "BNFE": cost.get("bnfe"),
-        "params": parameters.get("total"), "sweep": meta.get("sweep_id") or meta.get("sweep_report_of"), "s/epoch": cost.get("epoch_time"),
-        "adjoint": solver.get("adjoint"), "best val acc": best.get("val.acc"), "trial": meta.get("trial"),
+        "model": choices.get("model"),
+        "dataset": choices.get("data"),
+        "solver": solver.get("method"),
+        "rtol": solver.get("rtol"),
+        "test acc": (info.get("test") or {}).get("test.acc"),
+        "best val loss": best.get("val.loss"),
+        "FNFE": cost.get("fnfe"),
+        "BNFE": cost.get("bnfe"),
+        "params": parameters.get("total"),
+        "sweep": meta.get("sweep_id") or meta.get("sweep_report_of"),
+        "s/epoch": cost.get("epoch_time"),
+        "adjoint": solver.get("adjoint"),
+        "best val acc": best.get("val.acc"),
+        "trial": meta.get("trial"),
         "adjoint grad err": (info.get("adjoint_gradient_check") or {}).get("relative_error"),
         "pruned after epoch": (info.get("pruned") or {}).get("epoch"),
     }
@@ -87,9 +97,11 @@ class StrictMongoObserver(MongoObserver):
         costs = {name: m for name, m in metrics_by_name.items() if is_cost_metric(name)}
         super().log_metrics({name: m for name, m in metrics_by_name.items() if name not in costs}, info)
         for name, m in costs.items():
-            self.cost_metrics.update_one({"run_id": self.run_entry["_id"], "name": name},
-                                         {"$push": {key: {"$each": m[key]} for key in ("steps", "values", "timestamps")}},
-                                         upsert=True)
+            self.cost_metrics.update_one(
+                {"run_id": self.run_entry["_id"], "name": name},
+                {"$push": {key: {"$each": m[key]} for key in ("steps", "values", "timestamps")}},
+                upsert=True,
+            )
 
     def insert(self):
         self.run_entry = {**table_fields(self.run_entry, self.best), **self.run_entry}
@@ -114,7 +126,9 @@ def open_observer(client: Any, db_name: str) -> StrictMongoObserver:
     import gridfs
 
     database = client[db_name]
-    observer = StrictMongoObserver.create_from(database["runs"], gridfs.GridFS(database), metrics_collection=database["metrics"])
+    observer = StrictMongoObserver.create_from(
+        database["runs"], gridfs.GridFS(database), metrics_collection=database["metrics"]
+    )
     observer.cost_metrics = database[COST_METRICS_COLLECTION]
     observer.best = {}
     return observer
@@ -148,8 +162,12 @@ class MongoMirror(RunObserver):
 
     def _give_up(self, exc: BaseException) -> None:
         self.mongo, self.complete = None, False
-        print(f"{describe_failure(self.store.url, exc)}; the run goes on and is journalled locally in {self.journal.basedir}. "
-              f"Push it later with: python -m runner sync tracking=mongo", file=sys.stderr, flush=True)
+        print(
+            f"{describe_failure(self.store.url, exc)}; the run goes on and is journalled locally in {self.journal.basedir}. "
+            f"Push it later with: python -m runner sync tracking=mongo",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
         self.run_uid = meta_info.get("run_uid")
@@ -161,7 +179,9 @@ class MongoMirror(RunObserver):
         self.complete = True
         mongo_id = self._call("started_event", ex_info, command, host_info, start_time, config, meta_info, _id)
         if mongo_id is not None:
-            print(f"logging to MongoDB {mask_url(self.store.url)} db {self.store.db_name} as run {mongo_id}", flush=True)
+            print(
+                f"logging to MongoDB {mask_url(self.store.url)} db {self.store.db_name} as run {mongo_id}", flush=True
+            )
         return mongo_id
 
     def heartbeat_event(self, info, captured_out, beat_time, result):
@@ -198,7 +218,9 @@ AUTH_FAILED = 18  # MongoDB's error code for a wrong user name or password
 
 def describe_failure(url: str, exc: BaseException) -> str:
     """One line saying why the database at `url` did not take a write: refused credentials or unreachable."""
-    reason = mask_url(str(exc).splitlines()[0].split(" (configured timeouts")[0][:160]) if str(exc) else type(exc).__name__
+    reason = (
+        mask_url(str(exc).splitlines()[0].split(" (configured timeouts")[0][:160]) if str(exc) else type(exc).__name__
+    )
     if getattr(exc, "code", None) == AUTH_FAILED:
         return f"MongoDB at {mask_url(url)} refused the user name or password in MONGO_URL ({reason.split(',')[0]})"
     return f"MongoDB at {mask_url(url)} is unreachable ({reason})"
@@ -209,6 +231,7 @@ def write_marker(run_dir: Path, run_uid: str | None, mongo_id: Any, complete: bo
 
 
 # --- sync: replay journalled runs into MongoDB ------------------------------------------------------------
+
 
 def _time(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value) if value else None
@@ -243,16 +266,34 @@ def replay(run_dir: Path, client: Any, db_name: str) -> Any:
     if old is not None:
         for collection in (observer.metrics, observer.cost_metrics):
             collection.update_many({"run_id": old["_id"]}, {"$set": {"steps": [], "values": [], "timestamps": []}})
-        info["metrics"] = [{"name": m["name"], "id": str(m["_id"])} for m in observer.metrics.find({"run_id": old["_id"]}, {"name": 1})]
+        info["metrics"] = [
+            {"name": m["name"], "id": str(m["_id"])} for m in observer.metrics.find({"run_id": old["_id"]}, {"name": 1})
+        ]
     store_root = run_dir.parent
-    sources = [[name, observer.fs.put((store_root / stored).read_bytes(), filename=name, metadata={"run_uid": uid})]
-               for name, stored in record["experiment"].get("sources", []) if (store_root / stored).is_file()]
+    sources = [
+        [name, observer.fs.put((store_root / stored).read_bytes(), filename=name, metadata={"run_uid": uid})]
+        for name, stored in record["experiment"].get("sources", [])
+        if (store_root / stored).is_file()
+    ]
     observer.save_sources = lambda ex_info: sources  # the document switches to them in its first write
     observer.run_entry, observer.overwrite = None, old  # with `overwrite`, Sacred's observer updates that document
-    MongoObserver.started_event(observer, dict(record["experiment"]), record.get("command"), record.get("host", {}),
-                                _time(record.get("start_time")), config, meta, None)
-    observer.log_metrics({name: {"steps": m["steps"], "values": m["values"],
-                                 "timestamps": [_time(t) for t in m["timestamps"]]} for name, m in metrics.items()}, info)
+    MongoObserver.started_event(
+        observer,
+        dict(record["experiment"]),
+        record.get("command"),
+        record.get("host", {}),
+        _time(record.get("start_time")),
+        config,
+        meta,
+        None,
+    )
+    observer.log_metrics(
+        {
+            name: {"steps": m["steps"], "values": m["values"], "timestamps": [_time(t) for t in m["timestamps"]]}
+            for name, m in metrics.items()
+        },
+        info,
+    )
     for name in record.get("artifacts", []):
         if (run_dir / name).is_file():
             observer.artifact_event(name, str(run_dir / name))
@@ -271,7 +312,9 @@ def replay(run_dir: Path, client: Any, db_name: str) -> Any:
     return observer.run_entry["_id"]
 
 
-def _delete_unused_files(observer: StrictMongoObserver, uid: str, old_files: list[tuple[str, Any]], artifact_names: list[str]) -> None:
+def _delete_unused_files(
+    observer: StrictMongoObserver, uid: str, old_files: list[tuple[str, Any]], artifact_names: list[str]
+) -> None:
     """Delete the GridFS files of earlier writes of this run that its document no longer names: the old
     document's, and those of an earlier replay that died part-way (its sources carry the run uid, its
     artifacts are named after the run id)."""
@@ -282,15 +325,18 @@ def _delete_unused_files(observer: StrictMongoObserver, uid: str, old_files: lis
     for file_id in ours - kept:
         observer.fs.delete(file_id)
     for name, file_id in old_files:  # sources a live run wrote may be shared with other runs
-        shared = observer.runs.count_documents({"$or": [{"artifacts.file_id": file_id}, {"experiment.sources": [name, file_id]}]})
+        shared = observer.runs.count_documents(
+            {"$or": [{"artifacts.file_id": file_id}, {"experiment.sources": [name, file_id]}]}
+        )
         if file_id not in kept | ours and not shared:
             observer.fs.delete(file_id)
 
 
 def _files_of(document: dict[str, Any]) -> list[tuple[str, Any]]:
     """(name, GridFS id) of a run document's artifacts and source files."""
-    return ([(a["name"], a["file_id"]) for a in document.get("artifacts", [])]
-            + [(name, file_id) for name, file_id in document.get("experiment", {}).get("sources", [])])
+    return [(a["name"], a["file_id"]) for a in document.get("artifacts", [])] + [
+        (name, file_id) for name, file_id in document.get("experiment", {}).get("sources", [])
+    ]
 
 
 def sync(journal_dir: Path, client: Any, db_name: str, include_running: bool = False, log=print) -> dict[str, int]:
@@ -299,8 +345,14 @@ def sync(journal_dir: Path, client: Any, db_name: str, include_running: bool = F
     Runs still marked RUNNING (in progress, or killed) are left out unless `include_running`.
     """
     counts = {"pushed": 0, "already_there": 0, "running": 0}
-    runs = sorted((p for p in Path(journal_dir).iterdir() if p.name.isdigit() and (p / "run.json").exists()),
-                  key=lambda p: int(p.name)) if Path(journal_dir).is_dir() else []
+    runs = (
+        sorted(
+            (p for p in Path(journal_dir).iterdir() if p.name.isdigit() and (p / "run.json").exists()),
+            key=lambda p: int(p.name),
+        )
+        if Path(journal_dir).is_dir()
+        else []
+    )
     db = client[db_name]
     for run_dir in runs:
         record = json.loads((run_dir / "run.json").read_text())

@@ -1,4 +1,5 @@
 """Read logged runs from either backend (Sacred file store or MongoDB) into one shape and into pandas."""
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,7 @@ class RunRecord:
     host: dict[str, Any] = field(default_factory=dict)
     location: str = ""
     experiment_info: dict[str, Any] = field(default_factory=dict)  # Sacred's: sources, dependencies, repositories
-    artifact_refs: dict[str, Any] = field(default_factory=dict)    # name -> file path (file store) or GridFS id
+    artifact_refs: dict[str, Any] = field(default_factory=dict)  # name -> file path (file store) or GridFS id
 
     @property
     def choices(self) -> dict[str, str]:
@@ -63,8 +64,10 @@ def read_file_store(directory: Path | str, warn: Callable[[str], None] | None = 
             record = _read_run_folder(run_dir)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             damaged = getattr(exc, "damaged_file", run_dir)
-            warn(f"warning: skipping run {run_dir.name}: {damaged} is damaged ({str(exc).splitlines()[0][:120] or type(exc).__name__}); "
-                 f"restore or delete that run folder")
+            warn(
+                f"warning: skipping run {run_dir.name}: {damaged} is damaged ({str(exc).splitlines()[0][:120] or type(exc).__name__}); "
+                f"restore or delete that run folder"
+            )
             continue
         if record is not None:
             records.append(record)
@@ -83,15 +86,26 @@ def _read_run_folder(run_dir: Path) -> RunRecord | None:
     if run is None:
         return None
     try:
-        metrics = {k: {"steps": list(v["steps"]), "values": list(v["values"])} for k, v in files["metrics.json"].items()}
+        metrics = {
+            k: {"steps": list(v["steps"]), "values": list(v["values"])} for k, v in files["metrics.json"].items()
+        }
     except (KeyError, TypeError, AttributeError) as exc:
         exc.damaged_file = run_dir / "metrics.json"
         raise
     return RunRecord(
-        id=int(run_dir.name), experiment=run.get("experiment", {}).get("name", ""), status=run.get("status", ""),
-        config=files["config.json"], info=files["info.json"], meta=run.get("meta", {}), result=run.get("result"),
-        start_time=run.get("start_time"), stop_time=run.get("stop_time"), metrics=metrics,
-        artifacts=list(run.get("artifacts", [])), host=run.get("host", {}), location=str(run_dir),
+        id=int(run_dir.name),
+        experiment=run.get("experiment", {}).get("name", ""),
+        status=run.get("status", ""),
+        config=files["config.json"],
+        info=files["info.json"],
+        meta=run.get("meta", {}),
+        result=run.get("result"),
+        start_time=run.get("start_time"),
+        stop_time=run.get("stop_time"),
+        metrics=metrics,
+        artifacts=list(run.get("artifacts", [])),
+        host=run.get("host", {}),
+        location=str(run_dir),
         experiment_info=run.get("experiment", {}),
         artifact_refs={name: run_dir / name for name in run.get("artifacts", [])},
     )
@@ -108,14 +122,25 @@ def read_mongo(client: Any, db_name: str) -> list[RunRecord]:
             metrics.setdefault(m["run_id"], {})[m["name"]] = {"steps": list(m["steps"]), "values": list(m["values"])}
     records = []
     for doc in db["runs"].find({}, {"captured_out": 0}).sort("_id", 1):
-        records.append(RunRecord(
-            id=doc["_id"], experiment=doc.get("experiment", {}).get("name", ""), status=doc.get("status", ""),
-            config=doc.get("config", {}), info=doc.get("info", {}), meta=doc.get("meta", {}), result=doc.get("result"),
-            start_time=doc.get("start_time"), stop_time=doc.get("stop_time"), metrics=metrics.get(doc["_id"], {}),
-            artifacts=[a["name"] for a in doc.get("artifacts", [])], host=doc.get("host", {}),
-            location=f"mongodb {db_name}.runs/{doc['_id']}", experiment_info=doc.get("experiment", {}),
-            artifact_refs={a["name"]: a["file_id"] for a in doc.get("artifacts", [])},
-        ))
+        records.append(
+            RunRecord(
+                id=doc["_id"],
+                experiment=doc.get("experiment", {}).get("name", ""),
+                status=doc.get("status", ""),
+                config=doc.get("config", {}),
+                info=doc.get("info", {}),
+                meta=doc.get("meta", {}),
+                result=doc.get("result"),
+                start_time=doc.get("start_time"),
+                stop_time=doc.get("stop_time"),
+                metrics=metrics.get(doc["_id"], {}),
+                artifacts=[a["name"] for a in doc.get("artifacts", [])],
+                host=doc.get("host", {}),
+                location=f"mongodb {db_name}.runs/{doc['_id']}",
+                experiment_info=doc.get("experiment", {}),
+                artifact_refs={a["name"]: a["file_id"] for a in doc.get("artifacts", [])},
+            )
+        )
     return records
 
 
@@ -132,7 +157,9 @@ def summary_row(r: RunRecord) -> dict[str, Any]:
     is_ode = (r.info.get("model_family") or r.meta.get("model_family")) == "odenet"
     test = r.info.get("test", {})
     return {
-        "id": r.id, "experiment": r.experiment, "status": r.status,
+        "id": r.id,
+        "experiment": r.experiment,
+        "status": r.status,
         "dataset": choices.get("data", str(r.config.get("data", {}).get("_target_", ""))),
         "model": choices.get("model", str(r.config.get("model", {}).get("_target_", ""))),
         "solver": r.config.get("solver", {}).get("method") if is_ode else None,
@@ -167,12 +194,16 @@ def artifact_ref(record: RunRecord, name: str) -> Any:
 
     ref = record.artifact_refs.get(name)
     if ref is None:
-        raise UserError(f"run {record.id} has no artifact {name!r} (it has: {', '.join(record.artifacts) or 'none'})",
-                        "re-evaluation and reproduction need a run that finished training")
+        raise UserError(
+            f"run {record.id} has no artifact {name!r} (it has: {', '.join(record.artifacts) or 'none'})",
+            "re-evaluation and reproduction need a run that finished training",
+        )
     return ref
 
 
-def fetch_artifact(record: RunRecord, name: str, dest_dir: Path, client: Any = None, db_name: str | None = None) -> Path:
+def fetch_artifact(
+    record: RunRecord, name: str, dest_dir: Path, client: Any = None, db_name: str | None = None
+) -> Path:
     """A local path to one artifact of a run: the file itself for the file store, a copy out of GridFS for MongoDB."""
     ref = artifact_ref(record, name)
     if isinstance(ref, Path):

@@ -5,6 +5,7 @@ is exactly the one Hydra resolved (with database passwords masked). Two backends
 conf/tracking: the embedded file store, and MongoDB (for Omniboard) with a local journal that always
 holds the whole run, so a run is never lost when the database is down or goes away.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,6 +26,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 def env_file() -> Path:
     """The .env file with MONGO_URL and the dashboard's credentials (`ODEFLOW_ENV_FILE` names another)."""
     return Path(os.environ.get("ODEFLOW_ENV_FILE") or PROJECT_ROOT / ".env")
+
 
 FILE_STORE_PRIORITY = 40  # Sacred calls observers by priority; the first to return an id names the run
 
@@ -84,7 +86,9 @@ class MongoStore:
         return [journal, MongoMirror(self, journal)]
 
     def describe(self) -> str:
-        return f"MongoDB {mask_url(self.url)} db {self.db_name} (journal {Path(self.journal_dir).expanduser().resolve()})"
+        return (
+            f"MongoDB {mask_url(self.url)} db {self.db_name} (journal {Path(self.journal_dir).expanduser().resolve()})"
+        )
 
     @property
     def local_dir(self) -> Path:
@@ -140,8 +144,15 @@ class _UntrackedRun:
         pass
 
 
-def run_tracked(name: str, config: dict[str, Any], store: FileStore | MongoStore | NoStore, body: Callable[[RunLog], Any],
-                meta: dict[str, Any] | None = None, *, command: str) -> tuple[Any, Any]:
+def run_tracked(
+    name: str,
+    config: dict[str, Any],
+    store: FileStore | MongoStore | NoStore,
+    body: Callable[[RunLog], Any],
+    meta: dict[str, Any] | None = None,
+    *,
+    command: str,
+) -> tuple[Any, Any]:
     """Run `body` as a Sacred run of experiment `name` with `config`; returns (run id, result).
 
     `command` is what the run does (train, reevaluate, ...): Sacred records it, Omniboard's Command column

@@ -1,4 +1,5 @@
 """Every file of every config group composes and instantiates through its factory."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """`python -m runner` end to end on the offline datasets: it learns, logs a Sacred run and a checkpoint."""
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,17 @@ def test_spheres_with_vector_odenet_and_rk4(runs_dir: Path):
 
 
 def test_multirun_compares_odenet_and_resnet(runs_dir: Path):
-    proc = run_cli(["-m", "data=spheres", "model=odenet_simple,resnet_simple_small", "solver=euler",
-                    "model.channels=8", "train.max_epochs=2"], runs_dir)
+    proc = run_cli(
+        [
+            "-m",
+            "data=spheres",
+            "model=odenet_simple,resnet_simple_small",
+            "solver=euler",
+            "model.channels=8",
+            "train.max_epochs=2",
+        ],
+        runs_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "summary of 2 runs" in proc.stdout
     assert "odenet_simple" in proc.stdout and "resnet_simple_small" in proc.stdout
@@ -64,7 +74,9 @@ def test_an_adjoint_run_records_its_gradient_check_in_info_console_and_report(tm
     from runner.tracking.runstore import read_file_store
     from tests.test_tracking.conftest import tiny_run
 
-    summary = tiny_run(runs_dir, tmp_path / "out", "solver=dopri5", "solver.adjoint=true", "train.adjoint_check_threshold=1e-9")
+    summary = tiny_run(
+        runs_dir, tmp_path / "out", "solver=dopri5", "solver.adjoint=true", "train.adjoint_check_threshold=1e-9"
+    )
     record = read_file_store(runs_dir / "store")[0]
     check = record.info["adjoint_gradient_check"]
     assert check["flagged"] and check["relative_error"] == summary["adjoint_grad_err"] > 0

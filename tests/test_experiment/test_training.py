@@ -1,15 +1,15 @@
 """Training loop: early stopping restores the best epoch; metrics per epoch; the classification report."""
+
 from __future__ import annotations
 
 import copy
 import platform
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from data import load_digits
 from models import SimpleNet
@@ -49,8 +49,15 @@ def test_classification_report_matches_hand_counts():
     assert c["roc_auc"] == 1.0 and c["average_precision"] == 1.0
 
 
-@pytest.mark.parametrize("kwargs,key", [({"patience": 0}, "patience"), ({"optimizer": "lbfgs"}, "optimizer"),
-                                        ({"lr": -1.0}, "lr"), ({"device": "tpu"}, "device")])
+@pytest.mark.parametrize(
+    "kwargs,key",
+    [
+        ({"patience": 0}, "patience"),
+        ({"optimizer": "lbfgs"}, "optimizer"),
+        ({"lr": -1.0}, "lr"),
+        ({"device": "tpu"}, "device"),
+    ],
+)
 def test_train_settings_reject_bad_values(kwargs, key):
     from odeflow.errors import ConfigError
 
@@ -73,7 +80,9 @@ def test_adjoint_gradient_check_measures_the_adjoint_against_direct_backpropagat
     # the same error, computed here with two separately built models
     grads = {}
     for adjoint in (True, False):
-        twin = SimpleNet((1, 8, 8), 10, "ode", 1, 8, 2, solver=SolverSpec("dopri5", rtol=1e-2, atol=1e-2, adjoint=adjoint)).eval()
+        twin = SimpleNet(
+            (1, 8, 8), 10, "ode", 1, 8, 2, solver=SolverSpec("dopri5", rtol=1e-2, atol=1e-2, adjoint=adjoint)
+        ).eval()
         twin.load_state_dict(weights)
         torch.nn.functional.cross_entropy(twin(split.x[:16]), split.y[:16]).backward()
         grads[adjoint] = torch.cat([p.grad.reshape(-1) for p in twin.parameters()])
@@ -105,8 +114,9 @@ print(took, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
 def test_reusing_freed_host_memory_stops_the_page_faults_of_new_tensors():
     def faults(setting: str) -> tuple[str, int]:
-        proc = subprocess.run([sys.executable, "-c", REUSE_PROBE, setting], capture_output=True, text=True, check=True,
-                              cwd=ROOT)
+        proc = subprocess.run(
+            [sys.executable, "-c", REUSE_PROBE, setting], capture_output=True, text=True, check=True, cwd=ROOT
+        )
         took, count = proc.stdout.split()
         return took, int(count)
 

@@ -1,4 +1,5 @@
 """Reproduce, re-evaluate with other solvers, resume after SIGKILL, and the comparison report."""
+
 from __future__ import annotations
 
 import json
@@ -47,7 +48,9 @@ def test_reproduce_matches_every_epoch(trained: Path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "\nMATCH: largest per-epoch difference 0 " in proc.stdout and "run 1 reproduced as run 2:" in proc.stdout
     # Nothing was installed or removed since the run: no package may be reported as changed.
-    assert [line for line in proc.stdout.splitlines() if line.startswith("warning:") and not line.startswith("warning: git")] == []
+    assert [
+        line for line in proc.stdout.splitlines() if line.startswith("warning:") and not line.startswith("warning: git")
+    ] == []
     reproduced = max(read_file_store(trained / "store"), key=lambda r: r.id)
     assert reproduced.meta["reproduces"] == 1
     assert reproduced.config["model"] == record(trained, 1).config["model"]
@@ -70,15 +73,23 @@ def test_reproduce_strict_refuses_another_environment(trained: Path):
 
 def test_reevaluation_grid_table_heatmap_and_link(trained: Path):
     # The run id and an override after --grid are not grid settings.
-    proc = run_cli(["reevaluate", "--grid", "euler:1,0.5", "rk4:1,0.5", "dopri5:1e-2", "1", f"paths.runs={trained}"], trained)
+    proc = run_cli(
+        ["reevaluate", "--grid", "euler:1,0.5", "rk4:1,0.5", "dopri5:1e-2", "1", f"paths.runs={trained}"], trained
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     linked = [r for r in read_file_store(trained / "store") if r.meta.get("reevaluates") == 1]
     assert len(linked) == 1
     rows = {(row["method"], row["setting"]): row for row in linked[0].info["reevaluation"]}
-    assert list(rows)[1:] == [("euler", "h=1"), ("euler", "h=0.5"), ("rk4", "h=1"), ("rk4", "h=0.5"), ("dopri5", "tol=0.01"),
-                              ("dopri5", "tol=1e-06")]
-    assert rows[("euler", "h=1")]["mean_fnfe"] == 1 and rows[("euler", "h=0.5")]["mean_fnfe"] == 2   # 1 per step
-    assert rows[("rk4", "h=1")]["mean_fnfe"] == 4 and rows[("rk4", "h=0.5")]["mean_fnfe"] == 8       # 4 per step
+    assert list(rows)[1:] == [
+        ("euler", "h=1"),
+        ("euler", "h=0.5"),
+        ("rk4", "h=1"),
+        ("rk4", "h=0.5"),
+        ("dopri5", "tol=0.01"),
+        ("dopri5", "tol=1e-06"),
+    ]
+    assert rows[("euler", "h=1")]["mean_fnfe"] == 1 and rows[("euler", "h=0.5")]["mean_fnfe"] == 2  # 1 per step
+    assert rows[("rk4", "h=1")]["mean_fnfe"] == 4 and rows[("rk4", "h=0.5")]["mean_fnfe"] == 8  # 4 per step
     assert rows[("dopri5", "tol=1e-06")]["mean_fnfe"] > rows[("dopri5", "tol=0.01")]["mean_fnfe"]
     training_row = next(r for r in linked[0].info["reevaluation"] if r["training_solver"])
     assert training_row["accuracy"] == pytest.approx(record(trained, 1).result)
@@ -95,11 +106,14 @@ def test_reevaluation_grid_table_heatmap_and_link(trained: Path):
     assert (Path(linked[0].location) / "reevaluation_heatmap.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("grid,words", [
-    (["euler:abc"], ["--grid='euler:abc'", "'abc' is not one"]),
-    (["rk5:1"], ["--grid='rk5:1'", "dopri5", "euler"]),
-    (["euler:-1"], ["--grid='euler:-1'", "> 0"]),
-])
+@pytest.mark.parametrize(
+    "grid,words",
+    [
+        (["euler:abc"], ["--grid='euler:abc'", "'abc' is not one"]),
+        (["rk5:1"], ["--grid='rk5:1'", "dopri5", "euler"]),
+        (["euler:-1"], ["--grid='euler:-1'", "> 0"]),
+    ],
+)
 def test_a_bad_grid_is_refused_before_anything_is_recorded(trained: Path, grid: list[str], words: list[str]):
     before = len(read_file_store(trained / "store"))
     proc = run_cli(["reevaluate", "1", "--grid", *grid], trained)
@@ -117,10 +131,22 @@ def test_reevaluating_a_resnet_is_a_clear_error(tmp_path: Path, runs_dir: Path):
 
 
 def test_run_killed_with_sigkill_resumes_with_continuous_epochs(runs_dir: Path):
-    args = ["experiment=quickstart", "model.channels=8", "train.max_epochs=6", "train.patience=10", "train.progress=true"]
+    args = [
+        "experiment=quickstart",
+        "model.channels=8",
+        "train.max_epochs=6",
+        "train.patience=10",
+        "train.progress=true",
+    ]
     env = {**os.environ, "ODEFLOW_RUNS": str(runs_dir)}
-    victim = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "runner", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         # The epoch line is printed after that epoch's training state is saved: kill on the second one.
         epoch_lines = (line for line in victim.stdout if line.startswith("epoch "))
@@ -193,15 +219,28 @@ def test_an_empty_or_truncated_checkpoint_is_named(tmp_path: Path, runs_dir: Pat
 
 def test_a_study_multirun_gets_its_table_and_bnfe_plot(tmp_path: Path, runs_dir: Path):
     study_dir = tmp_path / "t_final"
-    proc = run_cli(["-m", "experiment=study_t_final", "model.t_final=1,3", "model.channels=4", "data.subset=300",
-                    "train.max_epochs=2", f"hydra.sweep.dir={study_dir}"], runs_dir)
+    proc = run_cli(
+        [
+            "-m",
+            "experiment=study_t_final",
+            "model.t_final=1,3",
+            "model.channels=4",
+            "data.subset=300",
+            "train.max_epochs=2",
+            f"hydra.sweep.dir={study_dir}",
+        ],
+        runs_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = read_file_store(runs_dir / "store")
     assert [r.config["solver"]["adjoint"] for r in runs] == [True, True]  # as the thesis trained them
     report = run_cli(["study", str(study_dir)], runs_dir)
     assert report.returncode == 0, report.stderr
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in (study_dir / "study.md").read_text().splitlines()
-            if line.startswith("|")]
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in (study_dir / "study.md").read_text().splitlines()
+        if line.startswith("|")
+    ]
     assert rows[0][:3] == ["model.t_final", "test acc", "test loss"] and [r[0] for r in rows[2:]] == ["1", "3"]
     bnfe = {r[0]: float(r[4]) for r in rows[2:]}
     assert bnfe == {str(int(r.config["model"]["t_final"])): r.metrics["nfe.backward"]["values"][-1] for r in runs}
@@ -216,15 +255,21 @@ def test_a_run_trained_with_torchdiffeq_is_reevaluated_with_torchdiffeq(tmp_path
     proc = run_cli(["reevaluate", "1", "--grid", "euler:0.5", "rk4:1"], runs_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_file_store(runs_dir / "store")[-1].info["reevaluation"]
-    assert [(r["method"], r["backend"]) for r in rows] == [("dopri5", "torchdiffeq"), ("euler", "torchdiffeq"),
-                                                           ("rk4", "torchdiffeq"), ("dopri5", "torchdiffeq")]
+    assert [(r["method"], r["backend"]) for r in rows] == [
+        ("dopri5", "torchdiffeq"),
+        ("euler", "torchdiffeq"),
+        ("rk4", "torchdiffeq"),
+        ("dopri5", "torchdiffeq"),
+    ]
 
 
 def test_a_run_logged_before_runner_was_split_reproduces_and_reevaluates(tmp_path: Path, runs_dir: Path):
     """Runs logged before runner/ was split into wings name the classes' old paths (runner.tracking.FileStore,
     runner.settings.TrainSettings) in their config and their checkpoints; they must still reproduce exactly."""
-    old_targets = {"runner.tracking.stores.FileStore": "runner.tracking.FileStore",
-                   "runner.experiment.settings.TrainSettings": "runner.settings.TrainSettings"}
+    old_targets = {
+        "runner.tracking.stores.FileStore": "runner.tracking.FileStore",
+        "runner.experiment.settings.TrainSettings": "runner.settings.TrainSettings",
+    }
     tiny_run(runs_dir, tmp_path / "out")
     store = runs_dir / "store" / "1"
     config_json = store / "config.json"

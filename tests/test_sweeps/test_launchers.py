@@ -1,4 +1,5 @@
 """The ready launcher configs compose to the right plugins (the plugins are installed by the project)."""
+
 from __future__ import annotations
 
 import importlib.util

@@ -1,4 +1,5 @@
 """Pruning decisions: the median stopping rule and successive halving on an evidence file."""
+
 from __future__ import annotations
 
 import pytest
@@ -31,9 +32,13 @@ def test_median_waits_for_warmup_and_for_enough_finished_trials():
 
 
 def test_median_ignores_running_and_pruned_trials_and_carries_an_early_stopped_value_forward():
-    evidence = [*three_finished()[:4], *finished(1, [0.9, 0.6]), *finished(2, [0.9, 0.05], how="pruned"),
-                *[{"job": j, "trial": j, "epoch": e, "value": 0.1} for j in (3, 5) for e in (1, 2, 3)],  # still running
-                *finished(4, [0.9, 0.8, 0.7])]
+    evidence = [
+        *three_finished()[:4],
+        *finished(1, [0.9, 0.6]),
+        *finished(2, [0.9, 0.05], how="pruned"),
+        *[{"job": j, "trial": j, "epoch": e, "value": 0.1} for j in (3, 5) for e in (1, 2, 3)],  # still running
+        *finished(4, [0.9, 0.8, 0.7]),
+    ]
     # finished unpruned at epoch 3: job 0 (0.4), job 1 (stopped at epoch 2: 0.6), job 4 (0.7) -> median 0.6
     assert decide(MEDIAN, evidence, job=9, epoch=3, value=0.65, direction="minimize")
     assert decide(MEDIAN, evidence, job=9, epoch=3, value=0.59, direction="minimize") is None
@@ -50,7 +55,9 @@ def test_asha_keeps_the_best_fraction_at_each_rung_and_decides_only_there():
     # 4 values at rung 2 (with the trial's own): the best 2 go on, so the cut-off is 0.5
     assert "not in the best 2 of 4" in decide(asha, others, job=7, epoch=2, value=0.6, direction="minimize")
     assert decide(asha, others, job=7, epoch=2, value=0.4, direction="minimize") is None
-    assert decide(asha, [{**o, "epoch": 3} for o in others], job=7, epoch=3, value=0.9, direction="minimize") is None  # no rung
+    assert (
+        decide(asha, [{**o, "epoch": 3} for o in others], job=7, epoch=3, value=0.9, direction="minimize") is None
+    )  # no rung
     assert decide(asha, others[:2], job=7, epoch=2, value=0.9, direction="minimize") is None  # 3 < min_trials
 
 
@@ -84,7 +91,11 @@ def test_a_trial_is_not_pruned_at_its_last_epoch(tmp_path):
 def test_running_best_and_bad_settings():
     assert running_best([3, 1, 2, 0.5], "minimize") == [3, 1, 1, 0.5]
     assert running_best([0.1, 0.3, 0.2], "maximize") == [0.1, 0.3, 0.3]
-    with pytest.raises(ConfigError, match="hydra.sweeper.pruner.kind='hyperband' is invalid: expected one of none, median, asha"):
+    with pytest.raises(
+        ConfigError, match="hydra.sweeper.pruner.kind='hyperband' is invalid: expected one of none, median, asha"
+    ):
         PrunerSettings("hyperband")
-    with pytest.raises(ConfigError, match="hydra.sweeper.pruner.reduction_factor=1 is invalid: expected an integer >= 2"):
+    with pytest.raises(
+        ConfigError, match="hydra.sweeper.pruner.reduction_factor=1 is invalid: expected an integer >= 2"
+    ):
         PrunerSettings("asha", reduction_factor=1)

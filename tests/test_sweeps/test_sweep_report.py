@@ -1,4 +1,5 @@
 """The sweep report on a sweep with finished, pruned and failed trials."""
+
 from __future__ import annotations
 
 import math
@@ -11,7 +12,11 @@ from odeflow.errors import UserError
 from runner.sweeps.report import encode, parameter_importance, trial_frame, write_report
 from runner.sweeps.state import SweepRecord, TrialRecord
 
-SPACE = {"train.lr": "loguniform(0.0001, 0.1)", "train.weight_decay": "loguniform(1e-06, 0.01)", "train.optimizer": "choice(adam, sgd)"}
+SPACE = {
+    "train.lr": "loguniform(0.0001, 0.1)",
+    "train.weight_decay": "loguniform(1e-06, 0.01)",
+    "train.optimizer": "choice(adam, sgd)",
+}
 
 
 def record_where_only_lr_matters(n: int = 24) -> SweepRecord:
@@ -19,12 +24,24 @@ def record_where_only_lr_matters(n: int = 24) -> SweepRecord:
     rng = np.random.default_rng(0)
     trials = []
     for i in range(n):
-        params = {"train.lr": float(10 ** rng.uniform(-4, -1)), "train.weight_decay": float(10 ** rng.uniform(-6, -2)),
-                  "train.optimizer": ["adam", "sgd"][i % 2]}
+        params = {
+            "train.lr": float(10 ** rng.uniform(-4, -1)),
+            "train.weight_decay": float(10 ** rng.uniform(-6, -2)),
+            "train.optimizer": ["adam", "sgd"][i % 2],
+        }
         value = (math.log10(params["train.lr"]) + 2.5) ** 2
         status = "failed" if i in (5, 11) else "pruned" if value > 1.5 else "ok"
-        trials.append(TrialRecord(i, i, params, status, None if status == "failed" else value, run_id=i + 1,
-                                  pruned={"epoch": 2, "reason": "median"} if status == "pruned" else None))
+        trials.append(
+            TrialRecord(
+                i,
+                i,
+                params,
+                status,
+                None if status == "failed" else value,
+                run_id=i + 1,
+                pruned={"epoch": 2, "reason": "median"} if status == "pruned" else None,
+            )
+        )
     return SweepRecord("sweep-x", "best_val_loss", "minimize", SPACE, trials, next_job=n)
 
 
@@ -32,7 +49,13 @@ def test_report_of_a_sweep_with_failed_and_pruned_trials(tmp_path):
     record = record_where_only_lr_matters()
     record.save(tmp_path)
     paths = write_report(tmp_path)
-    assert set(paths) == {"best_so_far.png", "objective_vs_params.png", "parallel_coordinates.png", "importance.png", "report.md"}
+    assert set(paths) == {
+        "best_so_far.png",
+        "objective_vs_params.png",
+        "parallel_coordinates.png",
+        "importance.png",
+        "report.md",
+    }
     for name, path in paths.items():
         if name.endswith(".png"):
             assert imread(path).shape[0] > 200  # a real figure

@@ -1,4 +1,5 @@
 """The sweep state record: TPE's history rebuilt from it, changes named, the old pickle migrated, the failure rule."""
+
 from __future__ import annotations
 
 import json
@@ -14,51 +15,123 @@ from runner.sweeps import state as sweep_state
 from runner.sweeps.state import SweepRecord, TrialRecord, describe_change
 
 FIXTURES = Path(__file__).parent / "fixtures"
-PARAMS = {"train.lr": "loguniform(1e-4, 1e-1)", "train.optimizer": "choice(adam, sgd)", "model.augment_dims": "quniform(0, 4, 1)",
-          "train.momentum": "uniform(0.5, 0.99)", "data.seed": "randint(0, 5)", "train.weight_decay": "lognormal(-9, 1)"}
+PARAMS = {
+    "train.lr": "loguniform(1e-4, 1e-1)",
+    "train.optimizer": "choice(adam, sgd)",
+    "model.augment_dims": "quniform(0, 4, 1)",
+    "train.momentum": "uniform(0.5, 0.99)",
+    "data.seed": "randint(0, 5)",
+    "train.weight_decay": "lognormal(-9, 1)",
+}
 
 
 def test_tpe_history_rebuilt_from_records_gives_back_each_trial_and_its_result():
     searched, _ = build_space(PARAMS, [])
     space = {n: p.expression for n, p in searched.items()}
     domain = base.Domain(lambda _: 0.0, space)
-    trials = [TrialRecord(0, 0, {"train.lr": 0.01, "train.optimizer": "sgd", "model.augment_dims": 3, "train.momentum": 0.9,
-                                 "data.seed": 4, "train.weight_decay": 1e-4}, "ok", 0.5),
-              TrialRecord(1, 1, {"train.lr": 0.002, "train.optimizer": "adam", "model.augment_dims": 0, "train.momentum": 0.6,
-                                 "data.seed": 0, "train.weight_decay": 2e-4}, "pruned", 0.9, pruned={"epoch": 2}),
-              TrialRecord(2, 2, {**{"train.lr": 0.05, "train.optimizer": "adam", "model.augment_dims": 1, "train.momentum": 0.7,
-                                    "data.seed": 1, "train.weight_decay": 3e-4}}, "failed"),
-              TrialRecord(3, 3, {"train.lr": 0.05, "train.optimizer": "adam", "model.augment_dims": 1, "train.momentum": 0.7,
-                                 "data.seed": 1, "train.weight_decay": 3e-4}, "running")]
+    trials = [
+        TrialRecord(
+            0,
+            0,
+            {
+                "train.lr": 0.01,
+                "train.optimizer": "sgd",
+                "model.augment_dims": 3,
+                "train.momentum": 0.9,
+                "data.seed": 4,
+                "train.weight_decay": 1e-4,
+            },
+            "ok",
+            0.5,
+        ),
+        TrialRecord(
+            1,
+            1,
+            {
+                "train.lr": 0.002,
+                "train.optimizer": "adam",
+                "model.augment_dims": 0,
+                "train.momentum": 0.6,
+                "data.seed": 0,
+                "train.weight_decay": 2e-4,
+            },
+            "pruned",
+            0.9,
+            pruned={"epoch": 2},
+        ),
+        TrialRecord(
+            2,
+            2,
+            {
+                **{
+                    "train.lr": 0.05,
+                    "train.optimizer": "adam",
+                    "model.augment_dims": 1,
+                    "train.momentum": 0.7,
+                    "data.seed": 1,
+                    "train.weight_decay": 3e-4,
+                }
+            },
+            "failed",
+        ),
+        TrialRecord(
+            3,
+            3,
+            {
+                "train.lr": 0.05,
+                "train.optimizer": "adam",
+                "model.augment_dims": 1,
+                "train.momentum": 0.7,
+                "data.seed": 1,
+                "train.weight_decay": 3e-4,
+            },
+            "running",
+        ),
+    ]
     history = tpe_history(trials, searched, "maximize", domain)
     assert len(history.trials) == 3  # the running one is left out
     for doc, trial in zip(history.trials, trials):
         vals = {k: v[0] for k, v in doc["misc"]["vals"].items()}
         sampled = space_eval(space, vals)
         assert {n: searched[n].value(sampled[n]) for n in searched} == trial.params
-    assert [d["result"] for d in history.trials] == [{"loss": -0.5, "status": "ok"}, {"loss": -0.9, "status": "ok"}, {"status": "fail"}]
+    assert [d["result"] for d in history.trials] == [
+        {"loss": -0.5, "status": "ok"},
+        {"loss": -0.9, "status": "ok"},
+        {"status": "fail"},
+    ]
 
 
 def test_a_parameter_value_outside_its_choices_is_named():
     searched, _ = build_space(PARAMS, [])
-    with pytest.raises(UserError, match="train.optimizer=rmsprop of an earlier trial is not an option of choice\\(adam, sgd\\)"):
+    with pytest.raises(
+        UserError, match="train.optimizer=rmsprop of an earlier trial is not an option of choice\\(adam, sgd\\)"
+    ):
         searched["train.optimizer"].to_hyperopt("rmsprop")
 
 
 def test_differences_are_named_one_by_one():
-    before = SweepRecord("s", "best_val_loss", "minimize", {"train.lr": "loguniform(0.001, 0.1)", "train.optimizer": "choice(adam, sgd)"})
+    before = SweepRecord(
+        "s", "best_val_loss", "minimize", {"train.lr": "loguniform(0.001, 0.1)", "train.optimizer": "choice(adam, sgd)"}
+    )
     now = {"train.lr": "loguniform(0.0001, 0.1)", "model.channels": "choice(8, 16)"}
     assert describe_change(before, now, "test_acc", "maximize") == [
         "objective best_val_loss (minimize) then, test_acc (maximize) now",
         "model.channels: not searched then, choice(8, 16) now",
         "train.lr: loguniform(0.001, 0.1) then, loguniform(0.0001, 0.1) now",
-        "train.optimizer: searched then (choice(adam, sgd)), not now"]
+        "train.optimizer: searched then (choice(adam, sgd)), not now",
+    ]
     assert describe_change(before, dict(before.space), "best_val_loss", "minimize") == []
 
 
 def test_the_state_is_readable_json_and_round_trips(tmp_path):
-    record = SweepRecord("s-1", "best_val_loss", "minimize", {"train.lr": "uniform(0, 1)"},
-                         [TrialRecord(0, 0, {"train.lr": 0.5}, "ok", 0.25, run_id=3)], next_job=1)
+    record = SweepRecord(
+        "s-1",
+        "best_val_loss",
+        "minimize",
+        {"train.lr": "uniform(0, 1)"},
+        [TrialRecord(0, 0, {"train.lr": 0.5}, "ok", 0.25, run_id=3)],
+        next_job=1,
+    )
     path = record.save(tmp_path)
     data = json.loads(path.read_text())
     assert data["format"] == "odeflow-sweep-state" and data["version"] == 1 and data["trials"][0]["value"] == 0.25
@@ -76,8 +149,14 @@ def test_a_pickled_state_of_the_old_format_is_migrated_without_its_classes(tmp_p
     record = sweep_state.migrate_pickle(tmp_path, "best_val_loss", space)
     assert record.sweep_id == "sweep-a19153f7" and record.direction == "minimize" and record.next_job == 4
     assert [(t.number, t.job, t.status, t.run_id) for t in record.trials] == [(i, i, "ok", i + 1) for i in range(4)]
-    assert record.trials[1].value == pytest.approx(0.7041419982910156) and record.trials[1].params["train.optimizer"] == "adam"
-    with pytest.raises(UserError, match="searched model.augment_dims, train.lr, train.optimizer, train.weight_decay; the search space now has train.lr"):
+    assert (
+        record.trials[1].value == pytest.approx(0.7041419982910156)
+        and record.trials[1].params["train.optimizer"] == "adam"
+    )
+    with pytest.raises(
+        UserError,
+        match="searched model.augment_dims, train.lr, train.optimizer, train.weight_decay; the search space now has train.lr",
+    ):
         sweep_state.migrate_pickle(tmp_path, "best_val_loss", {"train.lr": "a"})
     (tmp_path / "hyperopt_state.pkl").write_bytes(b"not a pickle")
     with pytest.raises(UserError, match="cannot be read"):

@@ -1,5 +1,6 @@
 """Whole sweeps run as subprocesses on offline data: results, failures, the failure-rate bound, resume, joblib,
 pruning, warm start, an old state, a crash mid-batch, the report."""
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,23 @@ from tests.conftest import run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-TINY = ["search=quickstart", "data.n_train=300", "data.n_test=100", "model.channels=4", "train.max_epochs=2",
-        "hydra.sweeper.n_startup_jobs=3", "hydra.sweeper.pruner.kind=none", "hydra.sweeper.report=false"]
-PRUNING = ["train.max_epochs=4", "train.patience=4", "hydra.sweeper.pruner.kind=median", "hydra.sweeper.pruner.warmup_epochs=1",
-           "hydra.sweeper.pruner.min_trials=2"]
+TINY = [
+    "search=quickstart",
+    "data.n_train=300",
+    "data.n_test=100",
+    "model.channels=4",
+    "train.max_epochs=2",
+    "hydra.sweeper.n_startup_jobs=3",
+    "hydra.sweeper.pruner.kind=none",
+    "hydra.sweeper.report=false",
+]
+PRUNING = [
+    "train.max_epochs=4",
+    "train.patience=4",
+    "hydra.sweeper.pruner.kind=median",
+    "hydra.sweeper.pruner.warmup_epochs=1",
+    "hydra.sweeper.pruner.min_trials=2",
+]
 
 
 def sweep(runs_dir: Path, sweep_dir: Path, *overrides: str):
@@ -59,8 +73,15 @@ def test_sweep_records_best_and_resumes(runs_dir: Path, tmp_path: Path):
 
 def test_failure_rate_bound_stops_the_sweep(runs_dir: Path, tmp_path: Path):
     sweep_dir = tmp_path / "sweep"
-    proc = sweep(runs_dir, sweep_dir, "hydra.sweeper.n_trials=8", "hydra.sweeper.max_failure_rate=0.5",
-                 "hydra.sweeper.failure_rate_min_finished=2", "train.optimizer=sgd", "train.lr=1e12")
+    proc = sweep(
+        runs_dir,
+        sweep_dir,
+        "hydra.sweeper.n_trials=8",
+        "hydra.sweeper.max_failure_rate=0.5",
+        "hydra.sweeper.failure_rate_min_finished=2",
+        "train.optimizer=sgd",
+        "train.lr=1e12",
+    )
     assert proc.returncode == 3
     assert "max_failure_rate=0.5" in proc.stderr and "TrainingDivergedError" in proc.stderr
     out = results(sweep_dir)
@@ -70,8 +91,14 @@ def test_failure_rate_bound_stops_the_sweep(runs_dir: Path, tmp_path: Path):
 
 def test_an_accuracy_objective_is_maximized(runs_dir: Path, tmp_path: Path):
     sweep_dir = tmp_path / "sweep"
-    proc = sweep(runs_dir, sweep_dir, "hydra.sweeper.n_trials=3", "objective=best_val_acc", "hydra.sweeper.n_jobs=1",
-                 "train.lr=choice(0.3,0.00001)")  # two very different accuracies after 2 epochs
+    proc = sweep(
+        runs_dir,
+        sweep_dir,
+        "hydra.sweeper.n_trials=3",
+        "objective=best_val_acc",
+        "hydra.sweeper.n_jobs=1",
+        "train.lr=choice(0.3,0.00001)",
+    )  # two very different accuracies after 2 epochs
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = results(sweep_dir)
     values = [t["value"] for t in out["trials"] if t["status"] == "ok"]
@@ -81,7 +108,10 @@ def test_an_accuracy_objective_is_maximized(runs_dir: Path, tmp_path: Path):
 def test_a_direction_that_contradicts_the_objective_is_refused_before_any_trial(runs_dir: Path, tmp_path: Path):
     proc = sweep(runs_dir, tmp_path / "sweep", "objective=test_acc", "hydra.sweeper.direction=minimize")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "hydra.sweeper.direction=minimize contradicts objective=test_acc" in proc.stderr and "set it to maximize" in proc.stderr
+    assert (
+        "hydra.sweeper.direction=minimize contradicts objective=test_acc" in proc.stderr
+        and "set it to maximize" in proc.stderr
+    )
     assert not (runs_dir / "store").exists()
 
 
@@ -121,18 +151,30 @@ def test_warm_start_from_a_sweep_with_the_same_space_and_refused_with_a_changed_
     assert earlier.returncode == 0, earlier.stderr[-3000:]
     earlier_id = results(earlier_dir)["sweep_id"]
 
-    seeded = sweep(runs_dir, tmp_path / "seeded", "hydra.sweeper.n_trials=1", "hydra.sweeper.n_jobs=1",
-                   f"hydra.sweeper.warm_start=[{earlier_id}]")  # by id: found under paths.runs
+    seeded = sweep(
+        runs_dir,
+        tmp_path / "seeded",
+        "hydra.sweeper.n_trials=1",
+        "hydra.sweeper.n_jobs=1",
+        f"hydra.sweeper.warm_start=[{earlier_id}]",
+    )  # by id: found under paths.runs
     assert seeded.returncode == 0, seeded.stderr[-3000:]
     assert f"warm start: 2 trials of sweep {earlier_id} ({earlier_dir})" in seeded.stdout
     state = json.loads((tmp_path / "seeded" / "sweep_state.json").read_text())
     assert state["warm_start"] == [earlier_id] and len(state["trials"]) == 1  # the seeds are not its trials
 
-    changed = sweep(runs_dir, tmp_path / "changed", "hydra.sweeper.n_trials=1", f"hydra.sweeper.warm_start=[{earlier_dir}]",
-                    "train.lr=tag(log,interval(1e-5,1e-1))")  # by folder
+    changed = sweep(
+        runs_dir,
+        tmp_path / "changed",
+        "hydra.sweeper.n_trials=1",
+        f"hydra.sweeper.warm_start=[{earlier_dir}]",
+        "train.lr=tag(log,interval(1e-5,1e-1))",
+    )  # by folder
     assert changed.returncode == 2 and "Traceback" not in changed.stderr
-    assert (f"cannot warm-start from sweep {earlier_id}" in changed.stderr
-            and "train.lr: loguniform(0.001, 0.1) then, loguniform(1e-05, 0.1) now" in changed.stderr)
+    assert (
+        f"cannot warm-start from sweep {earlier_id}" in changed.stderr
+        and "train.lr: loguniform(0.001, 0.1) then, loguniform(1e-05, 0.1) now" in changed.stderr
+    )
     assert not (tmp_path / "changed" / "0").exists()  # refused before any trial
 
 
@@ -142,13 +184,18 @@ def test_a_state_of_the_old_format_is_migrated_on_resume(runs_dir: Path, tmp_pat
     shutil.copy(FIXTURES / "old_state" / "hyperopt_state.pkl", sweep_dir)  # written by the pickling sweeper
     proc = sweep(runs_dir, sweep_dir, "hydra.sweeper.n_trials=5", "hydra.sweeper.n_jobs=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "migrated the sweep state of an older odeflow (hyperopt_state.pkl, kept) to sweep_state.json: 4 trials" in proc.stdout
+    assert (
+        "migrated the sweep state of an older odeflow (hyperopt_state.pkl, kept) to sweep_state.json: 4 trials"
+        in proc.stdout
+    )
     out = results(sweep_dir)
     assert out["sweep_id"] == "sweep-a19153f7" and [t["number"] for t in out["trials"]] == list(range(5))
     assert out["trials"][1]["value"] == pytest.approx(0.7041419982910156) and out["trials"][4]["job"] == 4
 
 
-def test_a_crash_mid_batch_records_finished_trials_and_reruns_lost_ones_under_new_job_numbers(runs_dir: Path, tmp_path: Path):
+def test_a_crash_mid_batch_records_finished_trials_and_reruns_lost_ones_under_new_job_numbers(
+    runs_dir: Path, tmp_path: Path
+):
     sweep_dir = tmp_path / "sweep"
     proc = sweep(runs_dir, sweep_dir, "hydra.sweeper.n_trials=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -167,7 +214,10 @@ def test_a_crash_mid_batch_records_finished_trials_and_reruns_lost_ones_under_ne
     assert "trial 0 (job 0) had finished before the interruption: recorded" in resumed.stdout
     assert "trial 1 (job 1) was lost in an interruption: it runs again under a new job number" in resumed.stdout
     state = json.loads(state_file.read_text())
-    assert [(t["number"], t["job"], t["status"], t["lost_jobs"]) for t in state["trials"]] == [(0, 0, "ok", []), (1, 2, "ok", [1])]
+    assert [(t["number"], t["job"], t["status"], t["lost_jobs"]) for t in state["trials"]] == [
+        (0, 0, "ok", []),
+        (1, 2, "ok", [1]),
+    ]
     assert state["trials"][0]["value"] == done_value and state["next_job"] == 3
     assert json.loads((sweep_dir / "2" / "result.json").read_text())["sweep_id"] == state["sweep_id"]
 
@@ -177,8 +227,12 @@ def test_a_crash_mid_batch_records_finished_trials_and_reruns_lost_ones_under_ne
     assert "hydra.sweeper.resume=false" in other.stderr
     assert len(json.loads(state_file.read_text())["trials"]) == 2  # nothing ran, nothing recorded
 
-    (sweep_dir / "pruning_evidence.jsonl").write_text('{"job": 0, "trial": 0, "finished": "ok"}\n')  # an earlier pruned sweep's
-    over = sweep(runs_dir, sweep_dir, "hydra.sweeper.n_trials=1", "hydra.sweeper.n_jobs=1", "hydra.sweeper.resume=false")
+    (sweep_dir / "pruning_evidence.jsonl").write_text(
+        '{"job": 0, "trial": 0, "finished": "ok"}\n'
+    )  # an earlier pruned sweep's
+    over = sweep(
+        runs_dir, sweep_dir, "hydra.sweeper.n_trials=1", "hydra.sweeper.n_jobs=1", "hydra.sweeper.resume=false"
+    )
     assert over.returncode == 0, over.stderr[-3000:]
     assert "starting" in over.stdout and "over" in over.stdout
     restarted = json.loads(state_file.read_text())
@@ -188,8 +242,16 @@ def test_a_crash_mid_batch_records_finished_trials_and_reruns_lost_ones_under_ne
 
 def test_failed_trials_are_recorded_the_sweep_goes_on_and_ends_with_its_report(runs_dir: Path, tmp_path: Path):
     sweep_dir = runs_dir / "sweeps" / "reported"
-    proc = sweep(runs_dir, sweep_dir, "hydra.sweeper.n_trials=6", "hydra.sweeper.report=true", "hydra.sweeper.max_failure_rate=1.0",
-                 "train.optimizer=sgd", "train.lr=choice(0.05,1e12)", *PRUNING)  # lr 1e12 diverges to NaN
+    proc = sweep(
+        runs_dir,
+        sweep_dir,
+        "hydra.sweeper.n_trials=6",
+        "hydra.sweeper.report=true",
+        "hydra.sweeper.max_failure_rate=1.0",
+        "train.optimizer=sgd",
+        "train.lr=choice(0.05,1e12)",
+        *PRUNING,
+    )  # lr 1e12 diverges to NaN
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = results(sweep_dir)
     failed = [t for t in out["trials"] if t["status"] == "failed"]
@@ -204,9 +266,15 @@ def test_failed_trials_are_recorded_the_sweep_goes_on_and_ends_with_its_report(r
     assert f"sweep report: {sweep_dir / 'report' / 'report.md'}" in proc.stdout.split("results:")[-1]  # the last word
     report_runs = [r for r in store if r.meta.get("sweep_report_of") == out["sweep_id"]]
     assert len(report_runs) == 1 and report_runs[0].status == "COMPLETED"
-    assert {"report.md", "best_so_far.png", "objective_vs_params.png", "parallel_coordinates.png"} <= set(report_runs[0].artifacts)
-    again = run_cli(["sweep-report", out["sweep_id"], "--out", str(tmp_path / "again"), "tracking=none"], runs_dir)  # by id
+    assert {"report.md", "best_so_far.png", "objective_vs_params.png", "parallel_coordinates.png"} <= set(
+        report_runs[0].artifacts
+    )
+    again = run_cli(
+        ["sweep-report", out["sweep_id"], "--out", str(tmp_path / "again"), "tracking=none"], runs_dir
+    )  # by id
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"{len(failed)} failed" in again.stdout and (tmp_path / "again" / "report.md").exists()
     missing = run_cli(["sweep-report", "no-such-sweep"], runs_dir)
-    assert missing.returncode == 2 and "no sweep 'no-such-sweep'" in missing.stderr and "Traceback" not in missing.stderr
+    assert (
+        missing.returncode == 2 and "no sweep 'no-such-sweep'" in missing.stderr and "Traceback" not in missing.stderr
+    )

@@ -1,4 +1,5 @@
 """Real runs, and a real MongoDB-wire server (SecantusDB in its own process on a free port) for them."""
+
 from __future__ import annotations
 
 import uuid
@@ -11,8 +12,16 @@ from dashboard.server import DatabaseServer
 from runner.experiment.app import run_experiment
 from tests.conftest import compose_config
 
-TINY = ["data=spheres", "data.n_train=300", "data.n_test=100", "model.channels=4", "solver=euler",
-        "solver.step_size=0.5", "train.max_epochs=3", "train.lr=0.02"]
+TINY = [
+    "data=spheres",
+    "data.n_train=300",
+    "data.n_test=100",
+    "model.channels=4",
+    "solver=euler",
+    "solver.step_size=0.5",
+    "train.max_epochs=3",
+    "train.lr=0.02",
+]
 MONGO = ["tracking=mongo", "tracking.timeout_ms=1000"]
 
 

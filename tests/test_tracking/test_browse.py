@@ -1,4 +1,5 @@
 """The run browser on a store the test fills with real runs, through the CLI and through the Mongo reader."""
+
 from __future__ import annotations
 
 import csv
@@ -92,10 +93,14 @@ def test_compare_sees_a_key_set_in_one_run_and_null_in_the_other(filled_store: P
 
 def test_list_filters_refuse_an_unknown_status_and_explain_an_empty_match(filled_store: Path):
     bogus = run_cli(["runs", "list", "--status", "bogus"], filled_store)
-    assert bogus.returncode == 2 and "--status bogus is not a run status" in bogus.stderr and "COMPLETED" in bogus.stderr
+    assert (
+        bogus.returncode == 2 and "--status bogus is not a run status" in bogus.stderr and "COMPLETED" in bogus.stderr
+    )
     none = run_cli(["runs", "list", "--model", "odenet_complex"], filled_store)
     assert none.returncode == 0
-    assert "(no runs of 3 match; --model odenet_complex: this store has odenet_simple, resnet_simple_small)" in none.stdout
+    assert (
+        "(no runs of 3 match; --model odenet_complex: this store has odenet_simple, resnet_simple_small)" in none.stdout
+    )
 
 
 def test_out_may_name_a_folder_or_leave_out_the_suffix(filled_store: Path, tmp_path: Path):
@@ -107,7 +112,10 @@ def test_out_may_name_a_folder_or_leave_out_the_suffix(filled_store: Path, tmp_p
     assert f"wrote {tmp_path}/curves.png" in named.stdout and (tmp_path / "curves.png").is_file()
     export = run_cli(["runs", "export", "--out", str(tmp_path)], filled_store)
     assert export.returncode == 0, export.stderr
-    assert f"wrote 3 runs to {tmp_path}/runs.csv" in export.stdout and len(list(csv.DictReader((tmp_path / "runs.csv").open()))) == 3
+    assert (
+        f"wrote 3 runs to {tmp_path}/runs.csv" in export.stdout
+        and len(list(csv.DictReader((tmp_path / "runs.csv").open()))) == 3
+    )
 
 
 def test_report_writes_under_the_runs_folder_it_was_given(filled_store: Path, tmp_path: Path):
@@ -123,11 +131,19 @@ def test_one_damaged_run_folder_is_skipped_with_one_warning_naming_the_file(fill
     shutil.copytree(filled_store / "store", runs_dir / "store")
     (runs_dir / "store" / "2" / "metrics.json").write_text('{"val.loss": {"steps": [1, 2')  # truncated
     (runs_dir / "store" / "3" / "run.json").write_text("")
-    for command in (["runs", "list"], ["runs", "show", "1"], ["runs", "export", "--out", str(tmp_path / "x.csv")], ["report"]):
+    for command in (
+        ["runs", "list"],
+        ["runs", "show", "1"],
+        ["runs", "export", "--out", str(tmp_path / "x.csv")],
+        ["report"],
+    ):
         proc = run_cli(command, runs_dir)
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, (command, proc.stderr)
         warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: skipping run")]
         assert len(warnings) == 2, proc.stderr
-        assert f"{runs_dir}/store/2/metrics.json is damaged" in warnings[0] and f"{runs_dir}/store/3/run.json is damaged" in warnings[1]
+        assert (
+            f"{runs_dir}/store/2/metrics.json is damaged" in warnings[0]
+            and f"{runs_dir}/store/3/run.json is damaged" in warnings[1]
+        )
     listed = run_cli(["runs", "list"], runs_dir).stdout.splitlines()
     assert len(listed) == 2 and listed[1].split()[0] == "1"

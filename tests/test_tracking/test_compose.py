@@ -1,4 +1,5 @@
 """docker-compose.yml: MongoDB and Omniboard, loopback-only ports, credentials from .env, a named volume."""
+
 from __future__ import annotations
 
 import json

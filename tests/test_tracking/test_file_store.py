@@ -1,4 +1,5 @@
 """The embedded file store holds the complete record of a run."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,14 @@ def test_file_store_record_is_complete(runs_dir: Path, tmp_path: Path):
     assert "torch==" in deps and "torchdiffeq==" in deps
     sources = {name for name, _ in record["experiment"]["sources"]}
     assert {"runner/experiment/app.py", "models/ode_block.py", "data/offline.py"} <= sources
-    assert set(record["artifacts"]) >= {"best_checkpoint.pt", "confusion_matrix.png", "learning_curves.png", "nfe.png",
-                                         "evaluation_report.json", "classification_report.csv"}
+    assert set(record["artifacts"]) >= {
+        "best_checkpoint.pt",
+        "confusion_matrix.png",
+        "learning_curves.png",
+        "nfe.png",
+        "evaluation_report.json",
+        "classification_report.csv",
+    }
     for name in record["artifacts"]:
         assert (run / name).stat().st_size > 0
     assert (run / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
@@ -27,7 +34,9 @@ def test_file_store_record_is_complete(runs_dir: Path, tmp_path: Path):
     config = json.loads((run / "config.json").read_text())
     assert config["solver"]["method"] == "euler" and config["model"]["channels"] == 4 and config["seed"] == 0
     metrics = json.loads((run / "metrics.json").read_text())
-    assert {"train.loss", "train.acc", "val.loss", "val.acc", "nfe.forward", "nfe.backward", "epoch.time"} <= set(metrics)
+    assert {"train.loss", "train.acc", "val.loss", "val.acc", "nfe.forward", "nfe.backward", "epoch.time"} <= set(
+        metrics
+    )
     assert metrics["nfe.forward"]["values"] == [2.0, 2.0, 2.0]  # euler, h=0.5 over [0, 1]
     info = json.loads((run / "info.json").read_text())
     assert info["parameters"]["total"] > 0 and info["device"] == "cpu" and info["model_family"] == "odenet"

@@ -1,4 +1,5 @@
 """MongoDB backend against a real wire-protocol server: the whole record, crashes, parallel writers, auth."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,18 @@ import gridfs
 import pymongo
 import pymongo.errors
 import pytest
+
 from dashboard.server import DatabaseServer
-from runner.tracking.mongo import CAPTURED_OUT_HEAD, StrictMongoObserver, CAPTURED_OUT_TAIL, COST_METRICS_COLLECTION, MARKER, replay, sync, truncate_output
+from runner.tracking.mongo import (
+    CAPTURED_OUT_HEAD,
+    CAPTURED_OUT_TAIL,
+    COST_METRICS_COLLECTION,
+    MARKER,
+    StrictMongoObserver,
+    replay,
+    sync,
+    truncate_output,
+)
 from runner.tracking.stores import PROJECT_ROOT, RunLog
 from tests.conftest import ROOT, run_cli
 from tests.test_tracking.conftest import MONGO, TINY, tiny_run
@@ -52,10 +63,16 @@ def test_whole_record_in_a_real_server(runs_dir, tmp_path, mongo_db, capsys):
     assert {"nfe.forward", "nfe.backward", "epoch.time"} <= set(costs) and costs["nfe.forward"]["values"] == [2.0] * 3
     fs = gridfs.GridFS(db)
     sources = dict(doc["experiment"]["sources"])
-    assert fs.get(sources["runner/experiment/app.py"]).read() == (PROJECT_ROOT / "runner" / "experiment" / "app.py").read_bytes()
+    assert (
+        fs.get(sources["runner/experiment/app.py"]).read()
+        == (PROJECT_ROOT / "runner" / "experiment" / "app.py").read_bytes()
+    )
     artifacts = {a["name"]: a["file_id"] for a in doc["artifacts"]}
     assert {"best_checkpoint.pt", "confusion_matrix.png", "learning_curves.png", "nfe.png"} <= set(artifacts)
-    assert fs.get(artifacts["confusion_matrix.png"]).read() == (Path(doc["meta"]["output_dir"]) / "confusion_matrix.png").read_bytes()
+    assert (
+        fs.get(artifacts["confusion_matrix.png"]).read()
+        == (Path(doc["meta"]["output_dir"]) / "confusion_matrix.png").read_bytes()
+    )
     marker = json.loads((journal / MARKER).read_text())
     assert marker["complete"] and marker["mongo_id"] == doc["_id"]
     assert "logging to MongoDB" in capsys.readouterr().out
@@ -129,7 +146,9 @@ def test_a_crash_during_sync_loses_nothing_and_leaves_no_orphaned_files(runs_dir
     db, fs = client[name], gridfs.GridFS(client[name])
     first = db["runs"].find_one()
     files = {f._id for f in fs.find()}
-    assert files == {file_id for _, file_id in first["experiment"]["sources"]} | {a["file_id"] for a in first["artifacts"]}
+    assert files == {file_id for _, file_id in first["experiment"]["sources"]} | {
+        a["file_id"] for a in first["artifacts"]
+    }
     db["runs"].update_one({"_id": first["_id"]}, {"$set": {"status": "RUNNING"}})  # a write the database lost
 
     def crash(*_):
@@ -145,7 +164,9 @@ def test_a_crash_during_sync_loses_nothing_and_leaves_no_orphaned_files(runs_dir
     doc = db["runs"].find_one()
     assert db["runs"].count_documents({}) == 1 and doc["_id"] == first["_id"] and doc["status"] == "COMPLETED"
     assert db["metrics"].find_one({"run_id": doc["_id"], "name": "val.loss"})["steps"] == [1, 2, 3]
-    assert {m["id"] for m in doc["info"]["metrics"]} == {str(m["_id"]) for m in db["metrics"].find({"run_id": doc["_id"]})}
+    assert {m["id"] for m in doc["info"]["metrics"]} == {
+        str(m["_id"]) for m in db["metrics"].find({"run_id": doc["_id"]})
+    }
     assert db[COST_METRICS_COLLECTION].find_one({"run_id": doc["_id"], "name": "nfe.forward"})["steps"] == [1, 2, 3]
     referenced = {file_id for _, file_id in doc["experiment"]["sources"]} | {a["file_id"] for a in doc["artifacts"]}
     assert {f._id for f in fs.find()} == referenced  # nothing orphaned: not the first push's, not the crashed attempt's
@@ -154,15 +175,30 @@ def test_a_crash_during_sync_loses_nothing_and_leaves_no_orphaned_files(runs_dir
 
 def test_two_parallel_trials_get_unique_ids_and_lose_nothing(runs_dir, mongo_db):
     client, name = mongo_db
-    proc = run_cli(["-m", *TINY, *MONGO, f"tracking.db_name={name}", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                    "seed=0,1", "train.num_threads=1", "train.progress=false"], runs_dir)
+    proc = run_cli(
+        [
+            "-m",
+            *TINY,
+            *MONGO,
+            f"tracking.db_name={name}",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "seed=0,1",
+            "train.num_threads=1",
+            "train.progress=false",
+        ],
+        runs_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     db = client[name]
     docs = list(db["runs"].find({}, {"_id": 1, "status": 1, "meta": 1, "info.metrics": 1}))
     assert len(docs) == 2 and len({d["_id"] for d in docs}) == 2
     assert {d["status"] for d in docs} == {"COMPLETED"}
-    assert {d["meta"]["run_uid"] for d in docs} == {json.loads((p / "run.json").read_text())["meta"]["run_uid"]
-                                                  for p in (runs_dir / "journal").iterdir() if p.name.isdigit()}
+    assert {d["meta"]["run_uid"] for d in docs} == {
+        json.loads((p / "run.json").read_text())["meta"]["run_uid"]
+        for p in (runs_dir / "journal").iterdir()
+        if p.name.isdigit()
+    }
     for d in docs:
         assert db["metrics"].find_one({"run_id": d["_id"], "name": "val.loss"})["steps"] == [1, 2, 3]
     assert quiet_sync(runs_dir / "journal", client, name) == {"pushed": 0, "already_there": 2, "running": 0}
@@ -179,7 +215,10 @@ def test_a_run_has_its_database_id_everywhere_in_a_database_that_holds_other_run
     assert "run 1 reproduced as run 2:" in proc.stdout and 'Started run with ID "2"' in proc.stderr
     db = client[name]
     copy = db["runs"].find_one({"_id": 2})
-    assert copy["meta"]["reproduces"] == 1 and copy["meta"]["run_uid"] != db["runs"].find_one({"_id": 1})["meta"]["run_uid"]
+    assert (
+        copy["meta"]["reproduces"] == 1
+        and copy["meta"]["run_uid"] != db["runs"].find_one({"_id": 1})["meta"]["run_uid"]
+    )
     times = [db[COST_METRICS_COLLECTION].find_one({"run_id": i, "name": "epoch.time"})["values"] for i in (1, 2)]
     assert times[0] != times[1]  # two runs compared, not one with itself
     assert "epoch.time" in proc.stdout and "\nMATCH:" in proc.stdout
@@ -214,9 +253,14 @@ def test_password_never_logged_or_printed(runs_dir, tmp_path, capsys, monkeypatc
     summary = tiny_run(runs_dir, tmp_path / "out", *MONGO)
     out = capsys.readouterr()
     run = journal_run(runs_dir, summary["run_id"])
-    logged = [out.out, out.err] + [p.read_text(errors="replace") for p in run.iterdir() if p.suffix in (".json", ".txt")]
+    logged = [out.out, out.err] + [
+        p.read_text(errors="replace") for p in run.iterdir() if p.suffix in (".json", ".txt")
+    ]
     assert not any("s3cret-pw" in text for text in logged)
-    assert json.loads((run / "config.json").read_text())["tracking"]["url"] == "mongodb://alice:***@127.0.0.1:9/?authSource=admin"
+    assert (
+        json.loads((run / "config.json").read_text())["tracking"]["url"]
+        == "mongodb://alice:***@127.0.0.1:9/?authSource=admin"
+    )
 
 
 def test_documents_stay_far_below_16_mb(runs_dir, tmp_path, monkeypatch, mongo_db):
@@ -243,11 +287,19 @@ def test_the_runner_reads_mongo_url_from_dot_env(runs_dir, tmp_path, mongo_db):
     dot_env = tmp_path / ".env"
     dot_env.write_text(f"MONGO_URL={os.environ['MONGO_URL']}\n")
     env = {k: v for k, v in os.environ.items() if k != "MONGO_URL"}
-    proc = subprocess.run([sys.executable, "-m", "runner", *TINY, *MONGO, f"tracking.db_name={name}", "train.progress=false"],
-                          cwd=ROOT, env={**env, "ODEFLOW_RUNS": str(runs_dir), "ODEFLOW_ENV_FILE": str(dot_env)},
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "runner", *TINY, *MONGO, f"tracking.db_name={name}", "train.progress=false"],
+        cwd=ROOT,
+        env={**env, "ODEFLOW_RUNS": str(runs_dir), "ODEFLOW_ENV_FILE": str(dot_env)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0 and "logging to MongoDB" in proc.stdout, proc.stderr[-2000:]
     assert client[name]["runs"].count_documents({"status": "COMPLETED"}) == 1
-    proc = run_cli(["runs", "list", "tracking=mongo", f"tracking.db_name={name}"], runs_dir,
-                   env={"ODEFLOW_ENV_FILE": str(dot_env), "MONGO_URL": DOWN_URL})
+    proc = run_cli(
+        ["runs", "list", "tracking=mongo", f"tracking.db_name={name}"],
+        runs_dir,
+        env={"ODEFLOW_ENV_FILE": str(dot_env), "MONGO_URL": DOWN_URL},
+    )
     assert "is unreachable" in proc.stderr  # MONGO_URL in the environment wins over .env
