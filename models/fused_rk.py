@@ -181,8 +181,21 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x) / math.sqrt(max(1, x.numel()))
 
 
+# Told of every accepted step as (t, dt, y, f0, x): x is None, or for a last step that passed t1 the fraction of
+# it read from the dense output; f0 is None for fixed-step methods. True when it keeps y, which is then not
+# recycled as a buffer (models.checkpointed stores the states a checkpointed backward pass re-runs from).
+StepRecorder = Callable[[float, float, torch.Tensor, "torch.Tensor | None", "float | None"], bool]
+
+
 def solve_fixed(
-    func: Func, y0: torch.Tensor, t0: float, t1: float, step_size: float, method: str, autonomous: bool = False
+    func: Func,
+    y0: torch.Tensor,
+    t0: float,
+    t1: float,
+    step_size: float,
+    method: str,
+    autonomous: bool = False,
+    record: StepRecorder | None = None,
 ) -> torch.Tensor:
     """Fixed steps of `step_size` from t0, the last one shortened to end at t1 (torchdiffeq's grid).
 
@@ -201,7 +214,8 @@ def solve_fixed(
         if last_input is not y:
             buffers.give(last_input)
         y_next = _combine(y, k, tableau.c_sol, dt, buffers.take())
-        buffers.give(y)
+        if record is None or not record(t, dt, y, None, None):
+            buffers.give(y)
         y = y_next
     return y
 
@@ -289,6 +303,7 @@ def solve_adaptive(
     dfactor: float = DFACTOR,
     norm: Norm | None = None,
     autonomous: bool = False,
+    record: StepRecorder | None = None,
 ) -> torch.Tensor:
     """y(t1) by adaptive steps that are torchdiffeq's own: the same initial step, error estimate, `norm`,
     controller and options, so the accepted and rejected steps, and with them FNFE and BNFE, are the
@@ -297,7 +312,8 @@ def solve_adaptive(
 
     `norm` measures the scaled error (torchdiffeq's `norm` option; None is the RMS over the whole state,
     torchdiffeq's default for one tensor). `func.callback_step`, `callback_accept_step` and
-    `callback_reject_step` are called as torchdiffeq calls them, if `func` has them.
+    `callback_reject_step` are called as torchdiffeq calls them, if `func` has them. `record` is told of
+    every accepted step (see StepRecorder).
 
     What differs is how, not what: stage inputs are running in-place sums, the error estimate and its
     norm run without autograd in reused buffers (no gradient flows through step-size control in
@@ -347,11 +363,14 @@ def solve_adaptive(
         if ratio <= 1 or dt <= min_step:
             if on_accept:
                 on_accept(clock(t), y, clock(dt))
-            if t + dt > t1:  # the last step passed t1: read y(t1) from the step's dense output
+            passed = t + dt > t1
+            kept = record is not None and record(t, dt, y, f0, (t1 - t) / dt if passed else None)
+            if passed:  # the last step passed t1: read y(t1) from the step's dense output
                 return _dense_output(y, y1, k, dt, tableau.mid, (t1 - t) / dt)
             # torchdiffeq takes the last stage as f(t1, y1) for every tableau (exact only for FSAL ones such
             # as dopri5); doing the same keeps NFE and trajectories comparable method for method.
-            buffers.give(y)
+            if not kept:
+                buffers.give(y)
             error_norm.accepted()
             t, y, f0 = t + dt, y1, k[-1]
         else:

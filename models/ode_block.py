@@ -6,7 +6,8 @@ import torch
 from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
-from models.fused_rk import rms_norm, solve_adaptive, solve_fixed
+from models.checkpointed import solve_checkpointed
+from models.fused_rk import StepRecorder, rms_norm, solve_adaptive, solve_fixed
 from models.solvers import SolverSpec
 from odeflow.errors import (
     MAX_STEPS_CAUSE,
@@ -68,7 +69,11 @@ class ODEBlock(nn.Module):
         try:
             # Without autograd the adjoint has nothing to do: its forward pass is this same solve (same options,
             # the same RMS norm), taken directly, without torchdiffeq's wrapping and per-stage time tensors.
-            if spec.fused and (not spec.adjoint or not torch.is_grad_enabled()):
+            if spec.gradient == "checkpoint":
+                z = solve_checkpointed(
+                    self.func, z0, self._fused_direct, spec.method, checkpoints=spec.checkpoints, autonomous=True
+                )
+            elif spec.fused and (not spec.adjoint or not torch.is_grad_enabled()):
                 z = self._fused_direct(z0)
             else:
                 t = torch.tensor([0.0, self.t_final], dtype=z0.dtype, device=z0.device)
@@ -86,10 +91,12 @@ class ODEBlock(nn.Module):
         self.func.nfe = 0
         return z
 
-    def _fused_direct(self, z0: torch.Tensor) -> torch.Tensor:
+    def _fused_direct(self, z0: torch.Tensor, record: StepRecorder | None = None) -> torch.Tensor:
         spec = self.solver
         if spec.is_fixed_step:
-            return solve_fixed(self.func, z0, 0.0, self.t_final, spec.step_size, spec.method, autonomous=True)
+            return solve_fixed(
+                self.func, z0, 0.0, self.t_final, spec.step_size, spec.method, autonomous=True, record=record
+            )
         return solve_adaptive(
             self.func,
             z0,
@@ -102,6 +109,7 @@ class ODEBlock(nn.Module):
             spec.min_step,
             spec.step_size,
             autonomous=True,
+            record=record,
             **spec.extra_options,
         )
 

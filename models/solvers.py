@@ -23,6 +23,10 @@ METHODS = FIXED_STEP_METHODS | ADAPTIVE_METHODS
 BACKENDS = ("fused", "torchdiffeq")
 # The adjoint solve's error norm: torchdiffeq's default mixed norm, or the seminorm (Kidger et al. 2021).
 ADJOINT_NORMS = ("mixed", "seminorm")
+# How gradients reach the parameters: backpropagation through the solver's operations (direct), the adjoint
+# ODE solved backwards (adjoint), or backpropagation step by step from states stored without a graph
+# (checkpoint, models/checkpointed.py; fused Runge-Kutta methods only).
+GRADIENTS = ("direct", "adjoint", "checkpoint")
 # min_step has a field of its own; the rest of the fused controller's options go in extra_options.
 FUSED_EXTRA_OPTIONS = tuple(o for o in CONTROL_OPTIONS if o != "min_step")
 
@@ -34,6 +38,11 @@ class SolverSpec:
     rtol/atol only matter for adaptive methods, step_size only for fixed-step ones. max_steps bounds the
     number of (accepted + rejected) adaptive steps per solve, so a collapsing step size fails fast instead
     of running for hours; min_step > 0 keeps the step from collapsing at all (torchdiffeq then accepts it).
+
+    gradient is direct, adjoint or checkpoint; None takes it from `adjoint` (the older spelling: adjoint=True
+    means gradient="adjoint"), a gradient that is set wins over `adjoint` (so an override beats a preset's
+    `adjoint: true`), and after construction both fields agree. checkpoints bounds the states a
+    checkpoint gradient keeps (None: every accepted step's; other gradient methods ignore it).
     """
 
     method: str = "dopri5"
@@ -46,11 +55,14 @@ class SolverSpec:
     backend: str = "fused"
     adjoint_norm: str = "mixed"
     extra_options: dict[str, Any] = field(default_factory=dict)
+    gradient: str | None = None
+    checkpoints: int | None = None
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)
         check_choice("backend", self.backend, BACKENDS)
         check_choice("adjoint_norm", self.adjoint_norm, ADJOINT_NORMS)
+        self._resolve_gradient()
         unknown = sorted(set(self.extra_options) - self.accepted_extra_options())
         if unknown:
             raise ConfigError(
@@ -69,6 +81,23 @@ class SolverSpec:
             check_positive("step_size", self.step_size)
         if self.is_fixed_step and self.step_size is None:
             raise ConfigError("step_size", None, "a number > 0 for the fixed-step method " + self.method)
+
+    def _resolve_gradient(self) -> None:
+        gradient = self.gradient if self.gradient is not None else ("adjoint" if self.adjoint else "direct")
+        check_choice("gradient", gradient, GRADIENTS)
+        if gradient == "checkpoint" and not self.fused:
+            where = f"backend={self.backend}" if self.backend != "fused" else f"method {self.method}"
+            raise ConfigError(
+                "gradient",
+                "checkpoint",
+                f"direct or adjoint for {where} (checkpointed gradients run on the fused Runge-Kutta path only)",
+                "set solver.backend=fused with a Runge-Kutta method (e.g. solver=dopri5), or solver.gradient=direct",
+            )
+        if self.checkpoints is not None and (isinstance(self.checkpoints, bool) or not self.checkpoints >= 2):
+            raise ConfigError("checkpoints", self.checkpoints, "null (keep every step's state) or an integer >= 2")
+        # frozen: the two spellings are made to agree once, here
+        object.__setattr__(self, "gradient", gradient)
+        object.__setattr__(self, "adjoint", gradient == "adjoint")
 
     def accepted_extra_options(self) -> set[str]:
         """torchdiffeq's own options for this method that are not SolverSpec fields; on the fused path only

@@ -4,7 +4,9 @@ The adjoint method re-solves the ODE backwards instead of storing the forward pa
 its gradient is only as good as that backward solve, and it can be unstable (the backward state need
 not retrace the forward one). At the end of training, a run trained with the adjoint measures on one
 batch the relative error of its adjoint gradient against direct backpropagation with the same solver
-and tolerance, and is flagged when the error passes a threshold.
+and tolerance, and is flagged when the error passes a threshold. On the fused path it measures the
+checkpointed gradient's error too (round-off: it is the gradient of the forward solve), and a run trained
+with the checkpointed gradient measures that alone.
 """
 
 from __future__ import annotations
@@ -33,24 +35,41 @@ def parameter_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
 
 
 def adjoint_gradient_check(model: nn.Module, split: Split, batch_size: int, threshold: float) -> dict[str, Any] | None:
-    """{"relative_error", "threshold", "flagged", "batch_size"} for a model whose ODE blocks use the adjoint;
-    None for any other model. The model's weights, solver and mode are left as they were."""
+    """{"gradient", "relative_error", "threshold", "flagged", "batch_size"} and, on the fused path,
+    "checkpoint_relative_error", for a model whose ODE blocks use the adjoint or the checkpointed gradient;
+    None for any other model. relative_error is that of the run's own gradient method. The model's weights,
+    solver and mode are left as they were."""
     blocks = ode_blocks(model)
-    if not blocks or not blocks[0].solver.adjoint:
+    if not blocks or blocks[0].solver.gradient == "direct":
         return None
-    adjoint_solver = blocks[0].solver
+    trained_solver = blocks[0].solver
     x, y = split.x[:batch_size], split.y[:batch_size]
     was_training = model.training
     model.eval()  # no batch-norm statistics are updated by the check
+    methods = [trained_solver.gradient] + (
+        ["checkpoint"] if trained_solver.fused and trained_solver.gradient != "checkpoint" else []
+    )
     try:
-        adjoint = parameter_gradients(model, x, y)
-        set_solver(model, replace(adjoint_solver, adjoint=False))
-        direct = parameter_gradients(model, x, y)
+        found = {}
+        for method in ["direct", *methods]:
+            set_solver(model, replace(trained_solver, gradient=method, adjoint=False))
+            found[method] = parameter_gradients(model, x, y)
     finally:
-        set_solver(model, adjoint_solver)
+        set_solver(model, trained_solver)
         model.train(was_training)
-    error = float((adjoint - direct).norm() / direct.norm().clamp_min(1e-30))
-    return {"relative_error": error, "threshold": threshold, "flagged": error > threshold, "batch_size": len(y)}
+    direct = found.pop("direct")
+    errors = {m: float((g - direct).norm() / direct.norm().clamp_min(1e-30)) for m, g in found.items()}
+    error = errors[trained_solver.gradient]
+    check = {
+        "gradient": trained_solver.gradient,
+        "relative_error": error,
+        "threshold": threshold,
+        "flagged": error > threshold,
+        "batch_size": len(y),
+    }
+    if "checkpoint" in errors:
+        check["checkpoint_relative_error"] = errors["checkpoint"]
+    return check
 
 
 def describe(check: dict[str, Any]) -> str:
@@ -60,7 +79,13 @@ def describe(check: dict[str, Any]) -> str:
         if check["flagged"]
         else f"within the threshold {check['threshold']:g}"
     )
+    checkpoint = (
+        f"; the checkpointed gradient's: {check['checkpoint_relative_error']:.3g}"
+        if "checkpoint_relative_error" in check and check.get("gradient", "adjoint") != "checkpoint"
+        else ""
+    )
+    name = "adjoint" if check.get("gradient", "adjoint") == "adjoint" else "checkpointed"
     return (
-        f"adjoint gradient check: relative error {check['relative_error']:.3g} against direct backpropagation "
-        f"on {check['batch_size']} validation samples, {verdict}"
+        f"{name} gradient check: relative error {check['relative_error']:.3g} against direct backpropagation "
+        f"on {check['batch_size']} validation samples, {verdict}{checkpoint}"
     )

@@ -88,7 +88,8 @@ def run_experiment(
         def log_epoch(m: dict[str, float]) -> None:
             run.log_metrics({k: v for k, v in m.items() if k != "epoch"}, int(m["epoch"]))
             epochs.append(m)
-            run.set_info("cost", cost_summary(epochs, is_ode))  # the dashboard's s/epoch, FNFE and BNFE columns
+            outcome["cost"] = cost_summary(epochs, is_ode)
+            run.set_info("cost", outcome["cost"])  # the dashboard's s/epoch, FNFE, BNFE and memory columns
 
         def after_epoch(m: dict[str, float]) -> str | None:
             log_epoch(m)
@@ -141,17 +142,34 @@ def run_experiment(
         "params_total": outcome["parameters"]["total"],
         "params_not_in_fc": outcome["parameters"]["not_in_fc"],
         "fnfe": last["nfe.forward"] if is_ode else None,
-        "bnfe": last["nfe.backward"] if is_ode else None,
+        "bnfe": last["nfe.backward"] if is_ode and solver.gradient != "direct" else None,  # no backward pass
         "test_fnfe": outcome["test.nfe.forward"] if is_ode else None,
         "epoch_time": sum(h["epoch.time"] for h in fit_result.history) / len(fit_result.history),
         "adjoint_grad_err": outcome.get("adjoint_check", {}).get("relative_error"),
+        **{name: outcome["cost"].get(name) for name in MEMORY_PEAKS},
         "pruned": fit_result.pruned,
     }
     (out_dir / "result.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
+# info.cost's memory peaks (the largest over the epochs so far) and the epoch metric each is read from
+MEMORY_PEAKS = {
+    "train_mem_mb": ("mem.train.cuda_alloc_mb", "mem.train.rss_mb"),
+    "train_live_mb": ("mem.train.live_mb",),
+    "saved_mb": ("mem.train.saved_mb",),
+    "val_mem_mb": ("mem.val.cuda_alloc_mb", "mem.val.rss_mb"),
+    "val_live_mb": ("mem.val.live_mb",),
+}
+
+
 def cost_summary(epochs: list[dict[str, float]], is_ode: bool) -> dict[str, float]:
-    """Mean seconds per epoch and, for ODEnets, mean forward/backward NFE per batch over the epochs so far."""
+    """Mean seconds per epoch and, for ODEnets, mean forward/backward NFE per batch over the epochs so far;
+    the peak memory figures (MB, the largest over the epochs; CUDA's allocator figure where there is one)."""
     keys = {"epoch_time": "epoch.time", **({"fnfe": "nfe.forward", "bnfe": "nfe.backward"} if is_ode else {})}
-    return {name: round(sum(e[key] for e in epochs) / len(epochs), 3) for name, key in keys.items()}
+    cost = {name: round(sum(e[key] for e in epochs) / len(epochs), 3) for name, key in keys.items()}
+    for name, candidates in MEMORY_PEAKS.items():
+        key = next((k for k in candidates if any(k in e for e in epochs)), None)
+        if key is not None:
+            cost[name] = round(max(e[key] for e in epochs if key in e), 3)
+    return cost

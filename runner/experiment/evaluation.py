@@ -13,6 +13,7 @@ from torch import nn
 
 from data.tensors import Split
 from models.ode_block import forward_nfe
+from runner.experiment.memory import PhaseMemory
 
 
 @dataclass
@@ -29,14 +30,19 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, split: Split, batch_size: int) -> Predictions:
-    """Mean loss, accuracy, mean forward NFE per batch and class probabilities, in evaluation mode."""
+def predict(model: nn.Module, split: Split, batch_size: int, memory: PhaseMemory | None = None) -> Predictions:
+    """Mean loss, accuracy, mean forward NFE per batch and class probabilities, in evaluation mode; `memory`
+    traces the first batch."""
     was_training = model.training
     model.eval()
     total_loss, nfe, batches, probs = 0.0, 0, 0, []
     try:
         for x, y in split.batches(batch_size):
+            if memory is not None:
+                memory.batch_started(saving=False)
             logits = model(x)
+            if memory is not None:
+                memory.batch_done()
             total_loss += F.cross_entropy(logits, y, reduction="sum").item()
             nfe += forward_nfe(model)
             batches += 1

@@ -21,6 +21,8 @@ COLUMNS = [
     ("bnfe", "BNFE", "{:.1f}"),
     ("epoch_time", "s/epoch", "{:.2f}"),
     ("adjoint_grad_err", "adj. grad err", "{:.2g}"),
+    ("train_mem_mb", "train MB", "{:.0f}"),
+    ("saved_mb", "saved MB", "{:.1f}"),
 ]
 
 

@@ -20,6 +20,7 @@ from data.tensors import DataBundle
 from models.ode_block import backward_nfe, forward_nfe, ode_blocks, translate_solver_failure
 from odeflow.errors import TrainingDivergedError
 from runner.experiment.evaluation import predict
+from runner.experiment.memory import PhaseMemory, format_memory
 from runner.experiment.settings import TrainSettings, make_optimizer
 
 # Receives each epoch's metrics; a returned string stops training there (a sweep pruned the run) and says why.
@@ -42,14 +43,17 @@ def _train_one_epoch(
     generator: torch.Generator,
     bar: tqdm | None,
     epoch: int,
+    memory: PhaseMemory,
 ) -> dict[str, float]:
     model.train()
     has_ode = bool(ode_blocks(model))
     total_loss, correct, seen, fnfe, bnfe, batches = 0.0, 0, 0, 0, 0, 0
     for x, y in data.train.batches(data.batch_size, generator):
         optimizer.zero_grad(set_to_none=True)
+        memory.batch_started()
         logits = model(x)
         loss = F.cross_entropy(logits, y)
+        memory.forward_done()
         if not torch.isfinite(loss):
             raise TrainingDivergedError(
                 f"training loss became {loss.item()} in epoch {epoch}, batch {batches + 1}",
@@ -62,6 +66,7 @@ def _train_one_epoch(
             solver = ode_blocks(model)[0].solver if has_ode else None
             raise (translate_solver_failure(exc, solver) if solver else exc) from exc
         optimizer.step()
+        memory.batch_done()
         n = len(y)
         total_loss += loss.item() * n
         correct += (logits.argmax(1) == y).sum().item()
@@ -94,9 +99,10 @@ def fit(
 
     The best epoch's weights are restored before returning. `on_epoch` receives each epoch's metrics:
     train.loss, train.acc, val.loss, val.acc, val.nfe.forward, nfe.forward, nfe.backward (mean per batch),
-    epoch.time (seconds). With `checkpoint_path`, everything needed to continue (weights, optimizer, batch
-    order, early-stopping state, history) is saved there after every epoch; `resume` is such a saved state,
-    and training continues with the next epoch exactly as it would have.
+    epoch.time (seconds), peak memory mem.train.* and mem.val.* (runner.experiment.memory). With
+    `checkpoint_path`, everything needed to continue (weights, optimizer, batch order, early-stopping state,
+    history) is saved there after every epoch; `resume` is such a saved state, and training continues with
+    the next epoch exactly as it would have.
     """
     optimizer = make_optimizer(settings, model.parameters())
     generator = torch.Generator().manual_seed(settings.seed)
@@ -114,19 +120,29 @@ def fit(
         if waited >= settings.patience:
             first_epoch = settings.max_epochs + 1  # it had already stopped early
     show_bar = settings.progress and sys.stderr.isatty()
+    device = next(model.parameters()).device
     for epoch in range(first_epoch, settings.max_epochs + 1):
         start = time.perf_counter()
-        with tqdm(
-            total=data.train.num_batches(data.batch_size),
-            desc=f"epoch {epoch}/{settings.max_epochs}",
-            leave=False,
-            disable=not show_bar,
-            file=sys.stderr,
-        ) as bar:
-            metrics = _train_one_epoch(model, data, optimizer, generator, bar if show_bar else None, epoch)
-        val = predict(model, data.val, data.batch_size)
+        train_memory, val_memory = PhaseMemory("train", device), PhaseMemory("val", device)
+        with (
+            train_memory.phase(),
+            tqdm(
+                total=data.train.num_batches(data.batch_size),
+                desc=f"epoch {epoch}/{settings.max_epochs}",
+                leave=False,
+                disable=not show_bar,
+                file=sys.stderr,
+            ) as bar,
+        ):
+            metrics = _train_one_epoch(
+                model, data, optimizer, generator, bar if show_bar else None, epoch, train_memory
+            )
+        with val_memory.phase():
+            val = predict(model, data.val, data.batch_size, val_memory)
         metrics.update(
             {
+                **train_memory.metrics(),
+                **val_memory.metrics(),
                 "val.loss": val.loss,
                 "val.acc": val.accuracy,
                 "val.nfe.forward": val.mean_fnfe,
@@ -194,5 +210,5 @@ def format_epoch(m: dict[str, float], max_epochs: int, improved: bool) -> str:
     return (
         f"epoch {int(m['epoch']):>3}/{max_epochs}  train loss {m['train.loss']:.4f} acc {m['train.acc']:.4f}  "
         f"val loss {m['val.loss']:.4f} acc {m['val.acc']:.4f}  NFE fwd {m['nfe.forward']:.1f} bwd {m['nfe.backward']:.1f}  "
-        f"{m['epoch.time']:.1f}s{'  *' if improved else ''}"
+        f"{m['epoch.time']:.1f}s{format_memory(m)}{'  *' if improved else ''}"
     )

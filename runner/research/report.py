@@ -16,7 +16,7 @@ def _mean(record: RunRecord, metric: str) -> float | None:
 
 
 def comparison_rows(records: list[RunRecord]) -> pd.DataFrame:
-    """One row per (dataset, model, solver): the latest completed training run of each."""
+    """One row per (dataset, model, solver, gradient method): the latest completed training run of each."""
     rows = []
     for r in records:
         if r.status != "COMPLETED" or "parameters" not in r.info:
@@ -36,10 +36,13 @@ def comparison_rows(records: list[RunRecord]) -> pd.DataFrame:
                 "epoch_time_s": _mean(r, "epoch.time"),
                 "epochs": summary["epochs"],
                 "fnfe": _mean(r, "nfe.forward") if is_ode else None,
-                "bnfe": _mean(r, "nfe.backward") if is_ode else None,
+                "bnfe": _mean(r, "nfe.backward") if summary["bnfe"] is not None else None,  # direct: no backward
                 # evaluations of f per forward pass: FNFE for ODEnets, residual blocks for ResNets
                 "f_evaluations": _mean(r, "nfe.forward") if is_ode else r.info.get("residual_blocks"),
                 "adjoint_grad_err": (r.info.get("adjoint_gradient_check") or {}).get("relative_error"),
+                "gradient": summary["gradient"] or "-",
+                "train_mb": summary["train_mb"],
+                "saved_mb": summary["saved_mb"],
             }
         )
     frame = pd.DataFrame(rows)
@@ -47,7 +50,7 @@ def comparison_rows(records: list[RunRecord]) -> pd.DataFrame:
         return frame
     return (
         frame.sort_values("run")
-        .groupby(["dataset", "model", "solver"], as_index=False)
+        .groupby(["dataset", "model", "solver", "gradient"], as_index=False)
         .last()
         .sort_values(["dataset", "params"])
     )
@@ -73,6 +76,9 @@ def write_report(records: list[RunRecord], out_dir: Path) -> dict[str, Path]:
         "fnfe": "FNFE",
         "bnfe": "BNFE",
         "adjoint_grad_err": "adj. grad err",
+        "gradient": "gradient",
+        "train_mb": "train MB",
+        "saved_mb": "saved MB",
         "run": "run",
     }
     formats = {
@@ -84,6 +90,8 @@ def write_report(records: list[RunRecord], out_dir: Path) -> dict[str, Path]:
         "fnfe": "{:.1f}",
         "bnfe": "{:.1f}",
         "adjoint_grad_err": "{:.2g}",
+        "train_mb": "{:.0f}",
+        "saved_mb": "{:.1f}",
     }
     for dataset, group in frame.groupby("dataset") if not frame.empty else []:
         lines += [f"## {dataset}", "", markdown_table(group[list(columns)], formats, columns), ""]

@@ -58,6 +58,8 @@ def list_runs(records: list[RunRecord]) -> str:
         "best_val_loss",
         "epochs",
         "fnfe",
+        "train_mb",
+        "saved_mb",
         "params",
         "start",
     ]
@@ -105,6 +107,10 @@ def compare_runs(records: list[RunRecord]) -> str:
         "epochs",
         "fnfe",
         "bnfe",
+        "gradient",
+        "train_mb",
+        "saved_mb",
+        "val_mb",
         "params",
         "seconds",
     ]

@@ -151,11 +151,20 @@ def _duration(start: Any, stop: Any) -> float | None:
         return None
 
 
+def gradient_method(solver: dict[str, Any]) -> str | None:
+    """A logged solver config's gradient method; configs from before `gradient` existed say it with `adjoint`."""
+    if not solver:
+        return None
+    return solver.get("gradient") or ("adjoint" if solver.get("adjoint") else "direct")
+
+
 def summary_row(r: RunRecord) -> dict[str, Any]:
     """The columns a run list shows: what ran, how it ended, and its headline numbers."""
     choices = r.choices
     is_ode = (r.info.get("model_family") or r.meta.get("model_family")) == "odenet"
     test = r.info.get("test", {})
+    gradient = gradient_method(r.config.get("solver") or {}) if is_ode else None
+    cost = r.info.get("cost") or {}
     return {
         "id": r.id,
         "experiment": r.experiment,
@@ -170,7 +179,11 @@ def summary_row(r: RunRecord) -> dict[str, Any]:
         "epochs": len(r.metrics.get("val.loss", {}).get("values", [])),
         "pruned_at": (r.info.get("pruned") or {}).get("epoch"),  # the epoch a sweep's pruner stopped it
         "fnfe": r.final("nfe.forward") if is_ode else None,
-        "bnfe": r.final("nfe.backward") if is_ode else None,
+        "bnfe": r.final("nfe.backward") if gradient not in (None, "direct") else None,  # no backward pass
+        "gradient": gradient,
+        "train_mb": cost.get("train_mem_mb"),  # peak memory of training (RSS, or CUDA's allocated), MB
+        "saved_mb": cost.get("saved_mb"),  # bytes autograd saved in one training step, MB
+        "val_mb": cost.get("val_mem_mb"),
         "params": r.info.get("parameters", {}).get("total"),
         "start": str(r.start_time)[:19] if r.start_time else None,
         "seconds": _duration(r.start_time, r.stop_time),
