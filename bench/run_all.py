@@ -15,6 +15,7 @@ HERE = Path(__file__).resolve().parent
 # script -> first line of its report (everything before it is the runs' own console output)
 BENCHMARKS = {
     "ode_block.py": "ODE block,",
+    "memory.py": "memory: one training step",
     "runner_overhead.py": "runner vs bare loop",
     "odenet_vs_resnet.py": "ODEnet vs ResNet epoch",
     "tracking_overhead.py": "tracking overhead",

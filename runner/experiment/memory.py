@@ -79,11 +79,12 @@ class SavedTensorBytes:
     """Context manager: bytes of the distinct storages autograd saves for backward while it is active."""
 
     def __init__(self) -> None:
-        self.bytes = 0
+        self.bytes = self.tensors = 0  # distinct storages' bytes; every saved tensor (views included)
         self._seen: set[int] = set()
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        self.tensors += 1
         storage = tensor.untyped_storage()
         if storage.data_ptr() not in self._seen:
             self._seen.add(storage.data_ptr())
