@@ -152,7 +152,7 @@ class SolverSpec:
         return {"method": method, "rtol": self.rtol, "atol": self.atol, "options": options}
 
     def describe(self) -> str:
-        backend = "" if self.fused else ", torchdiffeq"
+        backend = ("" if self.fused else ", torchdiffeq") + ("" if self.gradient == "direct" else f", {self.gradient}")
         if self.is_fixed_step:
             return f"{self.method}(h={self.step_size}{backend})"
         return f"{self.method}(rtol={self.rtol:g}, atol={self.atol:g}{backend})"

@@ -75,7 +75,7 @@ def adjoint_gradient_check(model: nn.Module, split: Split, batch_size: int, thre
 def describe(check: dict[str, Any]) -> str:
     verdict = (
         f"ABOVE the threshold {check['threshold']:g}: the adjoint's gradients are not the gradients of the forward "
-        f"solve; lower solver.rtol/atol or train without the adjoint"
+        f"solve; lower solver.rtol/atol, or train with solver.gradient=checkpoint (exact) or direct"
         if check["flagged"]
         else f"within the threshold {check['threshold']:g}"
     )

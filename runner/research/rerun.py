@@ -15,6 +15,7 @@ from runner.experiment.factories import current_targets
 from runner.tracking.runstore import RunRecord
 
 TIMING_METRICS = ("epoch.time",)  # wall-clock metrics differ between any two runs
+MEMORY_PREFIX = "mem."  # peak memory depends on the process and the allocator's history, not only on the run
 
 
 def config_from_record(record: RunRecord, current: DictConfig) -> DictConfig:
@@ -86,14 +87,14 @@ def metric_comparison(original: RunRecord, reproduced: RunRecord) -> tuple[list[
     for name in sorted(set(original.metrics) | set(reproduced.metrics)):
         a = original.metrics.get(name, {}).get("values", [])
         b = reproduced.metrics.get(name, {}).get("values", [])
-        if name in TIMING_METRICS:
+        if name in TIMING_METRICS or name.startswith(MEMORY_PREFIX):
             rows.append(
                 {
                     "metric": name,
                     "original": a[-1] if a else None,
                     "reproduced": b[-1] if b else None,
                     "max_epoch_diff": None,
-                    "note": "wall time, not compared",
+                    "note": "wall time, not compared" if name in TIMING_METRICS else "memory, not compared",
                 }
             )
             continue
