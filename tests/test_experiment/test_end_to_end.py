@@ -90,12 +90,14 @@ def test_an_adjoint_run_records_its_gradient_check_in_info_console_and_report(tm
 
 def test_the_quickstart_odenet_trains_with_checkpointed_gradients_and_logs_its_memory(runs_dir: Path):
     proc = run_cli(
-        ["experiment=quickstart", "solver.gradient=checkpoint", "train.max_epochs=3", "model.channels=16"], runs_dir
+        ["experiment=quickstart", "solver.gradient=checkpoint", "train.max_epochs=2", "model.channels=8"],
+        runs_dir,
+        timeout=1500,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = only_run(runs_dir / "store")
     record = json.loads((run / "run.json").read_text())
-    assert record["status"] == "COMPLETED" and record["result"] > 0.5  # chance is 0.1
+    assert record["status"] == "COMPLETED" and record["result"] > 0.3  # chance is 0.1
     info = json.loads((run / "info.json").read_text())
     assert info["adjoint_gradient_check"]["gradient"] == "checkpoint"
     assert info["adjoint_gradient_check"]["relative_error"] < 1e-5  # the gradient of the forward solve
@@ -104,6 +106,6 @@ def test_the_quickstart_odenet_trains_with_checkpointed_gradients_and_logs_its_m
         0 < b <= f for b, f in zip(metrics["nfe.backward"]["values"], metrics["nfe.forward"]["values"], strict=True)
     )
     for name in ("mem.train.rss_mb", "mem.train.live_mb", "mem.train.saved_mb", "mem.val.rss_mb", "mem.val.live_mb"):
-        assert len(metrics[name]["values"]) == 3 and min(metrics[name]["values"]) > 0, name
+        assert len(metrics[name]["values"]) == 2 and min(metrics[name]["values"]) > 0, name
     assert info["cost"]["train_mem_mb"] == max(metrics["mem.train.rss_mb"]["values"])
     assert "mem MB train" in proc.stdout and "train MB" in proc.stdout  # the epoch line and the summary
