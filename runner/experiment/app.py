@@ -13,6 +13,7 @@ from models.parameters import count_parameters, residual_block_count
 from odeflow.errors import check_choice
 from odeflow.objectives import OBJECTIVE_DIRECTIONS
 from runner.experiment import pipeline
+from runner.experiment.adaptation import AdaptationSettings, SolverAdapter
 from runner.experiment.adjoint_check import adjoint_gradient_check
 from runner.experiment.adjoint_check import describe as describe_adjoint_check
 from runner.experiment.checkpoint import model_recipe
@@ -57,6 +58,8 @@ def run_experiment(
     config = to_plain(cfg)
     logged_config = mask_secrets(config)
     solver = instantiate_group("solver", cfg.solver)
+    # Runs logged before adaptation existed have no such group: they trained without it.
+    adaptation = instantiate_group("adaptation", cfg.adaptation) if "adaptation" in cfg else AdaptationSettings()
     settings = instantiate_group("train", cfg.train)
     store = instantiate_group("tracking", cfg.tracking)
     device = resolve_device(settings.device)
@@ -67,10 +70,12 @@ def run_experiment(
     recipe = model_recipe(config["model"], config["solver"], data.input_shape, data.num_classes)
     model = pipeline.build(recipe, data, device)
     is_ode = bool(ode_blocks(model))
+    adaptation.check_solver(solver, is_ode)
+    adapter = SolverAdapter(adaptation, ode_blocks(model)[0].t_final) if adaptation.enabled else None
     model_name = (choices or {}).get("model", recipe["_target_"])
     print(
         f"{cfg.name}: {model_name} on {data.name} {data.sizes()} | solver {solver.describe() if is_ode else '-'} | "
-        f"device {device} | runs in {store.describe()}",
+        f"{'adapting ' + adaptation.kind + ' | ' if adapter else ''}device {device} | runs in {store.describe()}",
         flush=True,
     )
     outcome: dict[str, Any] = {}
@@ -89,14 +94,24 @@ def run_experiment(
             run.log_metrics({k: v for k, v in m.items() if k != "epoch"}, int(m["epoch"]))
             epochs.append(m)
             run.set_info("cost", cost_summary(epochs, is_ode))  # the dashboard's s/epoch, FNFE and BNFE columns
+            for check in adapter.checks if adapter else []:
+                if check.epoch == int(m["epoch"]):  # per check, at the training iteration it ran
+                    run.log_metrics(
+                        {"adaptation.check.value": check.value, "adaptation.check.gap": check.gap}, check.iteration
+                    )
 
         def after_epoch(m: dict[str, float]) -> str | None:
             log_epoch(m)
             return pruner.after_epoch(int(m["epoch"]), m) if pruner is not None else None
 
+        if adapter is not None and (resume or {}).get("adaptation"):
+            adapter.load_state_dict(resume["adaptation"], model)  # so the earlier epochs' checks are logged too
         for earlier in (resume or {}).get("history", []):
             log_epoch(earlier)  # a resumed run carries the epochs before the crash too
-        fit_result = pipeline.train(model, data, settings, after_epoch, out_dir / "last_checkpoint.pt", resume)
+        fit_result = pipeline.train(model, data, settings, after_epoch, out_dir / "last_checkpoint.pt", resume, adapter)
+        if fit_result.adaptation:
+            run.set_info("adaptation", {k: v for k, v in fit_result.adaptation.items() if k != "log"})
+            print(describe_adaptation(fit_result.adaptation), flush=True)
         if fit_result.pruned:
             run.set_info("pruned", fit_result.pruned)
         if pruner is not None:
@@ -146,9 +161,21 @@ def run_experiment(
         "epoch_time": sum(h["epoch.time"] for h in fit_result.history) / len(fit_result.history),
         "adjoint_grad_err": outcome.get("adjoint_check", {}).get("relative_error"),
         "pruned": fit_result.pruned,
+        "adapted": (fit_result.adaptation or {}).get("at_best_epoch"),
+        "adapt_changes": (fit_result.adaptation or {}).get("changes"),
+        "adapt_check_share": (fit_result.adaptation or {}).get("check_share"),
     }
     (out_dir / "result.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def describe_adaptation(info: dict[str, Any]) -> str:
+    name = "step size" if info["kind"] == "step_size" else "tolerance"
+    return (
+        f"{info['kind']} adaptation: {name} {info['initial']:.4g} -> {info['final']:.4g} "
+        f"({info['changes']} changes in {info['checks']} checks; {100 * info['check_share']:.1f}% of training time); "
+        f"the restored weights were trained with {info['at_best_epoch']:.4g}"
+    )
 
 
 def cost_summary(epochs: list[dict[str, float]], is_ode: bool) -> dict[str, float]:

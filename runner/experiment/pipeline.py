@@ -15,6 +15,8 @@ from torch import nn
 from data.tensors import DataBundle
 from models.parameters import count_parameters
 from odeflow.errors import ConfigError, UserError
+from odeflow.ode_figures import adaptation_png
+from runner.experiment.adaptation import SolverAdapter
 from runner.experiment.checkpoint import build_model as build_from_recipe
 from runner.experiment.checkpoint import save_checkpoint
 from runner.experiment.evaluation import classification_report, predict
@@ -58,8 +60,9 @@ def train(
     on_epoch: EpochCallback | None = None,
     checkpoint_path: Path | None = None,
     resume: dict[str, Any] | None = None,
+    adapter: SolverAdapter | None = None,
 ) -> FitResult:
-    return fit(model, data, settings, on_epoch, checkpoint_path, resume)
+    return fit(model, data, settings, on_epoch, checkpoint_path, resume, adapter)
 
 
 def evaluate(model: nn.Module, data: DataBundle) -> dict[str, Any]:
@@ -96,7 +99,7 @@ def write_outputs(
             model,
             recipe,
             config,
-            {"best_epoch": fit_result.best_epoch, "history": fit_result.history},
+            {"best_epoch": fit_result.best_epoch, "history": fit_result.history, "adaptation": fit_result.adaptation},
         ),
         "confusion_matrix.png": plots.confusion_matrix_png(
             report["confusion_matrix"], class_names, out_dir / "confusion_matrix.png"
@@ -105,6 +108,8 @@ def write_outputs(
     }
     if is_ode:
         paths["nfe.png"] = plots.nfe_png(fit_result.history, out_dir / "nfe.png")
+    if fit_result.adaptation:
+        paths["adaptation.png"] = adaptation_png(fit_result.adaptation, out_dir / "adaptation.png")
     paths["evaluation_report.json"] = out_dir / "evaluation_report.json"
     paths["evaluation_report.json"].write_text(
         json.dumps({**results, "fit": asdict(fit_result)}, indent=2, default=float)

@@ -21,6 +21,7 @@ COLUMNS = [
     ("bnfe", "BNFE", "{:.1f}"),
     ("epoch_time", "s/epoch", "{:.2f}"),
     ("adjoint_grad_err", "adj. grad err", "{:.2g}"),
+    ("adapted", "adapted h/tol", "{:.4g}"),
 ]
 
 

@@ -217,6 +217,7 @@ def reevaluate_run(
     Everything a user can get wrong (the grid, a run without a checkpoint, a ResNet run) is checked before
     the tracked run starts, so a mistake records nothing.
     """
+    from runner.experiment.adaptation import adapted_solver
     from runner.experiment.checkpoint import load_checkpoint
     from runner.experiment.factories import instantiate_group, to_plain
     from runner.experiment.settings import resolve_device
@@ -240,7 +241,10 @@ def reevaluate_run(
                 "--grid", f"{method}:{value:g}", f"fixed steps of at most the integration time T={t_final:g}"
             )
     data = instantiate_group("data", checkpoint["config"]["data"]).to(device)
-    training_solver = instantiate_group("solver", checkpoint["config"]["solver"])
+    # With adaptation, the training solver is the one with the step size or tolerance the weights were trained at.
+    training_solver = adapted_solver(
+        instantiate_group("solver", checkpoint["config"]["solver"]), checkpoint.get("adaptation")
+    )
     title = (
         f"run {record.id}: {record.choices.get('model', '')} on {data.name}, trained with {training_solver.describe()}"
     )

@@ -58,6 +58,7 @@ def list_runs(records: list[RunRecord]) -> str:
         "best_val_loss",
         "epochs",
         "fnfe",
+        "adapted",
         "params",
         "start",
     ]
@@ -80,6 +81,8 @@ def show_run(r: RunRecord) -> str:
     lines = [f"run {r.id} ({r.location})", "", "summary:"]
     lines += [f"  {k:<14} {v}" for k, v in summary.items()]
     lines += ["", "final metrics:"] + [f"  {k:<18} {v:.6g}" for k, v in final.items()]
+    if r.info.get("adaptation"):
+        lines += ["", "adaptation: " + ", ".join(f"{k} {v}" for k, v in r.info["adaptation"].items())]
     if r.info.get("parameters"):
         lines += ["", "parameters: " + ", ".join(f"{k} {v:,}" for k, v in r.info["parameters"].items())]
     lines += ["", "artifacts: " + (", ".join(r.artifacts) or "-"), "", "config:"]

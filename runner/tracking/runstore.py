@@ -171,6 +171,7 @@ def summary_row(r: RunRecord) -> dict[str, Any]:
         "pruned_at": (r.info.get("pruned") or {}).get("epoch"),  # the epoch a sweep's pruner stopped it
         "fnfe": r.final("nfe.forward") if is_ode else None,
         "bnfe": r.final("nfe.backward") if is_ode else None,
+        "adapted": (r.info.get("adaptation") or {}).get("at_best_epoch"),  # the adapted step size or tolerance
         "params": r.info.get("parameters", {}).get("total"),
         "start": str(r.start_time)[:19] if r.start_time else None,
         "seconds": _duration(r.start_time, r.stop_time),
