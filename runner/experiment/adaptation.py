@@ -224,8 +224,8 @@ class SolverAdapter:
         base = ode_blocks(model)[0].solver
         value = float(self.value)
         test_spec, test_setting = self._test_solver(model, x, base, value)
-        reference = _accuracy(model, x, y, test_spec)
-        gap = abs(_accuracy(model, x, y, self._spec(base, value)) - reference)
+        reference = self.accuracy(model, x, y, test_spec)
+        gap = abs(self.accuracy(model, x, y, self._spec(base, value)) - reference)
         if gap > self.settings.threshold:
             new = self._shrunk(value)
             action = "shrink" if new != value else "limit"
@@ -233,7 +233,7 @@ class SolverAdapter:
             tried = self._grown(value)
             if tried == value:
                 new, action = value, "limit"
-            elif abs(_accuracy(model, x, y, self._spec(base, tried)) - reference) <= self.settings.threshold:
+            elif abs(self.accuracy(model, x, y, self._spec(base, tried)) - reference) <= self.settings.threshold:
                 new, action = tried, "grow"
             else:
                 new, action = value, "keep"
@@ -245,7 +245,7 @@ class SolverAdapter:
     ) -> tuple[SolverSpec, float]:
         if self.adapts_step:
             method = HIGHER_ORDER[base.method] if self.settings.test_solver == "auto" else self.settings.test_solver
-            h = test_step(value, self.t_final, METHOD_ORDERS[base.method], METHOD_ORDERS[method], self.settings)
+            h = finer_test_step(value, self.t_final, METHOD_ORDERS[base.method], METHOD_ORDERS[method], self.settings)
             return dataclasses.replace(base, method=method, step_size=h), h
         # Tighten the test tolerance until the test solve works harder than the training solve (otherwise its
         # answer is no more accurate than the one it tests).
@@ -258,6 +258,12 @@ class SolverAdapter:
             tol *= self.settings.test_tol_factor
             spec = dataclasses.replace(spec, rtol=tol, atol=tol)
         return spec, tol
+
+    def accuracy(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: SolverSpec) -> float:
+        """The batch accuracy of `model` solved with `spec`."""
+        for block in ode_blocks(model):
+            block.solver = spec
+        return (model(x).argmax(1) == y).float().mean().item()
 
     def _spec(self, base: SolverSpec, value: float) -> SolverSpec:
         if self.adapts_step:
@@ -309,19 +315,13 @@ class SolverAdapter:
         }
 
 
-def test_step(h: float, t_final: float, order: int, test_order: int, settings: AdaptationSettings) -> float:
+def finer_test_step(h: float, t_final: float, order: int, test_order: int, settings: AdaptationSettings) -> float:
     """The test solve's step: h itself when h is already fine (more than `test_error_ratio` steps over [0, T]);
     otherwise the step whose error h_test ** test_order is `test_error_ratio` times smaller than h ** order."""
     if t_final / h > settings.test_error_ratio:
         return h
     finer = (h**order / settings.test_error_ratio) ** (1.0 / test_order)
     return min(h, finer, t_final)
-
-
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: SolverSpec) -> float:
-    for block in ode_blocks(model):
-        block.solver = spec
-    return (model(x).argmax(1) == y).float().mean().item()
 
 
 def _nfe(model: nn.Module, x: torch.Tensor, spec: SolverSpec) -> int:
