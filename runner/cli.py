@@ -261,7 +261,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         folder = Path(current_config(overrides).paths.runs) / "studies" / words[0]
     paths = write_study(folder)
-    _show_written(paths, paths["study.md"].read_text())
+    _show_written(paths, next(path for name, path in paths.items() if name.endswith(".md")).read_text())
     return 0
 
 
@@ -342,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="folder for comparison.md/.csv and the PNGs (default: <paths.runs>/report)")
     report.set_defaults(handler=cmd_report)
     study = sub.add_parser(
-        "study", help="table and BNFE-per-epoch plot of an architecture study (make study STUDY=t_final)"
+        "study", help="table and figure of a study (make study STUDY=t_final, critical_step, adaptation, ...)"
     )
     study.set_defaults(handler=cmd_study)
     sweep_report = sub.add_parser("sweep-report", help="plots, parameter importance and top trials of a hyperopt sweep")

@@ -183,7 +183,7 @@ class SolverAdapter:
             return
         if self.adapts_step:
             if self.settings.initial == "hairer":
-                block, z0 = _block_input(model, first_batch)
+                block, z0 = block_input(model, first_batch)
                 h = hairer_initial_step(block.func.net, z0, METHOD_ORDERS[solver.method], solver.rtol, solver.atol)
             else:
                 h = float(solver.step_size)
@@ -331,7 +331,7 @@ def _nfe(model: nn.Module, x: torch.Tensor, spec: SolverSpec) -> int:
     return sum(b.forward_nfe for b in ode_blocks(model))
 
 
-def _block_input(model: nn.Module, x: torch.Tensor) -> tuple[ODEBlock, torch.Tensor]:
+def block_input(model: nn.Module, x: torch.Tensor) -> tuple[ODEBlock, torch.Tensor]:
     """The first ODE block and its initial state z(0) for input x."""
     block = ode_blocks(model)[0]
     captured: list[torch.Tensor] = []

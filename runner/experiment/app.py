@@ -25,6 +25,7 @@ from runner.experiment.settings import (
     reuse_freed_host_memory,
     seed_everything,
 )
+from runner.experiment.trajectories import draw_trajectories
 from runner.tracking.masking import mask_secrets
 from runner.tracking.stores import RunLog, run_tracked
 
@@ -127,6 +128,10 @@ def run_experiment(
             out_dir, model, recipe, logged_config, fit_result, results, data.class_names, is_ode
         ).items():
             run.add_artifact(path, name)
+        crossings = draw_trajectories(model, data, out_dir / "trajectories.png") if is_ode else None
+        if crossings is not None:  # vector states: the flow of test points, crossing pairs for 2-D ones
+            run.set_info("trajectories", crossings)
+            run.add_artifact(out_dir / "trajectories.png", "trajectories.png")
         outcome.update(results, fit=fit_result)
         return results["test.acc"]
 

@@ -73,6 +73,10 @@ def write_study(folder: Path) -> dict[str, Path]:
     from odeflow.plots import metric_across_runs_png
 
     jobs = read_jobs(folder)
+    from runner.research.critical_step import STUDY_WRITERS  # the "ResNet After All" studies: figure and table
+
+    if jobs and jobs[0]["summary"].get("name") in STUDY_WRITERS:
+        return STUDY_WRITERS[jobs[0]["summary"]["name"]](folder)
     if not jobs:
         raise UserError(
             f"{folder} holds no finished study jobs (no */result.json)",

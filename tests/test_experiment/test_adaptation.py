@@ -15,7 +15,7 @@ from data import load_spheres
 from models.solvers import SolverSpec
 from models.state import StateODENet
 from odeflow.errors import UserError
-from runner.experiment.adaptation import AdaptationSettings, SolverAdapter, hairer_initial_step, finer_test_step
+from runner.experiment.adaptation import AdaptationSettings, SolverAdapter, finer_test_step, hairer_initial_step
 from runner.experiment.settings import TrainSettings, seed_everything
 from runner.experiment.training import fit
 from tests.conftest import run_cli
@@ -44,6 +44,13 @@ class ScriptedAccuracy(SolverAdapter):
 
     def accuracy(self, model, x, y, spec):  # noqa: ARG002 - the model is not consulted
         return self.accuracy_of(spec)
+
+
+def nfe_with(model, x, spec) -> int:
+    model.body.solver = spec
+    with torch.no_grad():
+        model(x)
+    return model.body.forward_nfe
 
 
 def checks(adapter: SolverAdapter, model, times: int) -> list:
@@ -95,14 +102,13 @@ def test_the_step_never_goes_below_t_over_max_steps():
 
 
 def test_checks_run_every_interval_and_leave_the_nfe_counters_alone():
-    model = rotation_model(SolverSpec("euler", step_size=0.25))
-    model(torch.zeros(3, 2))
+    model = rotation_model(SolverSpec("euler", step_size=0.5))
     adapter = SolverAdapter(AdaptationSettings("step_size", interval=3, initial="config"), 1.0)
     adapter.start(model, torch.zeros(1, 2), model.body.solver)
-    model(torch.zeros(3, 2))
+    model.body.forward_nfe, model.body.func.nfe = 99, 77  # as a training forward and backward pass left them
     made = checks(adapter, model, 7)
     assert [c is not None for c in made] == [False, False, True, False, False, True, False]
-    assert model.body.forward_nfe == 4  # the last training forward pass's, not a check's
+    assert (model.body.forward_nfe, model.body.func.nfe) == (99, 77)  # the batch's logged NFE, not a check's
 
 
 def test_the_test_step_is_finer_for_coarse_steps_and_h_itself_for_fine_ones():
@@ -129,6 +135,11 @@ def test_tolerance_adaptation_on_dopri5_trains_with_both_backends_and_gradients(
     # the restored weights' epoch's value
     assert model.body.solver.rtol == model.body.solver.atol == result.adaptation["at_best_epoch"]
     assert model.body.solver.backend == backend and model.body.solver.adjoint == adjoint
+    last = adapter.checks[-1]  # the test solve was tightened until it worked harder than the training solve
+    x = data.train.x[:32]
+    assert nfe_with(model, x, dataclasses.replace(solver, rtol=last.test_setting, atol=last.test_setting)) > nfe_with(
+        model, x, dataclasses.replace(solver, rtol=last.value, atol=last.value)
+    )
 
 
 def test_tolerance_adaptation_halves_the_tolerance_on_a_large_gap():
