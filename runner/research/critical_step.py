@@ -33,48 +33,55 @@ THRESHOLD = 0.1  # the adaptation's default: the accuracy gap that makes a model
 def evaluate_jobs(folder: Path) -> list[dict[str, Any]]:
     """Per finished job: how it was trained, its summary, and its test accuracy under every test solve."""
     jobs = []
-    for result in sorted(
-        folder.glob("*/result.json"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else -1
-    ):
-        job = result.parent
-        summary = json.loads(result.read_text())
-        model, checkpoint = load_checkpoint(job / "best_checkpoint.pt")
-        data = instantiate_group("data", checkpoint["config"]["data"])
-        trained = adapted_solver(
-            instantiate_group("solver", checkpoint["config"]["solver"]), checkpoint.get("adaptation")
-        )
-        t_final = ode_blocks(model)[0].t_final
-        accuracy: dict[tuple[str, int], float] = {}
-        with torch.no_grad():
-            for method in TEST_METHODS:
-                for steps in TEST_STEPS:
-                    set_solver(model, SolverSpec(method, step_size=t_final / steps))
-                    accuracy[method, steps] = predict(model, data.test, data.batch_size).accuracy
-            set_solver(model, trained)
-            trained_acc = predict(model, data.test, data.batch_size).accuracy
-        history = checkpoint.get("history", [])
-        jobs.append(
-            {
-                "summary": summary,
-                "seed": checkpoint["config"]["seed"],
-                "adaptation": (checkpoint.get("adaptation") or {}).get("kind", "none"),
-                "start_step": checkpoint["config"]["solver"]["step_size"],
-                "train_step": trained.step_size,
-                "train_steps": math.ceil(t_final / trained.step_size - 1e-9),
-                "train_method": trained.method,
-                "trained_acc": trained_acc,
-                "accuracy": accuracy,
-                "gap": abs(trained_acc - accuracy["rk4", TEST_STEPS[-1]]),
-                "mean_fnfe": mean(h["nfe.forward"] for h in history) if history else summary.get("fnfe"),
-                "check_share": summary.get("adapt_check_share"),
-            }
-        )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is faster than several contending ones
+    try:
+        for result in sorted(folder.glob("*/result.json"), key=_job_number):
+            jobs.append(evaluate_job(result))
+    finally:
+        torch.set_num_threads(threads)
     if not jobs:
         raise UserError(
             f"{folder} holds no finished study jobs (no */result.json)",
             "run the study first: make study STUDY=critical_step (or STUDY=adaptation)",
         )
     return jobs
+
+
+def _job_number(result: Path) -> int:
+    return int(result.parent.name) if result.parent.name.isdigit() else -1
+
+
+def evaluate_job(result: Path) -> dict[str, Any]:
+    """How one job was trained, its summary, and its test accuracy under every test solve."""
+    summary = json.loads(result.read_text())
+    model, checkpoint = load_checkpoint(result.parent / "best_checkpoint.pt")
+    data = instantiate_group("data", checkpoint["config"]["data"])
+    trained = adapted_solver(instantiate_group("solver", checkpoint["config"]["solver"]), checkpoint.get("adaptation"))
+    t_final = ode_blocks(model)[0].t_final
+    accuracy: dict[tuple[str, int], float] = {}
+    with torch.no_grad():
+        for method in TEST_METHODS:
+            for steps in TEST_STEPS:
+                set_solver(model, SolverSpec(method, step_size=t_final / steps))
+                accuracy[method, steps] = predict(model, data.test, len(data.test)).accuracy
+        set_solver(model, trained)
+        trained_acc = predict(model, data.test, len(data.test)).accuracy
+    history = checkpoint.get("history", [])
+    return {
+        "summary": summary,
+        "seed": checkpoint["config"]["seed"],
+        "adaptation": (checkpoint.get("adaptation") or {}).get("kind", "none"),
+        "start_step": checkpoint["config"]["solver"]["step_size"],
+        "train_step": trained.step_size,
+        "train_steps": math.ceil(t_final / trained.step_size - 1e-9),
+        "train_method": trained.method,
+        "trained_acc": trained_acc,
+        "accuracy": accuracy,
+        "gap": abs(trained_acc - accuracy["rk4", TEST_STEPS[-1]]),
+        "mean_fnfe": mean(h["nfe.forward"] for h in history) if history else summary.get("fnfe"),
+        "check_share": summary.get("adapt_check_share"),
+    }
 
 
 def critical_step(rows: list[dict[str, Any]]) -> float | None:
