@@ -16,9 +16,10 @@ from models.solvers import SolverSpec
 from models.state import StateODENet
 from odeflow.errors import UserError
 from runner.experiment.adaptation import AdaptationSettings, SolverAdapter, finer_test_step, hairer_initial_step
+from runner.experiment.factories import instantiate_group
 from runner.experiment.settings import TrainSettings, seed_everything
 from runner.experiment.training import fit
-from tests.conftest import run_cli
+from tests.conftest import compose_config, run_cli
 
 
 def rotation_model(solver: SolverSpec, angle: float = math.pi / 2, cut: float = 0.5) -> StateODENet:
@@ -201,3 +202,10 @@ def test_a_mismatch_ends_before_training_in_one_message(runs_dir):
     assert proc.returncode != 0
     assert "adaptation=tolerance adapts adaptive solvers" in output and "fix: use adaptation=step_size" in output
     assert "Traceback" not in output and "epoch" not in proc.stdout
+
+
+@pytest.mark.parametrize("name", ["none", "step_size", "tolerance"])
+def test_every_adaptation_file_instantiates_with_the_papers_defaults(name, runs_dir):
+    settings = instantiate_group("adaptation", compose_config([f"adaptation={name}"], runs_dir).adaptation)
+    assert isinstance(settings, AdaptationSettings) and settings.kind == name
+    assert (settings.interval, settings.threshold, settings.shrink, settings.grow) == (50, 0.1, 0.5, 1.1)
