@@ -14,7 +14,7 @@ from runner.experiment.checkpoint import read_torch_file
 from runner.experiment.factories import current_targets
 from runner.tracking.runstore import RunRecord
 
-TIMING_METRICS = ("epoch.time",)  # wall-clock metrics differ between any two runs
+TIMING_METRICS = ("epoch.time", "adaptation.check_share")  # wall-clock metrics differ between any two runs
 
 
 def config_from_record(record: RunRecord, current: DictConfig) -> DictConfig:

@@ -209,3 +209,28 @@ def test_every_adaptation_file_instantiates_with_the_papers_defaults(name, runs_
     settings = instantiate_group("adaptation", compose_config([f"adaptation={name}"], runs_dir).adaptation)
     assert isinstance(settings, AdaptationSettings) and settings.kind == name
     assert (settings.interval, settings.threshold, settings.shrink, settings.grow) == (50, 0.1, 0.5, 1.1)
+
+
+def test_an_adapted_run_logs_its_value_reproduces_it_and_is_reevaluated_with_it(runs_dir):
+    from runner.tracking.runstore import read_file_store
+
+    quick = ["data=spheres", "data.n_train=200", "data.n_test=100", "data.batch_size=16", "model=odenet_state"]
+    quick += ["solver=euler", "solver.step_size=1", "train.max_epochs=3", "train.lr=0.02", "train.progress=true"]
+    proc = run_cli([*quick, "adaptation=step_size", "adaptation.interval=3", "adaptation.initial=config"], runs_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = read_file_store(runs_dir / "store")
+    info = run.info["adaptation"]
+    assert info["kind"] == "step_size" and info["initial"] == 1.0 and info["checks"] == 10  # 10 batches x 3 epochs / 3
+    assert run.metrics["adaptation.check.value"]["steps"] == [3 * k for k in range(1, 11)]
+    assert f"adapted {run.metrics['adaptation.value']['values'][0]:.4g}" in proc.stdout  # the epoch line
+    assert {"adaptation.png", "trajectories.png"} <= set(run.artifacts)
+    assert run.info["trajectories"]["state_dims"] == 2 and run.info["trajectories"]["crossing_pairs_reference"] >= 0
+
+    proc = run_cli(["reproduce", "1"], runs_dir)
+    assert proc.returncode == 0 and "\nMATCH: largest per-epoch difference 0 " in proc.stdout, proc.stdout[-3000:]
+
+    proc = run_cli(["reevaluate", "1", "--grid", "rk4:0.25"], runs_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (reevaluation,) = [r for r in read_file_store(runs_dir / "store") if r.meta.get("reevaluates") == 1]
+    training_row = reevaluation.info["reevaluation"][0]
+    assert training_row["training_solver"] and training_row["setting"] == f"h={info['at_best_epoch']:g}"
