@@ -28,7 +28,12 @@ def adaptation_png(adaptation: dict[str, Any], path: Path) -> Path:
 
 
 def trajectories_png(
-    panels: dict[str, np.ndarray], labels: np.ndarray, path: Path, projected: bool, crossings: dict[str, int | None]
+    panels: dict[str, np.ndarray],
+    labels: np.ndarray,
+    path: Path,
+    projected: bool,
+    crossings: dict[str, int | None],
+    class_names: list[str] | None = None,
 ) -> Path:
     """One panel per solver: trajectories (points, times, 2) coloured by class, start dots and end crosses."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.6), squeeze=False)
@@ -42,6 +47,9 @@ def trajectories_png(
         ax.set_title(title + (f"\n{count} crossing pairs" if count is not None else ""), fontsize=9)
         axis = "principal component" if projected else "state"
         ax.set(xlabel=f"{axis} 1", ylabel=f"{axis} 2")
+    names = class_names or [str(c) for c in range(len(colours))]
+    handles = [plt.Line2D([], [], color=colours[c], label=names[c]) for c in sorted(set(labels.tolist()))]
+    axes[0][-1].legend(handles=handles, fontsize=8, title="class (o start, x end)", title_fontsize=8)
     if projected:
         fig.suptitle("projection of the ODE state on its first two principal components", fontsize=9)
     return save_figure(fig, path)

@@ -96,7 +96,7 @@ def draw_trajectories(model: nn.Module, data: DataBundle, path: Path) -> dict[st
     if projected:
         panels = project_on_principal_components(panels)
     crossings = {title: None if projected else crossing_pairs(paths) for title, paths in panels.items()}
-    trajectories_png(panels, labels, path, projected, crossings)
+    trajectories_png(panels, labels, path, projected, crossings, data.class_names)
     counts = list(crossings.values())
     return {
         "state_dims": int(z0.shape[1]),

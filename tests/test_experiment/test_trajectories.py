@@ -46,3 +46,14 @@ def test_a_coarse_euler_rotation_crosses_and_the_reference_solve_does_not(tmp_pa
     assert info["crossing_pairs_reference"] == 0  # arcs of concentric circles
     assert info["crossing_pairs_training"] > 0  # tangent segments of length pi each cut their neighbours
     assert not info["projected"] and info["state_dims"] == 2
+
+
+def test_higher_dimensional_states_are_drawn_as_a_labelled_projection_without_a_count(tmp_path):
+    from data import load_spheres
+    from models.state import StateODENet
+
+    data = load_spheres(n_train=40, n_test=30, batch_size=10)
+    model = StateODENet(data.input_shape, 2, hidden=8, augment_dims=2, solver=SolverSpec("rk4", step_size=0.25))
+    info = draw_trajectories(model, data, tmp_path / "trajectories.png")
+    assert info["projected"] and info["state_dims"] == 4 and info["points"] == 30
+    assert info["crossing_pairs_training"] is None and info["crossing_pairs_reference"] is None
