@@ -226,7 +226,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     }
     summary = run_experiment(config_from_record(record, cfg), out_dir, record.choices, meta, resume=state)
     print(
-        f"run {record.id} continued as run {summary['run_id']}: epochs 1-{summary['epochs']}, test acc {summary['test_acc']:.4f}"
+        f"run {record.id} continued as run {summary['run_id']}: epochs 1-{summary['epochs']}, test acc "
+        f"{summary['test_acc']:.4f}"
     )
     return 0
 

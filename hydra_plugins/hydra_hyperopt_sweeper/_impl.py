@@ -7,7 +7,6 @@ configured launcher, record each outcome, repeat.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -197,6 +196,24 @@ def build_space(params: dict[str, Any], arguments: list[str]) -> tuple[dict[str,
     return searched, fixed
 
 
+def suggest_batch(
+    ids: list[int], domain: base.Domain, history: base.Trials, sweep_seed: int, n_startup_jobs: int
+) -> list[dict[str, Any]]:
+    """TPE's suggestions for the new trials `ids`, one each, seeded by the trial number (the same on resume).
+
+    Past its start-up trials tpe.suggest answers only the first of several ids, so a batch for parallel
+    workers asks for the others one at a time (like hyperopt's own parallel workers, none sees the others'
+    pending results)."""
+
+    def seed(number: int) -> int:
+        return int(np.random.default_rng([sweep_seed, number]).integers(2**31 - 1))
+
+    docs = tpe.suggest(ids, domain, history, seed(ids[0]), n_startup_jobs=n_startup_jobs)
+    for number in ids[len(docs) :]:
+        docs += tpe.suggest([number], domain, history, seed(number), n_startup_jobs=n_startup_jobs)
+    return docs
+
+
 def format_value(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)
@@ -265,7 +282,7 @@ def tpe_history(
     done = [t for t in trials if t.has_value or t.status == "failed"]
     tids = history.new_trial_ids(len(done))
     results, miscs = [], []
-    for tid, trial in zip(tids, done):
+    for tid, trial in zip(tids, done, strict=True):
         vals = {name: [p.to_hyperopt(trial.params[name])] for name, p in searched.items()}
         miscs.append(
             {
@@ -372,7 +389,8 @@ class HyperoptSweeperImpl(Sweeper):
                 "this one over with hydra.sweeper.resume=false",
             )
         print(
-            f"[hyperopt] resuming sweep {record.sweep_id}: {record.count('ok', 'pruned', 'failed')} trials done in {self.sweep_dir}",
+            f"[hyperopt] resuming sweep {record.sweep_id}: {record.count('ok', 'pruned', 'failed')} trials done in "
+            f"{self.sweep_dir}",
             flush=True,
         )
         return record
@@ -393,7 +411,8 @@ class HyperoptSweeperImpl(Sweeper):
                 continue
             seeded += [t for t in earlier.trials if t.has_value or t.status == "failed"]
             print(
-                f"[hyperopt] warm start: {earlier.count('ok', 'pruned')} trials of sweep {earlier.sweep_id} ({directory})",
+                f"[hyperopt] warm start: {earlier.count('ok', 'pruned')} trials of sweep {earlier.sweep_id} "
+                f"({directory})",
                 flush=True,
             )
             if reference not in record.warm_start:
@@ -433,14 +452,14 @@ class HyperoptSweeperImpl(Sweeper):
         record = self._load_or_start(specs)
         seeded = self._warm_start_trials(record, specs)
         self._settle_lost(record)
-        suggest = functools.partial(tpe.suggest, n_startup_jobs=self.n_startup_jobs)
         gpus = visible_gpus()
         if gpus > 1 and self.n_jobs > gpus:
             print(f"[hyperopt] n_jobs={self.n_jobs} > {gpus} GPUs: some trials of a batch will share a GPU", flush=True)
         pruning = f"; pruner {self.pruner.kind}" if self.pruner.active else ""
         print(
             f"[hyperopt] sweep {record.sweep_id}: {self.direction} {self.objective} over {', '.join(searched)}; "
-            f"{self.n_trials} trials, {self.n_jobs} per batch{pruning}; state in {self.sweep_dir / sweep_state.STATE_FILE}",
+            f"{self.n_trials} trials, {self.n_jobs} per batch{pruning}; state in "
+            f"{self.sweep_dir / sweep_state.STATE_FILE}",
             flush=True,
         )
         record.save(self.sweep_dir)
@@ -455,8 +474,8 @@ class HyperoptSweeperImpl(Sweeper):
             if new:
                 ids = list(range(len(record.trials), len(record.trials) + new))
                 history = tpe_history([*seeded, *record.trials], searched, self.direction, domain)
-                seed = int(np.random.default_rng([self.seed, ids[0]]).integers(2**31 - 1))  # reproducible on resume
-                for number, doc in zip(ids, suggest(ids, domain, history, seed)):
+                docs = suggest_batch(ids, domain, history, self.seed, self.n_startup_jobs)
+                for number, doc in zip(ids, docs, strict=True):
                     vals = {k: v[0] for k, v in doc["misc"]["vals"].items() if v}
                     sampled = space_eval(space, vals)
                     trial = TrialRecord(
@@ -472,14 +491,14 @@ class HyperoptSweeperImpl(Sweeper):
             record.next_job = first_job + len(batch)
             record.save(self.sweep_dir)  # before launching: a crash now leaves these trials 'running'
             overrides = []
-            for trial, device in zip(batch, assign_devices(len(batch), gpus)):
+            for trial, device in zip(batch, assign_devices(len(batch), gpus), strict=True):
                 line = [f"{k}={format_value(v)}" for k, v in {**fixed, **trial.params}.items()]
                 line += [f"sweep_id={record.sweep_id}", f"sweep_trial={trial.number}"]
                 if device is not None and "train.device" not in fixed:
                     line.append(f"train.device={device}")
                 overrides.append(tuple(line))
             returns = self.launcher.launch(overrides, initial_job_idx=first_job)
-            for trial, ret in zip(batch, returns):
+            for trial, ret in zip(batch, returns, strict=True):
                 self._record(trial, ret)
             record.save(self.sweep_dir)
         self._check_failure_rate(record)

@@ -193,6 +193,7 @@ def _save_training_state(
 def format_epoch(m: dict[str, float], max_epochs: int, improved: bool) -> str:
     return (
         f"epoch {int(m['epoch']):>3}/{max_epochs}  train loss {m['train.loss']:.4f} acc {m['train.acc']:.4f}  "
-        f"val loss {m['val.loss']:.4f} acc {m['val.acc']:.4f}  NFE fwd {m['nfe.forward']:.1f} bwd {m['nfe.backward']:.1f}  "
+        f"val loss {m['val.loss']:.4f} acc {m['val.acc']:.4f}  NFE fwd {m['nfe.forward']:.1f} bwd "
+        f"{m['nfe.backward']:.1f}  "
         f"{m['epoch.time']:.1f}s{'  *' if improved else ''}"
     )

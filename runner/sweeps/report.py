@@ -101,7 +101,7 @@ def objective_vs_params_png(frame: pd.DataFrame, record: SweepRecord, path: Path
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
-    for ax, name in zip(axes.flat, names):
+    for ax, name in zip(axes.flat, names, strict=False):  # the grid's spare cells stay empty
         spec = record.space[name]
         positions = None
         if is_choice(spec):
@@ -171,7 +171,8 @@ def parallel_coordinates_png(frame: pd.DataFrame, record: SweepRecord, path: Pat
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=record.objective)
     ax.set_ylim(-0.12, 1.12)
     ax.set_title(
-        "parallel coordinates (solid: finished, dashed: pruned, red dotted: failed; log-distributed axes on a log scale)",
+        "parallel coordinates (solid: finished, dashed: pruned, red dotted: failed; log-distributed axes on a log "
+        "scale)",
         fontsize=9,
     )
     return save_figure(fig, path)
@@ -278,7 +279,8 @@ def _markdown(record: SweepRecord, frame: pd.DataFrame, importance: pd.DataFrame
     else:
         lines += [
             "Permutation importance in a random forest fitted to the trials (scikit-learn): how much worse it "
-            "predicts the objective when one parameter's values are shuffled. With few trials it is a hint, not a test.",
+            "predicts the objective when one parameter's values are shuffled. With few trials it is a hint, not a "
+            "test.",
             "",
             markdown_table(importance, {"importance": "{:.3f}", "std": "{:.3f}"}),
             "",

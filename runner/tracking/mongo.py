@@ -42,7 +42,8 @@ def truncate_output(text: str) -> str:
     if len(text) <= CAPTURED_OUT_HEAD + CAPTURED_OUT_TAIL:
         return text
     cut = len(text) - CAPTURED_OUT_HEAD - CAPTURED_OUT_TAIL
-    return f"{text[:CAPTURED_OUT_HEAD]}\n[... {cut} characters cut here; the full output is in the local journal (cout.txt) ...]\n{text[-CAPTURED_OUT_TAIL:]}"
+    note = f"[... {cut} characters cut here; the full output is in the local journal (cout.txt) ...]"
+    return f"{text[:CAPTURED_OUT_HEAD]}\n{note}\n{text[-CAPTURED_OUT_TAIL:]}"
 
 
 def table_fields(entry: dict[str, Any], best: dict[str, float]) -> dict[str, Any]:
@@ -163,7 +164,8 @@ class MongoMirror(RunObserver):
     def _give_up(self, exc: BaseException) -> None:
         self.mongo, self.complete = None, False
         print(
-            f"{describe_failure(self.store.url, exc)}; the run goes on and is journalled locally in {self.journal.basedir}. "
+            f"{describe_failure(self.store.url, exc)}; the run goes on and is journalled locally in "
+            f"{self.journal.basedir}. "
             f"Push it later with: python -m runner sync tracking=mongo",
             file=sys.stderr,
             flush=True,

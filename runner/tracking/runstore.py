@@ -65,7 +65,8 @@ def read_file_store(directory: Path | str, warn: Callable[[str], None] | None = 
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             damaged = getattr(exc, "damaged_file", run_dir)
             warn(
-                f"warning: skipping run {run_dir.name}: {damaged} is damaged ({str(exc).splitlines()[0][:120] or type(exc).__name__}); "
+                f"warning: skipping run {run_dir.name}: {damaged} is damaged "
+                f"({str(exc).splitlines()[0][:120] or type(exc).__name__}); "
                 f"restore or delete that run folder"
             )
             continue

@@ -67,7 +67,7 @@ def test_mongo_reader_sees_the_same_runs(filled_store: Path, mongo_db):
     from_file = browse.list_runs(read_file_store(filled_store / "store"))
     from_mongo = browse.list_runs(read_mongo(client, name))
     assert from_file.splitlines()[0] == from_mongo.splitlines()[0]
-    for a, b in zip(from_file.splitlines()[1:], from_mongo.splitlines()[1:]):
+    for a, b in zip(from_file.splitlines()[1:], from_mongo.splitlines()[1:], strict=True):
         assert a.split()[:7] == b.split()[:7]
 
 
