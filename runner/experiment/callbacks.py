@@ -1,4 +1,4 @@
-"""Hydra callbacks: a summary table over all jobs of a multirun (read from each job's result.json)."""
+"""Hydra callbacks: passwords masked in Hydra's own files; a summary table over all jobs of a multirun."""
 
 from __future__ import annotations
 
@@ -21,3 +21,42 @@ class MultirunSummary(Callback):
         rows = [json.loads(p.read_text()) for p in results]
         if rows:
             print(f"\nsummary of {len(rows)} runs ({config.hydra.sweep.dir}):\n{format_summary(rows)}", flush=True)
+
+
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
+
+
+class MaskSecrets(Callback):
+    """Masks database passwords (tracking.url=mongodb://user:password@...) in the files Hydra writes before a
+    job starts: the job's .hydra/config.yaml, hydra.yaml and overrides.yaml, and a multirun's multirun.yaml."""
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra = HydraConfig.get()
+        if hydra.output_subdir is not None:
+            for name in HYDRA_FILES:
+                mask_yaml_file(Path(hydra.runtime.output_dir) / hydra.output_subdir / name)
+        if hydra.mode == RunMode.MULTIRUN:
+            mask_yaml_file(Path(hydra.sweep.dir) / "multirun.yaml")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        mask_yaml_file(Path(config.hydra.sweep.dir) / "multirun.yaml")
+
+
+def mask_yaml_file(path: Path) -> None:
+    """Rewrite a YAML file of Hydra's with URL passwords masked (atomically; untouched when there is none)."""
+    from omegaconf import OmegaConf
+
+    from runner.tracking.masking import mask_secrets
+
+    if not path.is_file():
+        return
+    plain = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    masked = mask_secrets(plain)
+    if masked == plain:
+        return
+    tmp = path.with_name(f".{path.name}.masking")
+    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(masked)), encoding="utf-8")
+    tmp.replace(path)
