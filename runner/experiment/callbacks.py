@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,20 @@ HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
 
 class MaskSecrets(Callback):
     """Masks database passwords (tracking.url=mongodb://user:password@...) in the files Hydra writes before a
-    job starts: the job's .hydra/config.yaml, hydra.yaml and overrides.yaml, and a multirun's multirun.yaml."""
+    job starts: the job's .hydra/config.yaml, hydra.yaml and overrides.yaml, and a multirun's multirun.yaml;
+    and in Hydra's log lines (a launcher logs every job's overrides: on a cluster that output is a file)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        mask_log_records()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        mask_log_records()
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
+
+        mask_log_records()  # in the job's process (joblib, Slurm: not the one that started the sweep)
 
         hydra = HydraConfig.get()
         if hydra.output_subdir is not None:
@@ -43,6 +53,27 @@ class MaskSecrets(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         mask_yaml_file(Path(config.hydra.sweep.dir) / "multirun.yaml")
+
+
+def mask_log_records() -> None:
+    """Every log record of this process has URL passwords masked, whichever handlers Hydra configures later
+    (its launchers reconfigure logging before they log the jobs)."""
+    make_record = logging.getLogRecordFactory()
+    if getattr(make_record, "masks_secrets", False):
+        return
+
+    def masked_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        from runner.tracking.masking import mask_url
+
+        record = make_record(*args, **kwargs)
+        message = record.getMessage()
+        masked = mask_url(message)
+        if masked != message:
+            record.msg, record.args = masked, ()
+        return record
+
+    masked_record.masks_secrets = True
+    logging.setLogRecordFactory(masked_record)
 
 
 def mask_yaml_file(path: Path) -> None:
