@@ -77,15 +77,18 @@ def is_loopback(host: str) -> bool:
 
 
 def omniboard_login(values: dict[str, str], path: Path) -> tuple[str, str] | None:
-    """(user, password) for Omniboard: required when OMNIBOARD_HOST exposes it beyond this machine."""
+    """(user, password) for Omniboard's login: used when set (other users of this machine reach 127.0.0.1 too),
+    required when OMNIBOARD_HOST exposes Omniboard beyond this machine."""
     host = values["OMNIBOARD_HOST"]
-    if is_loopback(host):
-        return None
     user, password = values.get("OMNIBOARD_USER"), values.get("OMNIBOARD_PASSWORD")
+    if not user and not password and is_loopback(host):
+        return None
     if not user or not password:
         raise UserError(
             f"OMNIBOARD_HOST={host} exposes Omniboard (every run's config and output) beyond this machine, "
-            "and no login is set",
+            "and no login is set"
+            if not is_loopback(host)
+            else f"only one of OMNIBOARD_USER and OMNIBOARD_PASSWORD is set in {path}",
             f"set OMNIBOARD_USER and OMNIBOARD_PASSWORD in {path} (a password: {NEW_PASSWORD_COMMAND}), " + TUNNEL_FIX,
         )
     if ":" in user or ":" in password:
@@ -173,9 +176,11 @@ def serve(overrides: list[str], stop: threading.Event, with_omniboard: bool = Tr
             ).start()
             print(f"Omniboard {version()}: {omniboard.url}   (ready in {time.monotonic() - started:.1f} s)")
             if login is not None:
+                print(f"Omniboard asks for a login: user {login[0]}, password OMNIBOARD_PASSWORD in {env_file()}")
+            if not is_loopback(env["OMNIBOARD_HOST"]):
                 print(
-                    f"Omniboard listens on {env['OMNIBOARD_HOST']} (OMNIBOARD_HOST), login {login[0]} "
-                    "(OMNIBOARD_PASSWORD); plain HTTP: on an untrusted network use an SSH tunnel instead"
+                    f"Omniboard listens on {env['OMNIBOARD_HOST']} (OMNIBOARD_HOST), in plain HTTP: on a network "
+                    "you do not trust, keep the default and use an SSH tunnel (see README)"
                 )
         print("log runs here live:  .venv/bin/python -m runner tracking=mongo   (MONGO_URL from .env)")
         if env.get("MONGO_URL") and env["MONGO_URL"].split("?")[0] != server.url.split("?")[0]:
