@@ -185,8 +185,8 @@ def serve(overrides: list[str], stop: threading.Event, with_omniboard: bool = Tr
         print("log runs here live:  .venv/bin/python -m runner tracking=mongo   (MONGO_URL from .env)")
         if env.get("MONGO_URL") and env["MONGO_URL"].split("?")[0] != server.url.split("?")[0]:
             print(
-                f"warning: MONGO_URL in .env does not point at this database; runs with tracking=mongo will go elsewhere "
-                f"(set it to {mask_url(server.url)})"
+                "warning: MONGO_URL in .env does not point at this database; runs with tracking=mongo will go "
+                f"elsewhere (set it to {mask_url(server.url)})"
             )
         print("Ctrl-C stops the dashboard", flush=True)
         while not stop.wait(0.5):

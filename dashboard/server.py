@@ -258,8 +258,8 @@ class DatabaseServer:
         except pymongo.errors.OperationFailure as exc:
             self.stop()
             raise UserError(
-                f"the dashboard database {self.data_dir} refuses user {self.user!r} ({exc.details.get('errmsg', exc)}): "
-                "it was created with other credentials",
+                f"the dashboard database {self.data_dir} refuses user {self.user!r} "
+                f"({exc.details.get('errmsg', exc)}): it was created with other credentials",
                 "put the earlier MONGO_USER/MONGO_PASSWORD back in .env, or delete that folder "
                 "(make dashboard pushes every run again from runs/store and runs/journal)",
             ) from None

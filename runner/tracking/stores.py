@@ -228,7 +228,6 @@ def _has_git_commit(path: Path) -> bool:
     try:
         import git
 
-        git.Repo(path, search_parent_directories=True).head.commit
-        return True
+        return git.Repo(path, search_parent_directories=True).head.commit is not None
     except Exception:  # GitPython raises several unrelated types for "no usable repository"
         return False
