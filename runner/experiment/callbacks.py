@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,6 @@ def mask_yaml_file(path: Path) -> None:
     masked = mask_secrets(plain)
     if masked == plain:
         return
-    tmp = path.with_name(f".{path.name}.masking")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")  # jobs in parallel (joblib) mask multirun.yaml at once
     tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(masked)), encoding="utf-8")
     tmp.replace(path)
