@@ -17,10 +17,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from odeflow.errors import check_positive
-from runner.tracking.masking import mask_url
+from odeflow.errors import UserError, check_positive
+from runner.tracking.masking import check_url_escaped, mask_url, url_password
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PLACEHOLDER_PASSWORD = "change-me"  # .env.example's: a .env copied from it and never edited
+NEW_PASSWORD_COMMAND = 'python -c "import secrets; print(secrets.token_urlsafe(24))"'
+
+
+def check_not_placeholder(password: str | None, where: str) -> None:
+    """Refuse the password .env.example ships with: everyone who read the example knows it."""
+    if password == PLACEHOLDER_PASSWORD:
+        raise UserError(
+            f"{where} still has the example password {PLACEHOLDER_PASSWORD!r} from .env.example",
+            f"generate a real one with {NEW_PASSWORD_COMMAND} and put it in {env_file()} "
+            "(MONGO_PASSWORD and the password in MONGO_URL)",
+        )
 
 
 def env_file() -> Path:
@@ -78,6 +90,8 @@ class MongoStore:
 
     def __post_init__(self) -> None:
         check_positive("timeout_ms", self.timeout_ms)
+        check_url_escaped(self.url, "tracking.url (MONGO_URL)")
+        check_not_placeholder(url_password(self.url), "tracking.url (MONGO_URL)")
 
     def observers(self) -> list:
         from runner.tracking.mongo import MongoMirror
