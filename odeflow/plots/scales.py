@@ -69,20 +69,29 @@ def decades(values: np.ndarray) -> float:
 def _outlier_bounds(t: np.ndarray, squash: float, floor: float) -> tuple[float, float] | None:
     """The (low, high) range of the points kept, when extreme points of `t` would squash the rest; else None.
 
-    From each end, a point whose gap to its neighbour is more than `squash` times the span of the points
-    left (at least `floor`) is cut, at most a quarter of the points and always leaving two."""
+    A group of the k highest (or lowest) points is cut when its gap to the others is more than `squash`
+    times the span of the others (at least `floor`); the smallest such group is cut, from either end, at
+    most a quarter of the points in all and always leaving two."""
     s = np.sort(t)
-    lo, hi, cuts = 0, len(s) - 1, 0
-    while cuts < max(1, len(s) // 4) and hi - lo >= 2:
-        gap_hi, gap_lo = s[hi] - s[hi - 1], s[lo + 1] - s[lo]
-        if gap_hi >= gap_lo and gap_hi > squash * max(s[hi - 1] - s[lo], floor):
-            hi -= 1
-        elif gap_lo > squash * max(s[hi] - s[lo + 1], floor):
-            lo += 1
-        else:
-            break
-        cuts += 1
-    return None if cuts == 0 else (float(s[lo]), float(s[hi]))
+    n = len(s)
+    lo, hi = 0, n - 1
+    budget = max(1, n // 4)
+    changed = True
+    while changed and budget > 0:
+        changed = False
+        for k in range(1, budget + 1):  # the k highest points
+            if hi - k < lo + 1:
+                break
+            if s[hi - k + 1] - s[hi - k] > squash * max(s[hi - k] - s[lo], floor):
+                hi, budget, changed = hi - k, budget - k, True
+                break
+        for k in range(1, budget + 1):  # the k lowest points
+            if lo + k > hi - 1:
+                break
+            if s[lo + k] - s[lo + k - 1] > squash * max(s[hi] - s[lo + k], floor):
+                lo, budget, changed = lo + k, budget - k, True
+                break
+    return None if (lo, hi) == (0, n - 1) else (float(s[lo]), float(s[hi]))
 
 
 def plan_axis(
@@ -133,7 +142,7 @@ def apply_axis(ax, plan: AxisPlan, axis: str = "y") -> None:
     else:
         set_scale(plan.scale)
     if plan.clips:
-        (ax.set_ylim if axis == "y" else ax.set_xlim)(bottom_top(plan, axis))
+        (ax.set_ylim if axis == "y" else ax.set_xlim)(**bottom_top(plan, axis))
 
 
 def bottom_top(plan: AxisPlan, axis: str) -> dict[str, float]:
