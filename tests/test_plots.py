@@ -152,6 +152,8 @@ def test_sweep_figures_of_a_single_trial_and_of_nan_values():
     ax = best_so_far_figure(trial_frame(with_nan), with_nan).axes[0]
     assert ax.get_yscale() == "log" and len(by_label(ax, "finished").get_offsets()) == 4  # NaN not drawn
     assert np.isfinite(ax.get_ylim()).all()
+    nan_trial = by_label(ax, "finished, no value")  # drawn on the worst edge like a failure, in its own marker
+    assert marker_of(nan_trial) == "o" and nan_trial.get_offsets()[0].tolist() == [7, pytest.approx(ax.get_ylim()[1])]
 
 
 def test_objective_vs_params_shares_the_planned_objective_axis_and_scales_each_parameter():
