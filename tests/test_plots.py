@@ -329,3 +329,16 @@ def test_reevaluation_figure_plots_accuracy_against_steps_and_tolerance_with_the
     assert "ODE-ness gap" in note.get_text() and "+0.480" in note.get_text() and note.get_color() == "tab:red"
     only_fixed = reevaluation_figure(rows[:4], {**gap, "collapsed": False}, "fixed only")
     assert len(only_fixed.axes) == 1 and only_fixed._supxlabel.get_color() == "black"
+
+
+def test_logged_runs_map_to_the_trial_outcome_markers():
+    from odeflow.plots.styles import run_outcome
+
+    assert [run_outcome(s) for s in ("COMPLETED", "FAILED", "INTERRUPTED", "TIMEOUT", "RUNNING")] == [
+        "ok",
+        "failed",
+        "failed",
+        "failed",
+        "running",
+    ]
+    assert run_outcome("COMPLETED", pruned=True) == "pruned"

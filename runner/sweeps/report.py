@@ -77,12 +77,16 @@ def _scatter_by_status(
             style = STATUS_STYLES[status]
             ax.scatter(place(part[x]), plan.placed(part["value"]), s=28, alpha=0.8, **style)
             mark_off_chart(ax, place(part[x]), part["value"], plan, color=style["color"], marker=style["marker"], s=28)
-    failed = frame[frame["status"] == "failed"]
-    if not failed.empty:
+    no_value = frame[frame["value"].isna()]  # failed trials, and any whose objective came out NaN
+    if not no_value.empty:
         ax.autoscale_view()
         low, high = ax.get_ylim()
         edge = high if direction == "minimize" else low
-        ax.scatter(place(failed[x]), [edge] * len(failed), s=44, clip_on=False, zorder=5, **STATUS_STYLES["failed"])
+        for status, part in no_value.groupby("status"):
+            style = dict(STATUS_STYLES[status])
+            if status != "failed":
+                style.update(facecolor="none", edgecolor=style.pop("color"), label=f"{style['label']}, no value")
+            ax.scatter(place(part[x]), [edge] * len(part), s=44, clip_on=False, zorder=5, **style)
         ax.set_ylim(low, high)
 
 
