@@ -93,7 +93,9 @@ def learning_curves_figure(
         mark_best_epoch(ax, best_epoch)
         value = (test or {}).get(f"test.{metric}")
         if best_epoch and value is not None and np.isfinite(value):
-            ax.scatter([best_epoch], [value], marker="*", s=160, color="black", zorder=6, label=f"test {value:.4g}")
+            ax.scatter(
+                [best_epoch], [value], marker="*", s=160, color="black", zorder=6, label=f"test {metric} {value:.4g}"
+            )
         if not curves:
             ax.text(0.5, 0.5, f"no {metric} logged", transform=ax.transAxes, ha="center", va="center")
         ax.set(xlabel="epoch", ylabel="accuracy" if metric == "acc" else "loss")
