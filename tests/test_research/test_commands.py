@@ -30,7 +30,7 @@ def assert_same_epochs(a, b, tolerance=1e-6):
     for name in compared:
         va, vb = a.metrics[name]["values"], b.metrics[name]["values"]
         assert a.metrics[name]["steps"] == b.metrics[name]["steps"], name
-        assert max(abs(x - y) for x, y in zip(va, vb)) <= tolerance, name
+        assert max(abs(x - y) for x, y in zip(va, vb, strict=True)) <= tolerance, name
 
 
 @pytest.fixture(scope="module")
