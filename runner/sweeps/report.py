@@ -142,10 +142,14 @@ def objective_vs_params_figure(frame: pd.DataFrame, record: SweepRecord) -> plt.
         _scatter_by_status(ax, frame, name, plan, record.direction, positions)
         ax.set_xlabel(f"{name}\n{spec}", fontsize=8)
         ax.set_ylabel(record.objective, fontsize=8)
-    for ax in list(axes.flat)[len(names) :]:
+    spare = list(axes.flat)[len(names) :]
+    for ax in spare:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper right", fontsize=8)
+    if spare:  # the legend in an empty panel, clear of the title
+        spare[0].legend(handles, labels, loc="center", fontsize=9)
+    else:
+        fig.legend(handles, labels, loc="upper right", fontsize=8)
     fig.suptitle(
         f"sweep {record.sweep_id}: {record.objective} against each parameter ({_trial_counts(frame)})", fontsize=10
     )
