@@ -13,6 +13,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from odeflow.plots import save_figure
 from odeflow.plots.scales import apply_axis, as_array, finite, mark_off_chart, plan_axis
@@ -60,6 +61,7 @@ def draw_series(ax, curves: dict[str, tuple[np.ndarray, np.ndarray]], log_decade
     points beyond the limits are drawn on the edge with their value."""
     plan = plan_axis(np.concatenate([y for _, y in curves.values()]) if curves else [], log_decades=log_decades)
     apply_axis(ax, plan)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs
     for label, (x, y) in curves.items():
         # Validation dashed with open markers, so a train line with the same values still shows beneath it.
         style = VALIDATION_STYLE if label.startswith("val") else {"marker": "o", "markersize": 4}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from odeflow.plots import save_figure
 from odeflow.plots.scales import apply_axis, as_array, finite, mark_off_chart, plan_axis
@@ -25,6 +26,7 @@ def metric_across_runs_figure(
     curves = {label: (as_array(steps), as_array(values)) for label, (steps, values) in series.items()}
     plan = plan_axis(np.concatenate([v for _, v in curves.values()]) if curves else [])
     apply_axis(ax, plan)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs
     shown_outcomes = set()
     for label, (steps, values) in curves.items():
         (line,) = ax.plot(steps, plan.placed(values), marker="o", markersize=3, label=label)
