@@ -226,8 +226,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     }
     summary = run_experiment(config_from_record(record, cfg), out_dir, record.choices, meta, resume=state)
     print(
-        f"run {record.id} continued as run {summary['run_id']}: epochs 1-{summary['epochs']}, test acc "
-        f"{summary['test_acc']:.4f}"
+        f"run {record.id} continued as run {summary['run_id']}: epochs 1-{summary['epochs']}, "
+        f"test acc {summary['test_acc']:.4f}"
     )
     return 0
 
@@ -237,7 +237,7 @@ def cmd_reevaluate(args: argparse.Namespace) -> int:
 
     record, cfg, store = _one_run(args)
     run_id, out_dir = reevaluate_run(record, cfg, store, args.grid, args.collapse_threshold, args.device)
-    print(f"re-evaluation logged as run {run_id}; table and heatmap in {out_dir}")
+    print(f"re-evaluation logged as run {run_id}; table and figure (reevaluation.png) in {out_dir}")
     return 0
 
 

@@ -108,8 +108,11 @@ def run_experiment(
             outcome["adjoint_check"] = check
         results = pipeline.evaluate(model, data)
         run.set_info("test", {k: results[k] for k in ("test.loss", "test.acc", "test.nfe.forward", "test.time")})
+        title = f"{cfg.name}: {model_name} on {data.name}" + (f", {solver.describe()}" if is_ode else "")
+        if run.id is not None:
+            title = f"run {run.id} {title}"
         for name, path in pipeline.write_outputs(
-            out_dir, model, recipe, logged_config, fit_result, results, data.class_names, is_ode
+            out_dir, model, recipe, logged_config, fit_result, results, data.class_names, is_ode, title
         ).items():
             run.add_artifact(path, name)
         outcome.update(results, fit=fit_result)

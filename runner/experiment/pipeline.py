@@ -76,6 +76,17 @@ def evaluate(model: nn.Module, data: DataBundle) -> dict[str, Any]:
     }
 
 
+def run_title(config: dict[str, Any]) -> str:
+    """What ran, for figure titles, from the logged config: name, model, data and solver."""
+    model, data, solver = config.get("model", {}), config.get("data", {}), config.get("solver", {})
+    model_name = str(model.get("_target_", "model")).rsplit(".", 1)[-1] + f" ({model.get('block', '?')} block)"
+    data_name = str(data.get("_target_", "data")).rsplit(".", 1)[-1].removeprefix("load_")
+    text = f"{config.get('name', 'run')}: {model_name} on {data_name}"
+    if model.get("block") == "ode" and solver.get("method"):
+        text += f", {solver['method']}"
+    return text
+
+
 def write_outputs(
     out_dir: Path,
     model: nn.Module,
@@ -85,10 +96,17 @@ def write_outputs(
     results: dict[str, Any],
     class_names: list[str],
     is_ode: bool,
+    title: str | None = None,
 ) -> dict[str, Path]:
-    """Best checkpoint, evaluation report (JSON and per-class CSV) and figures in `out_dir`, by artifact name."""
+    """Best checkpoint, evaluation report (JSON and per-class CSV) and figures in `out_dir`, by artifact name.
+
+    Figures: confusion matrix, learning curves with the best (restored, tested) epoch marked, NFE per epoch
+    (ODEnets), and `<family>.png` for any other family of per-epoch series in the history (memory.*,
+    adaptation.*, ...). `title` says what ran (default: from the config)."""
     from odeflow import plots
 
+    title = title or run_title(config)
+    history, best = fit_result.history, fit_result.best_epoch
     report = results["report"]
     paths = {
         "best_checkpoint.pt": save_checkpoint(
@@ -99,12 +117,15 @@ def write_outputs(
             {"best_epoch": fit_result.best_epoch, "history": fit_result.history},
         ),
         "confusion_matrix.png": plots.confusion_matrix_png(
-            report["confusion_matrix"], class_names, out_dir / "confusion_matrix.png"
+            report["confusion_matrix"], class_names, out_dir / "confusion_matrix.png", title
         ),
-        "learning_curves.png": plots.learning_curves_png(fit_result.history, out_dir / "learning_curves.png"),
+        "learning_curves.png": plots.learning_curves_png(
+            history, out_dir / "learning_curves.png", best, title, results
+        ),
     }
     if is_ode:
-        paths["nfe.png"] = plots.nfe_png(fit_result.history, out_dir / "nfe.png")
+        paths["nfe.png"] = plots.nfe_png(history, out_dir / "nfe.png", best, title)
+    paths.update(plots.extra_epoch_figures(history, out_dir, best, title))
     paths["evaluation_report.json"] = out_dir / "evaluation_report.json"
     paths["evaluation_report.json"].write_text(
         json.dumps({**results, "fit": asdict(fit_result)}, indent=2, default=float)

@@ -99,5 +99,10 @@ def write_study(folder: Path) -> dict[str, Path]:
         for job in jobs
         if job["history"]
     }
-    png = metric_across_runs_png(series, "nfe.backward", folder / "bnfe_per_epoch.png")
+    first = jobs[0]["summary"]
+    title = (
+        f"{name}: BNFE per epoch over {', '.join(keys)} "
+        f"({first.get('model')} on {first.get('dataset')}, {first.get('solver')})"
+    )
+    png = metric_across_runs_png(series, "nfe.backward", folder / "bnfe_per_epoch.png", title=title)
     return {"study.md": md, "bnfe_per_epoch.png": png}

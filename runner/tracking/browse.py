@@ -134,13 +134,16 @@ def export_runs(records: list[RunRecord], path: Path) -> Path:
 
 def plot_metric(records: list[RunRecord], metric: str, path: Path) -> Path:
     from odeflow.plots import metric_across_runs_png
+    from odeflow.plots.styles import run_outcome
 
-    series = {
-        f"run {r.id} {summary_row(r)['model']}": (r.metrics[metric]["steps"], r.metrics[metric]["values"])
-        for r in records
-        if metric in r.metrics
-    }
-    if not series:
+    plotted = [r for r in records if metric in r.metrics]
+    if not plotted:
         known = sorted({name for r in records for name in r.metrics})
         raise UserError(f"no run here logged the metric {metric!r}", "use one of: " + ", ".join(known))
-    return metric_across_runs_png(series, metric, path)
+    label = lambda r: f"run {r.id} {summary_row(r)['model']}"  # noqa: E731
+    series = {label(r): (r.metrics[metric]["steps"], r.metrics[metric]["values"]) for r in plotted}
+    outcomes = {label(r): run_outcome(r.status, pruned=bool(r.info.get("pruned"))) for r in plotted}
+    datasets = sorted({str(summary_row(r)["dataset"]) for r in plotted})
+    ids = ", ".join(str(r.id) for r in plotted)
+    title = f"{metric} per epoch: run{'s' * (len(plotted) > 1)} {ids} on {', '.join(datasets)} (last point: outcome)"
+    return metric_across_runs_png(series, metric, path, outcomes, title)

@@ -71,7 +71,7 @@ def test_reproduce_strict_refuses_another_environment(trained: Path):
     assert proc.returncode == 2 and "torch: logged 0.4.0" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_reevaluation_grid_table_heatmap_and_link(trained: Path):
+def test_reevaluation_grid_table_figure_and_link(trained: Path):
     # The run id and an override after --grid are not grid settings.
     proc = run_cli(
         ["reevaluate", "--grid", "euler:1,0.5", "rk4:1,0.5", "dopri5:1e-2", "1", f"paths.runs={trained}"], trained
@@ -98,12 +98,13 @@ def test_reevaluation_grid_table_heatmap_and_link(trained: Path):
     gap = linked[0].info["ode_ness_gap"]
     assert gap["reference"] == "dopri5 tol=1e-06"
     assert gap["gap"] == pytest.approx(training_row["accuracy"] - rows[("dopri5", "tol=1e-06")]["accuracy"])
-    assert set(linked[0].artifacts) == {"reevaluation.csv", "reevaluation.md", "reevaluation_heatmap.png"}
+    assert set(linked[0].artifacts) == {"reevaluation.csv", "reevaluation.md", "reevaluation.png"}
     table = (Path(linked[0].location) / "reevaluation.md").read_text()
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("|")]
     assert ["rk4", "h=0.5"] in [c[:2] for c in cells] and ["dopri5 (reference)", "tol=1e-06"] in [c[:2] for c in cells]
     assert "ODE-ness gap" in table
-    assert (Path(linked[0].location) / "reevaluation_heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    assert "![test accuracy" in table and "(reevaluation.png)" in table
+    assert (Path(linked[0].location) / "reevaluation.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize(
