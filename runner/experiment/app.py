@@ -17,6 +17,7 @@ from runner.experiment.adjoint_check import adjoint_gradient_check
 from runner.experiment.adjoint_check import describe as describe_adjoint_check
 from runner.experiment.checkpoint import model_recipe
 from runner.experiment.factories import instantiate_group, to_plain
+from runner.experiment.slurm_job import slurm_job_info
 from runner.experiment.settings import (
     check_seed,
     configure_threads,
@@ -77,6 +78,8 @@ def run_experiment(
 
     def body(run: RunLog) -> float:
         run.set_info("device", str(device))
+        if (slurm := slurm_job_info()) is not None:
+            run.set_info("slurm", slurm)  # the runs browser's and the dashboard's slurm job column
         run.set_info("choices", choices or {})
         run.set_info("model_family", "odenet" if is_ode else "resnet")
         run.set_info("dataset_sizes", data.sizes())
