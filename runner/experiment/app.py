@@ -17,7 +17,6 @@ from runner.experiment.adjoint_check import adjoint_gradient_check
 from runner.experiment.adjoint_check import describe as describe_adjoint_check
 from runner.experiment.checkpoint import model_recipe
 from runner.experiment.factories import instantiate_group, to_plain
-from runner.experiment.slurm_job import slurm_job_info
 from runner.experiment.settings import (
     check_seed,
     configure_threads,
@@ -25,6 +24,7 @@ from runner.experiment.settings import (
     reuse_freed_host_memory,
     seed_everything,
 )
+from runner.experiment.slurm_job import slurm_job_info
 from runner.tracking.masking import mask_secrets
 from runner.tracking.stores import RunLog, run_tracked
 

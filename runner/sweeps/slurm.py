@@ -27,10 +27,10 @@ from typing import Any
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
 from omegaconf import OmegaConf
 
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
 from odeflow.errors import UserError
 
 LEDGER_FILE = "slurm_jobs.json"
@@ -347,7 +347,7 @@ class SlurmJobLauncher(SubmititSlurmLauncher):
                 print(f"[slurm] #{nums[i]} : {' '.join(filter_overrides(overrides))}", flush=True)
                 params.append((overrides, "hydra.sweep.dir", nums[i], f"job_id_for_{nums[i]}", Singleton.get_state()))
             try:
-                submitted = self._executor().map_array(self, *zip(*params))
+                submitted = self._executor().map_array(self, *zip(*params, strict=True))
             except subprocess.CalledProcessError as error:
                 output = (error.stderr or error.output or b"").strip()
                 output = output.decode() if isinstance(output, bytes) else output
@@ -356,7 +356,7 @@ class SlurmJobLauncher(SubmititSlurmLauncher):
                     "change the hydra.launcher setting it names (hydra.launcher.partition, cpus_per_task, mem_gb, "
                     "gpus_per_node, additional_parameters)",
                 ) from error
-            for i, job in zip(fresh, submitted):
+            for i, job in zip(fresh, submitted, strict=True):
                 jobs[i] = job
                 ledger.add(trial_key(job_overrides[i]), {"job_id": job.job_id, "job_num": nums[i], "folder": folder})
             ledger.save()
@@ -366,7 +366,10 @@ class SlurmJobLauncher(SubmititSlurmLauncher):
                 flush=True,
             )
         states = self._wait([j.job_id for j in jobs])
-        return [self._outcome(job, states[job.job_id], list(o), n) for job, o, n in zip(jobs, job_overrides, nums)]
+        return [
+            self._outcome(job, states[job.job_id], list(o), n)
+            for job, o, n in zip(jobs, job_overrides, nums, strict=True)
+        ]
 
     def _wait(self, job_ids: list[str]) -> dict[str, JobState]:
         """Poll until every job ended; a job pending for a hopeless reason cancels the batch and is refused."""

@@ -22,7 +22,7 @@ from runner.sweeps.slurm import LEDGER_FILE, SlurmRequestError, check_request, q
 from runner.tracking.runstore import read_file_store
 from tests.conftest import ROOT, run_cli
 from tests.slurm_cluster import PARTITION, Cluster, ClusterUnavailable
-from tests.test_tracking.conftest import mongo_server  # noqa: F401  (the MongoDB-wire server for the jobs' runs)
+from tests.test_tracking.conftest import mongo_server  # noqa: F401  (a MongoDB-wire server for the jobs)
 
 # A trial is about a second of training; a job's cost here is mostly Python and torch starting.
 TINY = [
@@ -166,7 +166,7 @@ def test_a_sweep_runs_its_trials_as_slurm_array_jobs_prunes_across_them_and_resu
     accounted = accounted_jobs(cluster)
     assert all(accounted[job] == "COMPLETED" for job in jobs)
     store = {str(r.id): r for r in read_file_store(runs_dir / "store")}
-    for trial, job in zip(out["trials"], jobs):
+    for trial, job in zip(out["trials"], jobs, strict=True):
         slurm = store[str(trial["run_id"])].info["slurm"]
         assert slurm["job_id"] == job and slurm["array_index"] == int(job.split("_")[1])
         assert slurm["partition"] == PARTITION and slurm["node"] == cluster_node(cluster)
@@ -221,7 +221,10 @@ def test_cancelled_and_timed_out_trial_jobs_are_failed_trials_naming_the_cause(c
 
 
 def test_a_killed_submitter_resumes_with_no_trial_run_twice_and_runs_reach_mongodb(
-    cluster, runs_dir, tmp_path, mongo_server
+    cluster,
+    runs_dir,
+    tmp_path,
+    mongo_server,  # noqa: F811
 ):
     sweep_dir, db_name = tmp_path / "sweep", "slurm_runs"
     args = [
