@@ -85,10 +85,10 @@ def write_outputs(
     results: dict[str, Any],
     class_names: list[str],
     is_ode: bool,
+    figures: bool = True,
 ) -> dict[str, Path]:
-    """Best checkpoint, evaluation report (JSON and per-class CSV) and figures in `out_dir`, by artifact name."""
-    from odeflow import plots
-
+    """Best checkpoint, evaluation report (JSON and per-class CSV) and, with `figures`, the figures (see
+    write_figures) in `out_dir`, by artifact name."""
     report = results["report"]
     paths = {
         "best_checkpoint.pt": save_checkpoint(
@@ -98,17 +98,30 @@ def write_outputs(
             config,
             {"best_epoch": fit_result.best_epoch, "history": fit_result.history},
         ),
-        "confusion_matrix.png": plots.confusion_matrix_png(
-            report["confusion_matrix"], class_names, out_dir / "confusion_matrix.png"
-        ),
-        "learning_curves.png": plots.learning_curves_png(fit_result.history, out_dir / "learning_curves.png"),
     }
-    if is_ode:
-        paths["nfe.png"] = plots.nfe_png(fit_result.history, out_dir / "nfe.png")
+    if figures:
+        paths.update(write_figures(out_dir, fit_result, results, class_names, is_ode))
     paths["evaluation_report.json"] = out_dir / "evaluation_report.json"
     paths["evaluation_report.json"].write_text(
         json.dumps({**results, "fit": asdict(fit_result)}, indent=2, default=float)
     )
     paths["classification_report.csv"] = out_dir / "classification_report.csv"
     pd.DataFrame(report["per_class"]).to_csv(paths["classification_report.csv"], index=False)
+    return paths
+
+
+def write_figures(
+    out_dir: Path, fit_result: FitResult, results: dict[str, Any], class_names: list[str], is_ode: bool
+) -> dict[str, Path]:
+    """The run's figures in `out_dir`, by artifact name: confusion matrix, learning curves, NFE (ODEnets)."""
+    from odeflow import plots
+
+    paths = {
+        "confusion_matrix.png": plots.confusion_matrix_png(
+            results["report"]["confusion_matrix"], class_names, out_dir / "confusion_matrix.png"
+        ),
+        "learning_curves.png": plots.learning_curves_png(fit_result.history, out_dir / "learning_curves.png"),
+    }
+    if is_ode:
+        paths["nfe.png"] = plots.nfe_png(fit_result.history, out_dir / "nfe.png")
     return paths

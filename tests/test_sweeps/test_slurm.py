@@ -173,8 +173,8 @@ def test_a_sweep_runs_its_trials_as_slurm_array_jobs_prunes_across_them_and_resu
         assert store[str(trial["run_id"])].config["train"]["num_threads"] == 1  # what the job was given
 
     shown = run_cli(["runs", "show", str(out["trials"][0]["run_id"])], runs_dir)
-    assert shown.returncode == 0 and f"slurm: job_id {jobs[0]}" in shown.stdout
-    assert f"partition {PARTITION}" in shown.stdout
+    node = cluster_node(cluster)
+    assert shown.returncode == 0 and f"slurm: job {jobs[0]} on node {node}, partition {PARTITION}" in shown.stdout
     report = run_cli(["sweep-report", str(sweep_dir)], runs_dir)
     assert report.returncode == 0, report.stderr[-2000:]
     assert (sweep_dir / "report" / "report.md").exists()
@@ -204,7 +204,8 @@ def test_cancelled_and_timed_out_trial_jobs_are_failed_trials_naming_the_cause(c
         wait_for("the second trial running", lambda: job_state(cluster, stalled) == "RUNNING")
         # Past its time limit for real: a one-minute limit, and the trial's processes stopped until Slurm ends it.
         cluster.command("scontrol", "update", f"JobId={stalled}", "TimeLimit=1")
-        for pid in cluster.command("scontrol", "listpids", stalled).split()[5::5]:
+        raw_id = cluster.command("squeue", "-h", "-j", stalled, "-o", "%A").strip()  # listpids takes no array ids
+        for pid in cluster.command("scontrol", "listpids", raw_id).split()[5::5]:
             os.kill(int(pid), signal.SIGSTOP)
         stdout, stderr = p.communicate(timeout=400)
     assert p.returncode == 0, stderr[-3000:]
