@@ -49,6 +49,7 @@ def install_packages() -> None:
             f"Slurm is not installed ({', '.join(missing_binaries())} missing) and this is not root with apt-get: "
             f"install {' '.join(PACKAGES)}"
         )
+    print(f"installing {' '.join(PACKAGES)} for the test Slurm (about 20 s)", file=sys.stderr, flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *PACKAGES]):
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)

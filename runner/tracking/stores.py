@@ -207,6 +207,7 @@ def run_tracked(
 
 
 _IS_PROJECT_MODULE: dict[tuple[str, str], bool] = {}
+_SOURCES_FOR: list[Any] = [None, []]  # (the loaded modules' count and last name, the project files among them)
 
 
 def project_sources() -> list[str]:
@@ -215,6 +216,9 @@ def project_sources() -> list[str]:
     at every run: with torch loaded, some 4000 modules and about 0.2 s per run, every trial of a sweep."""
     from sacred.dependencies import MODULE_BLACKLIST, is_local_source
 
+    modules_now = (len(sys.modules), next(reversed(sys.modules)))  # modules are added, rarely ever replaced
+    if _SOURCES_FOR[0] == modules_now:
+        return list(_SOURCES_FOR[1])
     files = set()
     for name, module in list(sys.modules.items()):
         filename = getattr(module, "__file__", None) if module is not None and name not in MODULE_BLACKLIST else None
@@ -225,6 +229,7 @@ def project_sources() -> list[str]:
             _IS_PROJECT_MODULE[key] = is_local_source(os.path.abspath(filename), name, str(PROJECT_ROOT))
         if _IS_PROJECT_MODULE[key]:
             files.add(os.path.abspath(filename))
+    _SOURCES_FOR[:] = [modules_now, sorted(files)]
     return sorted(files)
 
 

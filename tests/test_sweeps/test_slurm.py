@@ -18,7 +18,7 @@ import pymongo
 import pytest
 import yaml
 
-from runner.sweeps.slurm import LEDGER_FILE, SlurmRequestError, check_request, query_partition
+from runner.sweeps.slurm import LEDGER_FILE, SlurmJobLauncher, SlurmRequestError, check_request, query_partition
 from runner.tracking.runstore import read_file_store
 from tests.conftest import ROOT, run_cli
 from tests.slurm_cluster import PARTITION, Cluster, ClusterUnavailable
@@ -136,6 +136,16 @@ def test_requests_the_partition_can_never_satisfy_are_refused_before_any_trial(c
     assert unknown.returncode == 2 and "hydra.launcher.partition=gpu-a100: no such partition" in unknown.stderr
     assert accounted_jobs(cluster) == before and not (tmp_path / "gpu" / LEDGER_FILE).exists()
     wait_for("the node back with its GPU", lambda: query_partition(PARTITION).gpus == 1, 30)
+
+
+def test_a_job_slurm_would_keep_pending_for_ever_is_cancelled_and_refused_within_seconds(cluster):
+    # What the shipped preset did on this node before requests were checked: more CPUs than any node has.
+    job = cluster.command("sbatch", "--parsable", "-c", "64", "--wrap", "true").strip()
+    start = time.monotonic()
+    with pytest.raises(SlurmRequestError, match=f"Slurm will never start job {job} as requested") as refused:
+        SlurmJobLauncher()._wait([job])
+    assert time.monotonic() - start < 30 and "hydra.launcher.cpus_per_task" in refused.value.fix
+    assert wait_for("the job cancelled", lambda: accounted_jobs(cluster).get(job) == "CANCELLED", 30)
 
 
 def cluster_node(cluster: Cluster) -> str:

@@ -42,7 +42,9 @@ def test_one_lookup_records_what_sacred_records_per_file_and_sees_changes_betwee
     after = sources_state(files)
     assert {s.commit for s in after} == {git(repo, "rev-parse", "HEAD").strip()} != {head}
     assert not any(s.is_dirty for s in after)
-    assert dependencies.get_commit_if_possible is not None and "lookup" not in dependencies.get_commit_if_possible.__name__
+    assert (
+        dependencies.get_commit_if_possible is not None and "lookup" not in dependencies.get_commit_if_possible.__name__
+    )
 
 
 def test_files_outside_any_repository_keep_sacreds_answer(tmp_path: Path):
