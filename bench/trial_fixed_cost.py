@@ -7,12 +7,18 @@ fixed cost: setup, data, model, Sacred's start (sources, git state, dependencies
 Printed per run: wall time, training time (the epochs' own `epoch.time`), their ratio, and the fixed cost
 (wall - training), medians over REPEATS runs. Figures a worker draws after the trial's result are waited
 for after each trial, outside its time, and that time is printed too (they are written, off its path).
-Usage: .venv/bin/python bench/trial_fixed_cost.py
+With `--before REV` it first measures the code of git revision REV the same way (extracted into a
+temporary repository of its own, committed, so Sacred's git lookups are those of a checkout), then this
+code, and prints both and their ratio.
+Usage: .venv/bin/python bench/trial_fixed_cost.py [--before REV]
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,7 +56,7 @@ def one_trial(runs: Path, index: int) -> tuple[float, float]:
     return wall, summary["epoch_time"] * summary["epochs"]
 
 
-def main() -> None:
+def measure() -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp)
         one_trial(runs, 0)  # warm: imports, first-use caches
@@ -60,7 +66,6 @@ def main() -> None:
             walls.append(wall)
             trainings.append(training)
             figure_waits.append(wait_for_figures())  # outside the trial's time, and not overlapping the next
-        figures_wait = statistics.median(figure_waits)
         missing = [
             p
             for i in range(1, REPEATS + 1)
@@ -68,12 +73,53 @@ def main() -> None:
             if not (runs / "trials" / str(i) / p).exists()
         ]
     wall, training = statistics.median(walls), statistics.median(trainings)
+    return {"wall": wall, "training": training, "figures": statistics.median(figure_waits), "missing": len(missing)}
+
+
+def measure_revision(revision: str) -> dict[str, float]:
+    """The same measurement on the code of `revision`, in a subprocess."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "code"
+        tree.mkdir()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+        (tree / "bench").mkdir(exist_ok=True)
+        shutil.copy(__file__, tree / "bench" / Path(__file__).name)
+        for command in (
+            ["init", "-q"],
+            ["add", "-A"],
+            ["-c", "user.name=bench", "-c", "user.email=b@b", "commit", "-qm", revision],
+        ):
+            subprocess.run(["git", "-C", str(tree), *command], check=True, capture_output=True)
+        done = subprocess.run(
+            [sys.executable, str(tree / "bench" / Path(__file__).name), "--json"], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            sys.exit(f"measuring {revision} failed:\n{done.stderr[-2000:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    if sys.argv[1:] == ["--json"]:
+        print(json.dumps(measure()))
+        return
+    rows = {}
+    if sys.argv[1:2] == ["--before"]:
+        rows[f"before ({sys.argv[2]})"] = measure_revision(sys.argv[2])
+    rows["this code"] = measure()
     print(f"fixed cost per trial: tiny ODEnet, 1 epoch on 64 samples, file store, all outputs; medians of {REPEATS}")
-    print(f"  wall per trial        {wall:.3f} s")
-    print(f"  training per trial    {training:.3f} s")
-    print(f"  wall / training       {wall / training:.1f}x")
-    print(f"  fixed cost per trial  {wall - training:.3f} s (target <= 0.2 s)")
-    print(f"  figures drawn after the trial returned: {figures_wait:.3f} s per trial; missing: {missing or 'none'}")
+    print(
+        f"  {'code':<22} {'wall s':>7} {'training s':>11} {'wall/training':>14} {'fixed s':>8} {'figures after s':>16}"
+    )
+    for name, row in rows.items():
+        print(
+            f"  {name:<22} {row['wall']:7.3f} {row['training']:11.3f} {row['wall'] / row['training']:13.1f}x "
+            f"{row['wall'] - row['training']:8.3f} {row['figures']:16.3f}"
+        )
+    if len(rows) == 2:
+        before, after = rows.values()
+        ratio = (after["wall"] - after["training"]) / (before["wall"] - before["training"])
+        print(f"  fixed cost after / before: {ratio:.2f}x; figures missing: {int(after['missing'])}")
 
 
 def wait_for_figures() -> float:

@@ -188,17 +188,20 @@ class JobState:
 
 
 def job_states(job_ids: Sequence[str]) -> dict[str, JobState]:
-    """The state of each job: squeue for jobs still queued or running (with their pending reason), sacct
-    (the accounting database) for the ones that ended. Jobs Slurm does not know (yet) are left out."""
+    """The state of each job: squeue for jobs queued, running or recently ended (with the pending reason),
+    sacct (the accounting database) for the ones the controller has forgotten. Jobs neither knows (yet) are
+    left out."""
     if not job_ids:
         return {}
     states: dict[str, JobState] = {}
     arrays = sorted({j.split("_")[0] for j in job_ids})
     try:
-        for line in slurm("squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i|%T|%r|%N|%P").splitlines():
+        for line in slurm(
+            "squeue", "-h", "-r", "-t", "all", "-j", ",".join(arrays), "-o", "%i|%T|%r|%N|%P|%l"
+        ).splitlines():
             fields = line.strip().split("|")
-            if len(fields) == 5:
-                states[fields[0]] = JobState(fields[1], fields[2], fields[3], fields[4])
+            if len(fields) == 6:
+                states[fields[0]] = JobState(*fields[1:])
     except subprocess.CalledProcessError:
         pass  # squeue refuses ids it has forgotten: sacct knows them
     ended = [j for j in job_ids if j not in states]
@@ -400,7 +403,7 @@ class SlurmJobLauncher(SubmititSlurmLauncher):
             time.sleep(POLL_S)
 
     def _outcome(self, job: Any, state: JobState, overrides: list[str], job_num: int) -> JobReturn:
-        if state.state == "COMPLETED":
+        if state.state in ("COMPLETED", "UNKNOWN"):  # UNKNOWN: Slurm forgot it (no accounting); its result says
             try:
                 return job.results()[0]
             except Exception as error:  # noqa: BLE001 - no result pickle: recorded as the trial's failure
