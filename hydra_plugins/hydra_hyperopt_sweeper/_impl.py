@@ -455,8 +455,16 @@ class HyperoptSweeperImpl(Sweeper):
             if new:
                 ids = list(range(len(record.trials), len(record.trials) + new))
                 history = tpe_history([*seeded, *record.trials], searched, self.direction, domain)
-                seed = int(np.random.default_rng([self.seed, ids[0]]).integers(2**31 - 1))  # reproducible on resume
-                for number, doc in zip(ids, suggest(ids, domain, history, seed)):
+                # One suggestion per trial: past its startup trials, tpe.suggest returns a single trial however
+                # many ids it is given, which left every later batch one trial wide. Seeds are reproducible on resume.
+                docs = [
+                    doc
+                    for number in ids
+                    for doc in suggest(
+                        [number], domain, history, int(np.random.default_rng([self.seed, number]).integers(2**31 - 1))
+                    )
+                ]
+                for number, doc in zip(ids, docs, strict=True):
                     vals = {k: v[0] for k, v in doc["misc"]["vals"].items() if v}
                     sampled = space_eval(space, vals)
                     trial = TrialRecord(
