@@ -182,6 +182,8 @@ def test_a_sweep_runs_its_trials_as_slurm_array_jobs_prunes_across_them_and_resu
         assert slurm["job_id"] == job and slurm["array_index"] == int(job.split("_")[1])
         assert slurm["partition"] == PARTITION and slurm["node"] == cluster_node(cluster)
         assert store[str(trial["run_id"])].config["train"]["num_threads"] == 1  # what the job was given
+        # drawn after the trial's result by a worker thread, which the job's process waited for
+        assert {"learning_curves.png", "nfe.png", "confusion_matrix.png"} <= set(store[str(trial["run_id"])].artifacts)
 
     shown = run_cli(["runs", "show", str(out["trials"][0]["run_id"])], runs_dir)
     node = cluster_node(cluster)
