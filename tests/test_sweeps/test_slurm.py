@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,6 +64,7 @@ def cluster():
     else:
         os.environ["SLURM_CONF"] = previous
     started.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def sweep(cluster: Cluster, runs_dir: Path, sweep_dir: Path, *overrides: str, env: dict | None = None):
