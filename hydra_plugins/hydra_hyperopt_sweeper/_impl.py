@@ -507,8 +507,12 @@ class HyperoptSweeperImpl(Sweeper):
     def _record(self, trial: TrialRecord, ret: Any) -> None:
         try:
             summary = _result_json(Path(ret.hydra_cfg.hydra.runtime.output_dir))
+            ran_as = int(ret.hydra_cfg.hydra.job.num)
         except AttributeError:  # a job that failed before Hydra set up its config
-            summary = None
+            summary, ran_as = None, trial.job
+        if ran_as in trial.lost_jobs:  # a launcher (Slurm) waited for the job an interrupted sweep had started
+            trial.lost_jobs.remove(ran_as)
+            trial.job = ran_as
         try:
             value = ret.return_value  # Hydra re-raises the trial's exception here when it failed
         except Exception as error:  # noqa: BLE001 - any failure of a trial is recorded, and the sweep goes on

@@ -12,7 +12,7 @@ from models.ode_block import ode_blocks
 from models.parameters import count_parameters, residual_block_count
 from odeflow.errors import check_choice
 from odeflow.objectives import OBJECTIVE_DIRECTIONS
-from runner.experiment import pipeline
+from runner.experiment import figures, pipeline
 from runner.experiment.adjoint_check import adjoint_gradient_check
 from runner.experiment.adjoint_check import describe as describe_adjoint_check
 from runner.experiment.checkpoint import model_recipe
@@ -24,8 +24,9 @@ from runner.experiment.settings import (
     reuse_freed_host_memory,
     seed_everything,
 )
+from runner.experiment.slurm_job import slurm_job_info
 from runner.tracking.masking import mask_secrets
-from runner.tracking.stores import RunLog, run_tracked
+from runner.tracking.stores import FileStore, RunLog, run_tracked
 
 
 class EpochPruner(Protocol):
@@ -74,9 +75,14 @@ def run_experiment(
         flush=True,
     )
     outcome: dict[str, Any] = {}
+    # A sweep's trial records its result first and has its figures drawn after (runner.experiment.figures):
+    # its cost is then its training. Only the file store takes artifacts after a run has completed.
+    later_figures = bool((meta or {}).get("sweep_id")) and isinstance(store, FileStore)
 
     def body(run: RunLog) -> float:
         run.set_info("device", str(device))
+        if (slurm := slurm_job_info()) is not None:
+            run.set_info("slurm", slurm)  # the runs browser's and the dashboard's slurm job column
         run.set_info("choices", choices or {})
         run.set_info("model_family", "odenet" if is_ode else "resnet")
         run.set_info("dataset_sizes", data.sizes())
@@ -111,8 +117,18 @@ def run_experiment(
         title = f"{cfg.name}: {model_name} on {data.name}" + (f", {solver.describe()}" if is_ode else "")
         if run.id is not None:
             title = f"run {run.id} {title}"
+        outcome["title"] = title
         for name, path in pipeline.write_outputs(
-            out_dir, model, recipe, logged_config, fit_result, results, data.class_names, is_ode, title
+            out_dir,
+            model,
+            recipe,
+            logged_config,
+            fit_result,
+            results,
+            data.class_names,
+            is_ode,
+            title,
+            figures=not later_figures,
         ).items():
             run.add_artifact(path, name)
         outcome.update(results, fit=fit_result)
@@ -151,6 +167,11 @@ def run_experiment(
         "pruned": fit_result.pruned,
     }
     (out_dir / "result.json").write_text(json.dumps(summary, indent=2))
+    if later_figures:
+        figures.draw_later(
+            lambda: pipeline.write_figures(out_dir, fit_result, outcome, data.class_names, is_ode, outcome["title"]),
+            lambda paths: store.attach_artifacts(run_id, paths),
+        )
     return summary
 
 

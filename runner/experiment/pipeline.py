@@ -97,16 +97,10 @@ def write_outputs(
     class_names: list[str],
     is_ode: bool,
     title: str | None = None,
+    figures: bool = True,
 ) -> dict[str, Path]:
-    """Best checkpoint, evaluation report (JSON and per-class CSV) and figures in `out_dir`, by artifact name.
-
-    Figures: confusion matrix, learning curves with the best (restored, tested) epoch marked, NFE per epoch
-    (ODEnets), and `<family>.png` for any other family of per-epoch series in the history (memory.*,
-    adaptation.*, ...). `title` says what ran (default: from the config)."""
-    from odeflow import plots
-
-    title = title or run_title(config)
-    history, best = fit_result.history, fit_result.best_epoch
+    """Best checkpoint, evaluation report (JSON and per-class CSV) and, with `figures`, the figures (see
+    write_figures) in `out_dir`, by artifact name. `title` says what ran (default: from the config)."""
     report = results["report"]
     paths = {
         "best_checkpoint.pt": save_checkpoint(
@@ -116,8 +110,30 @@ def write_outputs(
             config,
             {"best_epoch": fit_result.best_epoch, "history": fit_result.history},
         ),
+    }
+    if figures:
+        paths.update(write_figures(out_dir, fit_result, results, class_names, is_ode, title or run_title(config)))
+    paths["evaluation_report.json"] = out_dir / "evaluation_report.json"
+    paths["evaluation_report.json"].write_text(
+        json.dumps({**results, "fit": asdict(fit_result)}, indent=2, default=float)
+    )
+    paths["classification_report.csv"] = out_dir / "classification_report.csv"
+    pd.DataFrame(report["per_class"]).to_csv(paths["classification_report.csv"], index=False)
+    return paths
+
+
+def write_figures(
+    out_dir: Path, fit_result: FitResult, results: dict[str, Any], class_names: list[str], is_ode: bool, title: str
+) -> dict[str, Path]:
+    """The run's figures in `out_dir`, by artifact name: confusion matrix, learning curves with the best
+    (restored, tested) epoch marked, NFE per epoch (ODEnets), and `<family>.png` for any other family of
+    per-epoch series in the history (memory.*, adaptation.*, ...)."""
+    from odeflow import plots
+
+    history, best = fit_result.history, fit_result.best_epoch
+    paths = {
         "confusion_matrix.png": plots.confusion_matrix_png(
-            report["confusion_matrix"], class_names, out_dir / "confusion_matrix.png", title
+            results["report"]["confusion_matrix"], class_names, out_dir / "confusion_matrix.png", title
         ),
         "learning_curves.png": plots.learning_curves_png(
             history, out_dir / "learning_curves.png", best, title, results
@@ -126,10 +142,4 @@ def write_outputs(
     if is_ode:
         paths["nfe.png"] = plots.nfe_png(history, out_dir / "nfe.png", best, title)
     paths.update(plots.extra_epoch_figures(history, out_dir, best, title))
-    paths["evaluation_report.json"] = out_dir / "evaluation_report.json"
-    paths["evaluation_report.json"].write_text(
-        json.dumps({**results, "fit": asdict(fit_result)}, indent=2, default=float)
-    )
-    paths["classification_report.csv"] = out_dir / "classification_report.csv"
-    pd.DataFrame(report["per_class"]).to_csv(paths["classification_report.csv"], index=False)
     return paths

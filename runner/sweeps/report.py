@@ -351,8 +351,10 @@ def write_and_log_report(sweep_dir: Path, cfg: Any, out_dir: Path | None = None)
     """Write the report and log it as a run of its own (command sweep_report) in the store `cfg` names, its
     files as artifacts and the sweep's id in its meta data, so it shows in Omniboard beside the trials."""
     from runner.experiment.factories import instantiate_group
+    from runner.experiment.figures import wait_for_figures
     from runner.tracking.stores import run_tracked
 
+    wait_for_figures()  # the trials' own figures, drawn after their results (pyplot: one drawer at a time)
     paths, record, importance = _write(sweep_dir, out_dir)
     best = record.best()
     summary = {

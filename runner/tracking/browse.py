@@ -80,6 +80,12 @@ def show_run(r: RunRecord) -> str:
     lines = [f"run {r.id} ({r.location})", "", "summary:"]
     lines += [f"  {k:<14} {v}" for k, v in summary.items()]
     lines += ["", "final metrics:"] + [f"  {k:<18} {v:.6g}" for k, v in final.items()]
+    if r.info.get("slurm"):  # the Slurm job a sweep's trial ran in
+        slurm = r.info["slurm"]
+        lines += [
+            "",
+            f"slurm: job {slurm.get('job_id')} on node {slurm.get('node')}, partition {slurm.get('partition')}",
+        ]
     if r.info.get("parameters"):
         lines += ["", "parameters: " + ", ".join(f"{k} {v:,}" for k, v in r.info["parameters"].items())]
     lines += ["", "artifacts: " + (", ".join(r.artifacts) or "-"), "", "config:"]

@@ -73,6 +73,7 @@ def table_fields(entry: dict[str, Any], best: dict[str, float]) -> dict[str, Any
         "trial": meta.get("trial"),
         "adjoint grad err": (info.get("adjoint_gradient_check") or {}).get("relative_error"),
         "pruned after epoch": (info.get("pruned") or {}).get("epoch"),
+        "slurm job": (info.get("slurm") or {}).get("job_id"),
     }
 
 
