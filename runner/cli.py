@@ -370,6 +370,12 @@ def main(argv: list[str]) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM during resume, reproduce, ...: one line
+        from odeflow.interrupts import as_interrupted
+
+        interrupted = as_interrupted(exc)
+        print(interrupted.describe(), file=sys.stderr, flush=True)
+        return interrupted.exit_code
     except OSError as exc:  # a path the user gave (--out, paths.runs) that cannot be written or read
         if exc.filename is None:
             raise

@@ -428,7 +428,7 @@ class HyperoptSweeperImpl(Sweeper):
         specs = {name: p.spec for name, p in searched.items()}
         domain = base.Domain(lambda _: 0.0, space)  # trials run through the launcher, not through fn
         self.lock = SweepLock.acquire(self.sweep_dir)  # held until this process ends
-        record = self._load_or_start(specs)
+        record = self.record = self._load_or_start(specs)
         self.lock.name_owner(record.sweep_id)
         seeded = self._warm_start_trials(record, specs)
         self._settle_lost(record)
@@ -483,6 +483,23 @@ class HyperoptSweeperImpl(Sweeper):
             record.save(self.sweep_dir)
         self._check_failure_rate(record)
         self._finish(record, searched)
+
+    def describe_interruption(self, interrupted: Any) -> str:
+        """One line for a sweep stopped by Ctrl-C or SIGTERM: what its running trial kept, how to resume."""
+        record = getattr(self, "record", None)
+        if record is None:
+            return f"{interrupted.describe()}; no trial had started"
+        running = [t for t in record.trials if t.status == "running"]
+        trial = (
+            f"run {interrupted.run_id} (trial {', '.join(str(t.number) for t in running)}) recorded as INTERRUPTED; "
+            if interrupted.run_id is not None
+            else ""
+        )
+        return (
+            f"[hyperopt] sweep {record.sweep_id} interrupted ({interrupted.signal_name}): {trial}its state is saved "
+            f"in {self.sweep_dir / sweep_state.STATE_FILE}; resume it by running the same command again "
+            "(trials that were running start again under new job numbers)"
+        )
 
     def _record(self, trial: TrialRecord, ret: Any) -> None:
         try:
