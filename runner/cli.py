@@ -216,6 +216,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
             f"resume continues crashed or killed runs (status RUNNING, FAILED or INTERRUPTED); "
             f"to train it again use: python -m runner reproduce {record.id}",
         )
+    describe_unfinished(record)
     state, out_dir = load_training_state(record)
     print(f"resuming run {record.id} after epoch {state['epoch']} (from {out_dir / 'last_checkpoint.pt'})", flush=True)
     meta = {
@@ -229,6 +230,27 @@ def cmd_resume(args: argparse.Namespace) -> int:
         f"run {record.id} continued as run {summary['run_id']}: epochs 1-{summary['epochs']}, test acc {summary['test_acc']:.4f}"
     )
     return 0
+
+
+def describe_unfinished(record) -> None:
+    """A RUNNING run may still be alive (refused: two processes would train it) or killed (said so)."""
+    from runner.tracking.liveness import heartbeat_age, owner
+
+    if record.status != "RUNNING" or record.liveness == "unknown":
+        return
+    if record.liveness == "alive":
+        age = heartbeat_age(record.heartbeat)
+        beat = f", last heartbeat {age:.0f} s ago" if age is not None else ""
+        raise UserError(
+            f"run {record.id} is still running ({owner(record.meta, record.host)}{beat})",
+            f"wait for it to end, or stop it (kill -TERM {record.meta.get('pid', '<pid>')}: it ends INTERRUPTED) "
+            f"and then: python -m runner resume {record.id}",
+        )
+    print(
+        f"run {record.id} was killed (status RUNNING, but {owner(record.meta, record.host)} is gone): "
+        "continuing it from its last finished epoch",
+        flush=True,
+    )
 
 
 def cmd_reevaluate(args: argparse.Namespace) -> int:

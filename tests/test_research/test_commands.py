@@ -162,8 +162,12 @@ def test_run_killed_with_sigkill_resumes_with_continuous_epochs(runs_dir: Path):
     saved_epoch = torch.load(Path(killed.meta["output_dir"]) / "last_checkpoint.pt", weights_only=False)["epoch"]
     assert 2 <= saved_epoch < 6
 
+    listing = run_cli(["runs", "list"], runs_dir)
+    assert listing.stdout.splitlines()[1].split()[2] == "DEAD" and "python -m runner resume <id>" in listing.stdout
+
     resumed_proc = run_cli(["resume", "1"], runs_dir)
     assert resumed_proc.returncode == 0, resumed_proc.stderr[-3000:]
+    assert "run 1 was killed (status RUNNING, but pid " in resumed_proc.stdout
     assert f"resuming run 1 after epoch {saved_epoch}" in resumed_proc.stdout
     resumed = record(runs_dir, 2)
     assert resumed.status == "COMPLETED" and resumed.meta["resumed_from"] == 1
@@ -211,8 +215,10 @@ def test_run_stopped_by_sigterm_or_ctrl_c_is_interrupted_with_its_epochs_and_res
     assert steps == list(range(1, saved_epoch + 1)) and 2 <= saved_epoch < 5  # every finished epoch recorded
     name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
-    assert f"interrupted ({name}): run 1 stopped, status INTERRUPTED, its {saved_epoch} finished epochs recorded; "
-    f"continue it with: python -m runner resume 1" in stderr.splitlines()[-1]
+    assert stderr.splitlines()[-1] == (
+        f"interrupted ({name}): run 1 stopped, status INTERRUPTED, its {saved_epoch} finished epochs recorded; "
+        "continue it with: python -m runner resume 1"
+    )
     if signum == signal.SIGINT:
         return  # the rest is the same for both
 
