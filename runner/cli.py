@@ -68,7 +68,12 @@ def current_config(overrides: list[str]):
     try:
         with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
             return compose("config", overrides=overrides)
-    except HydraException as exc:
+    except Exception as exc:
+        from runner.command_line import raise_if_yaml_error
+
+        raise_if_yaml_error(exc)
+        if not isinstance(exc, HydraException):
+            raise
         raise UserError(
             f"bad config override: {exc}", "overrides look like tracking=mongo or paths.runs=/some/dir"
         ) from None
