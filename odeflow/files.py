@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from odeflow.errors import UserError
+
 
 def _fsync_folder(folder: Path) -> None:
     try:
@@ -89,7 +91,19 @@ def is_disk_full(exc: BaseException) -> bool:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        if "No space left on device" in str(exc) or "file write failed" in str(exc):
+        if "No space left on device" in str(exc):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def disk_full_error(folder: Path, run_id: Any, epochs: int) -> UserError:
+    """A run stopped by a full disk: what it kept and how to continue it."""
+    stopped = f"run {run_id} stopped after {epochs} finished epochs" if run_id is not None else "the run stopped"
+    resume = f"continue it from its last saved epoch: python -m runner resume {run_id}" if run_id is not None else ""
+    return UserError(
+        f"no space left on the disk of {folder}: {stopped}; its files keep their last complete state (the epochs "
+        "saved before the disk filled)",
+        f"free space there (df -h {folder}), or move the runs to a disk with room (ODEFLOW_RUNS or paths.runs); "
+        f"then {resume or 'run it again'}",
+    )

@@ -42,7 +42,7 @@ def test_disk_full_is_recognised_through_the_errors_it_caused():
         try:
             raise OSError(errno.ENOSPC, "No space left on device")
         except OSError as exc:
-            raise RuntimeError("PytorchStreamWriter failed writing file data/0") from exc
+            raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed") from exc
     except RuntimeError as wrapped:
         assert is_disk_full(wrapped)
     assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from models.ode_block import ode_blocks
 from models.parameters import count_parameters, residual_block_count
 from odeflow.errors import check_choice
-from odeflow.files import write_atomic
+from odeflow.files import disk_full_error, is_disk_full, write_atomic
 from odeflow.interrupts import Interrupted, as_interrupted, sigterm_as_interrupt
 from odeflow.objectives import OBJECTIVE_DIRECTIONS
 from runner.experiment import pipeline
@@ -133,9 +133,12 @@ def run_experiment(
         try:
             run_id, _ = run_tracked(cfg.name, logged_config, store, body, run_meta, command="train")
         except KeyboardInterrupt as exc:
-            raise Interrupted(
-                as_interrupted(exc).signal_name, outcome.get("run_id"), outcome.get("epochs", 0)
-            ) from None
+            interrupted = as_interrupted(exc).signal_name
+            raise Interrupted(interrupted, outcome.get("run_id"), outcome.get("epochs", 0)) from None
+        except Exception as exc:  # a full disk: one message, what was kept, how to continue
+            if is_disk_full(exc):
+                raise disk_full_error(out_dir, outcome.get("run_id"), outcome.get("epochs", 0)) from None
+            raise
     fit_result = outcome["fit"]
     last = fit_result.history[-1]
     summary = {
