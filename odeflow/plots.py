@@ -6,6 +6,8 @@ from pathlib import Path
 
 import matplotlib
 
+from odeflow.files import save_atomic
+
 matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -64,6 +66,6 @@ def save_figure(fig: plt.Figure, path: Path) -> Path:
     """Write `fig` as a PNG (creating folders) and close it; every figure of the project goes through here."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_atomic(path, lambda f: fig.savefig(f, dpi=100, format=path.suffix.lstrip(".") or "png"))
     plt.close(fig)
     return path

@@ -15,6 +15,7 @@ from torch import nn
 from data.tensors import DataBundle
 from models.parameters import count_parameters
 from odeflow.errors import ConfigError, UserError
+from odeflow.files import write_atomic
 from runner.experiment.checkpoint import build_model as build_from_recipe
 from runner.experiment.checkpoint import save_checkpoint
 from runner.experiment.evaluation import classification_report, predict
@@ -106,9 +107,9 @@ def write_outputs(
     if is_ode:
         paths["nfe.png"] = plots.nfe_png(fit_result.history, out_dir / "nfe.png")
     paths["evaluation_report.json"] = out_dir / "evaluation_report.json"
-    paths["evaluation_report.json"].write_text(
-        json.dumps({**results, "fit": asdict(fit_result)}, indent=2, default=float)
+    write_atomic(
+        paths["evaluation_report.json"], json.dumps({**results, "fit": asdict(fit_result)}, indent=2, default=float)
     )
     paths["classification_report.csv"] = out_dir / "classification_report.csv"
-    pd.DataFrame(report["per_class"]).to_csv(paths["classification_report.csv"], index=False)
+    write_atomic(paths["classification_report.csv"], pd.DataFrame(report["per_class"]).to_csv(index=False))
     return paths

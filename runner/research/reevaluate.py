@@ -20,6 +20,7 @@ from data.tensors import DataBundle
 from models.ode_block import ode_blocks, set_solver
 from models.solvers import FIXED_STEP_METHODS, SolverSpec
 from odeflow.errors import ConfigError, UserError
+from odeflow.files import write_atomic
 from odeflow.tables import markdown_table
 from runner.experiment.evaluation import predict
 
@@ -161,7 +162,7 @@ def write_reports(results: list[SettingResult], gap: dict[str, Any], out_dir: Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame([asdict(r) for r in results])
     csv = out_dir / "reevaluation.csv"
-    frame.to_csv(csv, index=False)
+    write_atomic(csv, frame.to_csv(index=False))
     rows = [
         {
             "solver": r.method + (" (training)" if r.training_solver else " (reference)" if r.reference else ""),
@@ -186,7 +187,7 @@ def write_reports(results: list[SettingResult], gap: dict[str, Any], out_dir: Pa
         f"({gap['reference']}) = {gap['gap']:+.4f}; the model {verdict} (threshold {gap['threshold']}).",
     ]
     md = out_dir / "reevaluation.md"
-    md.write_text("\n".join(lines) + "\n")
+    write_atomic(md, "\n".join(lines) + "\n")
 
     grid = frame[~frame.training_solver]
     methods = list(dict.fromkeys(grid.method))

@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from odeflow.errors import UserError  # noqa: E402
+from odeflow.files import write_atomic
 from odeflow.plots import save_figure  # noqa: E402
 from odeflow.tables import markdown_table  # noqa: E402
 from runner.sweeps import state as sweep_state  # noqa: E402
@@ -228,7 +229,7 @@ def _write(sweep_dir: Path, out_dir: Path | None) -> tuple[dict[str, Path], Swee
     if importance is not None:
         paths["importance.png"] = importance_png(importance, record, out / "importance.png")
     paths["report.md"] = out / "report.md"
-    paths["report.md"].write_text(_markdown(record, frame, importance, paths))
+    write_atomic(paths["report.md"], _markdown(record, frame, importance, paths))
     return paths, record, importance
 
 
