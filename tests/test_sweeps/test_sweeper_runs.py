@@ -337,3 +337,38 @@ def test_failed_trials_are_recorded_the_sweep_goes_on_and_ends_with_its_report(r
     assert (
         missing.returncode == 2 and "no sweep 'no-such-sweep'" in missing.stderr and "Traceback" not in missing.stderr
     )
+
+
+def test_a_sweep_stopped_by_sigterm_interrupts_its_trial_and_resumes(runs_dir: Path, tmp_path: Path):
+    import signal
+    import time
+
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", *TINY, f"hydra.sweep.dir={sweep_dir}", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1"]
+    args += ["train.max_epochs=15", "train.patience=15"]  # trials of several seconds
+    env = {**os.environ, "ODEFLOW_RUNS": str(runs_dir)}
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "runner", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert any('Started run with ID "2"' in line for line in victim.stdout)  # trial 1 is a tracked run
+        time.sleep(0.5)  # into its training
+        victim.send_signal(signal.SIGTERM)
+        _, stderr = victim.communicate(timeout=120)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    assert victim.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr[-3000:]
+    line = stderr.strip().splitlines()[-1]
+    assert (
+        line.startswith("[hyperopt] sweep ")
+        and "interrupted (SIGTERM): run 2 (trial 1) recorded as INTERRUPTED" in line
+    )
+    assert "resume it by running the same command again" in line
+    assert [r.status for r in read_file_store(runs_dir / "store")] == ["COMPLETED", "INTERRUPTED"]
+
+    resumed = run_cli(args, runs_dir)  # the lock died with the process: the same command resumes
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "trial 1 (job 1) was lost in an interruption: it runs again under a new job number" in resumed.stdout
+    assert [t["status"] for t in results(sweep_dir)["trials"]] == ["ok", "ok", "ok"]
