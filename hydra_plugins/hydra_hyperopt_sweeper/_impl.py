@@ -29,9 +29,11 @@ from hyperopt import base, hp, space_eval, tpe
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from odeflow.errors import UserError
+from odeflow.files import write_atomic
 from odeflow.objectives import OBJECTIVE_DIRECTIONS
 from odeflow.tables import text_table
 from runner.sweeps import state as sweep_state
+from runner.sweeps.folder import SweepLock, free_sibling, refuse_new_sweep_over
 from runner.sweeps.pruning import EPOCH_METRIC, EVIDENCE_FILE, PrunerSettings
 from runner.sweeps.state import SweepRecord, TrialRecord
 
@@ -367,13 +369,8 @@ class HyperoptSweeperImpl(Sweeper):
                     flush=True,
                 )
         if record is None:
-            if (self.sweep_dir / sweep_state.STATE_FILE).exists():
-                print(
-                    f"[hyperopt] hydra.sweeper.resume=false: starting {self.sweep_dir} over (its earlier trials' "
-                    "state and pruning evidence are replaced)",
-                    flush=True,
-                )
-            (self.sweep_dir / EVIDENCE_FILE).unlink(missing_ok=True)  # a new sweep prunes on its own trials only
+            refuse_new_sweep_over(self.sweep_dir, sweep_state.recorded_id(self.sweep_dir))
+            (self.sweep_dir / EVIDENCE_FILE).unlink(missing_ok=True)  # no trial of its own: left by no sweep
             return SweepRecord(
                 f"{self.sweep_dir.name}-{uuid.uuid4().hex[:8]}",
                 self.objective,
@@ -385,8 +382,8 @@ class HyperoptSweeperImpl(Sweeper):
         if changes:
             raise SearchSpaceError(
                 f"sweep {record.sweep_id} in {self.sweep_dir} was started with another search: {'; '.join(changes)}",
-                "resume it as it was started, start a new sweep in another hydra.sweep.dir, or start "
-                "this one over with hydra.sweeper.resume=false",
+                "resume it as it was started, or start the new search in another folder: "
+                f"hydra.sweep.dir={free_sibling(self.sweep_dir)}",
             )
         print(
             f"[hyperopt] resuming sweep {record.sweep_id}: {record.count('ok', 'pruned', 'failed')} trials done in "
@@ -449,7 +446,9 @@ class HyperoptSweeperImpl(Sweeper):
         space = {name: p.expression for name, p in searched.items()}
         specs = {name: p.spec for name, p in searched.items()}
         domain = base.Domain(lambda _: 0.0, space)  # trials run through the launcher, not through fn
-        record = self._load_or_start(specs)
+        self.lock = SweepLock.acquire(self.sweep_dir)  # held until this process ends
+        record = self.record = self._load_or_start(specs)
+        self.lock.name_owner(record.sweep_id)
         seeded = self._warm_start_trials(record, specs)
         self._settle_lost(record)
         gpus = visible_gpus()
@@ -503,6 +502,23 @@ class HyperoptSweeperImpl(Sweeper):
             record.save(self.sweep_dir)
         self._check_failure_rate(record)
         self._finish(record, searched)
+
+    def describe_interruption(self, interrupted: Any) -> str:
+        """One line for a sweep stopped by Ctrl-C or SIGTERM: what its running trial kept, how to resume."""
+        record = getattr(self, "record", None)
+        if record is None:
+            return f"{interrupted.describe()}; no trial had started"
+        running = [t for t in record.trials if t.status == "running"]
+        trial = (
+            f"run {interrupted.run_id} (trial {', '.join(str(t.number) for t in running)}) recorded as INTERRUPTED; "
+            if interrupted.run_id is not None
+            else ""
+        )
+        return (
+            f"[hyperopt] sweep {record.sweep_id} interrupted ({interrupted.signal_name}): {trial}its state is saved "
+            f"in {self.sweep_dir / sweep_state.STATE_FILE}; resume it by running the same command again "
+            "(trials that were running start again under new job numbers)"
+        )
 
     def _record(self, trial: TrialRecord, ret: Any) -> None:
         try:
@@ -586,10 +602,8 @@ class HyperoptSweeperImpl(Sweeper):
                 for t in record.trials
             ],
         }
-        path = self.sweep_dir / RESULTS_FILE
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(_plain(results), sort_keys=False))
-        return path
+        return write_atomic(self.sweep_dir / RESULTS_FILE, yaml.safe_dump(_plain(results), sort_keys=False))
 
     def _finish(self, record: SweepRecord, searched: dict[str, Parameter]) -> None:
         path = self._write_results(record)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import matplotlib
 
+from odeflow.files import save_atomic
+
 matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -23,7 +25,7 @@ def save_figure(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if fig.get_layout_engine() is None:  # a figure may have set its own (e.g. tight with room for a note)
         fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_atomic(path, lambda f: fig.savefig(f, dpi=100, format=path.suffix.lstrip(".") or "png"))
     plt.close(fig)
     return path
 

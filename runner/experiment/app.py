@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -11,6 +12,8 @@ from omegaconf import DictConfig
 from models.ode_block import ode_blocks
 from models.parameters import count_parameters, residual_block_count
 from odeflow.errors import check_choice
+from odeflow.files import disk_full_error, is_disk_full, write_atomic
+from odeflow.interrupts import Interrupted, as_interrupted, sigterm_as_interrupt
 from odeflow.objectives import OBJECTIVE_DIRECTIONS
 from runner.experiment import figures, pipeline
 from runner.experiment.adjoint_check import adjoint_gradient_check
@@ -91,9 +94,12 @@ def run_experiment(
 
         epochs: list[dict[str, float]] = []
 
+        outcome["run_id"] = run.id
+
         def log_epoch(m: dict[str, float]) -> None:
             run.log_metrics({k: v for k, v in m.items() if k != "epoch"}, int(m["epoch"]))
             epochs.append(m)
+            outcome["epochs"] = len(epochs)
             run.set_info("cost", cost_summary(epochs, is_ode))  # the dashboard's s/epoch, FNFE and BNFE columns
 
         def after_epoch(m: dict[str, float]) -> str | None:
@@ -139,9 +145,19 @@ def run_experiment(
         "output_dir": str(out_dir.resolve()),
         "choices": choices or {},
         "model_family": "odenet" if is_ode else "resnet",
+        "pid": os.getpid(),  # with the host Sacred records: `runs list` tells a killed RUNNING run from a live one
         **(meta or {}),
     }
-    run_id, _ = run_tracked(cfg.name, logged_config, store, body, run_meta, command="train")
+    with sigterm_as_interrupt():  # Slurm, systemd, docker stop: recorded as INTERRUPTED like Ctrl-C, resumable
+        try:
+            run_id, _ = run_tracked(cfg.name, logged_config, store, body, run_meta, command="train")
+        except KeyboardInterrupt as exc:
+            interrupted = as_interrupted(exc).signal_name
+            raise Interrupted(interrupted, outcome.get("run_id"), outcome.get("epochs", 0)) from None
+        except Exception as exc:  # a full disk: one message, what was kept, how to continue
+            if is_disk_full(exc):
+                raise disk_full_error(out_dir, outcome.get("run_id"), outcome.get("epochs", 0)) from None
+            raise
     fit_result = outcome["fit"]
     last = fit_result.history[-1]
     summary = {
@@ -166,7 +182,7 @@ def run_experiment(
         "adjoint_grad_err": outcome.get("adjoint_check", {}).get("relative_error"),
         "pruned": fit_result.pruned,
     }
-    (out_dir / "result.json").write_text(json.dumps(summary, indent=2))
+    write_atomic(out_dir / "result.json", json.dumps(summary, indent=2))  # a sweep reads it: whole or absent
     if later_figures:
         figures.draw_later(
             lambda: pipeline.write_figures(out_dir, fit_result, outcome, data.class_names, is_ode, outcome["title"]),

@@ -20,7 +20,12 @@ class MultirunSummary(Callback):
             Path(config.hydra.sweep.dir).glob("*/result.json"),
             key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
         )
-        rows = [json.loads(p.read_text()) for p in results]
+        rows = []
+        for path in results:
+            try:
+                rows.append(json.loads(path.read_text()))
+            except (OSError, ValueError):  # a job killed while writing it: the table shows the others
+                print(f"warning: {path} cannot be read; left out of the summary", flush=True)
         if rows:
             print(f"\nsummary of {len(rows)} runs ({config.hydra.sweep.dir}):\n{format_summary(rows)}", flush=True)
 

@@ -15,6 +15,7 @@ from torch import nn
 from data.tensors import DataBundle
 from models.parameters import count_parameters
 from odeflow.errors import ConfigError, UserError
+from odeflow.files import write_atomic
 from runner.experiment.checkpoint import build_model as build_from_recipe
 from runner.experiment.checkpoint import save_checkpoint
 from runner.experiment.evaluation import classification_report, predict
@@ -114,11 +115,11 @@ def write_outputs(
     if figures:
         paths.update(write_figures(out_dir, fit_result, results, class_names, is_ode, title or run_title(config)))
     paths["evaluation_report.json"] = out_dir / "evaluation_report.json"
-    paths["evaluation_report.json"].write_text(
-        json.dumps({**results, "fit": asdict(fit_result)}, indent=2, default=float)
+    write_atomic(
+        paths["evaluation_report.json"], json.dumps({**results, "fit": asdict(fit_result)}, indent=2, default=float)
     )
     paths["classification_report.csv"] = out_dir / "classification_report.csv"
-    pd.DataFrame(report["per_class"]).to_csv(paths["classification_report.csv"], index=False)
+    write_atomic(paths["classification_report.csv"], pd.DataFrame(report["per_class"]).to_csv(index=False))
     return paths
 
 

@@ -19,6 +19,7 @@ from data.tensors import DataBundle
 from models.ode_block import ode_blocks, set_solver
 from models.solvers import FIXED_STEP_METHODS, SolverSpec
 from odeflow.errors import ConfigError, UserError
+from odeflow.files import write_atomic
 from odeflow.tables import markdown_table
 from runner.experiment.evaluation import predict
 
@@ -163,7 +164,7 @@ def write_reports(
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame([asdict(r) for r in results])
     csv = out_dir / "reevaluation.csv"
-    frame.to_csv(csv, index=False)
+    write_atomic(csv, frame.to_csv(index=False))
     rows = [
         {
             "solver": r.method + (" (training)" if r.training_solver else " (reference)" if r.reference else ""),
@@ -190,7 +191,7 @@ def write_reports(
         "![test accuracy against the test solver's steps or tolerance](reevaluation.png)",
     ]
     md = out_dir / "reevaluation.md"
-    md.write_text("\n".join(lines) + "\n")
+    write_atomic(md, "\n".join(lines) + "\n")
 
     png = reevaluation_png([asdict(r) for r in results], gap, out_dir / "reevaluation.png", title, t_final)
     return {"reevaluation.csv": csv, "reevaluation.md": md, "reevaluation.png": png}

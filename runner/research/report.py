@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from odeflow.files import write_atomic
 from odeflow.plots import plt, save_figure
 from odeflow.plots.scales import apply_axis, plan_axis
 from odeflow.tables import markdown_table
@@ -60,7 +61,7 @@ def write_report(records: list[RunRecord], out_dir: Path) -> dict[str, Path]:
     frame = comparison_rows(records)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv = out_dir / "comparison.csv"
-    frame.to_csv(csv, index=False)
+    write_atomic(csv, frame.to_csv(index=False))
     lines = ["# Parameter-matched comparison (thesis table 8.1)", ""]
     columns = {
         "model": "model",
@@ -90,7 +91,7 @@ def write_report(records: list[RunRecord], out_dir: Path) -> dict[str, Path]:
     if frame.empty:
         lines.append("(no completed training runs in this store)")
     md = out_dir / "comparison.md"
-    md.write_text("\n".join(lines) + "\n")
+    write_atomic(md, "\n".join(lines) + "\n")
     paths = {"comparison.md": md, "comparison.csv": csv}
     for x, label, name in [
         ("params", "parameters", "accuracy_vs_parameters.png"),

@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from odeflow.errors import UserError  # noqa: E402
+from odeflow.files import write_atomic
 from odeflow.plots import save_figure  # noqa: E402
 from odeflow.plots.scales import AxisPlan, apply_axis, color_norm, mark_off_chart, plan_axis  # noqa: E402
 from odeflow.plots.styles import STATUS_STYLES  # noqa: E402
@@ -285,7 +286,7 @@ def _write(sweep_dir: Path, out_dir: Path | None) -> tuple[dict[str, Path], Swee
     if importance is not None:
         paths["importance.png"] = importance_png(importance, record, out / "importance.png")
     paths["report.md"] = out / "report.md"
-    paths["report.md"].write_text(_markdown(record, frame, importance, paths))
+    write_atomic(paths["report.md"], _markdown(record, frame, importance, paths))
     return paths, record, importance
 
 

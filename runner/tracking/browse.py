@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from odeflow.errors import UserError
+from runner.tracking.liveness import DEAD
 from runner.tracking.runstore import RunRecord, runs_frame, summary_row
 
 FILTERS = ("status", "dataset", "model", "solver", "sweep", "experiment")
@@ -37,10 +38,19 @@ def no_match_note(records: list[RunRecord], **criteria: str | None) -> str:
     return f"(no runs of {len(records)} match; " + "; ".join(notes) + ")"
 
 
+def _whole_numbers(col: pd.Series) -> pd.Series:
+    """A float column of whole numbers (counts that became floats because a row lacks a value) as integers:
+    81780, not 8.178e+04; the missing ones as "-"."""
+    values = col.dropna()
+    if col.dtype.kind != "f" or values.empty or not (values == values.round()).all() or values.abs().max() >= 2**53:
+        return col
+    return col.map(lambda v: "-" if pd.isna(v) else str(int(v)))
+
+
 def _table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "(no runs)"
-    frame = frame.apply(lambda col: col.fillna("-") if col.dtype == object else col)
+    frame = frame.apply(lambda col: col.fillna("-") if col.dtype == object else _whole_numbers(col))
     return frame.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}")
 
 
@@ -62,7 +72,16 @@ def list_runs(records: list[RunRecord]) -> str:
         "start",
     ]
     frame = runs_frame(records)
-    return _table(frame[columns] if not frame.empty else frame)
+    dead = [r.id for r in records if r.liveness == "dead"]
+    if dead:
+        frame.loc[frame["id"].isin(dead), "status"] = DEAD
+    table = _table(frame[columns] if not frame.empty else frame)
+    if dead:
+        table += (
+            f"\n{DEAD}: RUNNING in the store, but its process is gone (killed, or the machine went down) - "
+            f"run {', '.join(map(str, dead))}; continue with: python -m runner resume <id>"
+        )
+    return table
 
 
 def find_run(records: list[RunRecord], run_id: str) -> RunRecord:

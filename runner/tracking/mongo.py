@@ -14,6 +14,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from odeflow.files import write_atomic
+
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
     from sacred.observers import MongoObserver
@@ -230,7 +232,7 @@ def describe_failure(url: str, exc: BaseException) -> str:
 
 
 def write_marker(run_dir: Path, run_uid: str | None, mongo_id: Any, complete: bool) -> None:
-    (run_dir / MARKER).write_text(json.dumps({"run_uid": run_uid, "mongo_id": mongo_id, "complete": complete}))
+    write_atomic(run_dir / MARKER, json.dumps({"run_uid": run_uid, "mongo_id": mongo_id, "complete": complete}))
 
 
 # --- sync: replay journalled runs into MongoDB ------------------------------------------------------------

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from odeflow.errors import UserError, check_positive
+from odeflow.files import is_disk_full, replacing
 from runner.tracking.masking import check_url_escaped, mask_url, url_password
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -56,6 +57,58 @@ def _file_observer(directory: str):
 
         def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
             return super().started_event(ex_info, command, host_info, start_time, config, meta_info, None)
+
+        # Sacred rewrites run.json, info.json and metrics.json in place at every heartbeat: a kill or a full
+        # disk mid-write left them empty. Written whole or not at all, they keep their last complete content.
+        def save_json(self, obj, filename):
+            from sacred.serializer import flatten
+
+            with replacing(os.path.join(self.dir, filename)) as f:
+                json.dump(flatten(obj), f, sort_keys=True, indent=2)
+
+        def log_metrics(self, metrics_by_name, info):
+            pending = getattr(self, "_unsaved_metrics", {})  # what a full disk kept from being written
+            for name, new in metrics_by_name.items():
+                old = pending.setdefault(name, {"values": [], "steps": [], "timestamps": []})
+                for key in old:
+                    old[key] = [*old[key], *new[key]]
+            self._unsaved_metrics = pending
+            if self._unless_disk_full(super().log_metrics, pending, info):
+                self._unsaved_metrics = {}
+
+        def _unless_disk_full(self, event, *args) -> bool:
+            """Run an event; a full disk is said once (the files keep their last complete state), not raised:
+            raised, Sacred would drop this store for the rest of the run, or print a traceback at its end."""
+            try:
+                event(*args)
+                return True
+            except Exception as exc:
+                if not is_disk_full(exc):
+                    raise
+                if not getattr(self, "_said_disk_full", False):
+                    self._said_disk_full = True
+                    print(
+                        f"warning: no space left on the disk of {self.dir}: the run's record there keeps its last "
+                        "complete state until space is freed",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                return False
+
+        def heartbeat_event(self, *args, **kwargs):
+            self._unless_disk_full(lambda: super(LocalRunFolder, self).heartbeat_event(*args, **kwargs))
+
+        def completed_event(self, *args, **kwargs):
+            self._unless_disk_full(lambda: super(LocalRunFolder, self).completed_event(*args, **kwargs))
+
+        def interrupted_event(self, *args, **kwargs):
+            self._unless_disk_full(lambda: super(LocalRunFolder, self).interrupted_event(*args, **kwargs))
+
+        def failed_event(self, *args, **kwargs):
+            self._unless_disk_full(lambda: super(LocalRunFolder, self).failed_event(*args, **kwargs))
+
+        def artifact_event(self, *args, **kwargs):
+            self._unless_disk_full(lambda: super(LocalRunFolder, self).artifact_event(*args, **kwargs))
 
     return LocalRunFolder(str(Path(directory).expanduser()), priority=FILE_STORE_PRIORITY)
 
