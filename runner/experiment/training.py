@@ -19,6 +19,7 @@ from tqdm import tqdm
 from data.tensors import DataBundle
 from models.ode_block import backward_nfe, forward_nfe, ode_blocks, translate_solver_failure
 from odeflow.errors import TrainingDivergedError
+from odeflow.files import save_atomic
 from runner.experiment.adaptation import SolverAdapter
 from runner.experiment.evaluation import predict
 from runner.experiment.settings import TrainSettings, make_optimizer
@@ -204,9 +205,7 @@ def _save_training_state(
         "best_val_loss": result.best_val_loss,
         "adaptation": adapter.state_dict() if adapter is not None else None,
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # atomic: a kill mid-write leaves the previous epoch's state
+    save_atomic(path, lambda f: torch.save(state, f))  # a kill or a full disk mid-write keeps the previous epoch's
 
 
 def format_epoch(m: dict[str, float], max_epochs: int, improved: bool) -> str:

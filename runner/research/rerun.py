@@ -98,7 +98,7 @@ def metric_comparison(original: RunRecord, reproduced: RunRecord) -> tuple[list[
             )
             continue
         same_length = len(a) == len(b)
-        diff = max((abs(x - y) for x, y in zip(a, b)), default=0.0) if same_length else float("inf")
+        diff = max((abs(x - y) for x, y in zip(a, b, strict=True)), default=0.0) if same_length else float("inf")
         worst = max(worst, diff)
         rows.append(
             {
