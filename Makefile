@@ -45,7 +45,7 @@ table: $(INSTALLED) ## Thesis table 8.1 for DATA=fmnist or DATA=cifar10: the fiv
 	$(PY) -m runner report --out runs/report/$(DATA)
 
 STUDY ?= t_final
-study: $(INSTALLED) ## Thesis architecture study on digits with the adjoint: STUDY=t_final (table 7.3), activation_inside (7.2), activation_before (7.1)
+study: $(INSTALLED) ## A study: STUDY=t_final (table 7.3), activation_inside (7.2), activation_before (7.1); ResNet After All: critical_step, adaptation
 	$(PY) -m runner -m experiment=study_$(STUDY)
 	$(PY) -m runner study $(STUDY)
 
@@ -54,7 +54,8 @@ bench: $(INSTALLED) ## Run every benchmark in bench/ (ratios measured in one run
 
 up: ## Start MongoDB and Omniboard (docker compose, ports on 127.0.0.1)
 	@docker compose version >/dev/null 2>&1 || { echo "docker compose is not available here: install Docker with the compose plugin, or use make dashboard (no Docker)"; exit 2; }
-	@test -f .env || { cp .env.example .env; echo "created .env from .env.example: change MONGO_PASSWORD and MONGO_URL"; }
+	@test -f .env || { pw=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(24))') && (umask 077; sed "s/change-me/$$pw/g" .env.example > .env) && echo "created .env from .env.example with a random MongoDB password"; }
+	@! grep -q '^MONGO_PASSWORD=change-me$$' .env || { echo "error: MONGO_PASSWORD in .env is still the example password change-me"; echo "  fix: generate one with python -c \"import secrets; print(secrets.token_urlsafe(24))\" and set it in .env (MONGO_PASSWORD and the password in MONGO_URL)"; exit 2; }
 	docker compose up -d
 	@echo "Omniboard: http://127.0.0.1:$${OMNIBOARD_PORT:-9000}  (log runs there with: .venv/bin/python -m runner tracking=mongo)"
 

@@ -226,10 +226,15 @@ def main() -> None:
     rows = [run_fresh(c, reps) for c in configs]
     f = rows[0]
     print(
-        f"\nODE block, batch 128, 66 ch 14x14 (f alone, fastest of 12: fwd {f['f_fwd_s']:.3f}s, bwd {f['f_bwd_s']:.3f}s, "
-        f"fwd without grad {f['f_nograd_s']:.3f}s), fastest of {reps} training steps and of {max(reps, 5)} evaluations, fresh process each"
+        f"\nODE block, batch 128, 66 ch 14x14 (f alone, fastest of 12: fwd {f['f_fwd_s']:.3f}s, bwd "
+        f"{f['f_bwd_s']:.3f}s, "
+        f"fwd without grad {f['f_nograd_s']:.3f}s), fastest of {reps} training steps and of {max(reps, 5)} "
+        "evaluations, fresh process each"
     )
-    header = f"{'configuration':<30}{'backend':<13}{'FNFE':>5}{'BNFE':>6}{'train s':>9}{'x limit':>9}{'eval s':>8}{'x limit':>9}{'peak MB':>9}"
+    header = (
+        f"{'configuration':<30}{'backend':<13}{'FNFE':>5}{'BNFE':>6}{'train s':>9}{'x limit':>9}"
+        f"{'eval s':>8}{'x limit':>9}{'peak MB':>9}"
+    )
     print(header)
     for r in rows:
         print(
@@ -242,7 +247,8 @@ def main() -> None:
         fused, ref = by_key.get((name, "fused")), by_key.get((name, "torchdiffeq"))
         if fused and ref:
             print(
-                f"  {name:<28} train {ref['train_s'] / fused['train_s']:.2f}x   eval {ref['eval_s'] / fused['eval_s']:.2f}x"
+                f"  {name:<28} train {ref['train_s'] / fused['train_s']:.2f}x   eval "
+                f"{ref['eval_s'] / fused['eval_s']:.2f}x"
             )
     graded = [r for r in rows if r["grad_error"] is not None]
     if graded:
@@ -250,7 +256,8 @@ def main() -> None:
         print("direct backpropagation through a float64 dopri5 solve at 1e-8 (the mixed norm is torchdiffeq's default)")
         for r in graded:
             print(
-                f"  {label(r):<28} {r['backend']:<12} BNFE {r['bnfe']:>4}  backward {r['bwd_s']:7.3f} s  gradient error {r['grad_error']:.2e}"
+                f"  {label(r):<28} {r['backend']:<12} BNFE {r['bnfe']:>4}  backward {r['bwd_s']:7.3f} s  gradient "
+                f"error {r['grad_error']:.2e}"
             )
     if not args.quick:
         print("\npeak memory against NFE (fused dopri5): direct backpropagation grows with NFE, the adjoint stays flat")

@@ -57,7 +57,8 @@ def main() -> None:
         )
     (ode_name, (ode_time, fnfe)), (res_name, (res_time, _)) = results.items()
     print(
-        f"\nODEnet vs ResNet epoch, {N_TRAIN} FashionMNIST-shaped samples (80% train, 20% validation), mean of {EPOCHS} epochs"
+        f"\nODEnet vs ResNet epoch, {N_TRAIN} FashionMNIST-shaped samples (80% train, 20% validation), mean of "
+        f"{EPOCHS} epochs"
     )
     print(f"  {ode_name:<34} {ode_time:7.2f} s/epoch   mean FNFE {fnfe:.1f}")
     print(f"  {res_name:<34} {res_time:7.2f} s/epoch")

@@ -22,6 +22,7 @@ BENCHMARKS = {
     "dashboard.py": "dashboard start-up",
     "sweep_parallel.py": "sweep wall time",
     "sweep_pruning.py": "pruning: 24-trial",
+    "trial_fixed_cost.py": "fixed cost per trial",
 }
 
 

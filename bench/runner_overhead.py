@@ -6,6 +6,7 @@ Usage: .venv/bin/python bench/runner_overhead.py
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import sys
@@ -42,7 +43,7 @@ def runner_epoch_times(tmp: str) -> list[float]:
     summary = run_experiment(cfg, Path(tmp) / "out", {"model": "odenet_simple", "data": "digits"})
     metrics = json.loads((Path(tmp) / "runs" / "store" / str(summary["run_id"]) / "metrics.json").read_text())
     stamps = [datetime.fromisoformat(t) for t in metrics["val.loss"]["timestamps"]]
-    return [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:])]
+    return [(b - a).total_seconds() for a, b in itertools.pairwise(stamps)]
 
 
 def bare_epoch_times() -> list[float]:
@@ -64,7 +65,7 @@ def bare_epoch_times() -> list[float]:
             for start in range(0, len(data.val), 128):
                 F.cross_entropy(model(data.val.x[start : start + 128]), data.val.y[start : start + 128])
         stamps.append(time.perf_counter())
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    return [b - a for a, b in itertools.pairwise(stamps)]
 
 
 def main() -> None:
@@ -75,14 +76,16 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             runner += runner_epoch_times(tmp)
     print(
-        f"\nrunner vs bare loop, quickstart ODEnet (32+2 ch, dopri5) on digits, 3 x {EPOCHS} epochs each (epochs 2-{EPOCHS})"
+        f"\nrunner vs bare loop, quickstart ODEnet (32+2 ch, dopri5) on digits, 3 x {EPOCHS} epochs each (epochs "
+        f"2-{EPOCHS})"
     )
     print(f"  {'':<18} {'median s/epoch':>15} {'fastest s/epoch':>16}")
     print(f"  {'bare PyTorch loop':<18} {statistics.median(bare):>15.3f} {min(bare):>16.3f}")
     print(f"  {'runner':<18} {statistics.median(runner):>15.3f} {min(runner):>16.3f}")
     print(
         f"  overhead: {100 * (statistics.median(runner) / statistics.median(bare) - 1):+.1f}% on medians, "
-        f"{100 * (min(runner) / min(bare) - 1):+.1f}% on the fastest epochs (target <= 3%; epoch-to-epoch noise here is ~5%)"
+        f"{100 * (min(runner) / min(bare) - 1):+.1f}% on the fastest epochs (target <= 3%; epoch-to-epoch noise here "
+        "is ~5%)"
     )
 
 

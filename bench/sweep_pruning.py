@@ -64,7 +64,8 @@ def main() -> None:
     base_time = rows["unpruned, seed 0"][0]
     spread = abs(rows["unpruned, seed 0"][1] - rows["unpruned, seed 1"][1])
     print(
-        "\npruning: 24-trial TPE sweep of the digits ODEnet (16+2 ch, dopri5 1e-3, up to 15 epochs, patience 3), one run"
+        "\npruning: 24-trial TPE sweep of the digits ODEnet (16+2 ch, dopri5 1e-3, up to 15 epochs, patience 3), one "
+        "run"
     )
     print(f"  {'sweep':<24} {'wall time':>10} {'x unpruned':>11} {'best val loss':>14} {'pruned':>7} {'epochs':>7}")
     for name, (seconds, best, pruned, epochs) in rows.items():
@@ -72,7 +73,8 @@ def main() -> None:
     pruned_best = rows["median pruning, seed 0"][1]
     print(
         f"  run-to-run spread of the unpruned best (seeds 0, 1): {spread:.4f}; pruned best - unpruned seed-0 best: "
-        f"{pruned_best - rows['unpruned, seed 0'][1]:+.4f} ({'within' if abs(pruned_best - rows['unpruned, seed 0'][1]) <= spread else 'outside'} the spread)"
+        f"{pruned_best - rows['unpruned, seed 0'][1]:+.4f} "
+        f"({'within' if abs(pruned_best - rows['unpruned, seed 0'][1]) <= spread else 'outside'} the spread)"
     )
 
 

@@ -122,14 +122,16 @@ def main() -> None:
     base = statistics.median(walls["none"])
     print(f"\ntracking overhead, quickstart ODEnet (16+2 ch) on digits ({epoch:.2f} s/epoch), medians of {REPEATS}")
     print(
-        f"{'backend':<8} {'per-epoch cost s':>17} {'epoch ratio vs none':>20} {'fixed cost s/run':>17} {f'{EPOCHS}-epoch run ratio':>19}"
+        f"{'backend':<8} {'per-epoch cost s':>17} {'epoch ratio vs none':>20} {'fixed cost s/run':>17} "
+        f"{f'{EPOCHS}-epoch run ratio':>19}"
     )
     for backend in BACKENDS:
         cost = logging_cost.get(backend, 0.0) + (write_cost if backend == "mongo" else 0.0)
         wall = statistics.median(walls[backend])
         print(f"{backend:<8} {cost:>17.6f} {(epoch + cost) / epoch:>20.4f} {wall - base:>17.2f} {wall / base:>19.3f}")
     print(
-        f"(mongo per epoch: {logging_cost['mongo'] * 1e6:.0f} us logging + {write_cost * 1e3:.2f} ms database writes of one\n"
+        f"(mongo per epoch: {logging_cost['mongo'] * 1e6:.0f} us logging + {write_cost * 1e3:.2f} ms database writes "
+        "of one\n"
         " epoch, an upper bound since Sacred sends them per heartbeat. fixed cost: Sacred start-up, source and git\n"
         " capture, copying artifacts into the store (GridFS for mongo); 'none' still writes its checkpoint and plots.)"
     )

@@ -8,6 +8,7 @@ nothing is lost), and the next start shows the same runs. Overrides such as `pat
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import secrets
 import signal
 import sys
@@ -17,10 +18,19 @@ from pathlib import Path
 
 from odeflow.errors import UserError
 from runner.tracking.masking import mask_url
-from runner.tracking.stores import PROJECT_ROOT, env_file
+from runner.tracking.stores import (
+    NEW_PASSWORD_COMMAND,
+    PLACEHOLDER_PASSWORD,
+    PROJECT_ROOT,
+    check_not_placeholder,
+    env_file,
+)
 
 ENV_EXAMPLE = PROJECT_ROOT / ".env.example"
-EXAMPLE_PASSWORD = "change-me"
+EXAMPLE_PASSWORD = PLACEHOLDER_PASSWORD
+TUNNEL_FIX = (
+    "or keep the default (127.0.0.1) and reach it through an SSH tunnel: ssh -L 9000:127.0.0.1:9000 <this host>"
+)
 
 
 def credentials() -> dict[str, str]:
@@ -32,15 +42,19 @@ def credentials() -> dict[str, str]:
 
     path = env_file()
     if not path.exists():
-        path.write_text(ENV_EXAMPLE.read_text().replace(EXAMPLE_PASSWORD, secrets.token_urlsafe(18)))
-        path.chmod(0o600)
+        path.touch(mode=0o600)
+        path.write_text(ENV_EXAMPLE.read_text().replace(EXAMPLE_PASSWORD, secrets.token_urlsafe(24)))
         print(f"created {path} with a random MongoDB password (the runner and make read it from there)")
+    elif path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+        print(f"made {path} readable by you only (mode 0600): it holds the database password")
     values = {**dotenv_values(path), **{k: v for k, v in os.environ.items() if k.startswith(("MONGO_", "OMNIBOARD_"))}}
     missing = [k for k in ("MONGO_USER", "MONGO_PASSWORD") if not values.get(k)]
     if missing:
         raise UserError(
             f"{' and '.join(missing)} not set in {path}", f"copy the lines from {ENV_EXAMPLE.name} and set them"
         )
+    check_not_placeholder(values["MONGO_PASSWORD"], f"MONGO_PASSWORD in {path}")
     for key, default in (("MONGO_PORT", "27017"), ("OMNIBOARD_PORT", "9000")):
         value = values.get(key) or default
         if not value.isdigit() or not 0 < int(value) < 65536:
@@ -48,7 +62,42 @@ def credentials() -> dict[str, str]:
                 f"{key}={value!r} in {path} is not a port number", f"set {key} to a free port, e.g. {default}"
             )
         values[key] = value
+    values["OMNIBOARD_HOST"] = values.get("OMNIBOARD_HOST") or "127.0.0.1"
+    omniboard_login(values, path)
     return values
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def omniboard_login(values: dict[str, str], path: Path) -> tuple[str, str] | None:
+    """(user, password) for Omniboard's login: used when set (other users of this machine reach 127.0.0.1 too),
+    required when OMNIBOARD_HOST exposes Omniboard beyond this machine."""
+    host = values["OMNIBOARD_HOST"]
+    user, password = values.get("OMNIBOARD_USER"), values.get("OMNIBOARD_PASSWORD")
+    if not user and not password and is_loopback(host):
+        return None
+    if not user or not password:
+        raise UserError(
+            f"OMNIBOARD_HOST={host} exposes Omniboard (every run's config and output) beyond this machine, "
+            "and no login is set"
+            if not is_loopback(host)
+            else f"only one of OMNIBOARD_USER and OMNIBOARD_PASSWORD is set in {path}",
+            f"set OMNIBOARD_USER and OMNIBOARD_PASSWORD in {path} (a password: {NEW_PASSWORD_COMMAND}), " + TUNNEL_FIX,
+        )
+    if ":" in user or ":" in password:
+        raise UserError(
+            "OMNIBOARD_USER and OMNIBOARD_PASSWORD may not contain ':' (Omniboard's login splits on it)",
+            f"choose others in {path}, e.g. a password from {NEW_PASSWORD_COMMAND}",
+        )
+    check_not_placeholder(password, f"OMNIBOARD_PASSWORD in {path}")
+    return user, password
 
 
 def push_runs(client, db_name: str, folders: list[Path]) -> dict[str, int]:
@@ -83,7 +132,7 @@ def serve(overrides: list[str], stop: threading.Event, with_omniboard: bool = Tr
 
     from dashboard.columns import seed_omniboard
     from dashboard.omniboard import Omniboard, ensure_installed, version
-    from dashboard.server import DatabaseServer, mongo_url
+    from dashboard.server import DatabaseServer, make_private, mongo_url
     from runner.cli import load_store
 
     started = time.monotonic()
@@ -93,6 +142,12 @@ def serve(overrides: list[str], stop: threading.Event, with_omniboard: bool = Tr
     mongo = load_store(["tracking=mongo", *overrides])
     files = load_store(["tracking=file", *[o for o in overrides if not o.startswith("tracking")]])
     runs_root = files.local_dir.parent.resolve()
+    opened = make_private(runs_root / "dashboard")
+    if opened:
+        print(
+            f"made {runs_root / 'dashboard'} private to you (folders 0700, files 0600): {opened} of its files and "
+            "folders were readable by other users (an older odeflow created them so)"
+        )
     server = DatabaseServer(
         runs_root / "dashboard" / "db", int(env["MONGO_PORT"]), env["MONGO_USER"], env["MONGO_PASSWORD"]
     )
@@ -110,15 +165,28 @@ def serve(overrides: list[str], stop: threading.Event, with_omniboard: bool = Tr
         seed_omniboard(client[mongo.db_name])
         client.close()
         if with_omniboard:
+            login = omniboard_login(env, env_file())
             omniboard = Omniboard(
-                server.url, mongo.db_name, int(env["OMNIBOARD_PORT"]), runs_root / "dashboard"
+                server.url,
+                mongo.db_name,
+                int(env["OMNIBOARD_PORT"]),
+                runs_root / "dashboard",
+                host=env["OMNIBOARD_HOST"],
+                login=login,
             ).start()
             print(f"Omniboard {version()}: {omniboard.url}   (ready in {time.monotonic() - started:.1f} s)")
+            if login is not None:
+                print(f"Omniboard asks for a login: user {login[0]}, password OMNIBOARD_PASSWORD in {env_file()}")
+            if not is_loopback(env["OMNIBOARD_HOST"]):
+                print(
+                    f"Omniboard listens on {env['OMNIBOARD_HOST']} (OMNIBOARD_HOST), in plain HTTP: on a network "
+                    "you do not trust, keep the default and use an SSH tunnel (see README)"
+                )
         print("log runs here live:  .venv/bin/python -m runner tracking=mongo   (MONGO_URL from .env)")
         if env.get("MONGO_URL") and env["MONGO_URL"].split("?")[0] != server.url.split("?")[0]:
             print(
-                f"warning: MONGO_URL in .env does not point at this database; runs with tracking=mongo will go elsewhere "
-                f"(set it to {mask_url(server.url)})"
+                "warning: MONGO_URL in .env does not point at this database; runs with tracking=mongo will go "
+                f"elsewhere (set it to {mask_url(server.url)})"
             )
         print("Ctrl-C stops the dashboard", flush=True)
         while not stop.wait(0.5):

@@ -2,7 +2,9 @@
 
 Omniboard reads its database from a JSON file named by OMNIBOARD_CONFIG (written with mode 0600), so the
 password never appears on a command line. It moves to the next port by itself when its port is taken;
-the URL printed is the one it reports listening on.
+the URL printed is the one it reports listening on. Omniboard itself would listen on every interface:
+omniboard_preload.js binds it to 127.0.0.1 (or the host the user chose to expose it on, with a login that
+reaches Omniboard through the environment, never its command line).
 """
 
 from __future__ import annotations
@@ -11,17 +13,21 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
 
-from dashboard.server import stop_with_parent, terminate
+from dashboard.server import private_files, stop_with_parent, terminate
 from odeflow.errors import UserError
 from runner.tracking.stores import PROJECT_ROOT
 
 NPM_PROJECT = PROJECT_ROOT / "omniboard"
 ENTRY = NPM_PROJECT / "node_modules" / "omniboard" / "dist" / "start.js"
+PRELOAD = Path(__file__).with_name("omniboard_preload.js")
+LOOPBACK = "127.0.0.1"
 INSTALLED_MARKER = NPM_PROJECT / "node_modules" / ".odeflow-lock.sha256"
 LISTENING = re.compile(r"Omniboard is listening on port (\d+)")
 CONNECTED = "established successfully"
@@ -59,10 +65,20 @@ def ensure_installed() -> None:
 
 
 class Omniboard:
-    """An Omniboard process serving database `db_name` at `url` on 127.0.0.1:`port`."""
+    """An Omniboard process serving database `db_name` at `url` on `host`:`port` (127.0.0.1 unless exposed:
+    then `login` = (user, password) is required by Omniboard's basic authentication)."""
 
-    def __init__(self, mongo_url: str, db_name: str, port: int, work_dir: Path) -> None:
+    def __init__(
+        self,
+        mongo_url: str,
+        db_name: str,
+        port: int,
+        work_dir: Path,
+        host: str = LOOPBACK,
+        login: tuple[str, str] | None = None,
+    ) -> None:
         self.mongo_url, self.db_name, self.requested_port = mongo_url, db_name, port
+        self.host, self.login = host, login
         self.work_dir = Path(work_dir).resolve()  # Omniboard require()s its config: a relative path would be its own
         self.log_file = self.work_dir / "omniboard.log"
         self.port: int | None = None
@@ -70,9 +86,14 @@ class Omniboard:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/{self.db_name}"
+        host = socket.gethostname() if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}/{self.db_name}"
 
     def start(self, timeout: float = 60) -> Omniboard:
+        with private_files():
+            return self._start(timeout)
+
+    def _start(self, timeout: float) -> Omniboard:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         config = self.work_dir / "omniboard-config.json"
         config.touch(mode=0o600)
@@ -87,10 +108,14 @@ class Omniboard:
             "OMNIBOARD_CONFIG": str(config),
             "PORT": str(self.requested_port),
             "NODE_ENV": "production",
+            "ODEFLOW_OMNIBOARD_HOST": self.host,
         }
+        env.pop("ODEFLOW_OMNIBOARD_LOGIN", None)
+        if self.login is not None:  # user:password:secret, Omniboard's format; the secret signs its sessions
+            env["ODEFLOW_OMNIBOARD_LOGIN"] = ":".join([*self.login, secrets.token_urlsafe(32)])
         with self.log_file.open("wb") as log:
             self.process = subprocess.Popen(
-                ["node", str(ENTRY)],
+                ["node", "--require", str(PRELOAD), str(ENTRY)],
                 cwd=self.work_dir,
                 env=env,
                 stdout=log,

@@ -14,6 +14,7 @@ once without authentication on a free port to create the user, stops, and then s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import select
@@ -30,6 +31,34 @@ from odeflow.errors import UserError
 
 READY = "secantus-ready"
 USER_MARKER = "dashboard-user.json"  # beside the data folder: the user it was provisioned with (no password)
+
+
+@contextlib.contextmanager
+def private_files():
+    """New files and folders (and those of child processes started meanwhile) readable by the user only."""
+    previous = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def make_private(root: Path) -> int:
+    """Take group and other permissions off `root` and everything in it (folders 0700, files 0600, as
+    created now); returns how many needed it (made by an older version, or by hand)."""
+    if not root.exists():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700)
+        return 0
+    changed = 0
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode & 0o7777
+        if mode & 0o077:
+            path.chmod(mode & ~0o077)
+            changed += 1
+    return changed
 
 
 def free_port() -> int:
@@ -123,6 +152,10 @@ class DatabaseServer:
         self.pid_file.unlink(missing_ok=True)
 
     def start(self, timeout: float = 60) -> DatabaseServer:
+        with private_files():  # the data holds every run and the users (their password hashes)
+            return self._start(timeout)
+
+    def _start(self, timeout: float) -> DatabaseServer:
         self._stop_leftover()
         started = time.monotonic()
         while not port_is_free(self.port) and time.monotonic() < started + 5:  # a socket of ours still closing
@@ -225,8 +258,8 @@ class DatabaseServer:
         except pymongo.errors.OperationFailure as exc:
             self.stop()
             raise UserError(
-                f"the dashboard database {self.data_dir} refuses user {self.user!r} ({exc.details.get('errmsg', exc)}): "
-                "it was created with other credentials",
+                f"the dashboard database {self.data_dir} refuses user {self.user!r} "
+                f"({exc.details.get('errmsg', exc)}): it was created with other credentials",
                 "put the earlier MONGO_USER/MONGO_PASSWORD back in .env, or delete that folder "
                 "(make dashboard pushes every run again from runs/store and runs/journal)",
             ) from None

@@ -105,7 +105,8 @@ def idx_problem(path: Path) -> str | None:
     """
     data = path.read_bytes()
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] not in _IDX_ITEM_BYTES or data[3] == 0:
-        return f"not an IDX file (its first bytes are {data[:4].hex() or 'missing'}; an IDX file starts with 0000 08 <dims>)"
+        first = data[:4].hex() or "missing"
+        return f"not an IDX file (its first bytes are {first}; an IDX file starts with 0000 08 <dims>)"
     ndim = data[3]
     if len(data) < 4 + 4 * ndim:
         return f"truncated inside its header ({len(data)} bytes)"

@@ -1,4 +1,7 @@
-"""Whole datasets held as tensors on the training device and batched by index: no DataLoader workers, no per-batch copies to the device."""
+"""Whole datasets held as tensors on the training device and batched by index.
+
+No DataLoader workers and no per-batch copies to the device.
+"""
 
 from __future__ import annotations
 

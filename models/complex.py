@@ -9,6 +9,7 @@ before the classifier ("Getting Correct Dimensions", thesis 7.3.2).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -87,7 +88,8 @@ class ComplexNet(nn.Module):
                 "model",
                 "complex",
                 "an image dataset: the complex models need (channels, height, width) inputs",
-                fix=f"this dataset gives vectors of shape {tuple(input_shape)}; use model=odenet_simple or a resnet_simple_* model",
+                fix=f"this dataset gives vectors of shape {tuple(input_shape)}; "
+                "use model=odenet_simple or a resnet_simple_* model",
             )
         if not stage_channels:
             raise ConfigError("stage_channels", stage_channels, "a non-empty list of channel counts")
@@ -108,7 +110,7 @@ class ComplexNet(nn.Module):
             )
         widths = [first, *stage_channels]
         stages = nn.Sequential(
-            *(Stage(i, o, residual, kernel_size, activation, norm) for i, o in zip(widths, widths[1:]))
+            *(Stage(i, o, residual, kernel_size, activation, norm) for i, o in itertools.pairwise(widths))
         )
         if residual:
             # The complex ResNet's shortcuts live inside its stages (before pooling), not around them.

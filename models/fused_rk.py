@@ -13,6 +13,7 @@ with torchdiffeq's within the tolerance and NFE is counted the same way, one per
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,7 +100,7 @@ def _combine(
     stage costs more in page faults than the arithmetic on this CPU.
     """
     result = None
-    for k, w in zip(stages, weights):
+    for k, w in zip(stages, weights, strict=True):
         if w == 0.0:
             continue
         if result is None:
@@ -166,7 +167,7 @@ def _stages(
     """All stage derivatives of one step, and the input of the last stage."""
     k = [f0]
     yi = y
-    for alpha_i, beta_i in zip(tableau.alpha, tableau.beta):
+    for alpha_i, beta_i in zip(tableau.alpha, tableau.beta, strict=True):
         if yi is not y:
             buffers.give(yi)  # f has consumed it
         yi = _combine(y, k, beta_i, dt, buffers.take())
@@ -262,7 +263,7 @@ class _ErrorNorm:
     def __call__(self, k: list[torch.Tensor], c_error: tuple[float, ...], dt: float, y1: torch.Tensor) -> float:
         scale = dt / self.rtol
         first = True
-        for kj, w in zip(k, c_error):
+        for kj, w in zip(k, c_error, strict=True):
             if w != 0.0:
                 if first:
                     torch.mul(kj, scale * w, out=self.error)
@@ -456,7 +457,7 @@ class TorchdiffeqAdapter:
 
     def integrate(self, t: torch.Tensor) -> torch.Tensor:
         ys = [self.y0]
-        for a, b in zip(t[:-1].tolist(), t[1:].tolist()):
+        for a, b in itertools.pairwise(t.tolist()):
             if self.method in FIXED_TABLEAUS:
                 ys.append(solve_fixed(self.func, ys[-1], a, b, self.step_size, self.method))
             else:

@@ -41,7 +41,14 @@ def main() -> None:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    hydra_main()
+    try:
+        hydra_main()
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: one line (what was kept, how to continue), no traceback
+        from odeflow.interrupts import as_interrupted
+
+        interrupted = as_interrupted(exc)
+        print(interrupted.describe(), file=sys.stderr, flush=True)
+        raise SystemExit(interrupted.exit_code) from None
 
 
 if __name__ == "__main__":

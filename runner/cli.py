@@ -68,7 +68,12 @@ def current_config(overrides: list[str]):
     try:
         with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
             return compose("config", overrides=overrides)
-    except HydraException as exc:
+    except Exception as exc:
+        from runner.command_line import raise_if_yaml_error
+
+        raise_if_yaml_error(exc)
+        if not isinstance(exc, HydraException):
+            raise
         raise UserError(
             f"bad config override: {exc}", "overrides look like tracking=mongo or paths.runs=/some/dir"
         ) from None
@@ -216,6 +221,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
             f"resume continues crashed or killed runs (status RUNNING, FAILED or INTERRUPTED); "
             f"to train it again use: python -m runner reproduce {record.id}",
         )
+    describe_unfinished(record)
     state, out_dir = load_training_state(record)
     print(f"resuming run {record.id} after epoch {state['epoch']} (from {out_dir / 'last_checkpoint.pt'})", flush=True)
     meta = {
@@ -226,9 +232,31 @@ def cmd_resume(args: argparse.Namespace) -> int:
     }
     summary = run_experiment(config_from_record(record, cfg), out_dir, record.choices, meta, resume=state)
     print(
-        f"run {record.id} continued as run {summary['run_id']}: epochs 1-{summary['epochs']}, test acc {summary['test_acc']:.4f}"
+        f"run {record.id} continued as run {summary['run_id']}: epochs 1-{summary['epochs']}, "
+        f"test acc {summary['test_acc']:.4f}"
     )
     return 0
+
+
+def describe_unfinished(record) -> None:
+    """A RUNNING run may still be alive (refused: two processes would train it) or killed (said so)."""
+    from runner.tracking.liveness import heartbeat_age, owner
+
+    if record.status != "RUNNING" or record.liveness == "unknown":
+        return
+    if record.liveness == "alive":
+        age = heartbeat_age(record.heartbeat)
+        beat = f", last heartbeat {age:.0f} s ago" if age is not None else ""
+        raise UserError(
+            f"run {record.id} is still running ({owner(record.meta, record.host)}{beat})",
+            f"wait for it to end, or stop it (kill -TERM {record.meta.get('pid', '<pid>')}: it ends INTERRUPTED) "
+            f"and then: python -m runner resume {record.id}",
+        )
+    print(
+        f"run {record.id} was killed (status RUNNING, but {owner(record.meta, record.host)} is gone): "
+        "continuing it from its last finished epoch",
+        flush=True,
+    )
 
 
 def cmd_reevaluate(args: argparse.Namespace) -> int:
@@ -236,7 +264,7 @@ def cmd_reevaluate(args: argparse.Namespace) -> int:
 
     record, cfg, store = _one_run(args)
     run_id, out_dir = reevaluate_run(record, cfg, store, args.grid, args.collapse_threshold, args.device)
-    print(f"re-evaluation logged as run {run_id}; table and heatmap in {out_dir}")
+    print(f"re-evaluation logged as run {run_id}; table and figure (reevaluation.png) in {out_dir}")
     return 0
 
 
@@ -261,7 +289,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         folder = Path(current_config(overrides).paths.runs) / "studies" / words[0]
     paths = write_study(folder)
-    _show_written(paths, paths["study.md"].read_text())
+    _show_written(paths, next(path for name, path in paths.items() if name.endswith(".md")).read_text())
     return 0
 
 
@@ -342,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="folder for comparison.md/.csv and the PNGs (default: <paths.runs>/report)")
     report.set_defaults(handler=cmd_report)
     study = sub.add_parser(
-        "study", help="table and BNFE-per-epoch plot of an architecture study (make study STUDY=t_final)"
+        "study", help="table and figure of a study (make study STUDY=t_final, critical_step, adaptation, ...)"
     )
     study.set_defaults(handler=cmd_study)
     sweep_report = sub.add_parser("sweep-report", help="plots, parameter importance and top trials of a hyperopt sweep")
@@ -370,6 +398,12 @@ def main(argv: list[str]) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM during resume, reproduce, ...: one line
+        from odeflow.interrupts import as_interrupted
+
+        interrupted = as_interrupted(exc)
+        print(interrupted.describe(), file=sys.stderr, flush=True)
+        return interrupted.exit_code
     except OSError as exc:  # a path the user gave (--out, paths.runs) that cannot be written or read
         if exc.filename is None:
             raise

@@ -57,6 +57,7 @@ def check_overrides(argv: list[str]) -> None:
         return
     changed = [o for o in overrides if o.type == OverrideType.CHANGE and not o.key_or_group.startswith("hydra")]
     groups = [o.input_line for o in changed if "." not in o.key_or_group and o.package is None]
+    groups += [o.input_line for o in overrides if o.key_or_group == "hydra.searchpath"]  # the user's config folders
     cfg = _compose(groups)
     if cfg is None:
         return  # an unknown group option, say: Hydra lists the options
@@ -101,8 +102,30 @@ def _compose(group_overrides: list[str]) -> Any:
     try:
         with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
             return compose("config", overrides=group_overrides)
-    except Exception:  # Hydra explains bad group options itself, with the list of options
+    except Exception as exc:  # Hydra explains bad group options itself, with the list of options
+        raise_if_yaml_error(exc)
         return None
+
+
+def raise_if_yaml_error(exc: BaseException) -> None:
+    """A config file that is not valid YAML (Hydra shows PyYAML's traceback): one line naming file, line and column."""
+    import yaml
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, yaml.MarkedYAMLError):
+            mark = exc.problem_mark or exc.context_mark
+            where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark else "a config file"
+            problem = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+            raise UserError(
+                f"{where} is not valid YAML: {problem}",
+                "correct the file there (a mapping is `key: value` indented by spaces, a list `[a, b]`; quote "
+                "values holding ':' or '#'); python -m runner --cfg job shows the composed config once it loads",
+            ) from None
+        if isinstance(exc, yaml.YAMLError):
+            raise UserError(f"a config file is not valid YAML: {exc}", "correct the file it names") from None
+        exc = exc.__cause__ or exc.__context__
 
 
 def leaf_keys(node: Any, prefix: str = "") -> list[str]:

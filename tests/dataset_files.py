@@ -28,7 +28,7 @@ def write_fashion_mnist(root: Path, n_train: int = 60, n_test: int = 20, seed: i
         "test_x": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
         "test_y": np.arange(n_test, dtype=np.uint8) % 10,
     }
-    for name, key in zip(FASHION_MNIST_FILES, ["train_x", "train_y", "test_x", "test_y"]):
+    for name, key in zip(FASHION_MNIST_FILES, ["train_x", "train_y", "test_x", "test_y"], strict=True):
         write_idx(raw / name, arrays[key])
     return arrays
 

@@ -145,7 +145,9 @@ time.sleep(600)
 
 
 def owned_server(data: Path, port: int) -> tuple[subprocess.Popen, int]:
-    """A database server started by another process (as a dashboard starts it); returns that owner and the server's pid."""
+    """A database server started by another process (as a dashboard starts it).
+
+    Returns that owner and the server's pid."""
     owner = subprocess.Popen(
         [sys.executable, "-c", OWNER, str(data), str(port)], cwd=ROOT, stdout=subprocess.PIPE, text=True
     )

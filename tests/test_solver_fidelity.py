@@ -91,7 +91,9 @@ def test_forward_steps_and_fnfe_are_torchdiffeqs(problem, method, tol):
         )[-1]
     accepted = [[s for s in r.steps if s[0] == "accept"] for r in (fused, reference)]
     assert abs(len(accepted[0]) - len(accepted[1])) <= 1
-    for (_, t_a, dt_a), (_, t_b, dt_b) in zip(accepted[0][:-1], accepted[1][:-1]):
+    for (_, t_a, dt_a), (_, t_b, dt_b) in zip(
+        accepted[0][:-1], accepted[1][:-1], strict=False
+    ):  # the counts may differ by one
         assert t_a == pytest.approx(t_b, rel=1e-6, abs=1e-12) and dt_a == pytest.approx(
             dt_b, rel=1e-6
         )  # summation order only

@@ -66,3 +66,32 @@ def test_help_lists_the_subcommands(runs_dir: Path):
     for command in ("sync", "runs", "reproduce", "resume", "reevaluate", "report", "study"):
         assert f"python -m runner {command}" in proc.stdout, proc.stdout
     assert "model: odenet_complex, odenet_simple" in proc.stdout  # Hydra's list of options is still there
+
+
+@pytest.mark.parametrize(
+    "group,text,where,problem",
+    [
+        (
+            "experiment",
+            "# @package _global_\ntrain:\n  lr: [0.1\n  max_epochs: 2\n",
+            "line 4, column 13",
+            "expected ','",
+        ),
+        (
+            "search",
+            "params:\n  train.lr: loguniform(1e-4, 1e-2)\n   model.channels: choice(4, 8)\n",
+            "line 3",
+            "mapping",
+        ),
+    ],
+)
+def test_a_yaml_syntax_error_in_a_users_config_file_is_one_message(runs_dir, tmp_path, group, text, where, problem):
+    (tmp_path / "conf" / group).mkdir(parents=True)
+    (tmp_path / "conf" / group / "mine.yaml").write_text(text)
+    multirun = ["-m"] if group == "search" else []
+    proc = run_cli([*multirun, f"hydra.searchpath=[file://{tmp_path / 'conf'}]", f"{group}=mine"], runs_dir)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    cause, fix = proc.stderr.strip().splitlines()
+    assert cause.startswith(f"error: {tmp_path / 'conf' / group / 'mine.yaml'}, {where}")
+    assert "is not valid YAML" in cause and problem in cause and fix.startswith("  fix: correct the file there")
+    assert not (runs_dir / "store").exists()

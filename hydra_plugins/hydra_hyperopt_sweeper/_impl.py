@@ -7,7 +7,6 @@ configured launcher, record each outcome, repeat.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -30,9 +29,11 @@ from hyperopt import base, hp, space_eval, tpe
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from odeflow.errors import UserError
+from odeflow.files import write_atomic
 from odeflow.objectives import OBJECTIVE_DIRECTIONS
 from odeflow.tables import text_table
 from runner.sweeps import state as sweep_state
+from runner.sweeps.folder import SweepLock, free_sibling, refuse_new_sweep_over
 from runner.sweeps.pruning import EPOCH_METRIC, EVIDENCE_FILE, PrunerSettings
 from runner.sweeps.state import SweepRecord, TrialRecord
 
@@ -197,6 +198,24 @@ def build_space(params: dict[str, Any], arguments: list[str]) -> tuple[dict[str,
     return searched, fixed
 
 
+def suggest_batch(
+    ids: list[int], domain: base.Domain, history: base.Trials, sweep_seed: int, n_startup_jobs: int
+) -> list[dict[str, Any]]:
+    """TPE's suggestions for the new trials `ids`, one each, seeded by the trial number (the same on resume).
+
+    Past its start-up trials tpe.suggest answers only the first of several ids, so a batch for parallel
+    workers asks for the others one at a time (like hyperopt's own parallel workers, none sees the others'
+    pending results)."""
+
+    def seed(number: int) -> int:
+        return int(np.random.default_rng([sweep_seed, number]).integers(2**31 - 1))
+
+    docs = tpe.suggest(ids, domain, history, seed(ids[0]), n_startup_jobs=n_startup_jobs)
+    for number in ids[len(docs) :]:
+        docs += tpe.suggest([number], domain, history, seed(number), n_startup_jobs=n_startup_jobs)
+    return docs
+
+
 def format_value(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)
@@ -265,7 +284,7 @@ def tpe_history(
     done = [t for t in trials if t.has_value or t.status == "failed"]
     tids = history.new_trial_ids(len(done))
     results, miscs = [], []
-    for tid, trial in zip(tids, done):
+    for tid, trial in zip(tids, done, strict=True):
         vals = {name: [p.to_hyperopt(trial.params[name])] for name, p in searched.items()}
         miscs.append(
             {
@@ -350,13 +369,8 @@ class HyperoptSweeperImpl(Sweeper):
                     flush=True,
                 )
         if record is None:
-            if (self.sweep_dir / sweep_state.STATE_FILE).exists():
-                print(
-                    f"[hyperopt] hydra.sweeper.resume=false: starting {self.sweep_dir} over (its earlier trials' "
-                    "state and pruning evidence are replaced)",
-                    flush=True,
-                )
-            (self.sweep_dir / EVIDENCE_FILE).unlink(missing_ok=True)  # a new sweep prunes on its own trials only
+            refuse_new_sweep_over(self.sweep_dir, sweep_state.recorded_id(self.sweep_dir))
+            (self.sweep_dir / EVIDENCE_FILE).unlink(missing_ok=True)  # no trial of its own: left by no sweep
             return SweepRecord(
                 f"{self.sweep_dir.name}-{uuid.uuid4().hex[:8]}",
                 self.objective,
@@ -368,11 +382,12 @@ class HyperoptSweeperImpl(Sweeper):
         if changes:
             raise SearchSpaceError(
                 f"sweep {record.sweep_id} in {self.sweep_dir} was started with another search: {'; '.join(changes)}",
-                "resume it as it was started, start a new sweep in another hydra.sweep.dir, or start "
-                "this one over with hydra.sweeper.resume=false",
+                "resume it as it was started, or start the new search in another folder: "
+                f"hydra.sweep.dir={free_sibling(self.sweep_dir)}",
             )
         print(
-            f"[hyperopt] resuming sweep {record.sweep_id}: {record.count('ok', 'pruned', 'failed')} trials done in {self.sweep_dir}",
+            f"[hyperopt] resuming sweep {record.sweep_id}: {record.count('ok', 'pruned', 'failed')} trials done in "
+            f"{self.sweep_dir}",
             flush=True,
         )
         return record
@@ -393,7 +408,8 @@ class HyperoptSweeperImpl(Sweeper):
                 continue
             seeded += [t for t in earlier.trials if t.has_value or t.status == "failed"]
             print(
-                f"[hyperopt] warm start: {earlier.count('ok', 'pruned')} trials of sweep {earlier.sweep_id} ({directory})",
+                f"[hyperopt] warm start: {earlier.count('ok', 'pruned')} trials of sweep {earlier.sweep_id} "
+                f"({directory})",
                 flush=True,
             )
             if reference not in record.warm_start:
@@ -430,17 +446,19 @@ class HyperoptSweeperImpl(Sweeper):
         space = {name: p.expression for name, p in searched.items()}
         specs = {name: p.spec for name, p in searched.items()}
         domain = base.Domain(lambda _: 0.0, space)  # trials run through the launcher, not through fn
-        record = self._load_or_start(specs)
+        self.lock = SweepLock.acquire(self.sweep_dir)  # held until this process ends
+        record = self.record = self._load_or_start(specs)
+        self.lock.name_owner(record.sweep_id)
         seeded = self._warm_start_trials(record, specs)
         self._settle_lost(record)
-        suggest = functools.partial(tpe.suggest, n_startup_jobs=self.n_startup_jobs)
         gpus = visible_gpus()
         if gpus > 1 and self.n_jobs > gpus:
             print(f"[hyperopt] n_jobs={self.n_jobs} > {gpus} GPUs: some trials of a batch will share a GPU", flush=True)
         pruning = f"; pruner {self.pruner.kind}" if self.pruner.active else ""
         print(
             f"[hyperopt] sweep {record.sweep_id}: {self.direction} {self.objective} over {', '.join(searched)}; "
-            f"{self.n_trials} trials, {self.n_jobs} per batch{pruning}; state in {self.sweep_dir / sweep_state.STATE_FILE}",
+            f"{self.n_trials} trials, {self.n_jobs} per batch{pruning}; state in "
+            f"{self.sweep_dir / sweep_state.STATE_FILE}",
             flush=True,
         )
         record.save(self.sweep_dir)
@@ -455,8 +473,8 @@ class HyperoptSweeperImpl(Sweeper):
             if new:
                 ids = list(range(len(record.trials), len(record.trials) + new))
                 history = tpe_history([*seeded, *record.trials], searched, self.direction, domain)
-                seed = int(np.random.default_rng([self.seed, ids[0]]).integers(2**31 - 1))  # reproducible on resume
-                for number, doc in zip(ids, suggest(ids, domain, history, seed)):
+                docs = suggest_batch(ids, domain, history, self.seed, self.n_startup_jobs)
+                for number, doc in zip(ids, docs, strict=True):
                     vals = {k: v[0] for k, v in doc["misc"]["vals"].items() if v}
                     sampled = space_eval(space, vals)
                     trial = TrialRecord(
@@ -472,24 +490,45 @@ class HyperoptSweeperImpl(Sweeper):
             record.next_job = first_job + len(batch)
             record.save(self.sweep_dir)  # before launching: a crash now leaves these trials 'running'
             overrides = []
-            for trial, device in zip(batch, assign_devices(len(batch), gpus)):
+            for trial, device in zip(batch, assign_devices(len(batch), gpus), strict=True):
                 line = [f"{k}={format_value(v)}" for k, v in {**fixed, **trial.params}.items()]
                 line += [f"sweep_id={record.sweep_id}", f"sweep_trial={trial.number}"]
                 if device is not None and "train.device" not in fixed:
                     line.append(f"train.device={device}")
                 overrides.append(tuple(line))
             returns = self.launcher.launch(overrides, initial_job_idx=first_job)
-            for trial, ret in zip(batch, returns):
+            for trial, ret in zip(batch, returns, strict=True):
                 self._record(trial, ret)
             record.save(self.sweep_dir)
         self._check_failure_rate(record)
         self._finish(record, searched)
 
+    def describe_interruption(self, interrupted: Any) -> str:
+        """One line for a sweep stopped by Ctrl-C or SIGTERM: what its running trial kept, how to resume."""
+        record = getattr(self, "record", None)
+        if record is None:
+            return f"{interrupted.describe()}; no trial had started"
+        running = [t for t in record.trials if t.status == "running"]
+        trial = (
+            f"run {interrupted.run_id} (trial {', '.join(str(t.number) for t in running)}) recorded as INTERRUPTED; "
+            if interrupted.run_id is not None
+            else ""
+        )
+        return (
+            f"[hyperopt] sweep {record.sweep_id} interrupted ({interrupted.signal_name}): {trial}its state is saved "
+            f"in {self.sweep_dir / sweep_state.STATE_FILE}; resume it by running the same command again "
+            "(trials that were running start again under new job numbers)"
+        )
+
     def _record(self, trial: TrialRecord, ret: Any) -> None:
         try:
             summary = _result_json(Path(ret.hydra_cfg.hydra.runtime.output_dir))
+            ran_as = int(ret.hydra_cfg.hydra.job.num)
         except AttributeError:  # a job that failed before Hydra set up its config
-            summary = None
+            summary, ran_as = None, trial.job
+        if ran_as in trial.lost_jobs:  # a launcher (Slurm) waited for the job an interrupted sweep had started
+            trial.lost_jobs.remove(ran_as)
+            trial.job = ran_as
         try:
             value = ret.return_value  # Hydra re-raises the trial's exception here when it failed
         except Exception as error:  # noqa: BLE001 - any failure of a trial is recorded, and the sweep goes on
@@ -563,10 +602,8 @@ class HyperoptSweeperImpl(Sweeper):
                 for t in record.trials
             ],
         }
-        path = self.sweep_dir / RESULTS_FILE
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(_plain(results), sort_keys=False))
-        return path
+        return write_atomic(self.sweep_dir / RESULTS_FILE, yaml.safe_dump(_plain(results), sort_keys=False))
 
     def _finish(self, record: SweepRecord, searched: dict[str, Parameter]) -> None:
         path = self._write_results(record)

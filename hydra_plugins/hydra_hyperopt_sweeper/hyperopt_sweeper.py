@@ -23,17 +23,25 @@ class HyperoptSweeper(Sweeper):
             self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> None:
-        with _one_line_errors():
+        from odeflow.interrupts import sigterm_as_interrupt
+
+        with _one_line_errors(self.sweeper), sigterm_as_interrupt():
             return self.sweeper.sweep(arguments)
 
 
 @contextlib.contextmanager
-def _one_line_errors() -> Iterator[None]:
-    """A bad search space or sweeper setting ends in its message, not under Hydra's traceback."""
+def _one_line_errors(sweeper: Any = None) -> Iterator[None]:
+    """A bad search space or sweeper setting ends in its message, not under Hydra's traceback; so does an
+    interrupted sweep (Ctrl-C, SIGTERM), saying how to resume it."""
     from odeflow.errors import UserError
+    from odeflow.interrupts import as_interrupted
 
     try:
         yield
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    except KeyboardInterrupt as exc:
+        interrupted = as_interrupted(exc)
+        print(sweeper.describe_interruption(interrupted), file=sys.stderr, flush=True)
+        raise SystemExit(interrupted.exit_code) from None

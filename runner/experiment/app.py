@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -11,8 +12,11 @@ from omegaconf import DictConfig
 from models.ode_block import ode_blocks
 from models.parameters import count_parameters, residual_block_count
 from odeflow.errors import check_choice
+from odeflow.files import disk_full_error, is_disk_full, write_atomic
+from odeflow.interrupts import Interrupted, as_interrupted, sigterm_as_interrupt
 from odeflow.objectives import OBJECTIVE_DIRECTIONS
-from runner.experiment import pipeline
+from runner.experiment import figures, pipeline
+from runner.experiment.adaptation import AdaptationSettings, SolverAdapter
 from runner.experiment.adjoint_check import adjoint_gradient_check
 from runner.experiment.adjoint_check import describe as describe_adjoint_check
 from runner.experiment.checkpoint import model_recipe
@@ -24,8 +28,10 @@ from runner.experiment.settings import (
     reuse_freed_host_memory,
     seed_everything,
 )
+from runner.experiment.slurm_job import slurm_job_info
+from runner.experiment.trajectories import draw_trajectories
 from runner.tracking.masking import mask_secrets
-from runner.tracking.stores import RunLog, run_tracked
+from runner.tracking.stores import FileStore, RunLog, run_tracked
 
 
 class EpochPruner(Protocol):
@@ -57,6 +63,8 @@ def run_experiment(
     config = to_plain(cfg)
     logged_config = mask_secrets(config)
     solver = instantiate_group("solver", cfg.solver)
+    # Runs logged before adaptation existed have no such group: they trained without it.
+    adaptation = instantiate_group("adaptation", cfg.adaptation) if "adaptation" in cfg else AdaptationSettings()
     settings = instantiate_group("train", cfg.train)
     store = instantiate_group("tracking", cfg.tracking)
     device = resolve_device(settings.device)
@@ -67,16 +75,23 @@ def run_experiment(
     recipe = model_recipe(config["model"], config["solver"], data.input_shape, data.num_classes)
     model = pipeline.build(recipe, data, device)
     is_ode = bool(ode_blocks(model))
+    adaptation.check_solver(solver, is_ode)
+    adapter = SolverAdapter(adaptation, ode_blocks(model)[0].t_final) if adaptation.enabled else None
     model_name = (choices or {}).get("model", recipe["_target_"])
     print(
         f"{cfg.name}: {model_name} on {data.name} {data.sizes()} | solver {solver.describe() if is_ode else '-'} | "
-        f"device {device} | runs in {store.describe()}",
+        f"{'adapting ' + adaptation.kind + ' | ' if adapter else ''}device {device} | runs in {store.describe()}",
         flush=True,
     )
     outcome: dict[str, Any] = {}
+    # A sweep's trial records its result first and has its figures drawn after (runner.experiment.figures):
+    # its cost is then its training. Only the file store takes artifacts after a run has completed.
+    later_figures = bool((meta or {}).get("sweep_id")) and isinstance(store, FileStore)
 
     def body(run: RunLog) -> float:
         run.set_info("device", str(device))
+        if (slurm := slurm_job_info()) is not None:
+            run.set_info("slurm", slurm)  # the runs browser's and the dashboard's slurm job column
         run.set_info("choices", choices or {})
         run.set_info("model_family", "odenet" if is_ode else "resnet")
         run.set_info("dataset_sizes", data.sizes())
@@ -85,19 +100,32 @@ def run_experiment(
 
         epochs: list[dict[str, float]] = []
 
+        outcome["run_id"] = run.id
+
         def log_epoch(m: dict[str, float]) -> None:
             run.log_metrics({k: v for k, v in m.items() if k != "epoch"}, int(m["epoch"]))
             epochs.append(m)
+            outcome["epochs"] = len(epochs)
             outcome["cost"] = cost_summary(epochs, is_ode)
             run.set_info("cost", outcome["cost"])  # the dashboard's s/epoch, FNFE, BNFE and memory columns
+            for check in adapter.checks if adapter else []:
+                if check.epoch == int(m["epoch"]):  # per check, at the training iteration it ran
+                    run.log_metrics(
+                        {"adaptation.check.value": check.value, "adaptation.check.gap": check.gap}, check.iteration
+                    )
 
         def after_epoch(m: dict[str, float]) -> str | None:
             log_epoch(m)
             return pruner.after_epoch(int(m["epoch"]), m) if pruner is not None else None
 
+        if adapter is not None and (resume or {}).get("adaptation"):
+            adapter.load_state_dict(resume["adaptation"], model)  # so the earlier epochs' checks are logged too
         for earlier in (resume or {}).get("history", []):
             log_epoch(earlier)  # a resumed run carries the epochs before the crash too
-        fit_result = pipeline.train(model, data, settings, after_epoch, out_dir / "last_checkpoint.pt", resume)
+        fit_result = pipeline.train(model, data, settings, after_epoch, out_dir / "last_checkpoint.pt", resume, adapter)
+        if fit_result.adaptation:
+            run.set_info("adaptation", {k: v for k, v in fit_result.adaptation.items() if k != "log"})
+            print(describe_adaptation(fit_result.adaptation), flush=True)
         if fit_result.pruned:
             run.set_info("pruned", fit_result.pruned)
         if pruner is not None:
@@ -109,10 +137,27 @@ def run_experiment(
             outcome["adjoint_check"] = check
         results = pipeline.evaluate(model, data)
         run.set_info("test", {k: results[k] for k in ("test.loss", "test.acc", "test.nfe.forward", "test.time")})
+        title = f"{cfg.name}: {model_name} on {data.name}" + (f", {solver.describe()}" if is_ode else "")
+        if run.id is not None:
+            title = f"run {run.id} {title}"
+        outcome["title"] = title
         for name, path in pipeline.write_outputs(
-            out_dir, model, recipe, logged_config, fit_result, results, data.class_names, is_ode
+            out_dir,
+            model,
+            recipe,
+            logged_config,
+            fit_result,
+            results,
+            data.class_names,
+            is_ode,
+            title,
+            figures=not later_figures,
         ).items():
             run.add_artifact(path, name)
+        crossings = draw_trajectories(model, data, out_dir / "trajectories.png") if is_ode else None
+        if crossings is not None:  # vector states: the flow of test points, crossing pairs for 2-D ones
+            run.set_info("trajectories", crossings)
+            run.add_artifact(out_dir / "trajectories.png", "trajectories.png")
         outcome.update(results, fit=fit_result)
         return results["test.acc"]
 
@@ -121,9 +166,19 @@ def run_experiment(
         "output_dir": str(out_dir.resolve()),
         "choices": choices or {},
         "model_family": "odenet" if is_ode else "resnet",
+        "pid": os.getpid(),  # with the host Sacred records: `runs list` tells a killed RUNNING run from a live one
         **(meta or {}),
     }
-    run_id, _ = run_tracked(cfg.name, logged_config, store, body, run_meta, command="train")
+    with sigterm_as_interrupt():  # Slurm, systemd, docker stop: recorded as INTERRUPTED like Ctrl-C, resumable
+        try:
+            run_id, _ = run_tracked(cfg.name, logged_config, store, body, run_meta, command="train")
+        except KeyboardInterrupt as exc:
+            interrupted = as_interrupted(exc).signal_name
+            raise Interrupted(interrupted, outcome.get("run_id"), outcome.get("epochs", 0)) from None
+        except Exception as exc:  # a full disk: one message, what was kept, how to continue
+            if is_disk_full(exc):
+                raise disk_full_error(out_dir, outcome.get("run_id"), outcome.get("epochs", 0)) from None
+            raise
     fit_result = outcome["fit"]
     last = fit_result.history[-1]
     summary = {
@@ -148,8 +203,16 @@ def run_experiment(
         "adjoint_grad_err": outcome.get("adjoint_check", {}).get("relative_error"),
         **{name: outcome["cost"].get(name) for name in MEMORY_PEAKS},
         "pruned": fit_result.pruned,
+        "adapted": (fit_result.adaptation or {}).get("at_best_epoch"),
+        "adapt_changes": (fit_result.adaptation or {}).get("changes"),
+        "adapt_check_share": (fit_result.adaptation or {}).get("check_share"),
     }
-    (out_dir / "result.json").write_text(json.dumps(summary, indent=2))
+    write_atomic(out_dir / "result.json", json.dumps(summary, indent=2))  # a sweep reads it: whole or absent
+    if later_figures:
+        figures.draw_later(
+            lambda: pipeline.write_figures(out_dir, fit_result, outcome, data.class_names, is_ode, outcome["title"]),
+            lambda paths: store.attach_artifacts(run_id, paths),
+        )
     return summary
 
 
@@ -161,6 +224,15 @@ MEMORY_PEAKS = {
     "val_mem_mb": ("mem.val.cuda_alloc_mb", "mem.val.rss_mb"),
     "val_live_mb": ("mem.val.live_mb",),
 }
+
+
+def describe_adaptation(info: dict[str, Any]) -> str:
+    name = "step size" if info["kind"] == "step_size" else "tolerance"
+    return (
+        f"{info['kind']} adaptation: {name} {info['initial']:.4g} -> {info['final']:.4g} "
+        f"({info['changes']} changes in {info['checks']} checks; {100 * info['check_share']:.1f}% of training time); "
+        f"the restored weights were trained with {info['at_best_epoch']:.4g}"
+    )
 
 
 def cost_summary(epochs: list[dict[str, float]], is_ode: bool) -> dict[str, float]:

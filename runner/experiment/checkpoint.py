@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from odeflow.errors import UserError
+from odeflow.files import save_atomic
 from runner.experiment.factories import instantiate_group
 
 
@@ -27,8 +28,8 @@ def save_checkpoint(
     path: Path, model: nn.Module, recipe: dict[str, Any], config: dict[str, Any], extra: dict[str, Any] | None = None
 ) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"recipe": recipe, "config": config, "state_dict": model.state_dict(), **(extra or {})}, path)
-    return path
+    checkpoint = {"recipe": recipe, "config": config, "state_dict": model.state_dict(), **(extra or {})}
+    return save_atomic(path, lambda f: torch.save(checkpoint, f))
 
 
 def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:

@@ -23,6 +23,7 @@ COLUMNS = [
     ("adjoint_grad_err", "adj. grad err", "{:.2g}"),
     ("train_mem_mb", "train MB", "{:.0f}"),
     ("saved_mb", "saved MB", "{:.1f}"),
+    ("adapted", "adapted h/tol", "{:.4g}"),
 ]
 
 

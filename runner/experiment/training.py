@@ -19,6 +19,8 @@ from tqdm import tqdm
 from data.tensors import DataBundle
 from models.ode_block import backward_nfe, forward_nfe, ode_blocks, translate_solver_failure
 from odeflow.errors import TrainingDivergedError
+from odeflow.files import save_atomic
+from runner.experiment.adaptation import SolverAdapter
 from runner.experiment.evaluation import predict
 from runner.experiment.memory import PhaseMemory, format_memory
 from runner.experiment.settings import TrainSettings, make_optimizer
@@ -34,6 +36,7 @@ class FitResult:
     best_val_loss: float = math.inf
     stopped_early: bool = False
     pruned: dict[str, Any] | None = None  # {"epoch": e, "reason": ...} when a sweep's pruner stopped the run
+    adaptation: dict[str, Any] | None = None  # the adapted step size or tolerance and its checks (adaptation.py)
 
 
 def _train_one_epoch(
@@ -44,6 +47,7 @@ def _train_one_epoch(
     bar: tqdm | None,
     epoch: int,
     memory: PhaseMemory,
+    adapter: SolverAdapter | None = None,
 ) -> dict[str, float]:
     model.train()
     has_ode = bool(ode_blocks(model))
@@ -65,6 +69,8 @@ def _train_one_epoch(
         except AssertionError as exc:  # torchdiffeq's adjoint solve fails inside autograd
             solver = ode_blocks(model)[0].solver if has_ode else None
             raise (translate_solver_failure(exc, solver) if solver else exc) from exc
+        if adapter is not None:  # between backward and step, as in "ResNet After All"
+            adapter.after_backward(model, x, y, epoch, (data.val.x[: data.batch_size], data.val.y[: data.batch_size]))
         optimizer.step()
         memory.batch_done()
         n = len(y)
@@ -94,6 +100,7 @@ def fit(
     on_epoch: EpochCallback | None = None,
     checkpoint_path: Path | None = None,
     resume: dict[str, Any] | None = None,
+    adapter: SolverAdapter | None = None,
 ) -> FitResult:
     """Train until max_epochs or until validation loss has not improved for `patience` epochs (thesis 6.2.2).
 
@@ -102,7 +109,8 @@ def fit(
     epoch.time (seconds), peak memory mem.train.* and mem.val.* (runner.experiment.memory). With
     `checkpoint_path`, everything needed to continue (weights, optimizer, batch order, early-stopping state,
     history) is saved there after every epoch; `resume` is such a saved state, and training continues with
-    the next epoch exactly as it would have.
+    the next epoch exactly as it would have. `adapter` adapts the solver's step size or tolerance during
+    training; its value and checks are part of the saved state.
     """
     optimizer = make_optimizer(settings, model.parameters())
     generator = torch.Generator().manual_seed(settings.seed)
@@ -119,6 +127,10 @@ def fit(
         first_epoch = resume["epoch"] + 1
         if waited >= settings.patience:
             first_epoch = settings.max_epochs + 1  # it had already stopped early
+        if adapter is not None and resume.get("adaptation"):
+            adapter.load_state_dict(resume["adaptation"], model)
+    if adapter is not None:
+        adapter.start(model, data.train.x[: data.batch_size], ode_blocks(model)[0].solver)
     show_bar = settings.progress and sys.stderr.isatty()
     device = next(model.parameters()).device
     for epoch in range(first_epoch, settings.max_epochs + 1):
@@ -135,7 +147,7 @@ def fit(
             ) as bar,
         ):
             metrics = _train_one_epoch(
-                model, data, optimizer, generator, bar if show_bar else None, epoch, train_memory
+                model, data, optimizer, generator, bar if show_bar else None, epoch, train_memory, adapter
             )
         with val_memory.phase():
             val = predict(model, data.val, data.batch_size, val_memory)
@@ -150,6 +162,8 @@ def fit(
                 "epoch": epoch,
             }
         )
+        if adapter is not None:
+            metrics.update(adapter.epoch_metrics(epoch, metrics["epoch.time"]))
         result.history.append(metrics)
         improved = val.loss < result.best_val_loss - settings.min_delta
         if improved:
@@ -158,7 +172,9 @@ def fit(
         else:
             waited += 1
         if checkpoint_path is not None:
-            _save_training_state(checkpoint_path, epoch, model, optimizer, generator, best_state, waited, result)
+            _save_training_state(
+                checkpoint_path, epoch, model, optimizer, generator, best_state, waited, result, adapter
+            )
         if settings.progress:
             print(format_epoch(metrics, settings.max_epochs, improved), flush=True)
         stop_reason = on_epoch(metrics) if on_epoch is not None else None
@@ -176,6 +192,8 @@ def fit(
                 )
             break
     model.load_state_dict(best_state)
+    if adapter is not None:
+        result.adaptation = adapter.finish(model, result.history, result.best_epoch)
     return result
 
 
@@ -188,6 +206,7 @@ def _save_training_state(
     best_state: dict,
     waited: int,
     result: FitResult,
+    adapter: SolverAdapter | None = None,
 ) -> None:
     state = {
         "epoch": epoch,
@@ -200,15 +219,23 @@ def _save_training_state(
         "history": result.history,
         "best_epoch": result.best_epoch,
         "best_val_loss": result.best_val_loss,
+        "adaptation": adapter.state_dict() if adapter is not None else None,
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # atomic: a kill mid-write leaves the previous epoch's state
+    save_atomic(path, lambda f: torch.save(state, f))  # a kill or a full disk mid-write keeps the previous epoch's
 
 
 def format_epoch(m: dict[str, float], max_epochs: int, improved: bool) -> str:
     return (
         f"epoch {int(m['epoch']):>3}/{max_epochs}  train loss {m['train.loss']:.4f} acc {m['train.acc']:.4f}  "
-        f"val loss {m['val.loss']:.4f} acc {m['val.acc']:.4f}  NFE fwd {m['nfe.forward']:.1f} bwd {m['nfe.backward']:.1f}  "
-        f"{m['epoch.time']:.1f}s{format_memory(m)}{'  *' if improved else ''}"
+        f"val loss {m['val.loss']:.4f} acc {m['val.acc']:.4f}  "
+        f"NFE fwd {m['nfe.forward']:.1f} bwd {m['nfe.backward']:.1f}  "
+        f"{m['epoch.time']:.1f}s{format_memory(m)}{'  *' if improved else ''}" + adaptation_note(m)
     )
+
+
+def adaptation_note(m: dict[str, float]) -> str:
+    """The epoch line's adapted value: h (step size) or tol, the changes so far and the epoch's mean gap."""
+    if "adaptation.value" not in m:
+        return ""
+    gap = f" gap {m['adaptation.gap']:.3f}" if "adaptation.gap" in m else ""
+    return f"  adapted {m['adaptation.value']:.4g} ({int(m['adaptation.changes'])} changes){gap}"

@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -20,6 +19,7 @@ from data.tensors import DataBundle
 from models.ode_block import ode_blocks, set_solver
 from models.solvers import FIXED_STEP_METHODS, SolverSpec
 from odeflow.errors import ConfigError, UserError
+from odeflow.files import write_atomic
 from odeflow.tables import markdown_table
 from runner.experiment.evaluation import predict
 
@@ -154,14 +154,17 @@ def ode_ness_gap(results: list[SettingResult], threshold: float = COLLAPSE_THRES
     }
 
 
-def write_reports(results: list[SettingResult], gap: dict[str, Any], out_dir: Path, title: str) -> dict[str, Path]:
-    """reevaluation.csv, reevaluation.md (table + gap) and reevaluation_heatmap.png (accuracy per setting)."""
-    from odeflow.plots import plt, save_figure
+def write_reports(
+    results: list[SettingResult], gap: dict[str, Any], out_dir: Path, title: str, t_final: float = 1.0
+) -> dict[str, Path]:
+    """reevaluation.csv, reevaluation.md (table + gap) and reevaluation.png: test accuracy against the test
+    solver's number of steps over [0, t_final] (fixed-step) or 1 / tolerance (adaptive), one line per solver."""
+    from odeflow.plots.reevaluation import reevaluation_png
 
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame([asdict(r) for r in results])
     csv = out_dir / "reevaluation.csv"
-    frame.to_csv(csv, index=False)
+    write_atomic(csv, frame.to_csv(index=False))
     rows = [
         {
             "solver": r.method + (" (training)" if r.training_solver else " (reference)" if r.reference else ""),
@@ -184,29 +187,14 @@ def write_reports(results: list[SettingResult], gap: dict[str, Any], out_dir: Pa
         "",
         f"ODE-ness gap: accuracy with the training solver ({gap['training']}) minus accuracy with the reference "
         f"({gap['reference']}) = {gap['gap']:+.4f}; the model {verdict} (threshold {gap['threshold']}).",
+        "",
+        "![test accuracy against the test solver's steps or tolerance](reevaluation.png)",
     ]
     md = out_dir / "reevaluation.md"
-    md.write_text("\n".join(lines) + "\n")
+    write_atomic(md, "\n".join(lines) + "\n")
 
-    grid = frame[~frame.training_solver]
-    methods = list(dict.fromkeys(grid.method))
-    settings = list(dict.fromkeys(grid.setting))
-    matrix = np.full((len(methods), len(settings)), np.nan)
-    for r in grid.itertuples():
-        matrix[methods.index(r.method), settings.index(r.setting)] = r.accuracy
-    fig, ax = plt.subplots(figsize=(1.1 * len(settings) + 2, 0.6 * len(methods) + 1.8))
-    image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(len(settings)), settings, rotation=45, ha="right")
-    ax.set_yticks(range(len(methods)), methods)
-    for (i, j), value in np.ndenumerate(matrix):
-        if not np.isnan(value):
-            ax.text(
-                j, i, f"{value:.3f}", ha="center", va="center", fontsize=8, color="white" if value < 0.6 else "black"
-            )
-    fig.colorbar(image, ax=ax, label="test accuracy")
-    ax.set_title(title, fontsize=9)
-    png = save_figure(fig, out_dir / "reevaluation_heatmap.png")
-    return {"reevaluation.csv": csv, "reevaluation.md": md, "reevaluation_heatmap.png": png}
+    png = reevaluation_png([asdict(r) for r in results], gap, out_dir / "reevaluation.png", title, t_final)
+    return {"reevaluation.csv": csv, "reevaluation.md": md, "reevaluation.png": png}
 
 
 def reevaluate_run(
@@ -217,6 +205,7 @@ def reevaluate_run(
     Everything a user can get wrong (the grid, a run without a checkpoint, a ResNet run) is checked before
     the tracked run starts, so a mistake records nothing.
     """
+    from runner.experiment.adaptation import adapted_solver
     from runner.experiment.checkpoint import load_checkpoint
     from runner.experiment.factories import instantiate_group, to_plain
     from runner.experiment.settings import resolve_device
@@ -240,7 +229,10 @@ def reevaluate_run(
                 "--grid", f"{method}:{value:g}", f"fixed steps of at most the integration time T={t_final:g}"
             )
     data = instantiate_group("data", checkpoint["config"]["data"]).to(device)
-    training_solver = instantiate_group("solver", checkpoint["config"]["solver"])
+    # With adaptation, the training solver is the one with the step size or tolerance the weights were trained at.
+    training_solver = adapted_solver(
+        instantiate_group("solver", checkpoint["config"]["solver"]), checkpoint.get("adaptation")
+    )
     title = (
         f"run {record.id}: {record.choices.get('model', '')} on {data.name}, trained with {training_solver.describe()}"
     )
@@ -261,7 +253,7 @@ def reevaluate_run(
             )
         run.set_info("reevaluation", [asdict(r) for r in results])
         run.set_info("ode_ness_gap", gap)
-        for name, path in write_reports(results, gap, out_dir, title).items():
+        for name, path in write_reports(results, gap, out_dir, title, t_final).items():
             run.add_artifact(path, name)
         print((out_dir / "reevaluation.md").read_text())
         return gap["gap"]

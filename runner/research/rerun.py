@@ -14,7 +14,7 @@ from runner.experiment.checkpoint import read_torch_file
 from runner.experiment.factories import current_targets
 from runner.tracking.runstore import RunRecord
 
-TIMING_METRICS = ("epoch.time",)  # wall-clock metrics differ between any two runs
+TIMING_METRICS = ("epoch.time", "adaptation.check_share")  # wall-clock metrics differ between any two runs
 MEMORY_PREFIX = "mem."  # peak memory depends on the process and the allocator's history, not only on the run
 
 
@@ -99,7 +99,7 @@ def metric_comparison(original: RunRecord, reproduced: RunRecord) -> tuple[list[
             )
             continue
         same_length = len(a) == len(b)
-        diff = max((abs(x - y) for x, y in zip(a, b)), default=0.0) if same_length else float("inf")
+        diff = max((abs(x - y) for x, y in zip(a, b, strict=True)), default=0.0) if same_length else float("inf")
         worst = max(worst, diff)
         rows.append(
             {

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from odeflow.errors import UserError
+from odeflow.files import write_atomic
 from odeflow.tables import markdown_table
 
 COLUMNS = {
@@ -73,6 +74,10 @@ def write_study(folder: Path) -> dict[str, Path]:
     from odeflow.plots import metric_across_runs_png
 
     jobs = read_jobs(folder)
+    from runner.research.critical_step import STUDY_WRITERS  # the "ResNet After All" studies: figure and table
+
+    if jobs and jobs[0]["summary"].get("name") in STUDY_WRITERS:
+        return STUDY_WRITERS[jobs[0]["summary"]["name"]](folder)
     if not jobs:
         raise UserError(
             f"{folder} holds no finished study jobs (no */result.json)",
@@ -90,14 +95,20 @@ def write_study(folder: Path) -> dict[str, Path]:
     name = jobs[0]["summary"].get("name", folder.name)
     table = markdown_table(rows, FORMATS, COLUMNS)
     md = folder / "study.md"
-    md.write_text(
+    write_atomic(
+        md,
         f"# {name}\n\n{jobs[0]['summary'].get('model')} on {jobs[0]['summary'].get('dataset')}, "
-        f"{jobs[0]['summary'].get('solver')}; FNFE and BNFE are the last epoch's means per batch.\n\n{table}\n"
+        f"{jobs[0]['summary'].get('solver')}; FNFE and BNFE are the last epoch's means per batch.\n\n{table}\n",
     )
     series = {
         label(job): ([h["epoch"] for h in job["history"]], [h["nfe.backward"] for h in job["history"]])
         for job in jobs
         if job["history"]
     }
-    png = metric_across_runs_png(series, "nfe.backward", folder / "bnfe_per_epoch.png")
+    first = jobs[0]["summary"]
+    title = (
+        f"{name}: BNFE per epoch over {', '.join(keys)} "
+        f"({first.get('model')} on {first.get('dataset')}, {first.get('solver')})"
+    )
+    png = metric_across_runs_png(series, "nfe.backward", folder / "bnfe_per_epoch.png", title=title)
     return {"study.md": md, "bnfe_per_epoch.png": png}

@@ -16,11 +16,13 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from odeflow.errors import ConfigError
+from odeflow.files import append_line
 
 EVIDENCE_FILE = "pruning_evidence.jsonl"
 PRUNERS = ("none", "median", "asha")
@@ -58,22 +60,43 @@ class PrunerSettings:
 
 
 class Evidence:
-    """The append-only evidence file of a sweep; lines are small, so each append is atomic (O_APPEND)."""
+    """The append-only evidence file of a sweep. Each record is one line written in one call (atomic between
+    processes, O_APPEND); a line cut by a crash is skipped with one warning, and the next append starts on a
+    line of its own."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._warned: set[int] = set()
 
     def append(self, record: dict[str, Any]) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record))
 
     def read(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
+        try:
+            lines = self.path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
             return []
-        lines = self.path.read_text().splitlines()
-        return [
-            json.loads(line) for line in lines if line.strip().endswith("}")
-        ]  # a line still being written is skipped
+        records = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                record = json.loads(line)
+                if not _is_record(record):
+                    raise ValueError("not an evidence record")
+            except ValueError:
+                if line.strip() and number not in self._warned and number < len(lines):  # the last may be in writing
+                    self._warned.add(number)
+                    print(
+                        f"warning: {self.path} line {number} is cut or damaged (a crash mid-write?); it is ignored",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                continue
+            records.append(record)
+        return records
+
+
+def _is_record(record: Any) -> bool:
+    return isinstance(record, dict) and "job" in record and ("finished" in record or {"epoch", "value"} <= set(record))
 
 
 def running_best(values: list[float], direction: str) -> list[float]:

@@ -4,7 +4,9 @@
 best-so-far against trial number; the objective against each parameter (log axes for log-distributed
 ones); a parallel-coordinates plot; the parameters' permutation importance in a random forest fitted to
 the trials (scikit-learn); and a Markdown page with the top trials. Pruned trials are drawn with their own
-marker at the value they reached; failed trials, which have none, as red crosses on the worst edge.
+marker at the value they reached; failed trials, which have none, as red crosses on the worst edge. The
+objective axis is planned from the values (odeflow.plots.scales): log when they span decades, a diverged
+trial that would squash the rest left off the chart and marked with its value.
 """
 
 from __future__ import annotations
@@ -21,18 +23,16 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from odeflow.errors import UserError  # noqa: E402
+from odeflow.files import write_atomic
 from odeflow.plots import save_figure  # noqa: E402
+from odeflow.plots.scales import AxisPlan, apply_axis, color_norm, mark_off_chart, plan_axis  # noqa: E402
+from odeflow.plots.styles import STATUS_STYLES  # noqa: E402
 from odeflow.tables import markdown_table  # noqa: E402
 from runner.sweeps import state as sweep_state  # noqa: E402
 from runner.sweeps.state import SweepRecord  # noqa: E402
 
 MIN_TRIALS_FOR_IMPORTANCE = 5
 TOP_K = 10
-MARKERS = {
-    "ok": dict(marker="o", color="tab:blue", label="finished"),
-    "pruned": dict(marker="v", color="tab:orange", label="pruned (value when stopped)"),
-}
-FAILED = dict(marker="x", color="tab:red", label="failed (no value)")
 LINES = {"ok": ("-", 0.9), "pruned": ("--", 0.7), "failed": (":", 0.6)}  # parallel coordinates: (line style, alpha)
 
 
@@ -60,65 +60,105 @@ def trial_frame(record: SweepRecord) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["trial", "status", "value", "run", "pruned_at", *record.space])
 
 
-def _worst_edge(values: pd.Series, direction: str) -> float:
-    """Where failed trials are drawn: just past the worst value seen."""
-    if values.empty:
-        return 0.0
-    low, high = values.min(), values.max()
-    pad = 0.05 * (high - low or abs(high) or 1.0)
-    return high + pad if direction == "minimize" else low - pad
+def objective_plan(frame: pd.DataFrame) -> AxisPlan:
+    """The objective axis of every figure of the report, planned from the trials' values (log when they
+    span decades, a diverged trial left off the chart and marked when it would squash the rest)."""
+    return plan_axis(frame["value"])
 
 
-def _scatter_by_status(ax, frame: pd.DataFrame, x: str, direction: str, positions: dict | None = None) -> None:
-    scored = frame[frame["value"].notna()]
-    edge = _worst_edge(scored["value"], direction)
+def _scatter_by_status(
+    ax, frame: pd.DataFrame, x: str, plan: AxisPlan, direction: str, positions: dict | None = None
+) -> None:
+    """Trials as points in their outcome's marker (odeflow.plots.styles); failed ones, which have no
+    value, on the worst edge of the axis."""
     place = (lambda s: s.map(positions)) if positions else (lambda s: s)
-    for status, style in MARKERS.items():
-        part = frame[frame["status"] == status]
+    for status in ("ok", "pruned"):
+        part = frame[(frame["status"] == status) & frame["value"].notna()]
         if not part.empty:
-            ax.scatter(place(part[x]), part["value"], s=28, alpha=0.8, **style)
-    failed = frame[frame["status"] == "failed"]
-    if not failed.empty:
-        ax.scatter(place(failed[x]), [edge] * len(failed), s=40, **FAILED)
+            style = STATUS_STYLES[status]
+            ax.scatter(place(part[x]), plan.placed(part["value"]), s=28, alpha=0.8, **style)
+            mark_off_chart(ax, place(part[x]), part["value"], plan, color=style["color"], marker=style["marker"], s=28)
+    no_value = frame[frame["value"].isna()]  # failed trials, and any whose objective came out NaN
+    if not no_value.empty:
+        ax.autoscale_view()
+        low, high = ax.get_ylim()
+        edge = high if direction == "minimize" else low
+        for status, part in no_value.groupby("status"):
+            style = dict(STATUS_STYLES[status])
+            if status != "failed":
+                style.update(facecolor="none", edgecolor=style.pop("color"), label=f"{style['label']}, no value")
+            ax.scatter(place(part[x]), [edge] * len(part), s=44, clip_on=False, zorder=5, **style)
+        ax.set_ylim(low, high)
 
 
-def best_so_far_png(frame: pd.DataFrame, record: SweepRecord, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4))
-    _scatter_by_status(ax, frame, "trial", record.direction)
+def _trial_counts(frame: pd.DataFrame) -> str:
+    counts = frame["status"].value_counts()
+    return (
+        f"{len(frame)} trials: {counts.get('ok', 0)} finished, {counts.get('pruned', 0)} pruned, "
+        f"{counts.get('failed', 0)} failed"
+    )
+
+
+def best_so_far_figure(frame: pd.DataFrame, record: SweepRecord) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    plan = objective_plan(frame)
+    apply_axis(ax, plan)
     scored = frame[frame["value"].notna()].sort_values("trial")
     if not scored.empty:
         best = scored["value"].cummin() if record.direction == "minimize" else scored["value"].cummax()
-        ax.step(scored["trial"], best, where="post", color="black", label="best so far")
+        ax.step(scored["trial"], plan.placed(best), where="post", color="black", label="best so far")
+    _scatter_by_status(ax, frame, "trial", plan, record.direction)
     ax.set_xlabel("trial")
-    ax.set_ylabel(record.objective)
-    ax.set_title(f"sweep {record.sweep_id}: {record.objective} ({record.direction}) by trial")
+    ax.set_ylabel(f"{record.objective} ({plan.scale} axis)")
+    ax.set_title(
+        f"sweep {record.sweep_id}: {record.objective} ({record.direction}) by trial\n{_trial_counts(frame)}",
+        fontsize=9,
+    )
     ax.legend(fontsize=8)
-    return save_figure(fig, path)
+    return fig
 
 
-def objective_vs_params_png(frame: pd.DataFrame, record: SweepRecord, path: Path) -> Path:
+def best_so_far_png(frame: pd.DataFrame, record: SweepRecord, path: Path) -> Path:
+    return save_figure(best_so_far_figure(frame, record), path)
+
+
+def objective_vs_params_figure(frame: pd.DataFrame, record: SweepRecord) -> plt.Figure:
     names = list(record.space)
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
-    for ax, name in zip(axes.flat, names):
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows + 0.6), squeeze=False)
+    plan = objective_plan(frame)
+    for ax, name in zip(axes.flat, names, strict=False):  # surplus panels are switched off below
         spec = record.space[name]
         positions = None
+        apply_axis(ax, plan)
         if is_choice(spec):
             options = list(dict.fromkeys(frame[name].dropna().tolist()))
             positions = {o: i for i, o in enumerate(options)}
             ax.set_xticks(range(len(options)), [str(o) for o in options], rotation=30)
         elif is_log(spec):
             ax.set_xscale("log")
-        _scatter_by_status(ax, frame, name, record.direction, positions)
+        else:
+            apply_axis(ax, plan_axis(pd.to_numeric(frame[name], errors="coerce"), clip=False), "x")
+        _scatter_by_status(ax, frame, name, plan, record.direction, positions)
         ax.set_xlabel(f"{name}\n{spec}", fontsize=8)
         ax.set_ylabel(record.objective, fontsize=8)
-    for ax in list(axes.flat)[len(names) :]:
+    spare = list(axes.flat)[len(names) :]
+    for ax in spare:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper right", fontsize=8)
-    fig.suptitle(f"{record.objective} against each parameter")
-    return save_figure(fig, path)
+    if spare:  # the legend in an empty panel, clear of the title
+        spare[0].legend(handles, labels, loc="center", fontsize=9)
+    else:
+        fig.legend(handles, labels, loc="upper right", fontsize=8)
+    fig.suptitle(
+        f"sweep {record.sweep_id}: {record.objective} against each parameter ({_trial_counts(frame)})", fontsize=10
+    )
+    return fig
+
+
+def objective_vs_params_png(frame: pd.DataFrame, record: SweepRecord, path: Path) -> Path:
+    return save_figure(objective_vs_params_figure(frame, record), path)
 
 
 def encode(frame: pd.DataFrame, space: dict[str, str]) -> pd.DataFrame:
@@ -138,22 +178,26 @@ def encode(frame: pd.DataFrame, space: dict[str, str]) -> pd.DataFrame:
     return pd.DataFrame(columns, index=frame.index)
 
 
-def parallel_coordinates_png(frame: pd.DataFrame, record: SweepRecord, path: Path) -> Path:
+def parallel_coordinates_figure(frame: pd.DataFrame, record: SweepRecord) -> plt.Figure:
+    """One line per trial across the parameters and the objective; the objective axis and the colours
+    follow the report's objective plan (log colours when the values span decades, an outlier clipped)."""
     names = list(record.space)
     encoded = encode(frame, record.space)
     scored = frame["value"].notna()
-    fig, ax = plt.subplots(figsize=(max(6, 1.8 * (len(names) + 1)), 4.5))
-    values = frame.loc[scored, "value"]
-    low, high = (values.min(), values.max()) if not values.empty else (0.0, 1.0)
-    norm = plt.Normalize(low, high if high > low else low + 1)
+    fig, ax = plt.subplots(figsize=(max(6, 1.8 * (len(names) + 1)), 4.7))
+    plan = objective_plan(frame)
+    norm, extend = color_norm(plan, frame["value"])
     cmap = plt.get_cmap("viridis_r" if record.direction == "minimize" else "viridis")  # bright = better
     xs = list(range(len(names) + 1))
     worst = 1.0 if record.direction == "minimize" else 0.0  # where a failed trial's objective axis point goes
     for index, row in frame.iterrows():
-        ys = [*encoded.loc[index, names].tolist(), norm(row["value"]) if scored[index] else worst]
+        position = float(norm(row["value"])) if scored[index] else worst
+        ys = [*encoded.loc[index, names].tolist(), position]
         linestyle, alpha = LINES[row["status"]]
-        color = "tab:red" if row["status"] == "failed" else cmap(norm(row["value"])) if scored[index] else "grey"
+        color = STATUS_STYLES["failed"]["color"] if row["status"] == "failed" else cmap(position)
         ax.plot(xs, ys, linewidth=1.2, linestyle=linestyle, alpha=alpha, color=color)
+        style = STATUS_STYLES[row["status"]]
+        ax.scatter([xs[-1]], [position], marker=style["marker"], color=color, s=30, zorder=4, clip_on=False)
     ax.set_xticks(xs, [*names, record.objective], rotation=15, fontsize=8)
     ax.set_yticks([])
     for x, name in enumerate([*names, "value"]):
@@ -164,17 +208,31 @@ def parallel_coordinates_png(frame: pd.DataFrame, record: SweepRecord, path: Pat
         if name != "value" and is_choice(record.space[name]):
             order = list(dict.fromkeys(column.tolist()))
             low_text, high_text = str(order[0]), str(order[-1])
+        elif name == "value":
+            low_text, high_text = f"{norm.vmin:.3g}", f"{norm.vmax:.3g}"
+            low_text += " or less" if plan.low is not None else ""
+            high_text += " or more" if plan.high is not None else ""
         else:
             low_text, high_text = f"{column.min():.3g}", f"{column.max():.3g}"
         ax.text(x, -0.04, low_text, ha="center", va="top", fontsize=7)
         ax.text(x, 1.04, high_text, ha="center", va="bottom", fontsize=7)
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=record.objective)
+    fig.colorbar(
+        plt.cm.ScalarMappable(norm=norm, cmap=cmap),
+        ax=ax,
+        extend=extend,
+        label=f"{record.objective} ({'log' if plan.scale == 'log' else 'linear'} colours)",
+    )
     ax.set_ylim(-0.12, 1.12)
     ax.set_title(
-        "parallel coordinates (solid: finished, dashed: pruned, red dotted: failed; log-distributed axes on a log scale)",
+        f"sweep {record.sweep_id}, {_trial_counts(frame)}: parallel coordinates\n(solid: finished, dashed: pruned, "
+        "red dotted: failed; log-distributed parameters on a log scale)",
         fontsize=9,
     )
-    return save_figure(fig, path)
+    return fig
+
+
+def parallel_coordinates_png(frame: pd.DataFrame, record: SweepRecord, path: Path) -> Path:
+    return save_figure(parallel_coordinates_figure(frame, record), path)
 
 
 def parameter_importance(frame: pd.DataFrame, space: dict[str, str], seed: int = 0) -> pd.DataFrame | None:
@@ -228,7 +286,7 @@ def _write(sweep_dir: Path, out_dir: Path | None) -> tuple[dict[str, Path], Swee
     if importance is not None:
         paths["importance.png"] = importance_png(importance, record, out / "importance.png")
     paths["report.md"] = out / "report.md"
-    paths["report.md"].write_text(_markdown(record, frame, importance, paths))
+    write_atomic(paths["report.md"], _markdown(record, frame, importance, paths))
     return paths, record, importance
 
 
@@ -278,7 +336,8 @@ def _markdown(record: SweepRecord, frame: pd.DataFrame, importance: pd.DataFrame
     else:
         lines += [
             "Permutation importance in a random forest fitted to the trials (scikit-learn): how much worse it "
-            "predicts the objective when one parameter's values are shuffled. With few trials it is a hint, not a test.",
+            "predicts the objective when one parameter's values are shuffled. "
+            "With few trials it is a hint, not a test.",
             "",
             markdown_table(importance, {"importance": "{:.3f}", "std": "{:.3f}"}),
             "",
@@ -293,8 +352,10 @@ def write_and_log_report(sweep_dir: Path, cfg: Any, out_dir: Path | None = None)
     """Write the report and log it as a run of its own (command sweep_report) in the store `cfg` names, its
     files as artifacts and the sweep's id in its meta data, so it shows in Omniboard beside the trials."""
     from runner.experiment.factories import instantiate_group
+    from runner.experiment.figures import wait_for_figures
     from runner.tracking.stores import run_tracked
 
+    wait_for_figures()  # the trials' own figures, drawn after their results (pyplot: one drawer at a time)
     paths, record, importance = _write(sweep_dir, out_dir)
     best = record.best()
     summary = {

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from odeflow.errors import UserError
+from odeflow.files import write_atomic
 
 STATE_FILE = "sweep_state.json"
 OLD_STATE_FILE = "hyperopt_state.pkl"
@@ -66,10 +67,7 @@ class SweepRecord:
     def save(self, sweep_dir: Path) -> Path:
         path = Path(sweep_dir) / STATE_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1, default=_plain))
-        tmp.replace(path)  # atomic: a crash mid-write keeps the previous state
-        return path
+        return write_atomic(path, json.dumps(self.to_json(), indent=1, default=_plain))  # a crash keeps the last state
 
     @classmethod
     def from_json(cls, data: dict[str, Any], source: Path) -> SweepRecord:
@@ -83,8 +81,11 @@ class SweepRecord:
                 "use the odeflow version that wrote it, or start a new sweep in another hydra.sweep.dir",
             )
         fields = {k: v for k, v in data.items() if k not in ("format", "version")}
-        fields["trials"] = [TrialRecord(**t) for t in fields.get("trials", [])]
-        return cls(**fields)
+        try:
+            fields["trials"] = [TrialRecord(**t) for t in fields.get("trials", [])]
+            return cls(**fields)
+        except TypeError as exc:  # a field missing or unknown: edited by hand, or cut
+            raise damaged_state(source, str(exc)) from None
 
 
 def load(sweep_dir: Path) -> SweepRecord | None:
@@ -93,13 +94,33 @@ def load(sweep_dir: Path) -> SweepRecord | None:
     if path.exists():
         try:
             data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise UserError(
-                f"{path} is damaged ({exc})",
-                "repair or delete it (optimization_results.yaml beside it lists the trials)",
-            ) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise damaged_state(path, str(exc)) from None
+        if not isinstance(data, dict):
+            raise damaged_state(path, f"it holds a JSON {type(data).__name__}, not a sweep state")
         return SweepRecord.from_json(data, path)
     return None
+
+
+def recorded_id(sweep_dir: Path) -> str | None:
+    """The id of the sweep whose state is in `sweep_dir` (read leniently: "unknown" for a damaged state)."""
+    path = Path(sweep_dir) / STATE_FILE
+    if not path.exists():
+        return None
+    try:
+        return str(json.loads(path.read_text())["sweep_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"unknown (its {STATE_FILE} is damaged)"
+
+
+def damaged_state(path: Path, detail: str) -> UserError:
+    """The error for a state file that cannot be read; its fix keeps every trial of the sweep."""
+    return UserError(
+        f"{path} is damaged ({detail}): this sweep cannot be resumed as it is",
+        f"restore {path.name} from a backup, or repair it by hand (optimization_results.yaml beside it lists the "
+        "trials); or start a new sweep in another hydra.sweep.dir (do not delete the file: a new sweep in this "
+        "folder is refused, so that it never overwrites these trials)",
+    )
 
 
 def migrate_pickle(sweep_dir: Path, objective: str, space: dict[str, str]) -> SweepRecord | None:

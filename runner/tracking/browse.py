@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from odeflow.errors import UserError
+from runner.tracking.liveness import DEAD
 from runner.tracking.runstore import RunRecord, runs_frame, summary_row
 
 FILTERS = ("status", "dataset", "model", "solver", "sweep", "experiment")
@@ -37,10 +38,19 @@ def no_match_note(records: list[RunRecord], **criteria: str | None) -> str:
     return f"(no runs of {len(records)} match; " + "; ".join(notes) + ")"
 
 
+def _whole_numbers(col: pd.Series) -> pd.Series:
+    """A float column of whole numbers (counts that became floats because a row lacks a value) as integers:
+    81780, not 8.178e+04; the missing ones as "-"."""
+    values = col.dropna()
+    if col.dtype.kind != "f" or values.empty or not (values == values.round()).all() or values.abs().max() >= 2**53:
+        return col
+    return col.map(lambda v: "-" if pd.isna(v) else str(int(v)))
+
+
 def _table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "(no runs)"
-    frame = frame.apply(lambda col: col.fillna("-") if col.dtype == object else col)
+    frame = frame.apply(lambda col: col.fillna("-") if col.dtype == object else _whole_numbers(col))
     return frame.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}")
 
 
@@ -60,11 +70,21 @@ def list_runs(records: list[RunRecord]) -> str:
         "fnfe",
         "train_mb",
         "saved_mb",
+        "adapted",
         "params",
         "start",
     ]
     frame = runs_frame(records)
-    return _table(frame[columns] if not frame.empty else frame)
+    dead = [r.id for r in records if r.liveness == "dead"]
+    if dead:
+        frame.loc[frame["id"].isin(dead), "status"] = DEAD
+    table = _table(frame[columns] if not frame.empty else frame)
+    if dead:
+        table += (
+            f"\n{DEAD}: RUNNING in the store, but its process is gone (killed, or the machine went down) - "
+            f"run {', '.join(map(str, dead))}; continue with: python -m runner resume <id>"
+        )
+    return table
 
 
 def find_run(records: list[RunRecord], run_id: str) -> RunRecord:
@@ -82,6 +102,14 @@ def show_run(r: RunRecord) -> str:
     lines = [f"run {r.id} ({r.location})", "", "summary:"]
     lines += [f"  {k:<14} {v}" for k, v in summary.items()]
     lines += ["", "final metrics:"] + [f"  {k:<18} {v:.6g}" for k, v in final.items()]
+    if r.info.get("adaptation"):
+        lines += ["", "adaptation: " + ", ".join(f"{k} {v}" for k, v in r.info["adaptation"].items())]
+    if r.info.get("slurm"):  # the Slurm job a sweep's trial ran in
+        slurm = r.info["slurm"]
+        lines += [
+            "",
+            f"slurm: job {slurm.get('job_id')} on node {slurm.get('node')}, partition {slurm.get('partition')}",
+        ]
     if r.info.get("parameters"):
         lines += ["", "parameters: " + ", ".join(f"{k} {v:,}" for k, v in r.info["parameters"].items())]
     lines += ["", "artifacts: " + (", ".join(r.artifacts) or "-"), "", "config:"]
@@ -140,13 +168,16 @@ def export_runs(records: list[RunRecord], path: Path) -> Path:
 
 def plot_metric(records: list[RunRecord], metric: str, path: Path) -> Path:
     from odeflow.plots import metric_across_runs_png
+    from odeflow.plots.styles import run_outcome
 
-    series = {
-        f"run {r.id} {summary_row(r)['model']}": (r.metrics[metric]["steps"], r.metrics[metric]["values"])
-        for r in records
-        if metric in r.metrics
-    }
-    if not series:
+    plotted = [r for r in records if metric in r.metrics]
+    if not plotted:
         known = sorted({name for r in records for name in r.metrics})
         raise UserError(f"no run here logged the metric {metric!r}", "use one of: " + ", ".join(known))
-    return metric_across_runs_png(series, metric, path)
+    label = lambda r: f"run {r.id} {summary_row(r)['model']}"  # noqa: E731
+    series = {label(r): (r.metrics[metric]["steps"], r.metrics[metric]["values"]) for r in plotted}
+    outcomes = {label(r): run_outcome(r.status, pruned=bool(r.info.get("pruned"))) for r in plotted}
+    datasets = sorted({str(summary_row(r)["dataset"]) for r in plotted})
+    ids = ", ".join(str(r.id) for r in plotted)
+    title = f"{metric} per epoch: run{'s' * (len(plotted) > 1)} {ids} on {', '.join(datasets)} (last point: outcome)"
+    return metric_across_runs_png(series, metric, path, outcomes, title)

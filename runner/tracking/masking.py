@@ -1,11 +1,27 @@
-"""Keep database passwords out of logged configs, captured output and the console."""
+"""Keep database passwords out of logged configs, captured output, Hydra's files and the console."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import unquote_plus
 
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]+:)(?P<password>[^@\s]+)(?P<tail>@)", re.IGNORECASE)
+from odeflow.errors import UserError
+
+# scheme://user:password@hosts. The password runs to the last '@' of the URL, as pymongo reads it
+# (rpartition), so a password with an unescaped '@', '/', ':', '?', '#' or spaces is masked whole: an '@'
+# belongs to the password while another '@' follows before the next whitespace or quote.
+_HEAD = r"(?P<head>[a-z][a-z0-9+.-]*://[^:/?#@\s'\"]+:)"
+_URL_PASSWORD = re.compile(_HEAD + r"(?P<password>(?:[^@\r\n]|@(?=[^\s'\"]*@))*)(?P<tail>@)", re.IGNORECASE)
+# In one value (a config entry, an override) the password runs to the value's last '@', spaces and all.
+_VALUE_PASSWORD = re.compile(_HEAD + r"(?P<password>(?:[^@\r\n]|@(?=[^\r\n]*@))*)(?P<tail>@)", re.IGNORECASE)
+# What pymongo reads as the end of the password ('@', ':') or of the hosts ('/', '?'), or refuses ('%' not
+# starting an escape): unescaped, part of the password would be taken for a host, port or option.
+_UNESCAPED = re.compile(r"[@/?:]|%(?![0-9A-Fa-f]{2})")
+ESCAPE_FIX = (
+    "escape the password in the URL: "
+    "python -c \"import urllib.parse, getpass; print(urllib.parse.quote_plus(getpass.getpass('password: ')))\""
+)
 
 
 def mask_url(text: str) -> str:
@@ -20,5 +36,23 @@ def mask_secrets(value: Any) -> Any:
     if isinstance(value, list):
         return [mask_secrets(v) for v in value]
     if isinstance(value, str):
-        return mask_url(value)
+        return _VALUE_PASSWORD.sub(r"\g<head>***\g<tail>", value)
     return value
+
+
+def url_password(url: str) -> str | None:
+    """The password of a user:password@ URL, unescaped (None when the URL has none)."""
+    found = _VALUE_PASSWORD.search(url)
+    return unquote_plus(found["password"]) if found else None
+
+
+def check_url_escaped(url: str, name: str) -> None:
+    """Refuse a URL whose password has characters that must be escaped, before anything connects with it:
+    pymongo would read part of the password as a host, port or option and name it in its error."""
+    found = _VALUE_PASSWORD.search(url)
+    if found and _UNESCAPED.search(found["password"]):
+        raise UserError(
+            f"the password in {name} ({mask_secrets(url)}) contains a character that must be escaped in a URL "
+            "('@', '/', ':', '?' or '%')",
+            ESCAPE_FIX,
+        )

@@ -14,6 +14,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from odeflow.files import write_atomic
+
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
     from sacred.observers import MongoObserver
@@ -51,7 +53,8 @@ def truncate_output(text: str) -> str:
     if len(text) <= CAPTURED_OUT_HEAD + CAPTURED_OUT_TAIL:
         return text
     cut = len(text) - CAPTURED_OUT_HEAD - CAPTURED_OUT_TAIL
-    return f"{text[:CAPTURED_OUT_HEAD]}\n[... {cut} characters cut here; the full output is in the local journal (cout.txt) ...]\n{text[-CAPTURED_OUT_TAIL:]}"
+    note = f"[... {cut} characters cut here; the full output is in the local journal (cout.txt) ...]"
+    return f"{text[:CAPTURED_OUT_HEAD]}\n{note}\n{text[-CAPTURED_OUT_TAIL:]}"
 
 
 def table_fields(entry: dict[str, Any], best: dict[str, float]) -> dict[str, Any]:
@@ -87,6 +90,8 @@ def table_fields(entry: dict[str, Any], best: dict[str, float]) -> dict[str, Any
         "adjoint grad err": _significant((info.get("adjoint_gradient_check") or {}).get("relative_error")),
         "val MB": _rounded(cost.get("val_mem_mb"), 0),
         "pruned after epoch": (info.get("pruned") or {}).get("epoch"),
+        "adapted h/tol": (info.get("adaptation") or {}).get("at_best_epoch"),
+        "slurm job": (info.get("slurm") or {}).get("job_id"),
     }
 
 
@@ -178,7 +183,8 @@ class MongoMirror(RunObserver):
     def _give_up(self, exc: BaseException) -> None:
         self.mongo, self.complete = None, False
         print(
-            f"{describe_failure(self.store.url, exc)}; the run goes on and is journalled locally in {self.journal.basedir}. "
+            f"{describe_failure(self.store.url, exc)}; the run goes on and is journalled locally in "
+            f"{self.journal.basedir}. "
             f"Push it later with: python -m runner sync tracking=mongo",
             file=sys.stderr,
             flush=True,
@@ -242,7 +248,7 @@ def describe_failure(url: str, exc: BaseException) -> str:
 
 
 def write_marker(run_dir: Path, run_uid: str | None, mongo_id: Any, complete: bool) -> None:
-    (run_dir / MARKER).write_text(json.dumps({"run_uid": run_uid, "mongo_id": mongo_id, "complete": complete}))
+    write_atomic(run_dir / MARKER, json.dumps({"run_uid": run_uid, "mongo_id": mongo_id, "complete": complete}))
 
 
 # --- sync: replay journalled runs into MongoDB ------------------------------------------------------------

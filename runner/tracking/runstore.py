@@ -29,6 +29,15 @@ class RunRecord:
     location: str = ""
     experiment_info: dict[str, Any] = field(default_factory=dict)  # Sacred's: sources, dependencies, repositories
     artifact_refs: dict[str, Any] = field(default_factory=dict)  # name -> file path (file store) or GridFS id
+    heartbeat: Any = None  # Sacred's last sign of life of the run (every 10 s while it runs)
+
+    @property
+    def liveness(self) -> str | None:
+        """For a RUNNING run: "dead" (killed by SIGKILL or a power loss before it could say so), "alive" or
+        "unknown" (see runner.tracking.liveness); None for a run that ended."""
+        from runner.tracking.liveness import liveness
+
+        return liveness(self.status, self.meta, self.host, self.heartbeat)
 
     @property
     def choices(self) -> dict[str, str]:
@@ -65,7 +74,8 @@ def read_file_store(directory: Path | str, warn: Callable[[str], None] | None = 
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             damaged = getattr(exc, "damaged_file", run_dir)
             warn(
-                f"warning: skipping run {run_dir.name}: {damaged} is damaged ({str(exc).splitlines()[0][:120] or type(exc).__name__}); "
+                f"warning: skipping run {run_dir.name}: {damaged} is damaged "
+                f"({str(exc).splitlines()[0][:120] or type(exc).__name__}); "
                 f"restore or delete that run folder"
             )
             continue
@@ -108,6 +118,7 @@ def _read_run_folder(run_dir: Path) -> RunRecord | None:
         location=str(run_dir),
         experiment_info=run.get("experiment", {}),
         artifact_refs={name: run_dir / name for name in run.get("artifacts", [])},
+        heartbeat=run.get("heartbeat"),
     )
 
 
@@ -139,6 +150,7 @@ def read_mongo(client: Any, db_name: str) -> list[RunRecord]:
                 location=f"mongodb {db_name}.runs/{doc['_id']}",
                 experiment_info=doc.get("experiment", {}),
                 artifact_refs={a["name"]: a["file_id"] for a in doc.get("artifacts", [])},
+                heartbeat=doc.get("heartbeat"),
             )
         )
     return records
@@ -184,6 +196,7 @@ def summary_row(r: RunRecord) -> dict[str, Any]:
         "train_mb": cost.get("train_mem_mb"),  # peak memory of training (RSS, or CUDA's allocated), MB
         "saved_mb": cost.get("saved_mb"),  # bytes autograd saved in one training step, MB
         "val_mb": cost.get("val_mem_mb"),
+        "adapted": (r.info.get("adaptation") or {}).get("at_best_epoch"),  # the adapted step size or tolerance
         "params": r.info.get("parameters", {}).get("total"),
         "start": str(r.start_time)[:19] if r.start_time else None,
         "seconds": _duration(r.start_time, r.stop_time),

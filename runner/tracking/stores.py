@@ -8,19 +8,35 @@ holds the whole run, so a run is never lost when the database is down or goes aw
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from odeflow.errors import check_positive
-from runner.tracking.masking import mask_url
+from odeflow.errors import UserError, check_positive
+from odeflow.files import is_disk_full, replacing
+from runner.tracking.masking import check_url_escaped, mask_url, url_password
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PLACEHOLDER_PASSWORD = "change-me"  # .env.example's: a .env copied from it and never edited
+NEW_PASSWORD_COMMAND = 'python -c "import secrets; print(secrets.token_urlsafe(24))"'
+
+
+def check_not_placeholder(password: str | None, where: str) -> None:
+    """Refuse the password .env.example ships with: everyone who read the example knows it."""
+    if password == PLACEHOLDER_PASSWORD:
+        raise UserError(
+            f"{where} still has the example password {PLACEHOLDER_PASSWORD!r} from .env.example",
+            f"generate a real one with {NEW_PASSWORD_COMMAND} and put it in {env_file()} "
+            "(MONGO_PASSWORD and the password in MONGO_URL)",
+        )
 
 
 def env_file() -> Path:
@@ -42,6 +58,58 @@ def _file_observer(directory: str):
         def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
             return super().started_event(ex_info, command, host_info, start_time, config, meta_info, None)
 
+        # Sacred rewrites run.json, info.json and metrics.json in place at every heartbeat: a kill or a full
+        # disk mid-write left them empty. Written whole or not at all, they keep their last complete content.
+        def save_json(self, obj, filename):
+            from sacred.serializer import flatten
+
+            with replacing(os.path.join(self.dir, filename)) as f:
+                json.dump(flatten(obj), f, sort_keys=True, indent=2)
+
+        def log_metrics(self, metrics_by_name, info):
+            pending = getattr(self, "_unsaved_metrics", {})  # what a full disk kept from being written
+            for name, new in metrics_by_name.items():
+                old = pending.setdefault(name, {"values": [], "steps": [], "timestamps": []})
+                for key in old:
+                    old[key] = [*old[key], *new[key]]
+            self._unsaved_metrics = pending
+            if self._unless_disk_full(super().log_metrics, pending, info):
+                self._unsaved_metrics = {}
+
+        def _unless_disk_full(self, event, *args) -> bool:
+            """Run an event; a full disk is said once (the files keep their last complete state), not raised:
+            raised, Sacred would drop this store for the rest of the run, or print a traceback at its end."""
+            try:
+                event(*args)
+                return True
+            except Exception as exc:
+                if not is_disk_full(exc):
+                    raise
+                if not getattr(self, "_said_disk_full", False):
+                    self._said_disk_full = True
+                    print(
+                        f"warning: no space left on the disk of {self.dir}: the run's record there keeps its last "
+                        "complete state until space is freed",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                return False
+
+        def heartbeat_event(self, *args, **kwargs):
+            self._unless_disk_full(lambda: super(LocalRunFolder, self).heartbeat_event(*args, **kwargs))
+
+        def completed_event(self, *args, **kwargs):
+            self._unless_disk_full(lambda: super(LocalRunFolder, self).completed_event(*args, **kwargs))
+
+        def interrupted_event(self, *args, **kwargs):
+            self._unless_disk_full(lambda: super(LocalRunFolder, self).interrupted_event(*args, **kwargs))
+
+        def failed_event(self, *args, **kwargs):
+            self._unless_disk_full(lambda: super(LocalRunFolder, self).failed_event(*args, **kwargs))
+
+        def artifact_event(self, *args, **kwargs):
+            self._unless_disk_full(lambda: super(LocalRunFolder, self).artifact_event(*args, **kwargs))
+
     return LocalRunFolder(str(Path(directory).expanduser()), priority=FILE_STORE_PRIORITY)
 
 
@@ -61,6 +129,21 @@ class FileStore:
     def local_dir(self) -> Path:
         return Path(self.dir).expanduser()
 
+    def attach_artifacts(self, run_id: Any, paths: dict[str, Path]) -> None:
+        """Add files to a run that has completed, as Sacred's file observer adds artifacts during a run: a copy
+        in the run's folder and its name in run.json's artifact list."""
+        run_dir = self.local_dir / str(run_id)
+        for name, path in paths.items():
+            shutil.copyfile(path, run_dir / name)
+        record = json.loads((run_dir / "run.json").read_text())
+        record["artifacts"] = [
+            *record.get("artifacts", []),
+            *(n for n in paths if n not in record.get("artifacts", [])),
+        ]
+        temporary = run_dir / "run.json.tmp"
+        temporary.write_text(json.dumps(record, indent=2, sort_keys=True))
+        os.replace(temporary, run_dir / "run.json")
+
 
 @dataclass(frozen=True)
 class MongoStore:
@@ -78,6 +161,8 @@ class MongoStore:
 
     def __post_init__(self) -> None:
         check_positive("timeout_ms", self.timeout_ms)
+        check_url_escaped(self.url, "tracking.url (MONGO_URL)")
+        check_not_placeholder(url_password(self.url), "tracking.url (MONGO_URL)")
 
     def observers(self) -> list:
         from runner.tracking.mongo import MongoMirror
@@ -170,9 +255,10 @@ def run_tracked(
     SETTINGS.DISCOVER_SOURCES = "none"
     SETTINGS.DISCOVER_DEPENDENCIES = "pkg"
 
-    ex = Experiment(name, base_dir=str(PROJECT_ROOT), save_git_info=_has_git_commit(PROJECT_ROOT))
-    for source in project_sources():
-        ex.add_source_file(source)
+    with one_git_lookup_per_repository():
+        ex = Experiment(name, base_dir=str(PROJECT_ROOT), save_git_info=_has_git_commit(PROJECT_ROOT))
+        for source in project_sources():
+            ex.add_source_file(source)
     ex.captured_out_filter = apply_backspaces_and_linefeeds
     ex.add_config(config)
     ex.observers.extend(store.observers())
@@ -188,6 +274,7 @@ def run_tracked(
 
 
 _IS_PROJECT_MODULE: dict[tuple[str, str], bool] = {}
+_SOURCES_FOR: list[Any] = [None, []]  # (the loaded modules' count and last name, the project files among them)
 
 
 def project_sources() -> list[str]:
@@ -196,6 +283,9 @@ def project_sources() -> list[str]:
     at every run: with torch loaded, some 4000 modules and about 0.2 s per run, every trial of a sweep."""
     from sacred.dependencies import MODULE_BLACKLIST, is_local_source
 
+    modules_now = (len(sys.modules), next(reversed(sys.modules)))  # modules are added, rarely ever replaced
+    if _SOURCES_FOR[0] == modules_now:
+        return list(_SOURCES_FOR[1])
     files = set()
     for name, module in list(sys.modules.items()):
         filename = getattr(module, "__file__", None) if module is not None and name not in MODULE_BLACKLIST else None
@@ -206,15 +296,73 @@ def project_sources() -> list[str]:
             _IS_PROJECT_MODULE[key] = is_local_source(os.path.abspath(filename), name, str(PROJECT_ROOT))
         if _IS_PROJECT_MODULE[key]:
             files.add(os.path.abspath(filename))
+    _SOURCES_FOR[:] = [modules_now, sorted(files)]
     return sorted(files)
+
+
+_REPOSITORIES: dict[str, tuple[str, Any]] = {}  # work tree -> (repository url, git.Repo), for the process
+_WORK_TREES: dict[str, str | None] = {}  # a source's folder -> the work tree it is in (None: none)
+
+
+def _work_tree(directory: str) -> str | None:
+    if directory not in _WORK_TREES:
+        parent = os.path.dirname(directory)
+        if os.path.exists(os.path.join(directory, ".git")):
+            _WORK_TREES[directory] = directory
+        else:
+            _WORK_TREES[directory] = None if parent == directory else _work_tree(parent)
+    return _WORK_TREES[directory]
+
+
+@contextmanager
+def one_git_lookup_per_repository() -> Iterator[None]:
+    """Sacred records each source file's repository, commit and dirty flag, asking git for every file: some 40
+    project files, two `git diff` processes each, about 0.45 s per run. Within this block each repository is
+    asked once: its commit and dirty state afresh (they can change between runs of a process, e.g. the trials
+    of a joblib worker), its location and remote URL remembered for the process. What is recorded is the same."""
+    from sacred import dependencies
+
+    original = dependencies.get_commit_if_possible
+    states: dict[str, tuple[str, str, bool]] = {}
+
+    def lookup(filename: str, save_git_info: bool):
+        tree = _work_tree(os.path.dirname(os.path.abspath(filename))) if save_git_info else None
+        if tree is None:
+            return original(filename, save_git_info)
+        if tree not in states:
+            if tree not in _REPOSITORIES:
+                from git import Repo
+
+                repo = Repo(tree)
+                try:
+                    url = repo.remote().url
+                except ValueError:  # no remote: Sacred's own fallback
+                    url = "git:/" + repo.working_dir
+                _REPOSITORIES[tree] = (url, repo)
+            url, repo = _REPOSITORIES[tree]
+            states[tree] = (url, repo.head.commit.hexsha, repo.is_dirty())
+        return states[tree]
+
+    dependencies.get_commit_if_possible = lookup
+    try:
+        yield
+    finally:
+        dependencies.get_commit_if_possible = original
+
+
+_HAS_COMMIT: set[Path] = set()  # once a repository has a commit it keeps one
 
 
 def _has_git_commit(path: Path) -> bool:
     """Sacred's git capture fails outside a repository and in one with no commit yet; skip it there."""
+    if path in _HAS_COMMIT:
+        return True
     try:
         import git
 
-        git.Repo(path, search_parent_directories=True).head.commit
+        if git.Repo(path, search_parent_directories=True).head.commit is None:
+            return False
+        _HAS_COMMIT.add(path)
         return True
     except Exception:  # GitPython raises several unrelated types for "no usable repository"
         return False

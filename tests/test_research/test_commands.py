@@ -30,7 +30,7 @@ def assert_same_epochs(a, b, tolerance=1e-6):
     for name in compared:
         va, vb = a.metrics[name]["values"], b.metrics[name]["values"]
         assert a.metrics[name]["steps"] == b.metrics[name]["steps"], name
-        assert max(abs(x - y) for x, y in zip(va, vb)) <= tolerance, name
+        assert max(abs(x - y) for x, y in zip(va, vb, strict=True)) <= tolerance, name
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_reproduce_strict_refuses_another_environment(trained: Path):
     assert proc.returncode == 2 and "torch: logged 0.4.0" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_reevaluation_grid_table_heatmap_and_link(trained: Path):
+def test_reevaluation_grid_table_figure_and_link(trained: Path):
     # The run id and an override after --grid are not grid settings.
     proc = run_cli(
         ["reevaluate", "--grid", "euler:1,0.5", "rk4:1,0.5", "dopri5:1e-2", "1", f"paths.runs={trained}"], trained
@@ -98,12 +98,13 @@ def test_reevaluation_grid_table_heatmap_and_link(trained: Path):
     gap = linked[0].info["ode_ness_gap"]
     assert gap["reference"] == "dopri5 tol=1e-06"
     assert gap["gap"] == pytest.approx(training_row["accuracy"] - rows[("dopri5", "tol=1e-06")]["accuracy"])
-    assert set(linked[0].artifacts) == {"reevaluation.csv", "reevaluation.md", "reevaluation_heatmap.png"}
+    assert set(linked[0].artifacts) == {"reevaluation.csv", "reevaluation.md", "reevaluation.png"}
     table = (Path(linked[0].location) / "reevaluation.md").read_text()
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("|")]
     assert ["rk4", "h=0.5"] in [c[:2] for c in cells] and ["dopri5 (reference)", "tol=1e-06"] in [c[:2] for c in cells]
     assert "ODE-ness gap" in table
-    assert (Path(linked[0].location) / "reevaluation_heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    assert "![test accuracy" in table and "(reevaluation.png)" in table
+    assert (Path(linked[0].location) / "reevaluation.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize(
@@ -162,8 +163,12 @@ def test_run_killed_with_sigkill_resumes_with_continuous_epochs(runs_dir: Path):
     saved_epoch = torch.load(Path(killed.meta["output_dir"]) / "last_checkpoint.pt", weights_only=False)["epoch"]
     assert 2 <= saved_epoch < 6
 
+    listing = run_cli(["runs", "list"], runs_dir)
+    assert listing.stdout.splitlines()[1].split()[2] == "DEAD" and "python -m runner resume <id>" in listing.stdout
+
     resumed_proc = run_cli(["resume", "1"], runs_dir)
     assert resumed_proc.returncode == 0, resumed_proc.stderr[-3000:]
+    assert "run 1 was killed (status RUNNING, but pid " in resumed_proc.stdout
     assert f"resuming run 1 after epoch {saved_epoch}" in resumed_proc.stdout
     resumed = record(runs_dir, 2)
     assert resumed.status == "COMPLETED" and resumed.meta["resumed_from"] == 1
@@ -180,6 +185,51 @@ def test_run_killed_with_sigkill_resumes_with_continuous_epochs(runs_dir: Path):
     again = run_cli(["resume", "2"], runs_dir)
     assert again.returncode == 2 and "run 2 is COMPLETED" in again.stderr and "reproduce 2" in again.stderr
     assert "Traceback" not in again.stderr and max(r.id for r in read_file_store(runs_dir / "store")) == 3
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_run_stopped_by_sigterm_or_ctrl_c_is_interrupted_with_its_epochs_and_resumes_exactly(runs_dir: Path, signum):
+    args = ["experiment=quickstart", "model.channels=4", "data.subset=600", "solver=rk4", "solver.step_size=0.5"]
+    args += ["train.max_epochs=5", "train.patience=10", "train.progress=true"]
+    env = {**os.environ, "ODEFLOW_RUNS": str(runs_dir)}
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "runner", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        epoch_lines = (line for line in victim.stdout if line.startswith("epoch "))
+        assert next(epoch_lines).startswith("epoch   1/5") and next(epoch_lines).startswith("epoch   2/5")
+        victim.send_signal(signum)  # during epoch 3 (or the bookkeeping right after epoch 2)
+        rest, stderr = victim.communicate(timeout=120)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    assert victim.returncode == 128 + signum, stderr[-3000:]
+    interrupted = record(runs_dir, 1)
+    assert interrupted.status == "INTERRUPTED"
+    steps = interrupted.metrics["val.loss"]["steps"]
+    saved_epoch = torch.load(Path(interrupted.meta["output_dir"]) / "last_checkpoint.pt", weights_only=False)["epoch"]
+    assert steps == list(range(1, saved_epoch + 1)) and 2 <= saved_epoch < 5  # every finished epoch recorded
+    name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert stderr.splitlines()[-1] == (
+        f"interrupted ({name}): run 1 stopped, status INTERRUPTED, its {saved_epoch} finished epochs recorded; "
+        "continue it with: python -m runner resume 1"
+    )
+    if signum == signal.SIGINT:
+        return  # the rest is the same for both
+
+    resumed_proc = run_cli(["resume", "1"], runs_dir)
+    assert resumed_proc.returncode == 0, resumed_proc.stderr[-3000:]
+    resumed = record(runs_dir, 2)
+    assert resumed.status == "COMPLETED" and resumed.metrics["val.loss"]["steps"] == [1, 2, 3, 4, 5]
+    uninterrupted_proc = run_cli(["reproduce", "2"], runs_dir)  # the same run, never interrupted
+    assert "\nMATCH: largest per-epoch difference 0 " in uninterrupted_proc.stdout, uninterrupted_proc.stderr[-3000:]
+    assert_same_epochs(record(runs_dir, 3), resumed, tolerance=0)
 
 
 def test_comparison_report_over_several_models(tmp_path: Path, runs_dir: Path):

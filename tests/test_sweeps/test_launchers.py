@@ -25,6 +25,13 @@ def test_slurm_launcher_config():
     assert launcher.gpus_per_node == 1 and launcher.partition == "gpu"
 
 
+def test_slurm_cpu_launcher_config():
+    launcher = hydra_launcher("hydra/launcher=slurm_cpu", "hydra.launcher.partition=short")
+    assert launcher._target_ == "hydra_plugins.odeflow_slurm_launcher.SlurmLauncher"
+    assert launcher.gpus_per_node is None and launcher.partition == "short" and launcher.max_num_timeout == 0
+    assert launcher.cpus_per_task is None  # follows train.num_threads (runner.sweeps.slurm)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None, reason="make install-ray")
 def test_ray_cluster_launcher_config():
     launcher = hydra_launcher("hydra/launcher=ray_cluster")

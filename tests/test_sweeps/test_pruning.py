@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from odeflow.errors import ConfigError
@@ -99,3 +101,22 @@ def test_running_best_and_bad_settings():
         ConfigError, match="hydra.sweeper.pruner.reduction_factor=1 is invalid: expected an integer >= 2"
     ):
         PrunerSettings("asha", reduction_factor=1)
+
+
+def test_an_evidence_file_cut_mid_line_is_read_without_it_and_later_lines_stay_whole(tmp_path, capsys):
+    pruner, evidence = pruner_after_three_finished(tmp_path, last_epoch=4)
+    whole = evidence.read()
+    with evidence.path.open("a") as f:
+        f.write('{"job": 5, "trial": 2, "epo')  # a crash mid-write
+    assert evidence.read() == whole  # the cut line is skipped
+    assert pruner.after_epoch(1, {"val.loss": 0.55}) is None  # the next append lands on a line of its own
+    pruner.finished(pruned=False)
+    lines = evidence.path.read_text().splitlines()
+    assert lines[-3] == '{"job": 5, "trial": 2, "epo'
+    assert [json.loads(line) for line in lines[-2:]] == [
+        {"job": 7, "trial": 3, "epoch": 1, "value": 0.55},
+        {"job": 7, "trial": 3, "finished": "ok"},
+    ]
+    assert evidence.read() == [*whole, *map(json.loads, lines[-2:])]
+    warning = capsys.readouterr().err
+    assert f"{evidence.path} line {len(lines) - 2} is cut or damaged" in warning and warning.count("\n") == 1

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hyperopt import base, space_eval
 
-from hydra_plugins.hydra_hyperopt_sweeper._impl import build_space, failure_rate_exceeded, tpe_history
+from hydra_plugins.hydra_hyperopt_sweeper._impl import build_space, failure_rate_exceeded, suggest_batch, tpe_history
 from odeflow.errors import UserError
 from runner.sweeps import state as sweep_state
 from runner.sweeps.state import SweepRecord, TrialRecord, describe_change
@@ -90,7 +90,7 @@ def test_tpe_history_rebuilt_from_records_gives_back_each_trial_and_its_result()
     ]
     history = tpe_history(trials, searched, "maximize", domain)
     assert len(history.trials) == 3  # the running one is left out
-    for doc, trial in zip(history.trials, trials):
+    for doc, trial in zip(history.trials, trials, strict=False):  # the running trial, last, has no doc
         vals = {k: v[0] for k, v in doc["misc"]["vals"].items()}
         sampled = space_eval(space, vals)
         assert {n: searched[n].value(sampled[n]) for n in searched} == trial.params
@@ -155,7 +155,8 @@ def test_a_pickled_state_of_the_old_format_is_migrated_without_its_classes(tmp_p
     )
     with pytest.raises(
         UserError,
-        match="searched model.augment_dims, train.lr, train.optimizer, train.weight_decay; the search space now has train.lr",
+        match="searched model.augment_dims, train.lr, train.optimizer, train.weight_decay; "
+        "the search space now has train.lr",
     ):
         sweep_state.migrate_pickle(tmp_path, "best_val_loss", {"train.lr": "a"})
     (tmp_path / "hyperopt_state.pkl").write_bytes(b"not a pickle")
@@ -169,3 +170,20 @@ def test_the_failure_rule_waits_for_enough_finished_trials():
     assert failure_rate_exceeded(finished=4, failed=3, max_rate=0.5, min_finished=4)
     assert failure_rate_exceeded(finished=1, failed=1, max_rate=0.5, min_finished=0)
     assert not failure_rate_exceeded(finished=0, failed=0, max_rate=0.0, min_finished=0)
+
+
+def test_a_batch_for_parallel_workers_gets_one_suggestion_per_new_trial_past_the_start_up_trials():
+    """tpe.suggest answers one id past its start-up trials: the batch must still fill every worker."""
+    searched, _ = build_space({"train.lr": "loguniform(1e-4, 1e-1)"}, [])
+    domain = base.Domain(lambda _: 0.0, {n: p.expression for n, p in searched.items()})
+    done = [
+        TrialRecord(n, n, {"train.lr": lr}, "ok", loss)
+        for n, (lr, loss) in enumerate([(1e-3, 0.5), (1e-2, 0.3), (3e-2, 0.9)])
+    ]
+    history = tpe_history(done, searched, "minimize", domain)
+    docs = suggest_batch([3, 4], domain, history, sweep_seed=0, n_startup_jobs=2)
+    assert [d["tid"] for d in docs] == [3, 4]
+    values = [d["misc"]["vals"]["train.lr"][0] for d in docs]
+    assert values[0] != values[1]
+    # the same numbers on resume
+    assert [d["misc"]["vals"]["train.lr"][0] for d in suggest_batch([3, 4], domain, history, 0, 2)] == values

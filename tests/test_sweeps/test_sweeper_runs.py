@@ -4,14 +4,17 @@ pruning, warm start, an old state, a crash mid-batch, the report."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from runner.tracking.runstore import read_file_store
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -224,20 +227,76 @@ def test_a_crash_mid_batch_records_finished_trials_and_reruns_lost_ones_under_ne
     other = sweep(runs_dir, sweep_dir, "hydra.sweeper.n_trials=3", "objective=best_val_acc")
     assert other.returncode == 2 and "Traceback" not in other.stderr
     assert "objective best_val_loss (minimize) then, best_val_acc (maximize) now" in other.stderr
-    assert "hydra.sweeper.resume=false" in other.stderr
+    assert f"hydra.sweep.dir={sweep_dir}-2" in other.stderr
     assert len(json.loads(state_file.read_text())["trials"]) == 2  # nothing ran, nothing recorded
 
-    (sweep_dir / "pruning_evidence.jsonl").write_text(
-        '{"job": 0, "trial": 0, "finished": "ok"}\n'
-    )  # an earlier pruned sweep's
-    over = sweep(
-        runs_dir, sweep_dir, "hydra.sweeper.n_trials=1", "hydra.sweeper.n_jobs=1", "hydra.sweeper.resume=false"
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `folder` with its size and modification time (what "nothing touched" compares)."""
+    files = (p for p in folder.rglob("*") if p.is_file() and p.name != ".sweep.lock")  # the lock is no trial's
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in files}
+
+
+def test_a_new_sweep_never_starts_over_another_sweeps_trials(runs_dir: Path, tmp_path: Path):
+    sweep_dir = tmp_path / "sweep"
+    first = sweep(runs_dir, sweep_dir, "hydra.sweeper.n_trials=1", "hydra.sweeper.n_jobs=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    sweep_id = results(sweep_dir)["sweep_id"]
+    before = snapshot(sweep_dir)
+
+    over = sweep(runs_dir, sweep_dir, "hydra.sweeper.n_trials=1", "hydra.sweeper.resume=false")
+    assert over.returncode == 2 and "Traceback" not in over.stderr
+    assert f"{sweep_dir} holds the trials of sweep {sweep_id}" in over.stderr
+    assert f"hydra.sweep.dir={sweep_dir}-2" in over.stderr
+    # What a lost or deleted state leaves (the old damaged-state advice was to delete it): the trial folders.
+    (sweep_dir / "sweep_state.json").rename(tmp_path / "kept_state.json")
+    del before["sweep_state.json"]
+    again = sweep(runs_dir, sweep_dir, "hydra.sweeper.n_trials=1")
+    assert again.returncode == 2 and "1 trial folders of an earlier sweep" in again.stderr
+    assert snapshot(sweep_dir) == before  # not a file of the first sweep touched
+    assert len(read_file_store(runs_dir / "store")) == 1
+
+    elsewhere = sweep(runs_dir, tmp_path / "sweep-2", "hydra.sweeper.n_trials=1", "hydra.sweeper.n_jobs=1")
+    assert elsewhere.returncode == 0, elsewhere.stderr[-3000:]  # the folder the message proposed
+
+
+def test_a_damaged_state_is_named_and_its_fix_loses_nothing(runs_dir: Path, tmp_path: Path):
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / "sweep_state.json").write_text(
+        '{"format": "odeflow-sweep-state", "version": 1, "sweep_id": "s-1", "tr'
     )
-    assert over.returncode == 0, over.stderr[-3000:]
-    assert "starting" in over.stdout and "over" in over.stdout
-    restarted = json.loads(state_file.read_text())
-    assert restarted["sweep_id"] != state["sweep_id"] and len(restarted["trials"]) == 1
-    assert not (sweep_dir / "pruning_evidence.jsonl").exists()  # the new sweep does not prune on the old one's trials
+    proc = sweep(runs_dir, sweep_dir, "hydra.sweeper.n_trials=1")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{sweep_dir / 'sweep_state.json'} is damaged" in proc.stderr
+    assert "delete it" not in proc.stderr.replace("do not delete", "") and "another hydra.sweep.dir" in proc.stderr
+
+
+def test_two_sweeps_started_together_on_one_folder_one_runs_the_other_is_refused(runs_dir: Path, tmp_path: Path):
+    sweep_dir = tmp_path / "sweep"
+    command = [sys.executable, "-m", "runner", "-m", *TINY, f"hydra.sweep.dir={sweep_dir}", "hydra.sweeper.n_trials=4"]
+    env = {**os.environ, "ODEFLOW_RUNS": str(runs_dir)}
+    procs = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+    procs.append(
+        subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    )
+    outputs = [p.communicate(timeout=600) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], outputs
+    refused_out, refused_err = next(o for p, o in zip(procs, outputs, strict=True) if p.returncode == 2)
+    out = results(sweep_dir)
+    assert "Traceback" not in refused_err and len(refused_err.strip().splitlines()) == 2  # the cause, the fix
+    assert f"{sweep_dir} is in use by sweep {out['sweep_id']} (pid " in refused_err or (
+        f"{sweep_dir} is in use by a sweep starting up (pid " in refused_err
+    )
+    assert "[hyperopt] sweep" not in refused_out  # refused before it started anything
+    state = json.loads((sweep_dir / "sweep_state.json").read_text())
+    assert state["sweep_id"] == out["sweep_id"] and [t["status"] for t in state["trials"]] == ["ok"] * 4
+    store = read_file_store(runs_dir / "store")
+    assert len(store) == 4 and {r.meta["sweep_id"] for r in store} == {out["sweep_id"]}
+    for job in range(4):
+        assert json.loads((sweep_dir / str(job) / "result.json").read_text())["sweep_id"] == out["sweep_id"]
+    assert not (sweep_dir / "4").exists()
 
 
 def test_failed_trials_are_recorded_the_sweep_goes_on_and_ends_with_its_report(runs_dir: Path, tmp_path: Path):
@@ -278,3 +337,38 @@ def test_failed_trials_are_recorded_the_sweep_goes_on_and_ends_with_its_report(r
     assert (
         missing.returncode == 2 and "no sweep 'no-such-sweep'" in missing.stderr and "Traceback" not in missing.stderr
     )
+
+
+def test_a_sweep_stopped_by_sigterm_interrupts_its_trial_and_resumes(runs_dir: Path, tmp_path: Path):
+    import signal
+    import time
+
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", *TINY, f"hydra.sweep.dir={sweep_dir}", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1"]
+    args += ["train.max_epochs=15", "train.patience=15"]  # trials of several seconds
+    env = {**os.environ, "ODEFLOW_RUNS": str(runs_dir)}
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "runner", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert any('Started run with ID "2"' in line for line in victim.stdout)  # trial 1 is a tracked run
+        time.sleep(0.5)  # into its training
+        victim.send_signal(signal.SIGTERM)
+        _, stderr = victim.communicate(timeout=120)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    assert victim.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr[-3000:]
+    line = stderr.strip().splitlines()[-1]
+    assert (
+        line.startswith("[hyperopt] sweep ")
+        and "interrupted (SIGTERM): run 2 (trial 1) recorded as INTERRUPTED" in line
+    )
+    assert "resume it by running the same command again" in line
+    assert [r.status for r in read_file_store(runs_dir / "store")] == ["COMPLETED", "INTERRUPTED"]
+
+    resumed = run_cli(args, runs_dir)  # the lock died with the process: the same command resumes
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "trial 1 (job 1) was lost in an interruption: it runs again under a new job number" in resumed.stdout
+    assert [t["status"] for t in results(sweep_dir)["trials"]] == ["ok", "ok", "ok"]

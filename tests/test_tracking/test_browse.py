@@ -67,7 +67,7 @@ def test_mongo_reader_sees_the_same_runs(filled_store: Path, mongo_db):
     from_file = browse.list_runs(read_file_store(filled_store / "store"))
     from_mongo = browse.list_runs(read_mongo(client, name))
     assert from_file.splitlines()[0] == from_mongo.splitlines()[0]
-    for a, b in zip(from_file.splitlines()[1:], from_mongo.splitlines()[1:]):
+    for a, b in zip(from_file.splitlines()[1:], from_mongo.splitlines()[1:], strict=True):
         assert a.split()[:7] == b.split()[:7]
 
 
@@ -184,3 +184,50 @@ def test_list_and_show_carry_peak_memory(filled_store: Path):
     shown = browse.show_run(browse.find_run(records, "1"))
     assert "train_mb" in shown and "mem.train.live_mb" in shown and "mem.val.rss_mb" in shown
     assert "bnfe" not in shown.split("final metrics:")[0]  # a direct run: no backward NFE in its summary
+
+
+def test_params_stay_whole_numbers_when_a_run_lacks_them(filled_store: Path):
+    records = read_file_store(filled_store / "store")
+    params = records[0].info["parameters"]["total"]
+    without = dataclasses.replace(records[1], info={k: v for k, v in records[1].info.items() if k != "parameters"})
+    big = dataclasses.replace(records[2], info={**records[2].info, "parameters": {"total": 1_261_372}})
+    rows = browse.list_runs([records[0], without, big]).splitlines()
+    column = rows[0].split().index("params")
+    assert [row.split()[column] for row in rows[1:]] == [str(params), "-", "1261372"]
+
+
+def test_a_killed_running_run_is_told_from_a_live_one(filled_store: Path, tmp_path: Path):
+    import datetime as dt
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    store = tmp_path / "runs" / "store"
+    shutil.copytree(filled_store / "store", store)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()
+        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        for run_id, pid, host, beat in (
+            (1, sleeper.pid, socket.gethostname(), now),  # its process is there
+            (2, gone.pid, socket.gethostname(), now),  # its process is gone: SIGKILL
+            (3, 1, "another-host", now - dt.timedelta(hours=1)),  # elsewhere, no heartbeat for an hour
+        ):
+            run_json = store / str(run_id) / "run.json"
+            doc = json.loads(run_json.read_text())
+            doc.update(status="RUNNING", heartbeat=beat.isoformat(), host={**doc["host"], "hostname": host})
+            doc["meta"]["pid"] = pid
+            run_json.write_text(json.dumps(doc))
+        listing = run_cli(["runs", "list"], tmp_path / "runs")
+        statuses = [line.split()[2] for line in listing.stdout.splitlines()[1:4]]
+        assert statuses == ["RUNNING", "DEAD", "DEAD"], listing.stdout
+        assert "DEAD: RUNNING in the store, but its process is gone" in listing.stdout
+        assert "run 2, 3; continue with: python -m runner resume <id>" in listing.stdout
+        live = run_cli(["resume", "1"], tmp_path / "runs")
+        assert live.returncode == 2 and f"run 1 is still running (pid {sleeper.pid} on" in live.stderr
+        assert f"kill -TERM {sleeper.pid}" in live.stderr and "Traceback" not in live.stderr
+    finally:
+        sleeper.kill()
+        sleeper.wait()

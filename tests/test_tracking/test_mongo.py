@@ -282,7 +282,9 @@ def test_truncate_output_keeps_head_and_tail():
 
 
 def test_the_runner_reads_mongo_url_from_dot_env(runs_dir, tmp_path, mongo_db):
-    """`python -m runner tracking=mongo` finds MONGO_URL in .env, as make and docker compose do; the environment wins."""
+    """`python -m runner tracking=mongo` finds MONGO_URL in .env, as make and docker compose do.
+
+    The environment wins."""
     client, name = mongo_db
     dot_env = tmp_path / ".env"
     dot_env.write_text(f"MONGO_URL={os.environ['MONGO_URL']}\n")

@@ -1,0 +1,98 @@
+"""A disk that fills up during a run: one message, the run's files keep their last complete state, the other
+runs stay listed, and the run resumes once there is room (on a small tmpfs the test mounts; needs root)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from runner.tracking.runstore import read_file_store
+from tests.conftest import ROOT, run_cli
+from tests.test_tracking.conftest import TINY
+
+SLOW_ENOUGH = [  # epochs of a few seconds: the disk fills while it trains
+    *("experiment=quickstart", "model.channels=4", "data.subset=600", "solver=rk4", "solver.step_size=0.5"),
+    *("train.max_epochs=4", "train.patience=10", "train.progress=true"),
+]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or 'not permitted'})")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 65536)
+    except OSError:
+        while True:  # the last few bytes too
+            try:
+                os.write(fd, b"\0")
+            except OSError:
+                break
+    finally:
+        os.close(fd)
+    return filler
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_disk_that_fills_up_mid_run_ends_in_one_message_and_loses_nothing(small_disk: Path):
+    runs = small_disk
+    first = run_cli([*TINY, "train.device=cpu"], runs)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = snapshot(runs / "store" / "1")
+
+    env = {**os.environ, "ODEFLOW_RUNS": str(runs)}
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "runner", *SLOW_ENOUGH], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert next(line for line in victim.stdout if line.startswith("epoch ")).startswith("epoch   1/4")
+        metrics = runs / "store" / "2" / "metrics.json"
+        deadline = time.monotonic() + 60
+        while not metrics.exists() and time.monotonic() < deadline:  # Sacred's heartbeat (every 10 s) wrote it
+            time.sleep(0.2)
+        filler = fill(runs)
+        _, stderr = victim.communicate(timeout=300)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    assert victim.returncode == 2 and "Traceback" not in stderr, stderr[-3000:]
+    error = stderr[stderr.index("error: ") :].splitlines()
+    assert len(error) == 2 and error[0].startswith("error: no space left on the disk of ")
+    assert "run 2 stopped after" in error[0] and error[1].endswith("python -m runner resume 2")
+
+    # Nothing earlier lost: the other run untouched, this run's record whole (its last complete state).
+    assert snapshot(runs / "store" / "1") == before
+    kept = json.loads(metrics.read_text())["val.loss"]["steps"]
+    assert kept and kept == list(range(1, len(kept) + 1))
+    listing = run_cli(["runs", "list"], runs)
+    assert listing.returncode == 0 and "skipping" not in listing.stderr
+    assert [line.split()[0] for line in listing.stdout.splitlines()[1:3]] == ["1", "2"]
+
+    filler.unlink()
+    resumed = run_cli(["resume", "2"], runs)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    continued = max(read_file_store(runs / "store"), key=lambda r: r.id)
+    assert continued.meta["resumed_from"] == 2 and continued.metrics["val.loss"]["steps"] == [1, 2, 3, 4]
