@@ -62,5 +62,29 @@ def sigterm_as_interrupt() -> Iterator[None]:
             signal.signal(s, handler)
 
 
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGINT wait until the block ends and are handled then.
+
+    An epoch's bookkeeping (its training state, its metrics in the store, its console line) is then all
+    done or not begun: a signal in between would leave an epoch in the training state that the run's
+    record lacks. Handlers that are not Python functions (the default, ignore) are left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    handlers = {s: h for s, h in handlers.items() if callable(h)}
+    pending: list[int] = []
+    for s in handlers:
+        signal.signal(s, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        if pending:
+            handlers[pending[0]](pending[0], None)
+
+
 def as_interrupted(exc: KeyboardInterrupt) -> Interrupted:
     return exc if isinstance(exc, Interrupted) else Interrupted("SIGINT")

@@ -20,6 +20,7 @@ from data.tensors import DataBundle
 from models.ode_block import backward_nfe, forward_nfe, ode_blocks, translate_solver_failure
 from odeflow.errors import TrainingDivergedError
 from odeflow.files import save_atomic
+from odeflow.interrupts import interrupts_deferred
 from runner.experiment.adaptation import SolverAdapter
 from runner.experiment.evaluation import predict
 from runner.experiment.memory import PhaseMemory, format_memory
@@ -171,13 +172,14 @@ def fit(
             best_state = copy.deepcopy(model.state_dict())
         else:
             waited += 1
-        if checkpoint_path is not None:
-            _save_training_state(
-                checkpoint_path, epoch, model, optimizer, generator, best_state, waited, result, adapter
-            )
-        if settings.progress:
-            print(format_epoch(metrics, settings.max_epochs, improved), flush=True)
-        stop_reason = on_epoch(metrics) if on_epoch is not None else None
+        with interrupts_deferred():  # the epoch is in its training state and its record, or in neither
+            if checkpoint_path is not None:
+                _save_training_state(
+                    checkpoint_path, epoch, model, optimizer, generator, best_state, waited, result, adapter
+                )
+            if settings.progress:
+                print(format_epoch(metrics, settings.max_epochs, improved), flush=True)
+            stop_reason = on_epoch(metrics) if on_epoch is not None else None
         if stop_reason:
             result.pruned = {"epoch": epoch, "reason": stop_reason}
             print(f"pruned after epoch {epoch}: {stop_reason}; restoring epoch {result.best_epoch}", flush=True)

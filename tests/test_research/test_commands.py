@@ -189,7 +189,8 @@ def test_run_killed_with_sigkill_resumes_with_continuous_epochs(runs_dir: Path):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_run_stopped_by_sigterm_or_ctrl_c_is_interrupted_with_its_epochs_and_resumes_exactly(runs_dir: Path, signum):
-    args = ["experiment=quickstart", "model.channels=4", "data.subset=600", "solver=rk4", "solver.step_size=0.5"]
+    # epochs of about 0.6 s on an idle machine: the signal lands while epoch 3 trains, before the run can end
+    args = ["experiment=quickstart", "model.channels=4", "data.subset=600", "solver=rk4", "solver.step_size=0.05"]
     args += ["train.max_epochs=5", "train.patience=10", "train.progress=true"]
     env = {**os.environ, "ODEFLOW_RUNS": str(runs_dir)}
     victim = subprocess.Popen(
