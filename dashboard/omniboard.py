@@ -9,6 +9,7 @@ reaches Omniboard through the environment, never its command line).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -29,6 +30,7 @@ ENTRY = NPM_PROJECT / "node_modules" / "omniboard" / "dist" / "start.js"
 PRELOAD = Path(__file__).with_name("omniboard_preload.js")
 LOOPBACK = "127.0.0.1"
 INSTALLED_MARKER = NPM_PROJECT / "node_modules" / ".odeflow-lock.sha256"
+INSTALL_LOCK = NPM_PROJECT / ".npm-install.lock"
 LISTENING = re.compile(r"Omniboard is listening on port (\d+)")
 CONNECTED = "established successfully"
 NODE_FIX = (
@@ -49,19 +51,28 @@ def ensure_installed() -> None:
     lock_hash = hashlib.sha256((NPM_PROJECT / "package-lock.json").read_bytes()).hexdigest()
     if ENTRY.exists() and INSTALLED_MARKER.exists() and INSTALLED_MARKER.read_text() == lock_hash:
         return
-    print(
-        f"installing Omniboard {version()} with npm ci into {NPM_PROJECT / 'node_modules'} (about a minute, once)",
-        flush=True,
-    )
-    done = subprocess.run(
-        ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NPM_PROJECT, capture_output=True, text=True
-    )
-    if done.returncode != 0 or not ENTRY.exists():
-        raise UserError(
-            f"npm ci failed in {NPM_PROJECT} (exit code {done.returncode}): {done.stderr.strip()[-600:]}",
-            "check that the npm registry is reachable (npm ping), then run make dashboard again",
+    # Two dashboards (or test workers) starting at once on a fresh clone: npm ci into one node_modules at
+    # the same time fails (ENOTEMPTY), so one installs and the other waits, then finds it installed.
+    with open(INSTALL_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if ENTRY.exists() and INSTALLED_MARKER.exists() and INSTALLED_MARKER.read_text() == lock_hash:
+            return
+        print(
+            f"installing Omniboard {version()} with npm ci into {NPM_PROJECT / 'node_modules'} (about a minute, once)",
+            flush=True,
         )
-    INSTALLED_MARKER.write_text(lock_hash)
+        done = subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=NPM_PROJECT,
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0 or not ENTRY.exists():
+            raise UserError(
+                f"npm ci failed in {NPM_PROJECT} (exit code {done.returncode}): {done.stderr.strip()[-600:]}",
+                "check that the npm registry is reachable (npm ping), then run make dashboard again",
+            )
+        INSTALLED_MARKER.write_text(lock_hash)
 
 
 class Omniboard:
