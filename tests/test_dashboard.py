@@ -187,6 +187,11 @@ def test_a_second_server_on_a_data_folder_in_use_is_refused_and_the_first_keeps_
     finally:
         owner.terminate()
         owner.wait()
+        deadline = time.monotonic() + 10  # its parent-death SIGTERM stops the server; a test leaves none behind
+        while alive(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if alive(server_pid):
+            os.kill(server_pid, signal.SIGKILL)
 
 
 def test_changed_password_is_refused_with_the_fix(dashboard_env):
