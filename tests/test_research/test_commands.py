@@ -33,6 +33,21 @@ def assert_same_epochs(a, b, tolerance=1e-6):
         assert max(abs(x - y) for x, y in zip(va, vb, strict=True)) <= tolerance, name
 
 
+def start_run(args: list[str], runs_dir: Path, stderr: int) -> subprocess.Popen:
+    """`python -m runner <args>` in the background, its console lines readable from `.stdout`."""
+    env = {**os.environ, "ODEFLOW_RUNS": str(runs_dir)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True
+    )
+
+
+def read_epoch_lines(run: subprocess.Popen, max_epochs: int, count: int) -> None:
+    """Read `run`'s output up to its `count`-th epoch line, checking each is the next epoch of `max_epochs`."""
+    epoch_lines = (line for line in run.stdout if line.startswith("epoch "))
+    for epoch in range(1, count + 1):
+        assert next(epoch_lines).startswith(f"epoch {epoch:>3}/{max_epochs}")
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A store holding one quickstart ODEnet run (id 1), trained with dopri5."""
@@ -139,19 +154,10 @@ def test_run_killed_with_sigkill_resumes_with_continuous_epochs(runs_dir: Path):
         "train.patience=10",
         "train.progress=true",
     ]
-    env = {**os.environ, "ODEFLOW_RUNS": str(runs_dir)}
-    victim = subprocess.Popen(
-        [sys.executable, "-m", "runner", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    victim = start_run(args, runs_dir, stderr=subprocess.DEVNULL)
     try:
         # The epoch line is printed after that epoch's training state is saved: kill on the second one.
-        epoch_lines = (line for line in victim.stdout if line.startswith("epoch "))
-        assert next(epoch_lines).startswith("epoch   1/6") and next(epoch_lines).startswith("epoch   2/6")
+        read_epoch_lines(victim, 6, 2)
         assert victim.poll() is None, "the run finished before it could be killed"
         victim.send_signal(signal.SIGKILL)
         assert victim.wait(timeout=60) == -signal.SIGKILL
@@ -192,18 +198,9 @@ def test_run_stopped_by_sigterm_or_ctrl_c_is_interrupted_with_its_epochs_and_res
     # epochs of about 0.6 s on an idle machine: the signal lands while epoch 3 trains, before the run can end
     args = ["experiment=quickstart", "model.channels=4", "data.subset=600", "solver=rk4", "solver.step_size=0.05"]
     args += ["train.max_epochs=5", "train.patience=10", "train.progress=true"]
-    env = {**os.environ, "ODEFLOW_RUNS": str(runs_dir)}
-    victim = subprocess.Popen(
-        [sys.executable, "-m", "runner", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    victim = start_run(args, runs_dir, stderr=subprocess.PIPE)
     try:
-        epoch_lines = (line for line in victim.stdout if line.startswith("epoch "))
-        assert next(epoch_lines).startswith("epoch   1/5") and next(epoch_lines).startswith("epoch   2/5")
+        read_epoch_lines(victim, 5, 2)
         victim.send_signal(signum)  # during epoch 3 (or the bookkeeping right after epoch 2)
         rest, stderr = victim.communicate(timeout=120)
     finally:

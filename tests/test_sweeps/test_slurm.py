@@ -23,6 +23,7 @@ from runner.sweeps.slurm import LEDGER_FILE, SlurmJobLauncher, SlurmRequestError
 from runner.tracking.runstore import read_file_store
 from tests.conftest import ROOT, run_cli
 from tests.slurm_cluster import PARTITION, Cluster, ClusterUnavailable
+from tests.test_sweeps.test_sweeper_runs import PRUNING
 from tests.test_tracking.conftest import mongo_server  # noqa: F401  (a MongoDB-wire server for the jobs)
 
 # A trial is about a second of training; a job's cost here is mostly Python and torch starting.
@@ -37,13 +38,6 @@ TINY = [
     "model.channels=4",
     "hydra.sweeper.n_startup_jobs=3",
     "hydra.sweeper.report=false",
-]
-PRUNING = [
-    "train.max_epochs=4",
-    "train.patience=4",
-    "hydra.sweeper.pruner.kind=median",
-    "hydra.sweeper.pruner.warmup_epochs=1",
-    "hydra.sweeper.pruner.min_trials=2",
 ]
 
 
