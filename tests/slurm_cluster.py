@@ -314,6 +314,8 @@ class Cluster:
                 pid = int(path.read_text().strip())
             except (OSError, ValueError):
                 continue
+            if pid <= 1:  # 0 and -1 would signal a whole process group, or every process
+                continue
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:

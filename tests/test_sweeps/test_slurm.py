@@ -13,6 +13,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pymongo
@@ -90,6 +92,51 @@ def wait_for(what: str, condition, timeout: float = 180):
 def job_state(cluster: Cluster, job_id: str) -> str:
     out = cluster.command("squeue", "-h", "-r", "-j", job_id.split("_")[0], "-o", "%i|%T").splitlines()
     return dict(line.split("|") for line in out).get(job_id, "")
+
+
+def job_environment_id(pid: int) -> str:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return ""
+    return next((v[len(b"SLURM_JOB_ID=") :].decode() for v in environ if v.startswith(b"SLURM_JOB_ID=")), "")
+
+
+def trial_processes(cluster: Cluster, job_id: str) -> list[int]:
+    """The pids Slurm started for a job, once its trial step runs; [] until then.
+
+    `scontrol listpids` prints -1 for a task that is still starting, and `os.kill(-1, ...)` as root signals every
+    process on the machine (a SIGSTOP there once froze a whole CI run), so only pids that are real processes of
+    this very job (their environment says so) are returned.
+    """
+    raw_id = cluster.command("squeue", "-h", "-j", job_id, "-o", "%A").strip()  # listpids takes no array ids
+    rows = [line.split() for line in cluster.command("scontrol", "listpids", raw_id).splitlines()[1:]]
+    if not any(row[2] == "0" and int(row[0]) > 1 for row in rows):
+        return []  # the trial's step (srun's step 0) has not started yet
+    pids = [int(row[0]) for row in rows if int(row[0]) > 1 and int(row[0]) != os.getpid()]
+    return [pid for pid in pids if job_environment_id(pid) == raw_id]
+
+
+@contextmanager
+def started(command: list[str], env: dict[str, str], **kwargs) -> Iterator[subprocess.Popen]:
+    """A sweep started in the background; killed on the way out if a failed wait left it running."""
+    process = subprocess.Popen(command, cwd=ROOT, env=env, text=True, **kwargs)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def communicate_or_kill(process: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """`communicate`, but a sweep still running after `timeout` is killed and fails the test instead of hanging it."""
+    try:
+        return process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"the sweep did not end within {timeout} s; its stderr:\n{stderr[-3000:]}") from None
 
 
 def ledger_jobs(sweep_dir: Path) -> list[str]:
@@ -205,7 +252,7 @@ def test_cancelled_and_timed_out_trial_jobs_are_failed_trials_naming_the_cause(c
         "hydra.sweeper.max_failure_rate=0.7",
     ]
     env = {**os.environ, "ODEFLOW_RUNS": str(runs_dir), **cluster.env()}
-    with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
+    with started(command, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as p:
         jobs = wait_for("the first array", lambda: ledger_jobs(sweep_dir))
         cancelled, stalled = jobs[0], jobs[1]
         wait_for("the first trial running", lambda: job_state(cluster, cancelled) == "RUNNING")
@@ -213,10 +260,9 @@ def test_cancelled_and_timed_out_trial_jobs_are_failed_trials_naming_the_cause(c
         wait_for("the second trial running", lambda: job_state(cluster, stalled) == "RUNNING")
         # Past its time limit for real: a one-minute limit, and the trial's processes stopped until Slurm ends it.
         cluster.command("scontrol", "update", f"JobId={stalled}", "TimeLimit=1")
-        raw_id = cluster.command("squeue", "-h", "-j", stalled, "-o", "%A").strip()  # listpids takes no array ids
-        for pid in cluster.command("scontrol", "listpids", raw_id).split()[5::5]:
-            os.kill(int(pid), signal.SIGSTOP)
-        stdout, stderr = p.communicate(timeout=400)
+        for pid in wait_for("the second trial's processes", lambda: trial_processes(cluster, stalled)):
+            os.kill(pid, signal.SIGSTOP)
+        stdout, stderr = communicate_or_kill(p, timeout=400)
     assert p.returncode == 0, stderr[-3000:]
     out = results(sweep_dir)
     assert [t["status"] for t in out["trials"]] == ["failed", "failed", "ok", "ok"]  # and the sweep went on
@@ -247,11 +293,11 @@ def test_a_killed_submitter_resumes_with_no_trial_run_twice_and_runs_reach_mongo
     ]
     env = {**os.environ, "ODEFLOW_RUNS": str(runs_dir), "MONGO_URL": mongo_server.url, **cluster.env()}
     command = [sys.executable, "-m", "runner", "-m", *TINY, *args]
-    submitter = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    jobs = wait_for("the array", lambda: ledger_jobs(sweep_dir))
-    wait_for("a trial running", lambda: job_state(cluster, jobs[0]) == "RUNNING")
-    submitter.kill()  # SIGKILL: no chance to tidy up; the jobs run on
-    submitter.wait()
+    with started(command, env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as submitter:
+        jobs = wait_for("the array", lambda: ledger_jobs(sweep_dir))
+        wait_for("a trial running", lambda: job_state(cluster, jobs[0]) == "RUNNING")
+        submitter.kill()  # SIGKILL: no chance to tidy up; the jobs run on
+        submitter.wait()
     assert job_state(cluster, jobs[0]) in ("RUNNING", "COMPLETING", "COMPLETED")
 
     again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
