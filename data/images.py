@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import pickle
@@ -10,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torchvision
 
 from data.splits import make_bundle, scale_uint8
 from data.tensors import DataBundle
@@ -44,20 +44,32 @@ FASHION_MNIST_CLASSES = [
 CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
 
 
-class _CIFAR10Unverified(torchvision.datasets.CIFAR10):
+def _torchvision_datasets():
+    # Imported on first use: torchvision's import (it loads torch._dynamo) adds about 1.4 s to the start of every
+    # command, and only these two loaders need it.
+    import torchvision.datasets
+
+    return torchvision.datasets
+
+
+@functools.cache
+def _cifar10_unverified() -> type:
     """torchvision's CIFAR10 reader with the md5 checks reduced to existence checks.
 
     For files in the standard pickled-batch format whose bytes differ from the official release
     (a re-packed subset, or the small files the tests write).
     """
 
-    def _check_integrity(self) -> bool:
-        return all((Path(self.root) / self.base_folder / name).is_file() for name in CIFAR10_FILES)
+    class CIFAR10Unverified(_torchvision_datasets().CIFAR10):
+        def _check_integrity(self) -> bool:
+            return all((Path(self.root) / self.base_folder / name).is_file() for name in CIFAR10_FILES)
 
-    def _load_meta(self) -> None:
-        with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
-            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        def _load_meta(self) -> None:
+            with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
+                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+    return CIFAR10Unverified
 
 
 def _missing(folder: Path, names: list[str]) -> list[str]:
@@ -160,7 +172,7 @@ def load_fashion_mnist(
         raw,
         FASHION_MNIST_FILES,
         download,
-        lambda train, get: torchvision.datasets.FashionMNIST(str(base), train=train, download=get),
+        lambda train, get: _torchvision_datasets().FashionMNIST(str(base), train=train, download=get),
         idx_problem,
     )
     return make_bundle(
@@ -189,7 +201,7 @@ def load_cifar10(
     """CIFAR10 (50k train / 10k test, 3x32x32) from `<root>/cifar-10-batches-py/` (pickled batches)."""
     base = _resolve_root(root)
     folder = base / "cifar-10-batches-py"
-    reader = torchvision.datasets.CIFAR10 if verify_checksums else _CIFAR10Unverified
+    reader = _torchvision_datasets().CIFAR10 if verify_checksums else _cifar10_unverified()
     try:
         splits = _read_both_splits(
             "CIFAR10",
@@ -207,7 +219,7 @@ def load_cifar10(
             f"CIFAR10 files under {folder} do not match the official checksums", CHECKSUM_FIX
         ) from exc
 
-    def images(ds: torchvision.datasets.CIFAR10) -> np.ndarray:
+    def images(ds) -> np.ndarray:  # a torchvision CIFAR10
         return scale_uint8(ds.data.transpose(0, 3, 1, 2))  # NHWC -> NCHW
 
     return make_bundle(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,27 @@ def test_the_leaf_packages_import_nothing_of_the_runner():
         if name.startswith("runner")
     )
     assert wrong == []
+
+
+START_UP = """
+import sys
+import torch
+from runner.experiment.app import run_experiment
+from runner.experiment.settings import seed_everything
+from data import load_digits, load_spheres
+seed_everything(0, True)
+load_digits(subset=50)
+load_spheres(n_train=20, n_test=10)
+print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+print(*sorted(m for m in ("torchvision", "torch._inductor.config", "torch._dynamo") if m in sys.modules))
+"""
+
+
+def test_a_run_on_an_offline_dataset_starts_without_the_imports_it_does_not_use():
+    # torchvision (image datasets only) and torch._inductor's config (pulled in by
+    # torch.use_deterministic_algorithms) would add some 3 s to the start of every run and trial.
+    done = subprocess.run([sys.executable, "-c", START_UP], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    deterministic, loaded = (done.stdout.splitlines() + [""])[:2]
+    assert deterministic == "True True"  # deterministic kernels, warning only, as before
+    assert loaded == ""
