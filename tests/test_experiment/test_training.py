@@ -120,9 +120,13 @@ def test_reusing_freed_host_memory_stops_the_page_faults_of_new_tensors():
         took, count = proc.stdout.split()
         return took, int(count)
 
-    # glibc's default hands part of the freed 48 MiB back each step (4,096 faults in 5 steps here): at least
-    # one 8 MiB tensor's 2,048 pages fault in again; kept for reuse, none do
-    took, default = faults("off")
-    assert took == "False" and default >= 2048
-    took, reused = faults("on")
-    assert took == "True" and reused < 100
+    # glibc's default hands part of the freed 48 MiB back each step in most processes (4,096 to 61,280 faults in
+    # 5 steps here): at least one 8 MiB tensor's 2,048 pages fault in again. In about a third of the processes it
+    # keeps them (0 faults; it depends on where the heap lands), so the default gets up to 10 processes to show it.
+    defaults = []
+    while len(defaults) < 10 and not any(count >= 2048 for _, count in defaults):
+        defaults.append(faults("off"))
+    assert all(took == "False" for took, _ in defaults) and defaults[-1][1] >= 2048, defaults
+    for _ in range(3):  # kept for reuse, none fault in: in every process
+        took, reused = faults("on")
+        assert took == "True" and reused < 100
