@@ -29,7 +29,7 @@ from runner.experiment.settings import (
     seed_everything,
 )
 from runner.experiment.slurm_job import slurm_job_info
-from runner.experiment.trajectories import draw_trajectories
+from runner.experiment.trajectories import trace_trajectories
 from runner.tracking.masking import mask_secrets
 from runner.tracking.stores import FileStore, RunLog, run_tracked
 
@@ -154,10 +154,14 @@ def run_experiment(
             figures=not later_figures,
         ).items():
             run.add_artifact(path, name)
-        crossings = draw_trajectories(model, data, out_dir / "trajectories.png") if is_ode else None
-        if crossings is not None:  # vector states: the flow of test points, crossing pairs for 2-D ones
-            run.set_info("trajectories", crossings)
-            run.add_artifact(out_dir / "trajectories.png", "trajectories.png")
+        traced = trace_trajectories(model, data) if is_ode else None
+        if traced is not None:  # vector states: the flow of test points, crossing pairs for 2-D ones
+            run.set_info("trajectories", traced[0])
+            if later_figures:
+                outcome["draw_trajectories"] = traced[1]
+            else:
+                traced[1](out_dir / "trajectories.png")
+                run.add_artifact(out_dir / "trajectories.png", "trajectories.png")
         outcome.update(results, fit=fit_result)
         return results["test.acc"]
 
@@ -209,10 +213,15 @@ def run_experiment(
     }
     write_atomic(out_dir / "result.json", json.dumps(summary, indent=2))  # a sweep reads it: whole or absent
     if later_figures:
-        figures.draw_later(
-            lambda: pipeline.write_figures(out_dir, fit_result, outcome, data.class_names, is_ode, outcome["title"]),
-            lambda paths: store.attach_artifacts(run_id, paths),
-        )
+
+        def draw() -> dict[str, Path]:
+            paths = pipeline.write_figures(out_dir, fit_result, outcome, data.class_names, is_ode, outcome["title"])
+            if "draw_trajectories" in outcome:
+                outcome["draw_trajectories"](out_dir / "trajectories.png")
+                paths["trajectories.png"] = out_dir / "trajectories.png"
+            return paths
+
+        figures.draw_later(draw, lambda paths: store.attach_artifacts(run_id, paths))
     return summary
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,18 @@ def solve_path(block: ODEBlock, z0: torch.Tensor, spec: SolverSpec) -> np.ndarra
 
 def draw_trajectories(model: nn.Module, data: DataBundle, path: Path) -> dict[str, Any] | None:
     """trajectories.png for a model whose ODE state is a vector; the crossing counts (2-D states) for its info."""
+    traced = trace_trajectories(model, data)
+    if traced is None:
+        return None
+    info, draw = traced
+    draw(path)
+    return info
+
+
+def trace_trajectories(model: nn.Module, data: DataBundle) -> tuple[dict[str, Any], Callable[[Path], None]] | None:
+    """The flows of test points for a model whose ODE state is a vector: the crossing counts (2-D states) for
+    its info, and the function that draws them as a PNG, which may be called later (a sweep trial's figures
+    are drawn after its result is recorded). None for other models."""
     if not ode_blocks(model) or len(data.input_shape) != 1:  # image states have no picture here
         return None
     chosen = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(0))[:POINTS]  # both classes
@@ -96,15 +109,15 @@ def draw_trajectories(model: nn.Module, data: DataBundle, path: Path) -> dict[st
     if projected:
         panels = project_on_principal_components(panels)
     crossings = {title: None if projected else crossing_pairs(paths) for title, paths in panels.items()}
-    trajectories_png(panels, labels, path, projected, crossings, data.class_names)
     counts = list(crossings.values())
-    return {
+    info = {
         "state_dims": int(z0.shape[1]),
         "points": len(labels),
         "projected": projected,
         "crossing_pairs_training": counts[0],
         "crossing_pairs_reference": counts[1],
     }
+    return info, lambda path: trajectories_png(panels, labels, path, projected, crossings, data.class_names)
 
 
 def project_on_principal_components(panels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
