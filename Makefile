@@ -33,7 +33,7 @@ run: $(INSTALLED) ## Quickstart: simple ODEnet and small ResNet on digits (offli
 
 TEST_WORKERS ?= 2
 test: $(INSTALLED) ## Run the default test suite (offline, CPU; starts its own database server, Omniboard and Chromium)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: $(INSTALLED) ## Check the code with ruff (lint rules and formatting; CI runs it before the tests; ruff format . fixes the layout)
 	$(VENV)/bin/ruff check .

@@ -38,3 +38,23 @@ def runs_dir(tmp_path: Path) -> Path:
     path = tmp_path / "runs"
     path.mkdir()
     return path
+
+
+# The files that take minutes each, handed to the xdist workers first (`make test` runs --dist loadfile with
+# --no-loadscope-reorder, so files go out in this order): the short files then fill the time around them,
+# where xdist's default order (most tests first) left these few-test, long files for the end, one worker
+# running them while the other had finished.
+LONG_FILES_FIRST = [
+    "tests/test_sweeps/test_sweeper_runs.py",
+    "tests/test_research/test_commands.py",
+    "tests/test_sweeps/test_slurm.py",
+    "tests/test_dashboard.py",
+    "tests/test_experiment/test_full_disk.py",
+    "tests/test_tracking/test_mongo.py",
+    "tests/test_experiment/test_end_to_end.py",
+]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {path: i for i, path in enumerate(LONG_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest as collected
