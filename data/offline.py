@@ -1,4 +1,4 @@
-"""Datasets that need no network: scikit-learn's bundled digits and synthetic concentric spheres."""
+"""Datasets that need no network: scikit-learn's bundled digits and two synthetic concentric-spheres sets."""
 
 from __future__ import annotations
 
@@ -98,6 +98,64 @@ def load_spheres(
         test_x / shell_outer,
         test_y,
         ["inner", "outer"],
+        val_fraction,
+        subset,
+        seed,
+        batch_size,
+    )
+
+
+# "ResNet After All" (Ott et al.): three thin shells, inner and outer class 0, middle class 1.
+RAA_SHELLS = (((0.10, 0.15), 0, 0.25), ((0.25, 0.30), 1, 0.5), ((0.40, 0.45), 0, 0.25))  # (radii, label, share)
+
+
+def sample_raa_shells(n: int, dim: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """n points on RAA's three shells: a quarter in [0.10, 0.15] (class 0), half in [0.25, 0.30] (class 1),
+    a quarter in [0.40, 0.45] (class 0); no noise.
+
+    The radius is drawn as (b - a) * u^(1/dim) + a, as the paper's data was, which is close to but not exactly
+    uniform in volume on a thin shell; the direction is uniform on the sphere.
+    """
+    counts = [int(n * share) for _, _, share in RAA_SHELLS]
+    counts[1] += n - sum(counts)  # an n not divisible by 4: the middle shell takes the rest
+    radii, labels = [], []
+    for ((low, high), label, _), count in zip(RAA_SHELLS, counts, strict=True):
+        radii.append((high - low) * rng.random(count) ** (1.0 / dim) + low)
+        labels.append(np.full(count, label, dtype=np.int64))
+    directions = rng.standard_normal((n, dim))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    radius = np.concatenate(radii)
+    return (directions * radius[:, None]).astype(np.float32), np.concatenate(labels)
+
+
+def load_raa_spheres(
+    dim: int = 2,
+    n_train: int = 2000,
+    n_test: int = 1000,
+    val_fraction: float = 0.2,
+    subset: int | None = None,
+    batch_size: int = 128,
+    seed: int = 0,
+    root: str | None = None,
+) -> DataBundle:
+    """RAA's concentric spheres in `dim` dimensions (the paper used 2, 3, 10 and 900), unscaled (radii < 0.45).
+
+    `val_fraction` of the 2,000 training points is held out for validation (the runner's early stopping and
+    best-epoch choice need one); the paper trained on all 2,000 and evaluated the final iterate.
+    """
+    check_positive("dim", dim)
+    check_positive("n_train", n_train)
+    check_positive("n_test", n_test)
+    rng = np.random.default_rng(seed)
+    train_x, train_y = sample_raa_shells(n_train, dim, rng)
+    test_x, test_y = sample_raa_shells(n_test, dim, rng)
+    return make_bundle(
+        "raa_spheres",
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        ["shells 1 and 3", "shell 2"],
         val_fraction,
         subset,
         seed,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from data import load_cifar10, load_digits, load_fashion_mnist, load_spheres
+from data import load_cifar10, load_digits, load_fashion_mnist, load_raa_spheres, load_spheres
 from odeflow.errors import ConfigError, DatasetNotFoundError, UserError
 from tests.dataset_files import write_cifar10, write_fashion_mnist
 
@@ -124,3 +124,29 @@ def test_subset_counts_training_and_validation_samples():
     assert (len(bundle.train), len(bundle.val)) == (4, 1)
     with pytest.raises(ConfigError, match="subset=2 is invalid: expected at least 3"):
         load_spheres(n_train=300, n_test=50, subset=2, val_fraction=0.2)
+
+
+@pytest.mark.parametrize("dim", [2, 3, 10])
+def test_raa_spheres_are_the_papers_three_shells(dim: int):
+    bundle = load_raa_spheres(dim=dim, n_train=2000, n_test=1000, val_fraction=0.2, seed=1)
+    x = torch.cat([bundle.train.x, bundle.val.x])
+    y = torch.cat([bundle.train.y, bundle.val.y])
+    assert x.shape == (2000, dim) and bundle.test.x.shape == (1000, dim) and bundle.input_shape == (dim,)
+    for points, labels, n in ((x, y, 2000), (bundle.test.x, bundle.test.y, 1000)):
+        radius = points.double().norm(dim=1)
+        shells = [(0.10, 0.15, 0, n // 4), (0.25, 0.30, 1, n // 2), (0.40, 0.45, 0, n // 4)]
+        for low, high, label, count in shells:
+            on_shell = (radius >= low - 1e-6) & (radius <= high + 1e-6)
+            assert int(on_shell.sum()) == count  # every point on one of the three shells, in the paper's shares
+            assert bool((labels[on_shell] == label).all())
+        # the radius is (b - a) u^(1/d) + a: in d dimensions most points lie near the outer edge of each shell
+        inner = radius[radius < 0.2]
+        assert float(((inner - 0.10) / 0.05).pow(dim).mean()) == pytest.approx(0.5, abs=0.06)
+    # directions are uniform on the sphere: no coordinate is favoured
+    assert float((x / x.norm(dim=1, keepdim=True)).mean(dim=0).abs().max()) < 0.1
+
+
+def test_raa_spheres_split_and_seed():
+    a, b = load_raa_spheres(seed=0), load_raa_spheres(seed=0)
+    assert torch.equal(a.train.x, b.train.x) and (len(a.train), len(a.val), len(a.test)) == (1600, 400, 1000)
+    assert not torch.equal(load_raa_spheres(seed=1).train.x, a.train.x)

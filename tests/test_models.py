@@ -159,3 +159,19 @@ def test_a_nan_state_fails_at_once_with_its_own_message(backend):
     )
     assert "not a stiff solve" in info.value.fix
     assert net.calls <= 8  # at once: not after the step size has shrunk for hundreds of steps
+
+
+def test_raa_odenet_has_the_papers_shape_and_parameter_count():
+    from models.raa import RAAODENet
+
+    model = RAAODENet([2], 2, solver=SolverSpec("euler", step_size=0.25))
+    # f: Conv1d(1->32, k1) 64 + Conv1d(32->32, k3) 3,104 + Conv1d(32->1, k1) 33; classifier Linear(2->2) 6
+    assert count_parameters(model) == {"total": 3207, "not_in_fc": 3201, "in_fc": 6}
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv1d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size[0]) for c in convs] == [(1, 32, 1), (32, 32, 3), (32, 1, 1)]
+    assert all(int(torch.count_nonzero(c.bias.detach())) == 0 for c in convs)  # the paper's initialisation: zero biases
+    # Kaiming normal, fan in: weight std sqrt(2 / fan_in); the 3x32 kernel has 3,072 weights to estimate it
+    assert float(convs[1].weight.std()) == pytest.approx((2 / 96) ** 0.5, rel=0.1)
+    x = torch.randn(5, 2)
+    assert model(x).shape == (5, 2) and forward_nfe(model) == 4
+    assert RAAODENet([10], 2, solver=SolverSpec("rk4", step_size=0.5))(torch.randn(3, 10)).shape == (3, 2)

@@ -17,6 +17,7 @@ CASES = [
     (["data.val_fraction=1.5"], ["data.val_fraction", "1.5", "between 0 and 1"]),
     (["train.optimizer=lbfgs"], ["train.optimizer", "adam", "sgd"]),
     (["model=odenet_complex", "data=spheres"], ["model", "image", "odenet_simple"]),
+    (["model=raa_odenet", "data=digits"], ["model", "vector dataset", "(1, 8, 8)", "data=raa_spheres"]),
     (
         ["data=fashion_mnist", "data.download=false", "paths.datasets=/nonexistent/odeflow-data"],
         ["FashionMNIST", "train-images-idx3-ubyte", "/nonexistent/odeflow-data/FashionMNIST/raw", "data.root"],

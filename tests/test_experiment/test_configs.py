@@ -24,8 +24,14 @@ def options(group: str) -> list[str]:
 
 
 # Models over their input itself take vectors only (their ODE state is the input)
-VECTOR_MODELS = {"odenet_state"}
-INPUT_SHAPES = {"fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32), "digits": (1, 8, 8), "spheres": (2,)}
+VECTOR_MODELS = {"odenet_state", "raa_odenet"}
+INPUT_SHAPES = {
+    "fashion_mnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+    "digits": (1, 8, 8),
+    "spheres": (2,),
+    "raa_spheres": (2,),
+}
 
 
 @pytest.mark.parametrize("name", options("experiment"))
