@@ -28,8 +28,16 @@ TESTED_BATCHES = ("train", "validation")
 # The order of each fixed-step method the step-size rule knows, and the higher-order method that tests it.
 METHOD_ORDERS = {"euler": 1, "midpoint": 2, "rk4": 4}
 HIGHER_ORDER = {"euler": "midpoint", "midpoint": "rk4", "rk4": "rk4"}
-# How often the tolerance test solve is tightened by a further factor 10 before it is used as it is.
-MAX_TIGHTENINGS = 4
+# The tolerance test solve is tightened until it takes more evaluations than the training solve; below this
+# tolerance a float32 solve cannot get more accurate, so the tightening stops there whatever the NFE.
+TIGHTEST_TEST_TOL = 1e-12
+# The test solve of each adaptive training method and the factor applied to its tolerance (the paper's);
+# other adaptive methods are tested with dopri5 at tol * test_tol_factor.
+TOLERANCE_TESTS = {"dopri5": ("dopri5", 0.1), "fehlberg2": ("dopri5", 0.2)}
+# Tolerance adaptation does not loosen a tolerance while the loosened solve takes as many evaluations as each
+# of this many last training iterations did: the coarser tolerance would save nothing.
+SAME_NFE_ITERATIONS = 5
+INITIAL_RULES = ("paper", "hairer", "config")
 
 
 @dataclass(frozen=True)
@@ -45,14 +53,16 @@ class AdaptationSettings:
     batch: str = "train"  # train: the current training batch (the paper); validation: one fixed validation batch
     test_solver: str = "auto"  # auto: euler -> midpoint, midpoint -> rk4, rk4 -> rk4; or a fixed-step method
     test_error_ratio: float = 50.0  # the test solve's error is made about this many times smaller
-    initial: str = "hairer"  # hairer: first step by Hairer's rule at t=0; config: the solver's step_size / tol
-    initial_tol: float = 1e-6  # tolerance adaptation's starting rtol = atol (with initial=hairer)
+    # paper: first step by Hairer's rule at t=0 in batch-mean L2 norms; hairer: the same rule in torchdiffeq's
+    # tolerance-scaled RMS norm; config: the solver's step_size / tol
+    initial: str = "paper"
+    initial_tol: float = 1e-6  # tolerance adaptation's starting rtol = atol (unless initial=config)
     test_tol_factor: float = 0.1  # the tolerance test solve runs at tol * this (tightened until it works harder)
 
     def __post_init__(self) -> None:
         check_choice("kind", self.kind, KINDS)
         check_choice("batch", self.batch, TESTED_BATCHES)
-        check_choice("initial", self.initial, ("hairer", "config"))
+        check_choice("initial", self.initial, INITIAL_RULES)
         check_choice("test_solver", self.test_solver, ("auto", *sorted(METHOD_ORDERS)))
         if not isinstance(self.interval, int) or self.interval < 1:
             raise ConfigError("interval", self.interval, "an integer >= 1 (training iterations between checks)")
@@ -100,22 +110,32 @@ class AdaptationSettings:
 
 
 def hairer_initial_step(
-    f: Callable[[torch.Tensor], torch.Tensor], y0: torch.Tensor, order: int, rtol: float, atol: float
+    f: Callable[[torch.Tensor], torch.Tensor],
+    y0: torch.Tensor,
+    order: int,
+    rtol: float,
+    atol: float,
+    scaled: bool = True,
 ) -> float:
     """First step of a solve of order `order` from y0 (Hairer, Norsett & Wanner, Solving ODEs I, II.4).
 
-    The same formula as torchdiffeq's `_select_initial_step(func, t0, y0, order, rtol, atol, rms_norm)`:
-    h0 = 0.01 |y0| / |f0| in the scaled RMS norm, one Euler trial step of h0, and the step whose local error
-    estimate (from the change of f over it) would be 0.01: h1 = (0.01 / max(d1, d2)) ** (1 / (order + 1)).
+    h0 = 0.01 |y0| / |f0|, one Euler trial step of h0, and the step whose local error estimate (from the change
+    of f over it) would be 0.01: h1 = (0.01 / max(d1, d2)) ** (1 / (order + 1)); the step is min(100 h0, h1).
+    `scaled`: the norms are torchdiffeq's RMS norm of v / (atol + rtol |y0|), the same formula as its
+    `_select_initial_step(func, t0, y0, order, rtol, atol, rms_norm)`. Unscaled: the batch mean of each
+    sample's Euclidean norm, as "ResNet After All" computed it (rtol and atol unused).
     """
     with torch.no_grad():
-        rms = lambda v: v.pow(2).mean().sqrt()  # noqa: E731
+        if scaled:
+            scale = atol + y0.abs() * rtol
+            norm = lambda v: float((v / scale).pow(2).mean().sqrt())  # noqa: E731
+        else:
+            norm = lambda v: float(v.flatten(1).norm(dim=1).mean())  # noqa: E731
         f0 = f(y0)
-        scale = atol + y0.abs() * rtol
-        d0, d1 = float(rms(y0 / scale)), float(rms(f0 / scale))
+        d0, d1 = norm(y0), norm(f0)
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
         f1 = f(y0 + h0 * f0)
-        d2 = float(rms((f1 - f0) / scale)) / h0
+        d2 = norm(f1 - f0) / h0
         if d1 <= 1e-15 and d2 <= 1e-15:
             h1 = max(1e-6, h0 * 1e-3)
         else:
@@ -145,6 +165,7 @@ class SolverAdapter:
     checks: list[AdaptationCheck] = field(default_factory=list)
     initial_value: float | None = None
     check_seconds: float = 0.0
+    recent_nfe: list[int] = field(default_factory=list)  # forward NFE of the last training iterations
 
     @property
     def adapts_step(self) -> bool:
@@ -166,12 +187,14 @@ class SolverAdapter:
             "iteration": self.iteration,
             "check_seconds": self.check_seconds,
             "checks": [dataclasses.asdict(c) for c in self.checks],
+            "recent_nfe": list(self.recent_nfe),
         }
 
     def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
         self.value, self.initial_value = state["value"], state["initial_value"]
         self.iteration, self.check_seconds = state["iteration"], state["check_seconds"]
         self.checks = [AdaptationCheck(**c) for c in state["checks"]]
+        self.recent_nfe = list(state.get("recent_nfe", []))  # absent in states saved before the rule existed
         if self.value is not None:
             self.apply(model, self.value)
 
@@ -182,14 +205,15 @@ class SolverAdapter:
         if self.value is not None:  # resumed
             return
         if self.adapts_step:
-            if self.settings.initial == "hairer":
-                block, z0 = block_input(model, first_batch)
-                h = hairer_initial_step(block.func.net, z0, METHOD_ORDERS[solver.method], solver.rtol, solver.atol)
-            else:
+            if self.settings.initial == "config":
                 h = float(solver.step_size)
+            else:
+                block, z0 = block_input(model, first_batch)
+                order, scaled = METHOD_ORDERS[solver.method], self.settings.initial == "hairer"
+                h = hairer_initial_step(block.func.net, z0, order, solver.rtol, solver.atol, scaled=scaled)
             self.value = self._clamp_step(h)
         else:
-            self.value = self.settings.initial_tol if self.settings.initial == "hairer" else float(solver.rtol)
+            self.value = float(solver.rtol) if self.settings.initial == "config" else self.settings.initial_tol
         self.initial_value = self.value
         self.apply(model, self.value)
 
@@ -199,6 +223,7 @@ class SolverAdapter:
         """Count the iteration and, every `interval`, check and adapt. Leaves gradients and NFE counters as they
         were: the optimiser step that follows and the batch's logged NFE are unchanged."""
         self.iteration += 1
+        self.recent_nfe = [*self.recent_nfe, sum(b.forward_nfe for b in ode_blocks(model))][-SAME_NFE_ITERATIONS:]
         if self.iteration % self.settings.interval:
             return None
         if self.settings.batch == "validation" and validation is not None:
@@ -233,12 +258,20 @@ class SolverAdapter:
             tried = self._grown(value)
             if tried == value:
                 new, action = value, "limit"
-            elif abs(self.accuracy(model, x, y, self._spec(base, tried)) - reference) <= self.settings.threshold:
-                new, action = tried, "grow"
-            else:
+            elif abs(self.accuracy(model, x, y, self._spec(base, tried)) - reference) > self.settings.threshold:
                 new, action = value, "keep"
+            elif not self.adapts_step and self._saves_nothing(model):
+                new, action = value, "keep"
+            else:
+                new, action = tried, "grow"
         self.value = new
         return AdaptationCheck(self.iteration, epoch, new, gap, test_setting, action, 0.0)
+
+    def _saves_nothing(self, model: nn.Module) -> bool:
+        """The solve just made at the loosened tolerance took as many evaluations as each of the last
+        SAME_NFE_ITERATIONS training iterations."""
+        nfe = sum(b.forward_nfe for b in ode_blocks(model))
+        return len(self.recent_nfe) == SAME_NFE_ITERATIONS and all(n == nfe for n in self.recent_nfe)
 
     def _test_solver(
         self, model: nn.Module, x: torch.Tensor, base: SolverSpec, value: float
@@ -250,12 +283,11 @@ class SolverAdapter:
         # Tighten the test tolerance until the test solve works harder than the training solve (otherwise its
         # answer is no more accurate than the one it tests).
         trained_nfe = _nfe(model, x, self._spec(base, value))
-        tol = value * self.settings.test_tol_factor
-        spec = dataclasses.replace(base, method="dopri5", rtol=tol, atol=tol, step_size=None)
-        for _ in range(MAX_TIGHTENINGS):
-            if _nfe(model, x, spec) > trained_nfe:
-                break
-            tol *= self.settings.test_tol_factor
+        method, factor = TOLERANCE_TESTS.get(base.method, ("dopri5", self.settings.test_tol_factor))
+        tol = value * factor
+        spec = dataclasses.replace(base, method=method, rtol=tol, atol=tol, step_size=None)
+        while tol > TIGHTEST_TEST_TOL and _nfe(model, x, spec) <= trained_nfe:
+            tol = max(tol * self.settings.test_tol_factor, TIGHTEST_TEST_TOL)
             spec = dataclasses.replace(spec, rtol=tol, atol=tol)
         return spec, tol
 
@@ -278,7 +310,16 @@ class SolverAdapter:
         return min(max(h, self.min_step), self.t_final)
 
     def _shrunk(self, value: float) -> float:
-        return self._clamp_step(value * self.settings.shrink) if self.adapts_step else value * self.settings.shrink
+        if not self.adapts_step:
+            return value * self.settings.shrink
+        steps, bound = self.t_final / value, self.settings.max_steps
+        if steps / self.settings.shrink <= bound:
+            return value * self.settings.shrink
+        if math.ceil(steps - 1e-9) >= bound:
+            return value  # at the bound already
+        # Shrinking would pass the bound: the step count goes halfway to it instead (the paper's
+        # h' = 2h / (max_steps h + 1) on [0, 1]), so runs near the bound keep refining without crossing it.
+        return 2 * self.t_final * value / (bound * value + self.t_final)
 
     def _grown(self, value: float) -> float:
         return self._clamp_step(value * self.settings.grow) if self.adapts_step else value * self.settings.grow
@@ -316,9 +357,10 @@ class SolverAdapter:
 
 
 def finer_test_step(h: float, t_final: float, order: int, test_order: int, settings: AdaptationSettings) -> float:
-    """The test solve's step: h itself when h is already fine (more than `test_error_ratio` steps over [0, T]);
-    otherwise the step whose error h_test ** test_order is `test_error_ratio` times smaller than h ** order."""
-    if t_final / h > settings.test_error_ratio:
+    """The test solve's step: h itself when h is already fine ((T / h) ** order above `test_error_ratio`: more
+    than 50 steps for euler, more than sqrt(50) for midpoint); otherwise the step whose error
+    h_test ** test_order is `test_error_ratio` times smaller than h ** order."""
+    if (t_final / h) ** order > settings.test_error_ratio:
         return h
     finer = (h**order / settings.test_error_ratio) ** (1.0 / test_order)
     return min(h, finer, t_final)

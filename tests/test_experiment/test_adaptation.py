@@ -98,8 +98,18 @@ def test_the_step_never_goes_below_t_over_max_steps():
     model = rotation_model(SolverSpec("euler", step_size=1.0))
     adapter = ScriptedAccuracy(AdaptationSettings("step_size", interval=1, max_steps=6), always_off, 1.0)
     made = checks(adapter, model, 6)
-    assert [c.value for c in made] == [0.5, 0.25, 1 / 6, 1 / 6, 1 / 6, 1 / 6]  # 0.125 would be 8 steps
-    assert [c.action for c in made] == ["shrink"] * 3 + ["limit"] * 3
+    # 0.125 would be 8 steps: from 4 steps the count goes halfway to the bound, 5, then 5.5 (6 steps: the bound)
+    assert [c.value for c in made] == pytest.approx([0.5, 0.25, 0.2, 2 / 11, 2 / 11, 2 / 11])
+    assert [c.action for c in made] == ["shrink"] * 4 + ["limit"] * 2
+
+
+def test_near_the_bound_the_step_count_goes_halfway_to_it_as_in_the_paper():
+    always_off = lambda spec: 1.0 if spec.method == "midpoint" else 0.0  # noqa: E731
+    model = rotation_model(SolverSpec("euler", step_size=1 / 256))
+    adapter = ScriptedAccuracy(AdaptationSettings("step_size", interval=1), always_off, 1 / 256)
+    (check,) = checks(adapter, model, 1)
+    assert check.value == pytest.approx(2 * (1 / 256) / (500 / 256 + 1))  # h' = 2h / (500h + 1): 378 steps
+    assert 1 / check.value == pytest.approx(378)
 
 
 def test_checks_run_every_interval_and_leave_the_nfe_counters_alone():
@@ -116,6 +126,28 @@ def test_the_test_step_is_finer_for_coarse_steps_and_h_itself_for_fine_ones():
     settings = AdaptationSettings("step_size")
     assert finer_test_step(1.0, 1.0, 1, 2, settings) == pytest.approx(math.sqrt(1 / 50))
     assert finer_test_step(0.01, 1.0, 1, 2, settings) == 0.01
+    # midpoint against rk4: h itself once 1/h^2 > 50 (8 steps), else (h^2 / 50)^(1/4)
+    assert finer_test_step(0.125, 1.0, 2, 4, settings) == 0.125
+    assert finer_test_step(0.25, 1.0, 2, 4, settings) == pytest.approx((0.25**2 / 50) ** 0.25)
+
+
+def test_the_papers_initial_step_uses_unscaled_batch_mean_norms():
+    # f(y) = 2y on samples of norms 1 and 3: d0 = 2, d1 = 4, h0 = 0.01 * d0 / d1, d2 = |f(y0 + h0 f0) - f0| / h0 = 8
+    y0 = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
+    double = lambda y: 2 * y  # noqa: E731
+    for order in (1, 2, 4):
+        expected = min(100 * 0.005, (0.01 / 8) ** (1 / (order + 1)))
+        assert hairer_initial_step(double, y0, order, 1e-3, 1e-6, scaled=False) == pytest.approx(expected, rel=1e-5)
+        assert hairer_initial_step(double, y0, order, 0.1, 0.1, scaled=False) == pytest.approx(expected, rel=1e-5)
+    assert hairer_initial_step(double, y0, 1, 1e-3, 1e-6) != pytest.approx(expected, rel=1e-2)  # the scaled rule
+
+
+def test_the_default_start_is_the_papers_rule():
+    model = rotation_model(SolverSpec("euler", step_size=1.0))
+    x = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
+    adapter = SolverAdapter(AdaptationSettings("step_size"), 1.0)
+    adapter.start(model, x, model.body.solver)
+    assert adapter.value == pytest.approx(hairer_initial_step(model.body.func.net, x, 1, 1e-3, 1e-3, scaled=False))
 
 
 @pytest.mark.parametrize("backend", ["fused", "torchdiffeq"])
@@ -234,3 +266,54 @@ def test_an_adapted_run_logs_its_value_reproduces_it_and_is_reevaluated_with_it(
     (reevaluation,) = [r for r in read_file_store(runs_dir / "store") if r.meta.get("reevaluates") == 1]
     training_row = reevaluation.info["reevaluation"][0]
     assert training_row["training_solver"] and training_row["setting"] == f"h={info['at_best_epoch']:g}"
+
+
+def test_fehlberg2_is_tested_with_dopri5_at_a_fifth_of_its_tolerance():
+    model = rotation_model(SolverSpec("fehlberg2", rtol=1e-3, atol=1e-3))
+    adapter = SolverAdapter(AdaptationSettings("tolerance", interval=1, initial="config"), 1.0)
+    adapter.start(model, torch.zeros(1, 2), model.body.solver)
+    x, y = torch.tensor([[1.0, 0.0], [0.5, 0.5]]), torch.zeros(2, dtype=torch.long)
+    check = adapter.after_backward(model, x, y, epoch=1)
+    trained = nfe_with(model, x, SolverSpec("fehlberg2", rtol=1e-3, atol=1e-3))
+    assert nfe_with(model, x, SolverSpec("dopri5", rtol=2e-4, atol=2e-4)) > trained  # so no tightening needed
+    assert check.test_setting == pytest.approx(2e-4)
+
+
+def test_the_tolerance_test_solve_is_tightened_until_it_works_harder_without_a_fixed_limit():
+    # A slow rotation trained with dopri8 (28 evaluations at 1e-3): dopri5 needs a tolerance far below 1e-8
+    # to take more.
+    model = rotation_model(SolverSpec("dopri8", rtol=1e-3, atol=1e-3), angle=0.001)
+    adapter = SolverAdapter(AdaptationSettings("tolerance", interval=1, initial="config"), 1.0)
+    adapter.start(model, torch.zeros(1, 2), model.body.solver)
+    x, y = torch.tensor([[1.0, 0.0], [0.5, 0.5]]), torch.zeros(2, dtype=torch.long)
+    check = adapter.after_backward(model, x, y, epoch=1)
+    trained = nfe_with(model, x, SolverSpec("dopri8", rtol=1e-3, atol=1e-3))
+    tol = check.test_setting
+    assert tol < 1e-4 * 0.1**4  # more than the 4 tightenings the runner used to stop at
+    assert nfe_with(model, x, SolverSpec("dopri5", rtol=tol, atol=tol)) > trained
+    assert nfe_with(model, x, SolverSpec("dopri5", rtol=tol * 10, atol=tol * 10)) <= trained
+
+
+def test_a_loosened_tolerance_that_saves_no_evaluation_over_5_iterations_is_refused():
+    # Every point stays in class 0 whatever the solve: the gap is 0 and a looser tolerance always agrees.
+    model = rotation_model(SolverSpec("dopri5", rtol=1e-3, atol=1e-3), cut=10.0)
+    x, y = torch.tensor([[1.0, 0.0], [0.5, 0.5]]), torch.zeros(2, dtype=torch.long)
+
+    def iterations(adapter: SolverAdapter, times: int, training_nfe: int | None = None) -> list:
+        made = []
+        for _ in range(times):
+            with torch.no_grad():
+                model(x)  # the training iteration's forward pass, as fit() leaves its NFE
+            if training_nfe is not None:
+                model.body.forward_nfe = training_nfe
+            made.append(adapter.after_backward(model, x, y, epoch=1))
+        return made
+
+    adapter = SolverAdapter(AdaptationSettings("tolerance", interval=5, initial="config"), 1.0)
+    adapter.start(model, x, model.body.solver)
+    *_, check = iterations(adapter, 5)
+    assert check.action == "keep" and adapter.value == 1e-3  # 1.1e-3 takes the NFE of the last 5 iterations
+    adapter = SolverAdapter(AdaptationSettings("tolerance", interval=5, initial="config"), 1.0)
+    adapter.start(model, x, model.body.solver)
+    *_, check = iterations(adapter, 5, training_nfe=99)
+    assert check.action == "grow" and adapter.value == pytest.approx(1.1e-3)
