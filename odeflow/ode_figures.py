@@ -86,3 +86,26 @@ def critical_step_png(curves: dict[str, list[dict[str, Any]]], path: Path) -> Pa
     axes[0][0].set_ylabel("test accuracy")
     axes[0][-1].legend(fontsize=7, loc="lower right")
     return save_figure(fig, path)
+
+
+def deep_limit_png(
+    curves: dict[str, list[dict[str, Any]]], slopes: dict[str, dict[str, float | None]], path: Path
+) -> Path:
+    """Two log-log panels against the number of layers N: the sup relative parameter distance to the ODE
+    limit, and the final risk gap; one line per solver family, labelled with its fitted slope."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    panels = (("distance", "sup ||theta_N - theta|| / ||theta||"), ("risk_gap", "|risk_N - risk| at the end"))
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        for method, rows in curves.items():
+            points = [(r["layers"], r[key]) for r in rows if r[key] > 0]
+            if not points:
+                continue
+            slope = slopes.get(method, {}).get(key)
+            text = f"{method} (slope {slope:.2f})" if slope is not None else method
+            ax.plot(*zip(*points, strict=True), marker="o", label=text)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set(xlabel="layers N (steps of size 1/N)", ylabel=label)
+        ax.legend(fontsize=8)
+    fig.suptitle("weight-tied ResNet against its ODE limit; the theorem predicts slope -1 for euler", fontsize=9)
+    return save_figure(fig, path)

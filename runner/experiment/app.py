@@ -21,6 +21,7 @@ from runner.experiment.adjoint_check import adjoint_gradient_check
 from runner.experiment.adjoint_check import describe as describe_adjoint_check
 from runner.experiment.checkpoint import model_recipe
 from runner.experiment.factories import instantiate_group, to_plain
+from runner.experiment.parameter_path import ParameterPath
 from runner.experiment.settings import (
     check_seed,
     configure_threads,
@@ -122,7 +123,13 @@ def run_experiment(
             adapter.load_state_dict(resume["adaptation"], model)  # so the earlier epochs' checks are logged too
         for earlier in (resume or {}).get("history", []):
             log_epoch(earlier)  # a resumed run carries the epochs before the crash too
-        fit_result = pipeline.train(model, data, settings, after_epoch, out_dir / "last_checkpoint.pt", resume, adapter)
+        path = ParameterPath(settings.record_parameters) if settings.record_parameters else None
+        fit_result = pipeline.train(
+            model, data, settings, after_epoch, out_dir / "last_checkpoint.pt", resume, adapter, path
+        )
+        if path is not None:
+            run.set_info("parameter_path", path.save(out_dir / "parameter_path.pt"))
+            run.add_artifact(out_dir / "parameter_path.pt", "parameter_path.pt")
         if fit_result.adaptation:
             run.set_info("adaptation", {k: v for k, v in fit_result.adaptation.items() if k != "log"})
             print(describe_adaptation(fit_result.adaptation), flush=True)
@@ -196,6 +203,7 @@ def run_experiment(
         "best_val_loss": fit_result.best_val_loss,
         "best_val_acc": fit_result.history[fit_result.best_epoch - 1]["val.acc"],
         "best_epoch": fit_result.best_epoch,
+        "evaluated": settings.evaluate,
         "epochs": len(fit_result.history),
         "sweep_id": (meta or {}).get("sweep_id"),
         "params_total": outcome["parameters"]["total"],

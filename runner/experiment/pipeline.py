@@ -21,6 +21,7 @@ from runner.experiment.adaptation import SolverAdapter
 from runner.experiment.checkpoint import build_model as build_from_recipe
 from runner.experiment.checkpoint import save_checkpoint
 from runner.experiment.evaluation import classification_report, predict
+from runner.experiment.parameter_path import ParameterPath
 from runner.experiment.settings import TrainSettings
 from runner.experiment.training import EpochCallback, FitResult, fit
 
@@ -62,8 +63,9 @@ def train(
     checkpoint_path: Path | None = None,
     resume: dict[str, Any] | None = None,
     adapter: SolverAdapter | None = None,
+    parameter_path: ParameterPath | None = None,
 ) -> FitResult:
-    return fit(model, data, settings, on_epoch, checkpoint_path, resume, adapter)
+    return fit(model, data, settings, on_epoch, checkpoint_path, resume, adapter, parameter_path)
 
 
 def evaluate(model: nn.Module, data: DataBundle) -> dict[str, Any]:

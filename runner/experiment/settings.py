@@ -16,6 +16,7 @@ import torch
 from odeflow.errors import ConfigError, check_choice, check_positive
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+EVALUATED_WEIGHTS = ("best", "final")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class TrainSettings:
     weight_decay: float = 0.0
     momentum: float = 0.9
     max_epochs: int = 30
+    max_iterations: int | None = None  # optimiser steps in all; when set, it replaces max_epochs as the limit
     patience: int = 5
     min_delta: float = 0.0
     seed: int = 0
@@ -36,6 +38,8 @@ class TrainSettings:
     num_threads: int | None = None
     reuse_host_memory: bool = True
     adjoint_check_threshold: float = 0.2
+    evaluate: str = "best"  # best: restore the best validation epoch's weights; final: keep the last iterate
+    record_parameters: int = 0  # > 0: record every parameter every this many optimiser steps (parameter_path.pt)
 
     def __post_init__(self) -> None:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -43,6 +47,11 @@ class TrainSettings:
         check_positive("weight_decay", self.weight_decay, allow_zero=True)
         check_positive("momentum", self.momentum, allow_zero=True)
         check_positive("max_epochs", self.max_epochs)
+        if self.max_iterations is not None and (not isinstance(self.max_iterations, int) or self.max_iterations < 1):
+            raise ConfigError("max_iterations", self.max_iterations, "an integer >= 1 (optimiser steps), or null")
+        check_choice("evaluate", self.evaluate, EVALUATED_WEIGHTS)
+        if not isinstance(self.record_parameters, int) or self.record_parameters < 0:
+            raise ConfigError("record_parameters", self.record_parameters, "an integer >= 0 (0: off)")
         check_seed("seed", self.seed)
         if not isinstance(self.patience, int) or self.patience < 1:
             raise ConfigError(

@@ -24,6 +24,7 @@ from odeflow.interrupts import interrupts_deferred
 from runner.experiment.adaptation import SolverAdapter
 from runner.experiment.evaluation import predict
 from runner.experiment.memory import PhaseMemory, format_memory
+from runner.experiment.parameter_path import ParameterPath
 from runner.experiment.settings import TrainSettings, make_optimizer
 
 # Receives each epoch's metrics; a returned string stops training there (a sweep pruned the run) and says why.
@@ -49,11 +50,15 @@ def _train_one_epoch(
     epoch: int,
     memory: PhaseMemory,
     adapter: SolverAdapter | None = None,
+    max_batches: int | None = None,
+    parameter_path: ParameterPath | None = None,
 ) -> dict[str, float]:
     model.train()
     has_ode = bool(ode_blocks(model))
     total_loss, correct, seen, fnfe, bnfe, batches = 0.0, 0, 0, 0, 0, 0
     for x, y in data.train.batches(data.batch_size, generator):
+        if batches == max_batches:  # max_iterations reached inside this epoch
+            break
         optimizer.zero_grad(set_to_none=True)
         memory.batch_started()
         logits = model(x)
@@ -73,6 +78,8 @@ def _train_one_epoch(
         if adapter is not None:  # between backward and step, as in "ResNet After All"
             adapter.after_backward(model, x, y, epoch, (data.val.x[: data.batch_size], data.val.y[: data.batch_size]))
         optimizer.step()
+        if parameter_path is not None:
+            parameter_path.after_step(model)
         memory.batch_done()
         n = len(y)
         total_loss += loss.item() * n
@@ -102,22 +109,30 @@ def fit(
     checkpoint_path: Path | None = None,
     resume: dict[str, Any] | None = None,
     adapter: SolverAdapter | None = None,
+    parameter_path: ParameterPath | None = None,
 ) -> FitResult:
-    """Train until max_epochs or until validation loss has not improved for `patience` epochs (thesis 6.2.2).
+    """Train until max_epochs (or max_iterations optimiser steps, the last epoch then possibly partial) or until
+    validation loss has not improved for `patience` epochs (thesis 6.2.2).
 
-    The best epoch's weights are restored before returning. `on_epoch` receives each epoch's metrics:
+    The best epoch's weights are restored before returning (`settings.evaluate == "final"`: the last iterate
+    is kept, and `best_epoch` names the last epoch, whose weights they are). `on_epoch` receives each epoch's metrics:
     train.loss, train.acc, val.loss, val.acc, val.nfe.forward, nfe.forward, nfe.backward (mean per batch),
     epoch.time (seconds), peak memory mem.train.* and mem.val.* (runner.experiment.memory). With
     `checkpoint_path`, everything needed to continue (weights, optimizer, batch order, early-stopping state,
     history) is saved there after every epoch; `resume` is such a saved state, and training continues with
     the next epoch exactly as it would have. `adapter` adapts the solver's step size or tolerance during
-    training; its value and checks are part of the saved state.
+    training; its value and checks are part of the saved state. `parameter_path` records the parameters
+    along the way (from the start of this call: a resumed run records from where it resumed).
     """
     optimizer = make_optimizer(settings, model.parameters())
     generator = torch.Generator().manual_seed(settings.seed)
     result = FitResult()
     best_state = copy.deepcopy(model.state_dict())
     waited, first_epoch = 0, 1
+    per_epoch = data.train.num_batches(data.batch_size)
+    max_epochs = settings.max_epochs
+    if settings.max_iterations is not None:
+        max_epochs = math.ceil(settings.max_iterations / per_epoch)
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
@@ -127,28 +142,40 @@ def fit(
         result = FitResult(list(resume["history"]), resume["best_epoch"], resume["best_val_loss"])
         first_epoch = resume["epoch"] + 1
         if waited >= settings.patience:
-            first_epoch = settings.max_epochs + 1  # it had already stopped early
+            first_epoch = max_epochs + 1  # it had already stopped early
         if adapter is not None and resume.get("adaptation"):
             adapter.load_state_dict(resume["adaptation"], model)
     if adapter is not None:
         adapter.start(model, data.train.x[: data.batch_size], ode_blocks(model)[0].solver)
+    if parameter_path is not None:
+        parameter_path.start(model)
     show_bar = settings.progress and sys.stderr.isatty()
     device = next(model.parameters()).device
-    for epoch in range(first_epoch, settings.max_epochs + 1):
+    for epoch in range(first_epoch, max_epochs + 1):
+        left = None if settings.max_iterations is None else settings.max_iterations - (epoch - 1) * per_epoch
         start = time.perf_counter()
         train_memory, val_memory = PhaseMemory("train", device), PhaseMemory("val", device)
         with (
             train_memory.phase(),
             tqdm(
-                total=data.train.num_batches(data.batch_size),
-                desc=f"epoch {epoch}/{settings.max_epochs}",
+                total=per_epoch if left is None else min(per_epoch, left),
+                desc=f"epoch {epoch}/{max_epochs}",
                 leave=False,
                 disable=not show_bar,
                 file=sys.stderr,
             ) as bar,
         ):
             metrics = _train_one_epoch(
-                model, data, optimizer, generator, bar if show_bar else None, epoch, train_memory, adapter
+                model,
+                data,
+                optimizer,
+                generator,
+                bar if show_bar else None,
+                epoch,
+                train_memory,
+                adapter,
+                max_batches=left,
+                parameter_path=parameter_path,
             )
         with val_memory.phase():
             val = predict(model, data.val, data.batch_size, val_memory)
@@ -178,22 +205,27 @@ def fit(
                     checkpoint_path, epoch, model, optimizer, generator, best_state, waited, result, adapter
                 )
             if settings.progress:
-                print(format_epoch(metrics, settings.max_epochs, improved), flush=True)
+                print(format_epoch(metrics, max_epochs, improved), flush=True)
             stop_reason = on_epoch(metrics) if on_epoch is not None else None
+        kept = f"restoring epoch {result.best_epoch}" if settings.evaluate == "best" else "keeping the last iterate"
         if stop_reason:
             result.pruned = {"epoch": epoch, "reason": stop_reason}
-            print(f"pruned after epoch {epoch}: {stop_reason}; restoring epoch {result.best_epoch}", flush=True)
+            print(f"pruned after epoch {epoch}: {stop_reason}; {kept}", flush=True)
             break
         if waited >= settings.patience:
-            result.stopped_early = epoch < settings.max_epochs
+            result.stopped_early = epoch < max_epochs
             if settings.progress:
                 print(
-                    f"early stopping: validation loss has not improved for {settings.patience} epochs; "
-                    f"restoring epoch {result.best_epoch}",
+                    f"early stopping: validation loss has not improved for {settings.patience} epochs; {kept}",
                     flush=True,
                 )
             break
-    model.load_state_dict(best_state)
+    if parameter_path is not None:
+        parameter_path.finish(model)
+    if settings.evaluate == "best":
+        model.load_state_dict(best_state)
+    else:
+        result.best_epoch = len(result.history)
     if adapter is not None:
         result.adaptation = adapter.finish(model, result.history, result.best_epoch)
     return result

@@ -130,3 +130,46 @@ def test_reusing_freed_host_memory_stops_the_page_faults_of_new_tensors():
     for _ in range(3):  # kept for reuse, none fault in: in every process
         took, reused = faults("on")
         assert took == "True" and reused < 100
+
+
+def test_max_iterations_takes_exactly_that_many_steps_and_final_keeps_the_last_iterate():
+    from runner.experiment.parameter_path import ParameterPath, flat_parameters
+
+    seed_everything(0, True)
+    data = load_digits(subset=200, batch_size=32)  # 160 training samples: 5 batches per epoch
+    model = SimpleNet(data.input_shape, 10, "residual", 1, 8, 0, stride=1)
+    settings = TrainSettings(
+        lr=0.05, max_iterations=12, max_epochs=1, patience=100, evaluate="final", progress=False, device="cpu"
+    )
+    path = ParameterPath(every=5)
+    steps = []
+    optimizer_step = torch.optim.Adam.step
+
+    def counting_step(self, *args, **kwargs):
+        steps.append(1)
+        return optimizer_step(self, *args, **kwargs)
+
+    torch.optim.Adam.step = counting_step
+    try:
+        result = fit(model, data, settings, parameter_path=path)
+    finally:
+        torch.optim.Adam.step = optimizer_step
+    assert len(steps) == 12 and len(result.history) == 3  # 5 + 5 + 2: max_epochs=1 does not limit it
+    assert path.steps == [0, 5, 10, 12]
+    assert torch.equal(path.vectors[-1], flat_parameters(model))  # the last iterate is the model that is tested
+    assert not torch.equal(path.vectors[-2], path.vectors[-1])
+    assert result.best_epoch == 3  # the epoch whose weights are kept
+
+
+def test_evaluate_best_restores_the_best_epoch_while_the_path_ends_at_the_last_iterate():
+    from runner.experiment.parameter_path import ParameterPath, flat_parameters
+
+    seed_everything(0, True)
+    data = load_digits(subset=200, batch_size=32)
+    model = SimpleNet(data.input_shape, 10, "residual", 1, 16, 0, stride=1)
+    settings = TrainSettings(lr=0.05, max_epochs=40, patience=2, progress=False, device="cpu")  # overfits early
+    path = ParameterPath(every=1000)
+    result = fit(model, data, settings, parameter_path=path)
+    assert result.best_epoch < len(result.history)
+    assert path.steps == [0, 5 * len(result.history)]
+    assert not torch.equal(path.vectors[-1], flat_parameters(model))  # the best epoch's weights were restored
