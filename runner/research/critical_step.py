@@ -24,7 +24,6 @@ from runner.experiment.adaptation import adapted_solver
 from runner.experiment.checkpoint import load_checkpoint
 from runner.experiment.evaluation import predict
 from runner.experiment.factories import instantiate_group
-from runner.research.deep_limit import write_deep_limit
 
 TEST_METHODS = ("euler", "midpoint", "rk4")
 TEST_STEPS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -229,11 +228,3 @@ def write_adaptation_study(folder: Path) -> dict[str, Path]:
         f"{markdown_table(per_start, formats, headers)}\n"
     )
     return {"adaptation.md": md}
-
-
-STUDY_WRITERS = {
-    "study_critical_step": write_critical_step,
-    "study_adaptation": write_adaptation_study,
-    "study_deep_limit": write_deep_limit,
-    "study_deep_limit_digits": write_deep_limit,
-}

@@ -8,6 +8,7 @@ jobs are what the study varied.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,15 +70,31 @@ def varied_keys(jobs: list[dict[str, Any]]) -> list[str]:
     return [k for k in keys if len({job["overrides"].get(k) for job in jobs}) > 1]
 
 
+def study_writers() -> dict[str, Callable[[Path], dict[str, Path]]]:
+    """The studies with a report of their own (the experiment preset's `name` -> its writer); imported on use,
+    as they load models and data."""
+    from runner.research.critical_step import write_adaptation_study, write_critical_step
+    from runner.research.deep_limit import write_deep_limit
+    from runner.research.raa_critical_step import write_raa_critical_step
+
+    return {
+        "study_critical_step": write_critical_step,
+        "study_adaptation": write_adaptation_study,
+        "study_raa_critical_step": write_raa_critical_step,
+        "study_raa_adaptation": write_adaptation_study,
+        "study_deep_limit": write_deep_limit,
+        "study_deep_limit_digits": write_deep_limit,
+    }
+
+
 def write_study(folder: Path) -> dict[str, Path]:
     """study.md (a table per varied setting) and bnfe_per_epoch.png in `folder`; returns their paths."""
     from odeflow.plots import metric_across_runs_png
 
     jobs = read_jobs(folder)
-    from runner.research.critical_step import STUDY_WRITERS  # the "ResNet After All" studies: figure and table
-
-    if jobs and jobs[0]["summary"].get("name") in STUDY_WRITERS:
-        return STUDY_WRITERS[jobs[0]["summary"]["name"]](folder)
+    writers = study_writers()
+    if jobs and jobs[0]["summary"].get("name") in writers:
+        return writers[jobs[0]["summary"]["name"]](folder)
     if not jobs:
         raise UserError(
             f"{folder} holds no finished study jobs (no */result.json)",
