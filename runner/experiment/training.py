@@ -113,7 +113,7 @@ def _train_one_epoch(
             except AssertionError as exc:  # torchdiffeq's adjoint solve fails inside autograd
                 solver = ode_blocks(model)[0].solver if has_ode else None
                 raise (translate_solver_failure(exc, solver) if solver else exc) from exc
-        except UserError as exc:  # a solver that failed on weights an earlier non-finite loss had ruined
+        except UserError:  # a solver that failed on weights an earlier non-finite loss had ruined
             tally.checked(epoch)
             raise
         if adapter is not None:  # between backward and step, as in "ResNet After All"
