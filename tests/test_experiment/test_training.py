@@ -130,3 +130,17 @@ def test_reusing_freed_host_memory_stops_the_page_faults_of_new_tensors():
     for _ in range(3):  # kept for reuse, none fault in: in every process
         took, reused = faults("on")
         assert took == "True" and reused < 100
+
+
+@pytest.mark.parametrize("block", ["residual", "ode"])
+def test_a_diverged_loss_is_named_with_its_batch_though_it_is_read_once_per_epoch(block):
+    from models import SolverSpec
+    from odeflow.errors import TrainingDivergedError
+
+    seed_everything(0, True)
+    data = load_digits(subset=200, batch_size=16)
+    solver = SolverSpec("rk4", step_size=0.5) if block == "ode" else None
+    model = SimpleNet(data.input_shape, 10, block, 1, 8, 0, stride=1, solver=solver)
+    settings = TrainSettings(optimizer="sgd", lr=1e12, max_epochs=1, progress=False, device="cpu")
+    with pytest.raises(TrainingDivergedError, match=r"training loss became (nan|inf) in epoch 1, batch [2-9]"):
+        fit(model, data, settings)
