@@ -38,7 +38,9 @@ class CountingODEFunc(nn.Module):
 
     def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
-        return self.net(z)
+        # Under autocast f computes in bfloat16; the solver's stages, state and error control stay in the
+        # state's precision.
+        return self.net(z).to(z.dtype)
 
 
 class ODEBlock(nn.Module):
@@ -67,6 +69,8 @@ class ODEBlock(nn.Module):
     def forward(self, z0: torch.Tensor) -> torch.Tensor:
         self.func.nfe = 0
         spec = self.solver
+        if z0.dtype in (torch.bfloat16, torch.float16):  # an autocast layer before the block: solve in float32
+            z0 = z0.float()
         try:
             # Without autograd the adjoint has nothing to do: its forward pass is this same solve (same options,
             # the same RMS norm), taken directly, without torchdiffeq's wrapping and per-stage time tensors.

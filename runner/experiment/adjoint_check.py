@@ -20,6 +20,7 @@ from torch import nn
 
 from data.tensors import Split
 from models.ode_block import ode_blocks, set_solver
+from runner.experiment.precision import reference_numerics
 
 
 def parameter_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -51,9 +52,10 @@ def adjoint_gradient_check(model: nn.Module, split: Split, batch_size: int, thre
     )
     try:
         found = {}
-        for method in ["direct", *methods]:
-            set_solver(model, replace(trained_solver, gradient=method, adjoint=False))
-            found[method] = parameter_gradients(model, x, y)
+        with reference_numerics(x.device):  # float32 without TF32 or autocast, whatever the run trained with
+            for method in ["direct", *methods]:
+                set_solver(model, replace(trained_solver, gradient=method, adjoint=False))
+                found[method] = parameter_gradients(model, x, y)
     finally:
         set_solver(model, trained_solver)
         model.train(was_training)

@@ -21,6 +21,7 @@ from runner.experiment.adjoint_check import adjoint_gradient_check
 from runner.experiment.adjoint_check import describe as describe_adjoint_check
 from runner.experiment.checkpoint import model_recipe
 from runner.experiment.factories import instantiate_group, to_plain
+from runner.experiment.precision import apply_precision
 from runner.experiment.settings import (
     check_seed,
     configure_threads,
@@ -71,6 +72,7 @@ def run_experiment(
     configure_threads(settings.num_threads)
     reuse_freed_host_memory(settings.reuse_host_memory)
     seed_everything(settings.seed, settings.deterministic)
+    numerics = apply_precision(settings.precision)
     data = pipeline.load(instantiate_group("data", cfg.data), device)
     recipe = model_recipe(config["model"], config["solver"], data.input_shape, data.num_classes)
     model = pipeline.build(recipe, data, device)
@@ -80,7 +82,8 @@ def run_experiment(
     model_name = (choices or {}).get("model", recipe["_target_"])
     print(
         f"{cfg.name}: {model_name} on {data.name} {data.sizes()} | solver {solver.describe() if is_ode else '-'} | "
-        f"{'adapting ' + adaptation.kind + ' | ' if adapter else ''}device {device} | runs in {store.describe()}",
+        f"{'adapting ' + adaptation.kind + ' | ' if adapter else ''}device {device} {settings.precision} | "
+        f"runs in {store.describe()}",
         flush=True,
     )
     outcome: dict[str, Any] = {}
@@ -90,6 +93,7 @@ def run_experiment(
 
     def body(run: RunLog) -> float:
         run.set_info("device", str(device))
+        run.set_info("precision", numerics)
         if (slurm := slurm_job_info()) is not None:
             run.set_info("slurm", slurm)  # the runs browser's and the dashboard's slurm job column
         run.set_info("choices", choices or {})
@@ -135,7 +139,7 @@ def run_experiment(
             run.set_info("adjoint_gradient_check", check)
             print(describe_adjoint_check(check), flush=True)
             outcome["adjoint_check"] = check
-        results = pipeline.evaluate(model, data)
+        results = pipeline.evaluate(model, data, settings.precision)
         run.set_info("test", {k: results[k] for k in ("test.loss", "test.acc", "test.nfe.forward", "test.time")})
         title = f"{cfg.name}: {model_name} on {data.name}" + (f", {solver.describe()}" if is_ode else "")
         if run.id is not None:
@@ -191,6 +195,7 @@ def run_experiment(
         "model": model_name,
         "dataset": data.name,
         "solver": solver.describe() if is_ode else None,
+        "precision": settings.precision,
         "test_acc": outcome["test.acc"],
         "test_loss": outcome["test.loss"],
         "best_val_loss": fit_result.best_val_loss,

@@ -14,6 +14,7 @@ from torch import nn
 from data.tensors import Split
 from models.ode_block import forward_nfe
 from runner.experiment.memory import PhaseMemory
+from runner.experiment.precision import autocast
 
 
 @dataclass
@@ -30,10 +31,12 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, split: Split, batch_size: int, memory: PhaseMemory | None = None) -> Predictions:
-    """Mean loss, accuracy, mean forward NFE per batch and class probabilities, in evaluation mode; `memory`
-    traces the first batch. The loss and the probabilities stay on the model's device until the split is
-    done: the host reads them once, not per batch."""
+def predict(
+    model: nn.Module, split: Split, batch_size: int, memory: PhaseMemory | None = None, precision: str = "fp32"
+) -> Predictions:
+    """Mean loss, accuracy, mean forward NFE per batch and class probabilities, in evaluation mode, computed
+    in `precision` (runner.experiment.precision); `memory` traces the first batch. The loss and the
+    probabilities stay on the model's device until the split is done: the host reads them once, not per batch."""
     was_training = model.training
     model.eval()
     total_loss, nfe, batches, probs = None, 0, 0, []
@@ -41,7 +44,8 @@ def predict(model: nn.Module, split: Split, batch_size: int, memory: PhaseMemory
         for x, y in split.batches(batch_size):
             if memory is not None:
                 memory.batch_started(saving=False)
-            logits = model(x)
+            with autocast(precision, x.device):
+                logits = model(x)
             if memory is not None:
                 memory.batch_done()
             loss = F.cross_entropy(logits.float(), y, reduction="sum").double()

@@ -66,10 +66,11 @@ def train(
     return fit(model, data, settings, on_epoch, checkpoint_path, resume, adapter)
 
 
-def evaluate(model: nn.Module, data: DataBundle) -> dict[str, Any]:
-    """Test loss/accuracy, mean FNFE, classification report, parameter counts and evaluation time."""
+def evaluate(model: nn.Module, data: DataBundle, precision: str = "fp32") -> dict[str, Any]:
+    """Test loss/accuracy, mean FNFE, classification report, parameter counts and evaluation time, computed in
+    the run's `precision`."""
     start = time.perf_counter()
-    test = predict(model, data.test, data.batch_size)
+    test = predict(model, data.test, data.batch_size, precision=precision)
     return {
         "test.loss": test.loss,
         "test.acc": test.accuracy,

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from odeflow.errors import ConfigError, check_choice, check_positive
+from runner.experiment.precision import PRECISIONS
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 
@@ -36,6 +37,7 @@ class TrainSettings:
     num_threads: int | None = None
     reuse_host_memory: bool = True
     adjoint_check_threshold: float = 0.2
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -52,6 +54,7 @@ class TrainSettings:
             )
         check_positive("min_delta", self.min_delta, allow_zero=True)
         check_positive("adjoint_check_threshold", self.adjoint_check_threshold)
+        check_choice("precision", self.precision, PRECISIONS)
         if self.num_threads is not None:
             check_positive("num_threads", self.num_threads)
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):

@@ -11,6 +11,7 @@ COLUMNS = [
     ("model", "model", "{}"),
     ("dataset", "data", "{}"),
     ("solver", "solver", "{}"),
+    ("precision", "precision", "{}"),
     ("test_acc", "test acc", "{:.4f}"),
     ("test_loss", "test loss", "{:.4f}"),
     ("best_epoch", "best ep", "{}"),

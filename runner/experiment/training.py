@@ -24,6 +24,7 @@ from odeflow.interrupts import interrupts_deferred
 from runner.experiment.adaptation import SolverAdapter
 from runner.experiment.evaluation import predict
 from runner.experiment.memory import PhaseMemory, format_memory
+from runner.experiment.precision import autocast
 from runner.experiment.settings import TrainSettings, make_optimizer
 
 # Receives each epoch's metrics; a returned string stops training there (a sweep pruned the run) and says why.
@@ -94,17 +95,20 @@ def _train_one_epoch(
     epoch: int,
     memory: PhaseMemory,
     adapter: SolverAdapter | None = None,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     model.train()
     has_ode = bool(ode_blocks(model))
-    tally = _EpochTally(next(model.parameters()).device)
+    device = next(model.parameters()).device
+    tally = _EpochTally(device)
     fnfe, bnfe, shown = 0, 0, time.perf_counter()
     for x, y in data.train.batches(data.batch_size, generator):
         optimizer.zero_grad(set_to_none=True)
         memory.batch_started()
         try:
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            with autocast(precision, device):  # backward runs outside it, as torch.autocast asks
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
             memory.forward_done()
             batch_fnfe = forward_nfe(model)
             tally.add(loss, logits, y)
@@ -193,10 +197,18 @@ def fit(
             ) as bar,
         ):
             metrics = _train_one_epoch(
-                model, data, optimizer, generator, bar if show_bar else None, epoch, train_memory, adapter
+                model,
+                data,
+                optimizer,
+                generator,
+                bar if show_bar else None,
+                epoch,
+                train_memory,
+                adapter,
+                settings.precision,
             )
         with val_memory.phase():
-            val = predict(model, data.val, data.batch_size, val_memory)
+            val = predict(model, data.val, data.batch_size, val_memory, settings.precision)
         metrics.update(
             {
                 **train_memory.metrics(),
