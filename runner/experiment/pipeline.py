@@ -37,8 +37,8 @@ def build(recipe: dict[str, Any], data: DataBundle, device: torch.device) -> nn.
     try:
         with torch.no_grad():
             out = model(data.train.x[:2])
-    except UserError:
-        raise  # e.g. the solver failed: its own message says why
+    except (UserError, torch.OutOfMemoryError):
+        raise  # e.g. the solver failed: its own message says why; out of memory: the run's message says where
     except RuntimeError as exc:
         raise ConfigError(
             "model",

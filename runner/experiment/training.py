@@ -23,7 +23,7 @@ from odeflow.files import save_atomic
 from odeflow.interrupts import interrupts_deferred
 from runner.experiment.adaptation import SolverAdapter
 from runner.experiment.evaluation import predict
-from runner.experiment.memory import PhaseMemory, format_memory
+from runner.experiment.memory import PhaseMemory, format_memory, named_phase
 from runner.experiment.precision import autocast
 from runner.experiment.settings import TrainSettings, make_optimizer
 
@@ -103,27 +103,30 @@ def _train_one_epoch(
     tally = _EpochTally(device)
     fnfe, bnfe, shown = 0, 0, time.perf_counter()
     for x, y in data.train.batches(data.batch_size, generator):
-        optimizer.zero_grad(set_to_none=True)
-        memory.batch_started()
-        try:
-            with autocast(precision, device):  # backward runs outside it, as torch.autocast asks
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-            memory.forward_done()
-            batch_fnfe = forward_nfe(model)
-            tally.add(loss, logits, y)
+        with named_phase(f"training (epoch {epoch}, batch {tally.batches + 1})"):
+            optimizer.zero_grad(set_to_none=True)
+            memory.batch_started()
             try:
-                loss.backward()
-            except AssertionError as exc:  # torchdiffeq's adjoint solve fails inside autograd
-                solver = ode_blocks(model)[0].solver if has_ode else None
-                raise (translate_solver_failure(exc, solver) if solver else exc) from exc
-        except UserError:  # a solver that failed on weights an earlier non-finite loss had ruined
-            tally.checked(epoch)
-            raise
-        if adapter is not None:  # between backward and step, as in "ResNet After All"
-            adapter.after_backward(model, x, y, epoch, (data.val.x[: data.batch_size], data.val.y[: data.batch_size]))
-        optimizer.step()
-        memory.batch_done()
+                with autocast(precision, device):  # backward runs outside it, as torch.autocast asks
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y)
+                memory.forward_done()
+                batch_fnfe = forward_nfe(model)
+                tally.add(loss, logits, y)
+                try:
+                    loss.backward()
+                except AssertionError as exc:  # torchdiffeq's adjoint solve fails inside autograd
+                    solver = ode_blocks(model)[0].solver if has_ode else None
+                    raise (translate_solver_failure(exc, solver) if solver else exc) from exc
+            except UserError:  # a solver that failed on weights an earlier non-finite loss had ruined
+                tally.checked(epoch)
+                raise
+            if adapter is not None:  # between backward and step, as in "ResNet After All"
+                adapter.after_backward(
+                    model, x, y, epoch, (data.val.x[: data.batch_size], data.val.y[: data.batch_size])
+                )
+            optimizer.step()
+            memory.batch_done()
         fnfe += batch_fnfe
         bnfe += backward_nfe(model)
         if bar is not None:
@@ -207,7 +210,7 @@ def fit(
                 adapter,
                 settings.precision,
             )
-        with val_memory.phase():
+        with val_memory.phase(), named_phase(f"validation (epoch {epoch})"):
             val = predict(model, data.val, data.batch_size, val_memory, settings.precision)
         metrics.update(
             {
