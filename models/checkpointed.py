@@ -100,6 +100,7 @@ class _CheckpointedSolve(torch.autograd.Function):
         trajectory = Trajectory(limit)
         y = solve(y0, trajectory)  # autograd is off inside Function.forward: no graph, no saved activations
         ctx.stepper, ctx.steps, ctx.params = stepper, trajectory.steps, params
+        ctx.autocast = _autocast_state(y0.device.type)
         ctx.kept = sorted(trajectory.kept)
         # saved through autograd (not kept on ctx) so that saved-tensor hooks see and count them
         ctx.save_for_backward(*(trajectory.kept[i][0] for i in ctx.kept), *(trajectory.kept[i][1] for i in ctx.kept))
@@ -114,7 +115,8 @@ class _CheckpointedSolve(torch.autograd.Function):
         grad_params: list[torch.Tensor | None] = [None] * len(params)
         grads: tuple[torch.Tensor | None, torch.Tensor | None] = (grad_y, None)  # into (y1, f1) of a step
         bounds = [*ctx.kept, len(steps)]
-        with _buffers_restored(stepper.func):
+        # the backward pass runs outside the forward's autocast (if any): the re-run must compute as it did
+        with _buffers_restored(stepper.func), torch.autocast(**ctx.autocast):
             for segment in reversed(range(len(ctx.kept))):
                 start, end = bounds[segment], bounds[segment + 1]
                 inputs = [(states[segment], slopes[segment])]
@@ -131,6 +133,16 @@ class _CheckpointedSolve(torch.autograd.Function):
                     f0 = stepper.func(stepper.clock(steps[0][0]), y0)
                     grad_y0 = _accumulate(grad_y0, _grad([f0], [grad_f0], [y0], params, grad_params)[0])
         return (None, None, None, grad_y0, *grad_params)
+
+
+def _autocast_state(device_type: str) -> dict:
+    """torch.autocast's arguments that reproduce the autocast state in force now on `device_type`."""
+    return {
+        "device_type": device_type,
+        "dtype": torch.get_autocast_dtype(device_type),
+        "enabled": torch.is_autocast_enabled(device_type),
+        "cache_enabled": torch.is_autocast_cache_enabled(),
+    }
 
 
 def _accumulate(total: torch.Tensor | None, part: torch.Tensor | None) -> torch.Tensor | None:

@@ -153,6 +153,10 @@ class _Clock:
     def __call__(self, value: float) -> torch.Tensor:
         return self.constant if self.constant is not None else self._make(value)
 
+    def after(self, t0: float, h: torch.Tensor) -> torch.Tensor:
+        """The time t0 + h for a step `h` that is a device tensor, without reading it on the host."""
+        return self.constant if self.constant is not None else (h + t0).to(self.dtype)
+
 
 def _stages(
     func: Func,
@@ -237,8 +241,9 @@ def _initial_step(
     method's order minus one, so the exponent is 1 / order."""
     scale = torch.abs(y0).mul_(rtol).add_(atol)
     d0, d1 = norm(y0 / scale), norm(f0 / scale)
-    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
-    f1 = func(clock(t0 + float(h0)), torch.add(y0, f0, alpha=float(h0)))
+    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1).to(y0.dtype)
+    # h0 stays a device tensor: the trial step and its time are computed without reading it on the host
+    f1 = func(clock.after(t0, h0), torch.addcmul(y0, f0, h0))
     d2 = norm((f1 - f0) / scale) / h0
     h1 = torch.where(
         (d1 <= 1e-15) & (d2 <= 1e-15), torch.clamp(h0 * 1e-3, min=1e-6), (0.01 / torch.maximum(d1, d2)) ** (1.0 / order)

@@ -38,7 +38,9 @@ class CountingODEFunc(nn.Module):
 
     def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
-        return self.net(z)
+        # Under autocast f computes in bfloat16; the solver's stages, state and error control stay in the
+        # state's precision.
+        return self.net(z).to(z.dtype)
 
 
 class ODEBlock(nn.Module):
@@ -58,6 +60,7 @@ class ODEBlock(nn.Module):
         self.solver = solver
         self.t_final = float(t_final)
         self.forward_nfe = 0
+        self._time_tensors: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 
     @property
     def backward_nfe(self) -> int:
@@ -66,6 +69,8 @@ class ODEBlock(nn.Module):
     def forward(self, z0: torch.Tensor) -> torch.Tensor:
         self.func.nfe = 0
         spec = self.solver
+        if z0.dtype in (torch.bfloat16, torch.float16):  # an autocast layer before the block: solve in float32
+            z0 = z0.float()
         try:
             # Without autograd the adjoint has nothing to do: its forward pass is this same solve (same options,
             # the same RMS norm), taken directly, without torchdiffeq's wrapping and per-stage time tensors.
@@ -76,7 +81,7 @@ class ODEBlock(nn.Module):
             elif spec.fused and (not spec.adjoint or not torch.is_grad_enabled()):
                 z = self._fused_direct(z0)
             else:
-                t = torch.tensor([0.0, self.t_final], dtype=z0.dtype, device=z0.device)
+                t = self._times(z0)
                 kwargs = spec.odeint_kwargs()
                 if spec.adjoint:
                     # The adjoint has its own solve; bound it the same way, and measure its error with the
@@ -90,6 +95,14 @@ class ODEBlock(nn.Module):
         self.forward_nfe = self.func.nfe
         self.func.nfe = 0
         return z
+
+    def _times(self, like: torch.Tensor) -> torch.Tensor:
+        """[0, T] on the state's device, made once per dtype and device: each `torch.tensor(..., device=cuda)`
+        is a copy from the host."""
+        key = (like.dtype, like.device)
+        if key not in self._time_tensors:
+            self._time_tensors[key] = torch.tensor([0.0, self.t_final], dtype=like.dtype, device=like.device)
+        return self._time_tensors[key]
 
     def _fused_direct(self, z0: torch.Tensor, record: StepRecorder | None = None) -> torch.Tensor:
         spec = self.solver

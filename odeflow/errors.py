@@ -116,3 +116,25 @@ def unsupported_fused_options(names: list[str]) -> str:
         f"the fused solver does not implement torchdiffeq's option(s) {', '.join(names)}; "
         "set solver.backend=torchdiffeq to use them"
     )
+
+
+# The settings that lower a run's memory, as the out-of-memory message names them.
+LOWER_MEMORY_FIX = (
+    "lower data.batch_size (e.g. {half}), train an ODEnet with solver.gradient=checkpoint or solver.gradient=adjoint "
+    "(memory that does not grow with the solver's steps), or use train.precision=bf16; then run it again"
+)
+
+
+def out_of_memory(
+    device: str, phase: str, batch_size: int, peak: str, run_id: object = None, epochs: int = 0
+) -> UserError:
+    """A run that ran out of memory: where, at which batch size and peak, what it kept and what lowers it."""
+    kept = (
+        f"run {run_id} FAILED after {epochs} finished epochs, which it keeps"
+        if run_id is not None
+        else "the run stopped"
+    )
+    return UserError(
+        f"out of memory on {device} during {phase} at batch size {batch_size} (peak {peak}): {kept}",
+        LOWER_MEMORY_FIX.format(half=max(1, batch_size // 2)),
+    )

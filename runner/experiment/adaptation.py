@@ -22,6 +22,7 @@ from torch import nn
 from models.ode_block import ODEBlock, ode_blocks
 from models.solvers import FIXED_STEP_METHODS, SolverSpec
 from odeflow.errors import ConfigError, UserError, check_choice, check_positive
+from runner.experiment.precision import reference_numerics
 
 KINDS = ("none", "step_size", "tolerance")
 TESTED_BATCHES = ("train", "validation")
@@ -248,8 +249,9 @@ class SolverAdapter:
     def _check(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int) -> AdaptationCheck:
         base = ode_blocks(model)[0].solver
         value = float(self.value)
-        test_spec, test_setting = self._test_solver(model, x, base, value)
-        reference = self.accuracy(model, x, y, test_spec)
+        with reference_numerics(x.device):  # the test solve is the reference: float32, no TF32, no autocast
+            test_spec, test_setting = self._test_solver(model, x, base, value)
+            reference = self.accuracy(model, x, y, test_spec)
         gap = abs(self.accuracy(model, x, y, self._spec(base, value)) - reference)
         if gap > self.settings.threshold:
             new = self._shrunk(value)

@@ -20,6 +20,7 @@ from torch import nn
 
 from data.tensors import Split
 from models.ode_block import ode_blocks, set_solver
+from runner.experiment.precision import reference_numerics
 
 
 def parameter_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -34,16 +35,44 @@ def parameter_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
     return torch.cat(grads)
 
 
-def adjoint_gradient_check(model: nn.Module, split: Split, batch_size: int, threshold: float) -> dict[str, Any] | None:
+# Direct backpropagation keeps every step's activations: the check's samples are bounded, so that a run that chose
+# the adjoint or checkpointing because direct backpropagation of a whole batch did not fit can still be checked.
+MAX_CHECK_SAMPLES = 64
+
+
+def adjoint_gradient_check(
+    model: nn.Module, split: Split, batch_size: int, threshold: float, max_samples: int = MAX_CHECK_SAMPLES
+) -> dict[str, Any] | None:
     """{"gradient", "relative_error", "threshold", "flagged", "batch_size"} and, on the fused path,
     "checkpoint_relative_error", for a model whose ODE blocks use the adjoint or the checkpointed gradient;
     None for any other model. relative_error is that of the run's own gradient method. The model's weights,
-    solver and mode are left as they were."""
+    solver and mode are left as they were.
+
+    It measures on the first min(batch_size, max_samples) validation samples, halving them while they do not fit
+    in memory; where not even one does: {"gradient", "threshold", "skipped"} (no error, no flag).
+    """
     blocks = ode_blocks(model)
     if not blocks or blocks[0].solver.gradient == "direct":
         return None
-    trained_solver = blocks[0].solver
-    x, y = split.x[:batch_size], split.y[:batch_size]
+    samples = max(1, min(batch_size, max_samples, len(split)))
+    while True:
+        try:
+            return _measure(model, split.x[:samples], split.y[:samples], threshold)
+        except torch.OutOfMemoryError:
+            model.zero_grad(set_to_none=True)
+            if split.x.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if samples == 1:
+                return {
+                    "gradient": blocks[0].solver.gradient,
+                    "threshold": threshold,
+                    "skipped": "out of memory: direct backpropagation of one sample does not fit",
+                }
+            samples //= 2
+
+
+def _measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threshold: float) -> dict[str, Any]:
+    trained_solver = ode_blocks(model)[0].solver
     was_training = model.training
     model.eval()  # no batch-norm statistics are updated by the check
     methods = [trained_solver.gradient] + (
@@ -51,9 +80,10 @@ def adjoint_gradient_check(model: nn.Module, split: Split, batch_size: int, thre
     )
     try:
         found = {}
-        for method in ["direct", *methods]:
-            set_solver(model, replace(trained_solver, gradient=method, adjoint=False))
-            found[method] = parameter_gradients(model, x, y)
+        with reference_numerics(x.device):  # float32 without TF32 or autocast, whatever the run trained with
+            for method in ["direct", *methods]:
+                set_solver(model, replace(trained_solver, gradient=method, adjoint=False))
+                found[method] = parameter_gradients(model, x, y)
     finally:
         set_solver(model, trained_solver)
         model.train(was_training)
@@ -73,6 +103,8 @@ def adjoint_gradient_check(model: nn.Module, split: Split, batch_size: int, thre
 
 
 def describe(check: dict[str, Any]) -> str:
+    if "skipped" in check:
+        return f"{check['gradient']} gradient check skipped: {check['skipped']}"
     verdict = (
         f"ABOVE the threshold {check['threshold']:g}: the adjoint's gradients are not the gradients of the forward "
         f"solve; lower solver.rtol/atol, or train with solver.gradient=checkpoint (exact) or direct"

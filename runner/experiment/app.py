@@ -7,11 +7,12 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
 from omegaconf import DictConfig
 
 from models.ode_block import ode_blocks
 from models.parameters import count_parameters, residual_block_count
-from odeflow.errors import check_choice
+from odeflow.errors import check_choice, out_of_memory
 from odeflow.files import disk_full_error, is_disk_full, write_atomic
 from odeflow.interrupts import Interrupted, as_interrupted, sigterm_as_interrupt
 from odeflow.objectives import OBJECTIVE_DIRECTIONS
@@ -21,7 +22,9 @@ from runner.experiment.adjoint_check import adjoint_gradient_check
 from runner.experiment.adjoint_check import describe as describe_adjoint_check
 from runner.experiment.checkpoint import model_recipe
 from runner.experiment.factories import instantiate_group, to_plain
+from runner.experiment.memory import describe_peak, named_phase
 from runner.experiment.parameter_path import ParameterPath
+from runner.experiment.precision import apply_precision
 from runner.experiment.settings import (
     check_seed,
     configure_threads,
@@ -72,16 +75,24 @@ def run_experiment(
     configure_threads(settings.num_threads)
     reuse_freed_host_memory(settings.reuse_host_memory)
     seed_everything(settings.seed, settings.deterministic)
-    data = pipeline.load(instantiate_group("data", cfg.data), device)
-    recipe = model_recipe(config["model"], config["solver"], data.input_shape, data.num_classes)
-    model = pipeline.build(recipe, data, device)
+    numerics = apply_precision(settings.precision)
+    data = instantiate_group("data", cfg.data)
+    try:
+        data = pipeline.load(data, device)
+        recipe = model_recipe(config["model"], config["solver"], data.input_shape, data.num_classes)
+        model = pipeline.build(recipe, data, device)
+    except torch.OutOfMemoryError:
+        raise out_of_memory(
+            str(device), "loading the data and building the model", data.batch_size, describe_peak(device)
+        ) from None
     is_ode = bool(ode_blocks(model))
     adaptation.check_solver(solver, is_ode)
     adapter = SolverAdapter(adaptation, ode_blocks(model)[0].t_final) if adaptation.enabled else None
     model_name = (choices or {}).get("model", recipe["_target_"])
     print(
         f"{cfg.name}: {model_name} on {data.name} {data.sizes()} | solver {solver.describe() if is_ode else '-'} | "
-        f"{'adapting ' + adaptation.kind + ' | ' if adapter else ''}device {device} | runs in {store.describe()}",
+        f"{'adapting ' + adaptation.kind + ' | ' if adapter else ''}device {device} {settings.precision} | "
+        f"runs in {store.describe()}",
         flush=True,
     )
     outcome: dict[str, Any] = {}
@@ -91,6 +102,7 @@ def run_experiment(
 
     def body(run: RunLog) -> float:
         run.set_info("device", str(device))
+        run.set_info("precision", numerics)
         if (slurm := slurm_job_info()) is not None:
             run.set_info("slurm", slurm)  # the runs browser's and the dashboard's slurm job column
         run.set_info("choices", choices or {})
@@ -123,12 +135,12 @@ def run_experiment(
             adapter.load_state_dict(resume["adaptation"], model)  # so the earlier epochs' checks are logged too
         for earlier in (resume or {}).get("history", []):
             log_epoch(earlier)  # a resumed run carries the epochs before the crash too
-        path = ParameterPath(settings.record_parameters) if settings.record_parameters else None
+        parameter_path = ParameterPath(settings.record_parameters) if settings.record_parameters else None
         fit_result = pipeline.train(
-            model, data, settings, after_epoch, out_dir / "last_checkpoint.pt", resume, adapter, path
+            model, data, settings, after_epoch, out_dir / "last_checkpoint.pt", resume, adapter, parameter_path
         )
-        if path is not None:
-            run.set_info("parameter_path", path.save(out_dir / "parameter_path.pt"))
+        if parameter_path is not None:
+            run.set_info("parameter_path", parameter_path.save(out_dir / "parameter_path.pt"))
             run.add_artifact(out_dir / "parameter_path.pt", "parameter_path.pt")
         if fit_result.adaptation:
             run.set_info("adaptation", {k: v for k, v in fit_result.adaptation.items() if k != "log"})
@@ -137,12 +149,8 @@ def run_experiment(
             run.set_info("pruned", fit_result.pruned)
         if pruner is not None:
             pruner.finished(pruned=fit_result.pruned is not None)
-        check = adjoint_gradient_check(model, data.val, data.batch_size, settings.adjoint_check_threshold)
-        if check is not None:
-            run.set_info("adjoint_gradient_check", check)
-            print(describe_adjoint_check(check), flush=True)
-            outcome["adjoint_check"] = check
-        results = pipeline.evaluate(model, data)
+        with named_phase("the test evaluation"):
+            results = pipeline.evaluate(model, data, settings.precision)
         run.set_info("test", {k: results[k] for k in ("test.loss", "test.acc", "test.nfe.forward", "test.time")})
         title = f"{cfg.name}: {model_name} on {data.name}" + (f", {solver.describe()}" if is_ode else "")
         if run.id is not None:
@@ -169,6 +177,14 @@ def run_experiment(
             else:
                 traced[1](out_dir / "trajectories.png")
                 run.add_artifact(out_dir / "trajectories.png", "trajectories.png")
+        # Last: the check backpropagates directly, which a run may have avoided for memory; its outputs are
+        # written by now, and the check bounds its samples and reports running out of memory instead of failing.
+        with named_phase("the adjoint gradient check"):
+            check = adjoint_gradient_check(model, data.val, data.batch_size, settings.adjoint_check_threshold)
+        if check is not None:
+            run.set_info("adjoint_gradient_check", check)
+            print(describe_adjoint_check(check), flush=True)
+            outcome["adjoint_check"] = check
         outcome.update(results, fit=fit_result)
         return results["test.acc"]
 
@@ -189,6 +205,15 @@ def run_experiment(
         except Exception as exc:  # a full disk: one message, what was kept, how to continue
             if is_disk_full(exc):
                 raise disk_full_error(out_dir, outcome.get("run_id"), outcome.get("epochs", 0)) from None
+            if isinstance(exc, torch.OutOfMemoryError):
+                raise out_of_memory(
+                    str(device),
+                    getattr(exc, "phase", "the run"),
+                    data.batch_size,
+                    describe_peak(device),
+                    outcome.get("run_id"),
+                    outcome.get("epochs", 0),
+                ) from None
             raise
     fit_result = outcome["fit"]
     last = fit_result.history[-1]
@@ -198,6 +223,7 @@ def run_experiment(
         "model": model_name,
         "dataset": data.name,
         "solver": solver.describe() if is_ode else None,
+        "precision": settings.precision,
         "test_acc": outcome["test.acc"],
         "test_loss": outcome["test.loss"],
         "best_val_loss": fit_result.best_val_loss,
@@ -233,12 +259,17 @@ def run_experiment(
     return summary
 
 
-# info.cost's memory peaks (the largest over the epochs so far) and the epoch metric each is read from
+# info.cost's memory peaks (the largest over the epochs so far) and the epoch metric each is read from: the
+# process's RSS and CUDA's figures under names of their own, since they measure different things
 MEMORY_PEAKS = {
-    "train_mem_mb": ("mem.train.cuda_alloc_mb", "mem.train.rss_mb"),
+    "train_rss_mb": ("mem.train.rss_mb",),
+    "train_cuda_mb": ("mem.train.cuda_alloc_mb",),
+    "train_cuda_added_mb": ("mem.train.cuda_added_mb",),
     "train_live_mb": ("mem.train.live_mb",),
     "saved_mb": ("mem.train.saved_mb",),
-    "val_mem_mb": ("mem.val.cuda_alloc_mb", "mem.val.rss_mb"),
+    "val_rss_mb": ("mem.val.rss_mb",),
+    "val_cuda_mb": ("mem.val.cuda_alloc_mb",),
+    "val_cuda_added_mb": ("mem.val.cuda_added_mb",),
     "val_live_mb": ("mem.val.live_mb",),
 }
 
@@ -254,7 +285,7 @@ def describe_adaptation(info: dict[str, Any]) -> str:
 
 def cost_summary(epochs: list[dict[str, float]], is_ode: bool) -> dict[str, float]:
     """Mean seconds per epoch and, for ODEnets, mean forward/backward NFE per batch over the epochs so far;
-    the peak memory figures (MB, the largest over the epochs; CUDA's allocator figure where there is one)."""
+    the peak memory figures (MB, the largest over the epochs; MEMORY_PEAKS)."""
     keys = {"epoch_time": "epoch.time", **({"fnfe": "nfe.forward", "bnfe": "nfe.backward"} if is_ode else {})}
     cost = {name: round(sum(e[key] for e in epochs) / len(epochs), 3) for name, key in keys.items()}
     for name, candidates in MEMORY_PEAKS.items():

@@ -14,6 +14,7 @@ from torch import nn
 from data.tensors import Split
 from models.ode_block import forward_nfe
 from runner.experiment.memory import PhaseMemory
+from runner.experiment.precision import autocast
 
 
 @dataclass
@@ -30,30 +31,35 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, split: Split, batch_size: int, memory: PhaseMemory | None = None) -> Predictions:
-    """Mean loss, accuracy, mean forward NFE per batch and class probabilities, in evaluation mode; `memory`
-    traces the first batch."""
+def predict(
+    model: nn.Module, split: Split, batch_size: int, memory: PhaseMemory | None = None, precision: str = "fp32"
+) -> Predictions:
+    """Mean loss, accuracy, mean forward NFE per batch and class probabilities, in evaluation mode, computed
+    in `precision` (runner.experiment.precision); `memory` traces the first batch. The loss and the
+    probabilities stay on the model's device until the split is done: the host reads them once, not per batch."""
     was_training = model.training
     model.eval()
-    total_loss, nfe, batches, probs = 0.0, 0, 0, []
+    total_loss, nfe, batches, probs = None, 0, 0, []
     try:
         for x, y in split.batches(batch_size):
             if memory is not None:
                 memory.batch_started(saving=False)
-            logits = model(x)
+            with autocast(precision, x.device):
+                logits = model(x)
             if memory is not None:
                 memory.batch_done()
-            total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+            loss = F.cross_entropy(logits.float(), y, reduction="sum").double()
+            total_loss = loss if total_loss is None else total_loss + loss
             nfe += forward_nfe(model)
             batches += 1
-            probs.append(torch.softmax(logits, dim=1).cpu())
+            probs.append(torch.softmax(logits.float(), dim=1))
     finally:
         model.train(was_training)
-    probabilities = torch.cat(probs).numpy()
+    probabilities = torch.cat(probs).cpu().numpy()
     labels = split.y.cpu().numpy()
     n = len(labels)
     return Predictions(
-        total_loss / n, float((probabilities.argmax(1) == labels).mean()), nfe / batches, probabilities, labels
+        float(total_loss) / n, float((probabilities.argmax(1) == labels).mean()), nfe / batches, probabilities, labels
     )
 
 

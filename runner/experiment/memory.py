@@ -11,7 +11,11 @@ Per phase and epoch, in MB (10^6 bytes), as metrics `mem.<phase>.<figure>_mb`:
 - saved (training): the bytes of the distinct tensor storages autograd saved for backward during the first
   batch's forward pass (torch.autograd.graph.saved_tensors_hooks): what direct backpropagation grows with.
 - cuda_alloc, cuda_reserved (CUDA devices only): torch.cuda.max_memory_allocated / max_memory_reserved
-  over the whole phase, reset at its start.
+  over the whole phase, reset at its start: absolute, so the dataset, the weights, the optimizer state and
+  the best weights' copy are in them.
+- cuda_added (CUDA devices only): the phase's peak allocated minus what was allocated when it started: the
+  memory the phase itself needed (activations, saved tensors, gradients), which batch size and gradient
+  method change.
 """
 
 from __future__ import annotations
@@ -139,8 +143,10 @@ class PhaseMemory:
         self._figures, self._traced = {}, False
         rss_resettable = reset_peak_rss()
         cuda = self.device.type == "cuda"
+        at_start = 0
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
+            at_start = torch.cuda.memory_allocated(self.device)
         try:
             yield self
         finally:
@@ -149,7 +155,9 @@ class PhaseMemory:
         if rss is not None:
             self._figures["rss_mb"] = rss / MB
         if cuda:
-            self._figures["cuda_alloc_mb"] = torch.cuda.max_memory_allocated(self.device) / MB
+            peak = torch.cuda.max_memory_allocated(self.device)
+            self._figures["cuda_alloc_mb"] = peak / MB
+            self._figures["cuda_added_mb"] = (peak - at_start) / MB
             self._figures["cuda_reserved_mb"] = torch.cuda.max_memory_reserved(self.device) / MB
 
     def batch_started(self, saving: bool = True) -> None:
@@ -189,17 +197,49 @@ class PhaseMemory:
 
 
 def format_memory(metrics: dict[str, float]) -> str:
-    """The epoch line's memory part: peak RSS and live tensor bytes of training (and evaluation), saved bytes."""
+    """The epoch line's memory part: peak RSS and live tensor bytes of training (and evaluation), saved bytes;
+    on CUDA the peak allocated and, in brackets, what the phase added to it."""
 
     def figure(phase: str) -> str:
         rss, live = metrics.get(f"mem.{phase}.rss_mb"), metrics.get(f"mem.{phase}.live_mb")
-        cuda = metrics.get(f"mem.{phase}.cuda_alloc_mb")
-        parts = [f"{v:.0f}" if v is not None else "-" for v in (cuda if cuda is not None else rss, live)]
+        parts = [f"{v:.0f}" if v is not None else "-" for v in (rss, live)]
         return "/".join(parts)
+
+    def cuda_figure(phase: str) -> str:
+        peak, added = metrics.get(f"mem.{phase}.cuda_alloc_mb"), metrics.get(f"mem.{phase}.cuda_added_mb")
+        return "-" if peak is None else f"{peak:.0f}" + (f" (+{added:.0f})" if added is not None else "")
 
     if not any(k.startswith("mem.") for k in metrics):
         return ""
     saved = metrics.get("mem.train.saved_mb")
-    return f"  mem MB train {figure('train')} val {figure('val')}" + (
-        f" saved {saved:.1f}" if saved is not None else ""
+    cuda = (
+        f"  CUDA MB train {cuda_figure('train')} val {cuda_figure('val')}"
+        if "mem.train.cuda_alloc_mb" in metrics
+        else ""
     )
+    return (
+        f"  mem MB train {figure('train')} val {figure('val')}"
+        + (f" saved {saved:.1f}" if saved is not None else "")
+        + cuda
+    )
+
+
+@contextmanager
+def named_phase(name: str):
+    """Names the phase in a torch.OutOfMemoryError raised inside (the innermost name wins): the run's
+    out-of-memory message says where it ran out (runner.experiment.app)."""
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        if not hasattr(exc, "phase"):
+            exc.phase = name
+        raise
+
+
+def describe_peak(device: torch.device) -> str:
+    """The peak memory so far, for an out-of-memory message: CUDA's allocated (of the GPU's total) or the RSS."""
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        return f"{torch.cuda.max_memory_allocated(device) / MB:,.0f} MB allocated of the GPU's {total / MB:,.0f} MB"
+    rss = peak_rss_bytes()
+    return f"{rss / MB:,.0f} MB resident" if rss is not None else "unknown"

@@ -38,8 +38,8 @@ def build(recipe: dict[str, Any], data: DataBundle, device: torch.device) -> nn.
     try:
         with torch.no_grad():
             out = model(data.train.x[:2])
-    except UserError:
-        raise  # e.g. the solver failed: its own message says why
+    except (UserError, torch.OutOfMemoryError):
+        raise  # e.g. the solver failed: its own message says why; out of memory: the run's message says where
     except RuntimeError as exc:
         raise ConfigError(
             "model",
@@ -68,10 +68,11 @@ def train(
     return fit(model, data, settings, on_epoch, checkpoint_path, resume, adapter, parameter_path)
 
 
-def evaluate(model: nn.Module, data: DataBundle) -> dict[str, Any]:
-    """Test loss/accuracy, mean FNFE, classification report, parameter counts and evaluation time."""
+def evaluate(model: nn.Module, data: DataBundle, precision: str = "fp32") -> dict[str, Any]:
+    """Test loss/accuracy, mean FNFE, classification report, parameter counts and evaluation time, computed in
+    the run's `precision`."""
     start = time.perf_counter()
-    test = predict(model, data.test, data.batch_size)
+    test = predict(model, data.test, data.batch_size, precision=precision)
     return {
         "test.loss": test.loss,
         "test.acc": test.accuracy,

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from odeflow.errors import ConfigError, check_choice, check_positive
+from runner.experiment.precision import PRECISIONS
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 EVALUATED_WEIGHTS = ("best", "final")
@@ -40,6 +41,7 @@ class TrainSettings:
     adjoint_check_threshold: float = 0.2
     evaluate: str = "best"  # best: restore the best validation epoch's weights; final: keep the last iterate
     record_parameters: int = 0  # > 0: record every parameter every this many optimiser steps (parameter_path.pt)
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -61,6 +63,7 @@ class TrainSettings:
             )
         check_positive("min_delta", self.min_delta, allow_zero=True)
         check_positive("adjoint_check_threshold", self.adjoint_check_threshold)
+        check_choice("precision", self.precision, PRECISIONS)
         if self.num_threads is not None:
             check_positive("num_threads", self.num_threads)
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):

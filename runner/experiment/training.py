@@ -18,13 +18,14 @@ from tqdm import tqdm
 
 from data.tensors import DataBundle
 from models.ode_block import backward_nfe, forward_nfe, ode_blocks, translate_solver_failure
-from odeflow.errors import TrainingDivergedError
+from odeflow.errors import TrainingDivergedError, UserError
 from odeflow.files import save_atomic
 from odeflow.interrupts import interrupts_deferred
 from runner.experiment.adaptation import SolverAdapter
 from runner.experiment.evaluation import predict
-from runner.experiment.memory import PhaseMemory, format_memory
+from runner.experiment.memory import PhaseMemory, format_memory, named_phase
 from runner.experiment.parameter_path import ParameterPath
+from runner.experiment.precision import autocast
 from runner.experiment.settings import TrainSettings, make_optimizer
 
 # Receives each epoch's metrics; a returned string stops training there (a sweep pruned the run) and says why.
@@ -41,6 +42,51 @@ class FitResult:
     adaptation: dict[str, Any] | None = None  # the adapted step size or tolerance and its checks (adaptation.py)
 
 
+class _EpochTally:
+    """The epoch's loss sum, correct predictions and first non-finite loss, accumulated on the training device.
+
+    Reading a device value (`.item()`, `bool(tensor)`) makes the host wait for the GPU; adding into tensors
+    does not. They are read once per epoch, and when the progress bar is refreshed (at most once a second).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.first_bad = torch.full((), -1.0, dtype=torch.float64, device=device)  # batch index, -1: none
+        self.bad_loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.seen = self.batches = 0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        loss = loss.detach().to(torch.float64)
+        newly_bad = torch.isfinite(loss).logical_not_().logical_and_(self.first_bad < 0)
+        self.first_bad = torch.where(newly_bad, float(self.batches), self.first_bad)
+        self.bad_loss = torch.where(newly_bad, loss, self.bad_loss)
+        self.loss_sum += loss * len(y)
+        self.correct += (logits.detach().argmax(1) == y).sum()
+        self.seen += len(y)
+        self.batches += 1
+
+    def read(self) -> tuple[float, int, int | None, float]:
+        """(loss sum, correct, the 0-based batch of the first non-finite loss or None, that loss): one read."""
+        loss_sum, correct, first_bad, bad_loss = torch.stack(
+            [self.loss_sum, self.correct.to(torch.float64), self.first_bad, self.bad_loss]
+        ).tolist()
+        return loss_sum, int(correct), (int(first_bad) if first_bad >= 0 else None), bad_loss
+
+    def checked(self, epoch: int) -> tuple[float, int]:
+        """(loss sum, correct) so far, in one read; TrainingDivergedError if any loss was NaN or infinite."""
+        loss_sum, correct, first_bad, bad_loss = self.read()
+        if first_bad is not None:
+            raise TrainingDivergedError(
+                f"training loss became {bad_loss} in epoch {epoch}, batch {first_bad + 1}",
+                "lower train.lr, add train.weight_decay, or use model.norm=group",
+            )
+        return loss_sum, correct
+
+
+BAR_REFRESH_SECONDS = 1.0
+
+
 def _train_one_epoch(
     model: nn.Module,
     data: DataBundle,
@@ -50,54 +96,60 @@ def _train_one_epoch(
     epoch: int,
     memory: PhaseMemory,
     adapter: SolverAdapter | None = None,
+    precision: str = "fp32",
     max_batches: int | None = None,
     parameter_path: ParameterPath | None = None,
 ) -> dict[str, float]:
     model.train()
     has_ode = bool(ode_blocks(model))
-    total_loss, correct, seen, fnfe, bnfe, batches = 0.0, 0, 0, 0, 0, 0
+    device = next(model.parameters()).device
+    tally = _EpochTally(device)
+    fnfe, bnfe, shown = 0, 0, time.perf_counter()
     for x, y in data.train.batches(data.batch_size, generator):
-        if batches == max_batches:  # max_iterations reached inside this epoch
+        if tally.batches == max_batches:  # max_iterations reached inside this epoch
             break
-        optimizer.zero_grad(set_to_none=True)
-        memory.batch_started()
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        memory.forward_done()
-        if not torch.isfinite(loss):
-            raise TrainingDivergedError(
-                f"training loss became {loss.item()} in epoch {epoch}, batch {batches + 1}",
-                "lower train.lr, add train.weight_decay, or use model.norm=group",
-            )
-        batch_fnfe = forward_nfe(model)
-        try:
-            loss.backward()
-        except AssertionError as exc:  # torchdiffeq's adjoint solve fails inside autograd
-            solver = ode_blocks(model)[0].solver if has_ode else None
-            raise (translate_solver_failure(exc, solver) if solver else exc) from exc
-        if adapter is not None:  # between backward and step, as in "ResNet After All"
-            adapter.after_backward(model, x, y, epoch, (data.val.x[: data.batch_size], data.val.y[: data.batch_size]))
-        optimizer.step()
-        if parameter_path is not None:
-            parameter_path.after_step(model)
-        memory.batch_done()
-        n = len(y)
-        total_loss += loss.item() * n
-        correct += (logits.argmax(1) == y).sum().item()
-        seen += n
+        with named_phase(f"training (epoch {epoch}, batch {tally.batches + 1})"):
+            optimizer.zero_grad(set_to_none=True)
+            memory.batch_started()
+            try:
+                with autocast(precision, device):  # backward runs outside it, as torch.autocast asks
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y)
+                memory.forward_done()
+                batch_fnfe = forward_nfe(model)
+                tally.add(loss, logits, y)
+                try:
+                    loss.backward()
+                except AssertionError as exc:  # torchdiffeq's adjoint solve fails inside autograd
+                    solver = ode_blocks(model)[0].solver if has_ode else None
+                    raise (translate_solver_failure(exc, solver) if solver else exc) from exc
+            except UserError:  # a solver that failed on weights an earlier non-finite loss had ruined
+                tally.checked(epoch)
+                raise
+            if adapter is not None:  # between backward and step, as in "ResNet After All"
+                adapter.after_backward(
+                    model, x, y, epoch, (data.val.x[: data.batch_size], data.val.y[: data.batch_size])
+                )
+            optimizer.step()
+            if parameter_path is not None:
+                parameter_path.after_step(model)
+            memory.batch_done()
         fnfe += batch_fnfe
         bnfe += backward_nfe(model)
-        batches += 1
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(
-                loss=f"{total_loss / seen:.4f}", nfe=f"{batch_fnfe}/{backward_nfe(model)}" if has_ode else "-"
-            )
+            if time.perf_counter() - shown >= BAR_REFRESH_SECONDS:
+                shown = time.perf_counter()
+                bar.set_postfix(
+                    loss=f"{tally.checked(epoch)[0] / tally.seen:.4f}",
+                    nfe=f"{batch_fnfe}/{backward_nfe(model)}" if has_ode else "-",
+                )
+    loss_sum, correct = tally.checked(epoch)
     return {
-        "train.loss": total_loss / seen,
-        "train.acc": correct / seen,
-        "nfe.forward": fnfe / batches,
-        "nfe.backward": bnfe / batches,
+        "train.loss": loss_sum / tally.seen,
+        "train.acc": correct / tally.seen,
+        "nfe.forward": fnfe / tally.batches,
+        "nfe.backward": bnfe / tally.batches,
     }
 
 
@@ -174,11 +226,12 @@ def fit(
                 epoch,
                 train_memory,
                 adapter,
+                settings.precision,
                 max_batches=left,
                 parameter_path=parameter_path,
             )
-        with val_memory.phase():
-            val = predict(model, data.val, data.batch_size, val_memory)
+        with val_memory.phase(), named_phase(f"validation (epoch {epoch})"):
+            val = predict(model, data.val, data.batch_size, val_memory, settings.precision)
         metrics.update(
             {
                 **train_memory.metrics(),

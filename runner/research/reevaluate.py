@@ -22,6 +22,7 @@ from odeflow.errors import ConfigError, UserError
 from odeflow.files import write_atomic
 from odeflow.tables import markdown_table
 from runner.experiment.evaluation import predict
+from runner.experiment.precision import reference_numerics
 
 # (method, step size for fixed-step methods / tolerance for adaptive ones), coarse to fine.
 DEFAULT_GRID: list[tuple[str, float]] = [
@@ -99,7 +100,7 @@ def reevaluate(
     model: torch.nn.Module, data: DataBundle, training_solver: SolverSpec, grid: list[tuple[str, float]]
 ) -> list[SettingResult]:
     """Test-set accuracy, loss, mean FNFE per batch and time for the training solver, every grid setting
-    and the reference solve."""
+    and the reference solve, all in float32 without TF32 or autocast, whatever the run trained with."""
     check_is_odenet(model)
     settings = with_reference(grid)
     specs = [training_solver] + [solver_for(m, v, training_solver) for m, v in settings]
@@ -107,7 +108,8 @@ def reevaluate(
     for index, spec in enumerate(specs):
         set_solver(model, spec)
         start = time.perf_counter()
-        pred = predict(model, data.test, data.batch_size)
+        with reference_numerics(data.test.x.device):
+            pred = predict(model, data.test, data.batch_size)
         is_reference = index == len(specs) - 1
         results.append(
             SettingResult(

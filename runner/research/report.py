@@ -44,7 +44,8 @@ def comparison_rows(records: list[RunRecord]) -> pd.DataFrame:
                 "f_evaluations": _mean(r, "nfe.forward") if is_ode else r.info.get("residual_blocks"),
                 "adjoint_grad_err": (r.info.get("adjoint_gradient_check") or {}).get("relative_error"),
                 "gradient": summary["gradient"] or "-",
-                "train_mb": summary["train_mb"],
+                "train_rss_mb": summary["train_rss_mb"],
+                "train_cuda_mb": summary["train_cuda_mb"],
                 "saved_mb": summary["saved_mb"],
             }
         )
@@ -78,7 +79,8 @@ def write_report(records: list[RunRecord], out_dir: Path) -> dict[str, Path]:
         "bnfe": "BNFE",
         "adjoint_grad_err": "adj. grad err",
         "gradient": "gradient",
-        "train_mb": "train MB",
+        "train_rss_mb": "train RSS MB",
+        "train_cuda_mb": "train CUDA MB",
         "saved_mb": "saved MB",
         "run": "run",
     }
@@ -91,7 +93,8 @@ def write_report(records: list[RunRecord], out_dir: Path) -> dict[str, Path]:
         "fnfe": "{:.1f}",
         "bnfe": "{:.1f}",
         "adjoint_grad_err": "{:.2g}",
-        "train_mb": "{:.0f}",
+        "train_rss_mb": "{:.0f}",
+        "train_cuda_mb": "{:.0f}",
         "saved_mb": "{:.1f}",
     }
     for dataset, group in frame.groupby("dataset") if not frame.empty else []:

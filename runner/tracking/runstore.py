@@ -170,6 +170,18 @@ def gradient_method(solver: dict[str, Any]) -> str | None:
     return solver.get("gradient") or ("adjoint" if solver.get("adjoint") else "direct")
 
 
+def memory_columns(cost: dict[str, Any], device: str) -> dict[str, Any]:
+    """train/val peak RSS and CUDA allocated (MB) in columns of their own. Runs logged before they were
+    separate have one figure per phase (`<phase>_mem_mb`): CUDA's on a CUDA device, else the RSS."""
+    columns = {}
+    for phase in ("train", "val"):
+        legacy = cost.get(f"{phase}_mem_mb")
+        on_cuda = device.startswith("cuda")
+        columns[f"{phase}_rss_mb"] = cost.get(f"{phase}_rss_mb", None if on_cuda else legacy)
+        columns[f"{phase}_cuda_mb"] = cost.get(f"{phase}_cuda_mb", legacy if on_cuda else None)
+    return columns
+
+
 def summary_row(r: RunRecord) -> dict[str, Any]:
     """The columns a run list shows: what ran, how it ended, and its headline numbers."""
     choices = r.choices
@@ -193,9 +205,8 @@ def summary_row(r: RunRecord) -> dict[str, Any]:
         "fnfe": r.final("nfe.forward") if is_ode else None,
         "bnfe": r.final("nfe.backward") if gradient not in (None, "direct") else None,  # no backward pass
         "gradient": gradient,
-        "train_mb": cost.get("train_mem_mb"),  # peak memory of training (RSS, or CUDA's allocated), MB
+        **memory_columns(cost, str(r.info.get("device", ""))),  # peak RSS and CUDA memory per phase, MB
         "saved_mb": cost.get("saved_mb"),  # bytes autograd saved in one training step, MB
-        "val_mb": cost.get("val_mem_mb"),
         "adapted": (r.info.get("adaptation") or {}).get("at_best_epoch"),  # the adapted step size or tolerance
         "params": r.info.get("parameters", {}).get("total"),
         "start": str(r.start_time)[:19] if r.start_time else None,

@@ -88,3 +88,31 @@ def test_the_epoch_line_shows_the_figures_and_nothing_without_them():
     metrics |= {"mem.val.rss_mb": 800.0, "mem.val.live_mb": 3.2}
     assert format_memory(metrics) == "  mem MB train 812/75 val 800/3 saved 65.1"
     assert format_memory({"train.loss": 1.0}) == ""
+
+
+def test_rss_and_cuda_figures_keep_columns_of_their_own_and_old_runs_map_to_them():
+    from runner.experiment.app import cost_summary
+    from runner.tracking.runstore import memory_columns
+
+    epochs = [
+        {
+            "epoch.time": 1.0,
+            "mem.train.rss_mb": 900.0,
+            "mem.train.cuda_alloc_mb": 3000.0,
+            "mem.train.cuda_added_mb": 800.0,
+        },
+        {
+            "epoch.time": 1.0,
+            "mem.train.rss_mb": 950.0,
+            "mem.train.cuda_alloc_mb": 2900.0,
+            "mem.train.cuda_added_mb": 900.0,
+        },
+    ]
+    cost = cost_summary(epochs, is_ode=False)
+    assert (cost["train_rss_mb"], cost["train_cuda_mb"], cost["train_cuda_added_mb"]) == (950.0, 3000.0, 900.0)
+    assert memory_columns(cost, "cuda:0")["train_rss_mb"] == 950.0
+    # a run logged with one figure per phase: CUDA's on a GPU, else the RSS
+    assert memory_columns({"train_mem_mb": 5.0}, "cuda:0") == {
+        "train_rss_mb": None, "train_cuda_mb": 5.0, "val_rss_mb": None, "val_cuda_mb": None,
+    }  # fmt: skip
+    assert memory_columns({"train_mem_mb": 5.0}, "cpu")["train_rss_mb"] == 5.0

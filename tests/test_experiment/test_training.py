@@ -173,3 +173,17 @@ def test_evaluate_best_restores_the_best_epoch_while_the_path_ends_at_the_last_i
     assert result.best_epoch < len(result.history)
     assert path.steps == [0, 5 * len(result.history)]
     assert not torch.equal(path.vectors[-1], flat_parameters(model))  # the best epoch's weights were restored
+
+
+@pytest.mark.parametrize("block", ["residual", "ode"])
+def test_a_diverged_loss_is_named_with_its_batch_though_it_is_read_once_per_epoch(block):
+    from models import SolverSpec
+    from odeflow.errors import TrainingDivergedError
+
+    seed_everything(0, True)
+    data = load_digits(subset=200, batch_size=16)
+    solver = SolverSpec("rk4", step_size=0.5) if block == "ode" else None
+    model = SimpleNet(data.input_shape, 10, block, 1, 8, 0, stride=1, solver=solver)
+    settings = TrainSettings(optimizer="sgd", lr=1e12, max_epochs=1, progress=False, device="cpu")
+    with pytest.raises(TrainingDivergedError, match=r"training loss became (nan|inf) in epoch 1, batch [2-9]"):
+        fit(model, data, settings)

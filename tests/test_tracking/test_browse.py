@@ -162,7 +162,7 @@ def test_dashboard_fields_are_rounded_carry_memory_and_no_bnfe_without_a_backwar
                     "fnfe": 26.04167,
                     "bnfe": 0.0,
                     "epoch_time": 1.23456,
-                    "train_mem_mb": 851.27,
+                    "train_rss_mb": 851.27,
                     "saved_mb": 12.345,
                 },
             },
@@ -172,7 +172,7 @@ def test_dashboard_fields_are_rounded_carry_memory_and_no_bnfe_without_a_backwar
     direct = fields({"adjoint": False})  # a run logged before solver.gradient existed
     assert direct["test acc"] == 0.9722 and direct["best val loss"] == 0.1235 and direct["FNFE"] == 26.0
     assert direct["BNFE"] is None and direct["gradient"] == "direct"
-    assert direct["train MB"] == 851 and direct["saved MB"] == 12.3
+    assert direct["train RSS MB"] == 851 and direct["train CUDA MB"] is None and direct["saved MB"] == 12.3
     assert fields({"adjoint": True})["BNFE"] == 0.0 and fields({"adjoint": True})["gradient"] == "adjoint"
     assert fields({"gradient": "checkpoint"})["gradient"] == "checkpoint"
 
@@ -180,9 +180,9 @@ def test_dashboard_fields_are_rounded_carry_memory_and_no_bnfe_without_a_backwar
 def test_list_and_show_carry_peak_memory(filled_store: Path):
     records = read_file_store(filled_store / "store")
     header = browse.list_runs(records).splitlines()[0].split()
-    assert "train_mb" in header and "saved_mb" in header
+    assert "train_rss_mb" in header and "train_cuda_mb" in header and "saved_mb" in header
     shown = browse.show_run(browse.find_run(records, "1"))
-    assert "train_mb" in shown and "mem.train.live_mb" in shown and "mem.val.rss_mb" in shown
+    assert "train_rss_mb" in shown and "mem.train.live_mb" in shown and "mem.val.rss_mb" in shown
     assert "bnfe" not in shown.split("final metrics:")[0]  # a direct run: no backward NFE in its summary
 
 
