@@ -33,8 +33,8 @@ locked_version = $(shell sed -n 's/^$(1)==\([^+]*\).*/\1/p' requirements/default
 # the project itself installed without dependencies; with BUILD, torch's stack from PyTorch's index for BUILD.
 define install_lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@rm -f $(VENV)/.installed-* $(VENV)/.installed
 	@$(PY) $(LOCKTOOL) prepare requirements/$(1).lock $(2) --index $(TORCH_INDEX) > $(VENV)/lock-install.txt
+	@rm -f $(VENV)/.installed-* $(VENV)/.installed
 	$(PIP_INSTALL) --no-deps -r $(VENV)/lock-install.txt
 	$(if $(2),$(PIP_INSTALL) --index-url $(TORCH_INDEX)/$(2) torch==$(call locked_version,torch)+$(2) torchvision==$(call locked_version,torchvision)+$(2))
 	$(PIP_INSTALL) --no-deps --config-settings editable_mode=compat -e .
@@ -49,7 +49,7 @@ install: $(call asked,default) ## Create .venv with exactly the locked packages 
 
 install-ray: $(call asked,ray) ## The same with the Ray launcher (hydra/launcher=ray); make install goes back
 
-lock: ## Resolve requirements/*.lock from pyproject.toml after a pin changed (about 1 min; UPGRADE=1: all afresh)
+lock: ## Resolve requirements/*.lock from pyproject.toml after a pin changed (about 3 min; UPGRADE=1: all afresh)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) $(LOCKTOOL) write requirements/default.lock dev,dashboard $(if $(UPGRADE),--upgrade)
 	$(PY) $(LOCKTOOL) write requirements/ray.lock dev,dashboard,ray $(if $(UPGRADE),--upgrade)
