@@ -83,6 +83,11 @@ class Lock:
                 pins[canonical(name)] = (name, version)
         return cls(path, environment, pins)
 
+    @property
+    def name(self) -> str:
+        """The lock's path as the user gives it: relative to the project when inside it."""
+        return str(self.path.relative_to(ROOT)) if self.path.is_relative_to(ROOT) else str(self.path)
+
     def versions(self) -> dict[str, str]:
         return {key: version for key, (_, version) in self.pins.items()}
 
@@ -292,11 +297,20 @@ def check(lock: Lock, build: str | None) -> None:
     found = differences(lock, installed(), build)
     if found:
         raise LockError(
-            f"the venv differs from {lock.path.relative_to(ROOT)}: {'; '.join(found)}",
+            f"the venv differs from {lock.name}: {'; '.join(found)}",
             "make install (make lock first if pyproject.toml changed, and commit the lock)",
         )
+    # --no-deps installs trust the lock to be whole: pip check confirms every installed requirement is met
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "check", "--disable-pip-version-check"], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise LockError(
+            f"the packages of {lock.name} do not fit together: {'; '.join(done.stdout.splitlines())}",
+            "make lock (it resolves them with pip), then make install",
+        )
     label = f" (torch build {build}: its CUDA libraries come from PyTorch's index, not the lock)" if build else ""
-    print(f"the venv holds exactly {lock.path.relative_to(ROOT)}{label}")
+    print(f"the venv holds exactly {lock.name}{label}")
 
 
 def sync(lock: Lock, build: str | None) -> None:

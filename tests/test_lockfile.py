@@ -16,6 +16,7 @@ import threading
 from importlib import metadata
 from pathlib import Path
 
+import pip
 import pytest
 import tomllib
 
@@ -210,3 +211,56 @@ def test_make_test_reinstalls_when_a_lock_changes_and_keeps_the_venvs_build(tmp_
     reinstall = make_dry_run("lint", cwd=tree)
     assert "lockfile.py prepare requirements/default.lock cu126" in reinstall
     assert "--index-url https://download.pytorch.org/whl/cu126" in reinstall
+
+
+def fake_distribution(site_packages: Path, name: str, version: str, requires: str = "") -> None:
+    """An installed distribution as pip sees it: a .dist-info folder, uninstallable through its RECORD."""
+    info = site_packages / f"{name}-{version}.dist-info"
+    info.mkdir()
+    requirement = f"Requires-Dist: {requires}\n" if requires else ""
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n{requirement}")
+    (info / "INSTALLER").write_text("pip\n")
+    (info / "RECORD").write_text("".join(f"{info.name}/{file},,\n" for file in ("METADATA", "INSTALLER", "RECORD")))
+
+
+def test_sync_removes_what_the_lock_lacks_and_refuses_packages_that_do_not_fit(tmp_path: Path) -> None:
+    """On a real venv: what a lock lacks is uninstalled, and a lock whose packages break each other's
+    requirements (a --no-deps install would not notice) fails pip check in one error."""
+    venv = tmp_path / "venv"
+    # no pip of its own (ensurepip takes ~10 s): this pip, alone on PYTHONPATH, works on the venv's packages
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    pip_only = tmp_path / "pip_only"
+    pip_only.mkdir()
+    (pip_only / "pip").symlink_to(Path(pip.__file__).parent)
+    env = {**os.environ, "PYTHONPATH": str(pip_only)}
+    python = venv / "bin/python"
+    site_packages = Path(
+        subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    fake_distribution(site_packages, "needs_bar", "1.0", "bar-lib>=2")
+    fake_distribution(site_packages, "bar_lib", "1.0")
+    fake_distribution(site_packages, "left_over", "0.1")
+    lock = tmp_path / "test.lock"
+    header = f"# python: {sys.version_info.major}.{sys.version_info.minor}\n# platform: linux x86_64\n"
+    lock.write_text(header + "bar_lib==1.0\nneeds_bar==1.0\n")
+    sync = [python, str(ROOT / "requirements/lockfile.py"), "sync", str(lock)]
+    done = subprocess.run(sync, capture_output=True, text=True, timeout=120, env=env)
+    assert "removing what the lock does not hold: left_over" in done.stderr
+    assert not (site_packages / "left_over-0.1.dist-info").exists()
+    assert done.returncode == 2
+    cause, fix = done.stderr.strip().splitlines()[-2:]
+    assert cause.startswith(f"error: the packages of {lock} do not fit together: needs-bar 1.0 has requirement")
+    assert fix == "  fix: make lock (it resolves them with pip), then make install"
+    (site_packages / "bar_lib-1.0.dist-info").rename(site_packages / "bar_lib-2.0.dist-info")
+    (site_packages / "bar_lib-2.0.dist-info/METADATA").write_text(
+        "Metadata-Version: 2.1\nName: bar_lib\nVersion: 2.0\n"
+    )
+    lock.write_text(header + "bar_lib==2.0\nneeds_bar==1.0\n")
+    done = subprocess.run(sync, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"the venv holds exactly {lock}"
