@@ -49,10 +49,9 @@ install: $(call asked,default) ## Create .venv with exactly the locked packages 
 
 install-ray: $(call asked,ray) ## The same with the Ray launcher (hydra/launcher=ray); make install goes back
 
-lock: ## Resolve requirements/*.lock from pyproject.toml after a pin changed (about 3 min; UPGRADE=1: all afresh)
+lock: ## Resolve requirements/*.lock from pyproject.toml after a pin changed (2-3 min; UPGRADE=1: all afresh)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) $(LOCKTOOL) write requirements/default.lock dev,dashboard $(if $(UPGRADE),--upgrade)
-	$(PY) $(LOCKTOOL) write requirements/ray.lock dev,dashboard,ray $(if $(UPGRADE),--upgrade)
+	$(PY) $(LOCKTOOL) write requirements/default.lock=dev,dashboard requirements/ray.lock=dev,dashboard,ray $(if $(UPGRADE),--upgrade)
 
 sweep: $(INSTALLED) ## A small hyperopt TPE search on spheres (offline, a few minutes); re-run to resume
 	$(PY) -m runner -m search=quickstart

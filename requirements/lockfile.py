@@ -4,7 +4,7 @@
 (the project itself after it) and ends by checking that the venv's `pip freeze` equals the lock. Standard
 library only: it runs in a venv that has nothing installed yet.
 
-    python requirements/lockfile.py write LOCK EXTRAS [--upgrade]   # resolve .[EXTRAS] (pip --dry-run --report)
+    python requirements/lockfile.py write LOCK=EXTRAS... [--upgrade] # resolve .[EXTRAS] (pip --dry-run --report)
     python requirements/lockfile.py prepare LOCK [BUILD]            # print what pip installs with --no-deps
     python requirements/lockfile.py sync LOCK [BUILD]               # remove what LOCK lacks, then check
     python requirements/lockfile.py check LOCK [BUILD]              # pip freeze == LOCK, or one error
@@ -28,6 +28,7 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,28 +124,37 @@ def check_build(build: str) -> None:
 # ---------------------------------------------------------------------------------------------------- write
 
 
+def requirements(extras: list[str]) -> list[str]:
+    """What pyproject.toml asks for with these extras: what `pip install .[extras]` resolves besides the project."""
+    project = pyproject()
+    found = list(project["dependencies"])
+    for extra in extras:
+        found += project["optional-dependencies"][extra]
+    return found
+
+
 def direct_names(extras: list[str]) -> set[str]:
     """The packages pyproject.toml pins itself (for the lock's extras): a new pin there overrides the old lock."""
-    project = pyproject()
-    requirements = list(project["dependencies"])
-    for extra in extras:
-        requirements += project["optional-dependencies"][extra]
-    return {canonical(re.split(r"[\s\[<>=!~;@]", requirement, maxsplit=1)[0]) for requirement in requirements}
+    return {canonical(re.split(r"[\s\[<>=!~;@]", line, maxsplit=1)[0]) for line in requirements(extras)}
 
 
 def resolve(extras: list[str], constraints: list[str]) -> dict:
-    """pip's own resolution of `.[extras]` for this Python, installing nothing: the report of `pip install`."""
+    """pip's own resolution of pyproject.toml's requirements with these extras, for this Python, installing
+    nothing: the report of `pip install --dry-run`. The requirements are given as such, not as `.[extras]`, so
+    that no build of the project writes into the tree while another lock resolves beside it."""
     with tempfile.TemporaryDirectory() as scratch:
-        report, constraint_file = Path(scratch, "report.json"), Path(scratch, "constraints.txt")
+        report, listed = Path(scratch, "report.json"), Path(scratch, "requirements.txt")
+        constraint_file = Path(scratch, "constraints.txt")
+        listed.write_text("".join(line + "\n" for line in requirements(extras)))
         constraint_file.write_text("".join(line + "\n" for line in constraints))
         command = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet"]
         command += ["--disable-pip-version-check", "--report", str(report), "-c", str(constraint_file)]
-        done = subprocess.run([*command, f".[{','.join(extras)}]"], cwd=ROOT, capture_output=True, text=True)
+        done = subprocess.run([*command, "-r", str(listed)], cwd=ROOT, capture_output=True, text=True)
         if done.returncode != 0:
             raise LockError(
-                f"pip could not resolve .[{','.join(extras)}]: "
+                f"pip could not resolve pyproject.toml's requirements with extras {','.join(extras)}: "
                 + " ".join(line for line in done.stderr.splitlines() if not line.startswith("WARNING"))[-600:],
-                "fix the pins in pyproject.toml that pip names above (pip's full output: rerun with make lock)",
+                "change the pins in pyproject.toml that pip names, then make lock again",
             )
         return json.loads(report.read_text())
 
@@ -327,8 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     writer = commands.add_parser("write")
-    writer.add_argument("lock", type=Path)
-    writer.add_argument("extras")
+    writer.add_argument("locks", nargs="+", metavar="LOCK=EXTRAS", help="e.g. requirements/ray.lock=dev,ray")
     writer.add_argument("--upgrade", action="store_true", help="re-resolve every package, not only the new pins")
     for name in ("prepare", "sync", "check"):
         command = commands.add_parser(name)
@@ -339,7 +348,14 @@ def main(argv: list[str] | None = None) -> int:
     build = getattr(args, "build", None) or None
     try:
         if args.command == "write":
-            write(args.lock.resolve(), args.extras.split(","), args.upgrade)
+            # one pip resolution per lock, side by side: most of their time is spent waiting on the index
+            with ThreadPoolExecutor() as pool:
+                jobs = []
+                for item in args.locks:
+                    path, _, extras = item.partition("=")
+                    jobs.append(pool.submit(write, Path(path).resolve(), extras.split(","), args.upgrade))
+                for job in jobs:
+                    job.result()
             return 0
         lock = Lock.read(args.lock.resolve())
         if args.command == "prepare":
