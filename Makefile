@@ -49,7 +49,7 @@ install: $(call asked,default) ## Create .venv with exactly the locked packages 
 
 install-ray: $(call asked,ray) ## The same with the Ray launcher (hydra/launcher=ray); make install goes back
 
-lock: ## Resolve requirements/*.lock from pyproject.toml after a pin changed (2-3 min; UPGRADE=1: all afresh)
+lock: ## Resolve requirements/*.lock from pyproject.toml after a pin changed (about 4 min; UPGRADE=1: all afresh)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) $(LOCKTOOL) write requirements/default.lock=dev,dashboard requirements/ray.lock=dev,dashboard,ray $(if $(UPGRADE),--upgrade)
 
