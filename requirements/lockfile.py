@@ -306,8 +306,9 @@ def differences(lock: Lock, present: dict[str, tuple[str, str]], build: str | No
 def check(lock: Lock, build: str | None) -> None:
     found = differences(lock, installed(), build)
     if found:
+        shown = "; ".join(found[:10]) + (f"; and {len(found) - 10} more" if len(found) > 10 else "")
         raise LockError(
-            f"the venv differs from {lock.name}: {'; '.join(found)}",
+            f"the venv differs from {lock.name}: {shown}",
             "make install (make lock first if pyproject.toml changed, and commit the lock)",
         )
     # --no-deps installs trust the lock to be whole: pip check confirms every installed requirement is met
