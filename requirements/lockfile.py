@@ -260,9 +260,9 @@ def probe_index(index: str, lock: Lock, build: str) -> None:
             )
 
 
-def uninstall(names: list[str]) -> None:
+def uninstall(names: list[str], why: str = "what the lock does not hold") -> None:
     if names:
-        print(f"removing what the lock does not hold: {' '.join(sorted(names))}", file=sys.stderr)
+        print(f"removing {why}: {' '.join(sorted(names))}", file=sys.stderr)
         command = [sys.executable, "-m", "pip", "uninstall", "--yes", "--quiet", "--disable-pip-version-check"]
         subprocess.run([*command, *names], check=True)
 
@@ -275,12 +275,12 @@ def prepare(lock: Lock, build: str | None, index: str) -> list[str]:
     present = installed()
     if build is None:
         stale = [name for name in ("torch", "torchvision") if name in present and name in lock.pins]
-        uninstall([present[name][0] for name in stale if present[name][1] != lock.pins[name][1]])
+        uninstall([present[name][0] for name in stale if present[name][1] != lock.pins[name][1]], "another torch build")
         return [f"{name}=={version}" for name, version in lock.pins.values()]
     check_build(build)
     probe_index(index, lock, build)
     if present.get("torch", ("", ""))[1] != build_pins(lock, build)["torch"]:
-        uninstall([present[name][0] for name in present if TORCH_STACK.match(name)])
+        uninstall([present[name][0] for name in present if TORCH_STACK.match(name)], "the torch build it replaces")
     return [f"{name}=={version}" for key, (name, version) in lock.pins.items() if not TORCH_STACK.match(key)]
 
 
@@ -320,7 +320,7 @@ def check(lock: Lock, build: str | None) -> None:
             f"the packages of {lock.name} do not fit together: {'; '.join(done.stdout.splitlines())}",
             "make lock (it resolves them with pip), then make install",
         )
-    label = f" (torch build {build}: its CUDA libraries come from PyTorch's index, not the lock)" if build else ""
+    label = f" (torch's {build} build from PyTorch's index, with the libraries it brings)" if build else ""
     print(f"the venv holds exactly {lock.name}{label}")
 
 
