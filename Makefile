@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-ray lock sweep table study run test lint bench up down dashboard clean
+.PHONY: help install install-ray sweep table study run test lint bench up down dashboard clean
 
 # .env (from .env.example) holds the MongoDB credentials and MONGO_URL; exported to every command.
 -include .env
@@ -49,6 +49,7 @@ install: $(call asked,default) ## Create .venv with exactly the locked packages 
 
 install-ray: $(call asked,ray) ## The same with the Ray launcher (hydra/launcher=ray); make install goes back
 
+.PHONY: lock
 lock: ## Resolve requirements/*.lock from pyproject.toml after a pin changed (about 4 min; UPGRADE=1: all afresh)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) $(LOCKTOOL) write requirements/default.lock=dev,dashboard requirements/ray.lock=dev,dashboard,ray $(if $(UPGRADE),--upgrade)
