@@ -3,7 +3,6 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-INSTALLED := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-ray sweep table study run test lint bench up down dashboard clean
@@ -15,15 +14,45 @@ export
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(firstword $(MAKEFILE_LIST)) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
-$(INSTALLED): pyproject.toml
+# Installs come from lock files (requirements/<lock>.lock: every package, transitive ones included, written by
+# make lock from pyproject.toml): default (extras dev, dashboard) or ray (dev, dashboard, ray). TORCH_CUDA=cu126
+# (or another build of PyTorch's index, README.md: Installation) takes torch and its CUDA libraries from
+# $(TORCH_INDEX)/<build> at the locked versions, for an NVIDIA driver too old for the locked CUDA 13.0 build.
+TORCH_CUDA ?=
+TORCH_INDEX ?= https://download.pytorch.org/whl
+LOCKS := requirements/default.lock requirements/ray.lock
+LOCKTOOL := requirements/lockfile.py
+PIP_INSTALL := $(PY) -m pip install --quiet --disable-pip-version-check
+# The stamp names what .venv holds: .installed-<lock>[-<torch build>]. make run, test, ... keep it (reinstalled
+# when pyproject.toml or a lock changes); make install and install-ray install what they are asked.
+asked = $(VENV)/.installed-$(1)$(if $(TORCH_CUDA),-$(TORCH_CUDA))
+INSTALLED := $(or $(firstword $(wildcard $(VENV)/.installed-*)),$(call asked,default))
+locked_version = $(shell sed -n 's/^$(1)==\([^+]*\).*/\1/p' requirements/default.lock)
+
+# $(call install_lock,LOCK,BUILD): .venv holds exactly requirements/LOCK.lock (pip freeze equals it, checked),
+# the project itself installed without dependencies; with BUILD, torch's stack from PyTorch's index for BUILD.
+define install_lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat -e '.[dev,dashboard]'
-	@touch $(INSTALLED)
+	@$(PY) $(LOCKTOOL) prepare requirements/$(1).lock $(2) --index $(TORCH_INDEX) > $(VENV)/lock-install.txt
+	@rm -f $(VENV)/.installed-* $(VENV)/.installed
+	$(PIP_INSTALL) --no-deps -r $(VENV)/lock-install.txt
+	$(if $(2),$(PIP_INSTALL) --index-url $(TORCH_INDEX)/$(2) torch==$(call locked_version,torch)+$(2) torchvision==$(call locked_version,torchvision)+$(2))
+	$(PIP_INSTALL) --no-deps --config-settings editable_mode=compat -e .
+	$(PY) $(LOCKTOOL) sync requirements/$(1).lock $(2)
+	@touch $@
+endef
 
-install: $(INSTALLED) ## Create .venv and install the project with pinned dependencies
+$(VENV)/.installed-%: pyproject.toml $(LOCKS) $(LOCKTOOL)
+	$(call install_lock,$(word 1,$(subst -, ,$*)),$(word 2,$(subst -, ,$*)))
 
-install-ray: $(INSTALLED) ## Add the Ray launcher (hydra/launcher=ray) to .venv
-	$(PY) -m pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat -e '.[dev,dashboard,ray]'
+install: $(call asked,default) ## Create .venv with exactly the locked packages (TORCH_CUDA=cu126: torch for an older driver)
+
+install-ray: $(call asked,ray) ## The same with the Ray launcher (hydra/launcher=ray); make install goes back
+
+.PHONY: lock
+lock: ## Resolve requirements/*.lock from pyproject.toml after a pin changed (about 4 min; UPGRADE=1: all afresh)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) $(LOCKTOOL) write requirements/default.lock=dev,dashboard requirements/ray.lock=dev,dashboard,ray $(if $(UPGRADE),--upgrade)
 
 sweep: $(INSTALLED) ## A small hyperopt TPE search on spheres (offline, a few minutes); re-run to resume
 	$(PY) -m runner -m search=quickstart
