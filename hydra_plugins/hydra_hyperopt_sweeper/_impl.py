@@ -1,8 +1,9 @@
-"""Hyperopt TPE sweeps over Hydra's launchers: search space, batches, failures, pruning, resume, warm start.
+"""Hyperopt TPE sweeps over Hydra's launchers: batches, failures, pruning, resume, warm start.
 
 Hyperopt has no ask/tell API, so the sweep drives `tpe.suggest` itself: rebuild TPE's history from the
 sweep's JSON record (runner/sweeps/state.py), suggest a batch, record it as running, run it through the
-configured launcher, record each outcome, repeat.
+configured launcher, record each outcome, repeat. The search space is parsed by runner/sweeps/search_space.py;
+which GPU a trial trains on is settled by runner/sweeps/devices.py (the sweeper hands out no device).
 """
 
 from __future__ import annotations
