@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from odeflow.errors import ConfigError, SolverError, UserError
 from runner.sweeps import devices
 from runner.sweeps.devices import (
     SWEEPER_PID_ENV,
@@ -188,3 +190,20 @@ def test_the_ray_presets_ask_one_gpu_per_trial(preset: str):
     # Read as files: Ray is an optional extra (make install-ray); test_launchers composes them when it is there.
     launcher = OmegaConf.load(CONF / "hydra" / "launcher" / f"{preset}.yaml")
     assert launcher.defaults == ["ray"] and launcher.ray.remote.num_gpus == 1
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConfigError("train.device", "cuda:1", "cuda:0 .. cuda:0"),
+        ConfigError("device", "cuda:3", "auto, cpu, cuda or cuda:N", "leave train.device=auto").within("train"),
+        UserError("no CUDA device is visible", "train.device=auto"),
+        SolverError("step size underflow"),
+    ],
+)
+def test_a_trials_error_crosses_from_a_joblib_worker_whole(error: UserError):
+    # A trial asking for a GPU its worker does not have raises a ConfigError there; joblib pickles it back to
+    # the sweeper, which records a failed trial. A ConfigError that cannot be rebuilt ended the whole sweep.
+    crossed = pickle.loads(pickle.dumps(error))
+    assert type(crossed) is type(error) and str(crossed) == str(error) and crossed.fix == error.fix
+    assert crossed.__dict__ == error.__dict__
