@@ -20,6 +20,19 @@ class UserError(Exception):
     def __str__(self) -> str:
         return f"{self.cause}\n  fix: {self.fix}" if self.fix else self.cause
 
+    def __reduce__(self) -> tuple:
+        # A sweep's trial in a joblib worker process raises these back to the sweeper through pickle, which by
+        # default calls the class with `args` alone: ConfigError's signature does not take them, and the whole
+        # sweep died of a trial's bad config. Rebuilt here from their attributes, without __init__.
+        return (_rebuilt, (type(self), self.args, self.__dict__))
+
+
+def _rebuilt(cls: type[UserError], args: tuple, attributes: dict) -> UserError:
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(attributes)
+    return error
+
 
 class ConfigError(UserError, ValueError):
     """A config value is invalid. `key` is a dotted config key; `within` adds the group prefix."""

@@ -23,12 +23,15 @@ def run_from_hydra(cfg) -> float:
 
     from runner.experiment.app import run_experiment
     from runner.experiment.summary import format_summary
+    from runner.sweeps.devices import bind_trial_gpu, release_cuda_memory
     from runner.sweeps.pruning import trial_pruner
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     trial = (hydra_cfg.job.num if cfg.get("sweep_trial") is None else cfg.sweep_trial) if multirun else None
     meta = {"sweep_id": cfg.sweep_id or Path(hydra_cfg.sweep.dir).name, "trial": trial} if multirun else {}
+    if multirun:  # before CUDA starts in this process: a joblib worker takes its GPU here (runner/sweeps/devices.py)
+        meta.update(bind_trial_gpu())
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra/")}
     try:
         pruner = (
@@ -49,6 +52,9 @@ def run_from_hydra(cfg) -> float:
         if multirun and "hyperopt" in str(hydra_cfg.sweeper.get("_target_", "")).lower():
             raise  # the hyperopt sweeper records the failure and goes on
         raise SystemExit(2) from None  # Hydra's basic sweeper would stop with a traceback; stop cleanly
+    finally:
+        if multirun:
+            release_cuda_memory()  # the worker's next trial starts with the GPU's memory free
     print(format_summary([summary]), flush=True)
     return float(summary[cfg.objective])
 

@@ -80,7 +80,7 @@ def check_overrides(argv: list[str]) -> None:
 
 def check_distribution_syntax(words: list[str]) -> None:
     """hyperopt's distribution names (loguniform(...)) belong in search configs; Hydra says only "Unknown function"."""
-    from hydra_plugins.hydra_hyperopt_sweeper._impl import DISTRIBUTIONS
+    from runner.sweeps.search_space import DISTRIBUTIONS
 
     for word in words:
         key, _, value = word.partition("=")

@@ -276,6 +276,19 @@ class Cluster:
 
         _wait("slurmdbd", registered, 60, self.root / "log" / "slurmdbd.log")
 
+    def restart_controller(self, timeout: float = 60) -> None:
+        """Stop slurmctld by its pid and start it again: it reads the nodes afresh from slurm.conf (after
+        `scontrol update NodeName=... Gres=gpu:0`, `scontrol reconfigure` shows the GPU back in sinfo, yet
+        refuses every job asking for it: "Requested node configuration is not available")."""
+        pid_file = self.root / "run" / "slurmctld.pid"
+        pid = int(pid_file.read_text().strip())
+        if pid > 1:  # 0 and -1 would signal a whole process group, or every process
+            os.kill(pid, signal.SIGTERM)
+            _wait("slurmctld to stop", lambda: not Path(f"/proc/{pid}").exists(), 30)
+        pid_file.unlink(missing_ok=True)
+        self._daemon("slurmctld", "slurmctld.pid", ["slurmctld", "-f", str(self.conf)])
+        _wait("the Slurm node", self._node_idle, timeout, self.root / "log" / "slurmctld.log")
+
     def _daemon(self, name: str, pid_file: str, command: list[str], user: str | None = None) -> None:
         """Start a daemon that forks into the background and writes its pid file; wait for the pid file."""
         path = pid_file if "/" in pid_file else f"run/{pid_file}"

@@ -1,8 +1,9 @@
-"""Hyperopt TPE sweeps over Hydra's launchers: search space, batches, failures, pruning, resume, warm start.
+"""Hyperopt TPE sweeps over Hydra's launchers: batches, failures, pruning, resume, warm start.
 
 Hyperopt has no ask/tell API, so the sweep drives `tpe.suggest` itself: rebuild TPE's history from the
 sweep's JSON record (runner/sweeps/state.py), suggest a batch, record it as running, run it through the
-configured launcher, record each outcome, repeat.
+configured launcher, record each outcome, repeat. The search space is parsed by runner/sweeps/search_space.py;
+which GPU a trial trains on is settled by runner/sweeps/devices.py (the sweeper hands out no device).
 """
 
 from __future__ import annotations
@@ -10,192 +11,33 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import sys
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import IntervalSweep, Override, Transformer
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from hyperopt import base, hp, space_eval, tpe
+from hyperopt import base, space_eval, tpe
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from odeflow.errors import UserError
 from odeflow.files import write_atomic
 from odeflow.objectives import OBJECTIVE_DIRECTIONS
 from odeflow.tables import text_table
 from runner.sweeps import state as sweep_state
+from runner.sweeps.devices import bind_workers_to_gpus
 from runner.sweeps.folder import SweepLock, free_sibling, refuse_new_sweep_over
 from runner.sweeps.pruning import EPOCH_METRIC, EVIDENCE_FILE, PrunerSettings
+from runner.sweeps.search_space import Parameter, SearchSpaceError, build_space, format_value
 from runner.sweeps.state import SweepRecord, TrialRecord
 
 logging.getLogger("hyperopt").setLevel(logging.WARNING)  # it logs every TPE step at INFO
 
 RESULTS_FILE = "optimization_results.yaml"
 DIRECTIONS = ("minimize", "maximize")
-
-
-class SearchSpaceError(UserError, ValueError):
-    """A search-space line or sweeper setting that cannot be used; the message names it and the valid forms."""
-
-
-# --- search space -------------------------------------------------------------------------------------
-
-
-def _parse_scalar(text: str) -> Any:
-    text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        return text[1:-1]
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("null", "none"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _log_bounds(name: str, low: float, high: float) -> tuple[float, float]:
-    if not 0 < low < high:
-        raise SearchSpaceError(f"{name}: log-scale bounds need 0 < low < high, got ({low}, {high})")
-    return math.log(low), math.log(high)
-
-
-def _bounds(name: str, low: float, high: float) -> tuple[float, float]:
-    if not low < high:
-        raise SearchSpaceError(f"{name}: bounds need low < high, got ({low}, {high})")
-    return low, high
-
-
-# name -> (number of arguments, builder(name, args) -> hyperopt expression). Log-scale bounds are given on
-# the natural scale (loguniform(1e-4, 1e-2)), unlike hyperopt's own API, which takes their logarithms.
-DISTRIBUTIONS: dict[str, tuple[int | None, Callable[[str, list], Any]]] = {
-    "choice": (None, lambda n, a: hp.choice(n, a)),
-    "uniform": (2, lambda n, a: hp.uniform(n, *_bounds(n, a[0], a[1]))),
-    "loguniform": (2, lambda n, a: hp.loguniform(n, *_log_bounds(n, a[0], a[1]))),
-    "quniform": (3, lambda n, a: hp.quniform(n, *_bounds(n, a[0], a[1]), a[2])),
-    "qloguniform": (3, lambda n, a: hp.qloguniform(n, *_log_bounds(n, a[0], a[1]), a[2])),
-    "normal": (2, lambda n, a: hp.normal(n, a[0], a[1])),
-    "qnormal": (3, lambda n, a: hp.qnormal(n, a[0], a[1], a[2])),
-    "lognormal": (2, lambda n, a: hp.lognormal(n, a[0], a[1])),
-    "randint": (2, lambda n, a: hp.randint(n, a[0], a[1])),
-}
-_CALL = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((.*)\)\s*$", re.S)
-
-
-@dataclass
-class Parameter:
-    """One searched parameter: its hyperopt expression, its distribution as written (`spec`: what a resumed
-    or warm-started sweep is compared on, and what the report reads its axes from), and its choices."""
-
-    name: str
-    expression: Any
-    spec: str
-    integer: bool = False
-    options: list | None = None  # choice: the values, whose index is what hyperopt records
-
-    def value(self, sampled: Any) -> Any:
-        return int(round(sampled)) if self.integer else sampled
-
-    def to_hyperopt(self, value: Any) -> Any:
-        """The value as hyperopt records it in a trial's `vals` (a choice: the option's index)."""
-        if self.options is None:
-            return value
-        if value not in self.options:
-            raise SearchSpaceError(
-                f"{self.name}={format_value(value)} of an earlier trial is not an option of {self.spec}"
-            )
-        return self.options.index(value)
-
-
-def _spec(function: str, args: list) -> str:
-    return f"{function}({', '.join(format_value(a) for a in args)})"
-
-
-def parse_line(name: str, spec: Any) -> Parameter | Any:
-    """`loguniform(1e-4, 1e-2)` -> Parameter; a value without a distribution -> that fixed value."""
-    if not isinstance(spec, str):
-        return spec
-    match = _CALL.match(spec)
-    if not match:
-        return _parse_scalar(spec)
-    function, body = match.group(1), match.group(2)
-    if function not in DISTRIBUTIONS:
-        raise SearchSpaceError(
-            f"{name}: unknown distribution {function!r} in {spec!r}; valid: {', '.join(DISTRIBUTIONS)}"
-        )
-    args = [_parse_scalar(a) for a in body.split(",")] if body.strip() else []
-    arity, build = DISTRIBUTIONS[function]
-    if (arity is not None and len(args) != arity) or not args:
-        raise SearchSpaceError(
-            f"{name}: {function} takes {arity or 'one or more'} arguments, got {len(args)} in {spec!r}"
-        )
-    if function != "choice" and not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
-        raise SearchSpaceError(f"{name}: {function} needs numbers, got {spec!r}")
-    integer = (
-        function in ("quniform", "qloguniform", "qnormal") and all(_is_int(a) for a in args)
-    ) or function == "randint"
-    return Parameter(name, build(name, args), _spec(function, args), integer, args if function == "choice" else None)
-
-
-def parse_override(override: Override) -> Parameter | Any:
-    """Hydra's sweep syntax on the command line: a,b,c / choice(...) / range(...) / interval(...) /
-    tag(log, interval(...)) for log scale / tag(int, interval(...)) for whole numbers (Hydra's interval is
-    always float)."""
-    name = override.get_key_element()
-    if not override.is_sweep_override():
-        return override.get_value_element_as_str()
-    if override.is_choice_sweep() or override.is_range_sweep():
-        options = list(override.sweep_iterator(transformer=Transformer.encode))
-        return Parameter(name, hp.choice(name, options), _spec("choice", options), options=options)
-    value = override.value()
-    assert isinstance(value, IntervalSweep)
-    low, high = value.start, value.end
-    if "log" in value.tags:
-        return Parameter(name, hp.loguniform(name, *_log_bounds(name, low, high)), _spec("loguniform", [low, high]))
-    if "int" in value.tags:
-        return Parameter(
-            name, hp.quniform(name, *_bounds(name, low, high), 1), _spec("quniform", [low, high, 1]), integer=True
-        )
-    return Parameter(name, hp.uniform(name, *_bounds(name, low, high)), _spec("uniform", [low, high]))
-
-
-def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"train": {"lr": ...}} -> {"train.lr": ...} (command-line additions arrive nested)."""
-    flat: dict[str, Any] = {}
-    for key, value in params.items():
-        full = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten_params(value, full + "."))
-        else:
-            flat[full] = value
-    return flat
-
-
-def build_space(params: dict[str, Any], arguments: list[str]) -> tuple[dict[str, Parameter], dict[str, Any]]:
-    """(searched parameters, fixed overrides) from config lines, then command-line overrides on top."""
-    entries: dict[str, Any] = {k: parse_line(k, v) for k, v in flatten_params(params).items()}
-    for override in OverridesParser.create().parse_overrides(arguments):
-        entries[override.get_key_element()] = parse_override(override)
-    searched = {k: v for k, v in entries.items() if isinstance(v, Parameter)}
-    fixed = {k: v for k, v in entries.items() if not isinstance(v, Parameter)}
-    return searched, fixed
 
 
 def suggest_batch(
@@ -214,33 +56,6 @@ def suggest_batch(
     for number in ids[len(docs) :]:
         docs += tpe.suggest([number], domain, history, seed(number), n_startup_jobs=n_startup_jobs)
     return docs
-
-
-def format_value(value: Any) -> str:
-    if isinstance(value, float):
-        return repr(value)
-    if value is None:
-        return "null"
-    return str(value)
-
-
-# --- devices ------------------------------------------------------------------------------------------
-
-
-def assign_devices(batch_size: int, device_count: int) -> list[str | None]:
-    """One GPU per trial of a batch, round-robin: no two trials share a GPU while batch_size <= device_count."""
-    if device_count < 2:
-        return [None] * batch_size
-    return [f"cuda:{i % device_count}" for i in range(batch_size)]
-
-
-def visible_gpus() -> int:
-    try:
-        import torch
-
-        return torch.cuda.device_count()
-    except Exception:  # no usable CUDA runtime
-        return 0
 
 
 # --- the sweep -------------------------------------------------------------------------------------
@@ -451,9 +266,10 @@ class HyperoptSweeperImpl(Sweeper):
         self.lock.name_owner(record.sweep_id)
         seeded = self._warm_start_trials(record, specs)
         self._settle_lost(record)
-        gpus = visible_gpus()
-        if gpus > 1 and self.n_jobs > gpus:
-            print(f"[hyperopt] n_jobs={self.n_jobs} > {gpus} GPUs: some trials of a batch will share a GPU", flush=True)
+        trial_device = str(fixed.get("train.device", self.config.train.device))
+        gpus = bind_workers_to_gpus(str(self.config.hydra.launcher._target_), trial_device, self.sweep_dir, self.n_jobs)
+        if gpus:
+            print(f"[hyperopt] {gpus}", flush=True)
         pruning = f"; pruner {self.pruner.kind}" if self.pruner.active else ""
         print(
             f"[hyperopt] sweep {record.sweep_id}: {self.direction} {self.objective} over {', '.join(searched)}; "
@@ -490,11 +306,9 @@ class HyperoptSweeperImpl(Sweeper):
             record.next_job = first_job + len(batch)
             record.save(self.sweep_dir)  # before launching: a crash now leaves these trials 'running'
             overrides = []
-            for trial, device in zip(batch, assign_devices(len(batch), gpus), strict=True):
+            for trial in batch:
                 line = [f"{k}={format_value(v)}" for k, v in {**fixed, **trial.params}.items()]
                 line += [f"sweep_id={record.sweep_id}", f"sweep_trial={trial.number}"]
-                if device is not None and "train.device" not in fixed:
-                    line.append(f"train.device={device}")
                 overrides.append(tuple(line))
             returns = self.launcher.launch(overrides, initial_job_idx=first_job)
             for trial, ret in zip(batch, returns, strict=True):

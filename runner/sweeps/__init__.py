@@ -1,1 +1,2 @@
-"""What a hyperopt sweep keeps and decides: trial pruning, the sweep's state file, the sweep report."""
+"""What a hyperopt sweep keeps and decides: its search space, each trial's GPU, trial pruning, the sweep's state
+file, the sweep report."""

@@ -50,7 +50,8 @@ def test_every_experiment_preset_composes_and_builds(name: str, runs_dir: Path):
 
 @pytest.mark.parametrize("name", options("search"))
 def test_every_search_preset_parses(name: str, runs_dir: Path):
-    from hydra_plugins.hydra_hyperopt_sweeper._impl import build_space, sweep_direction
+    from hydra_plugins.hydra_hyperopt_sweeper._impl import sweep_direction
+    from runner.sweeps.search_space import build_space
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=[f"search={name}", f"paths.runs={runs_dir}"], return_hydra_config=True)

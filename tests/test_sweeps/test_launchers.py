@@ -33,6 +33,7 @@ def test_slurm_cpu_launcher_config():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None, reason="make install-ray")
-def test_ray_cluster_launcher_config():
-    launcher = hydra_launcher("hydra/launcher=ray_cluster")
-    assert launcher.ray.init.address == "auto" and launcher.ray.remote.num_gpus == 1
+@pytest.mark.parametrize(("preset", "address"), [("ray_cluster", "auto"), ("ray_local", None)])
+def test_ray_launcher_configs_ask_one_gpu_per_trial(preset: str, address: str | None):
+    launcher = hydra_launcher(f"hydra/launcher={preset}")
+    assert launcher.ray.init.address == address and launcher.ray.remote.num_gpus == 1

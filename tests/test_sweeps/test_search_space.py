@@ -1,4 +1,4 @@
-"""Search-space lines and command-line sweep overrides -> hyperopt distributions; GPU assignment; discovery."""
+"""Search-space lines and command-line sweep overrides -> hyperopt distributions; discovery."""
 
 from __future__ import annotations
 
@@ -10,14 +10,8 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hyperopt.pyll import stochastic
 
-from hydra_plugins.hydra_hyperopt_sweeper._impl import (
-    Parameter,
-    SearchSpaceError,
-    assign_devices,
-    build_space,
-    parse_line,
-)
 from hydra_plugins.hydra_hyperopt_sweeper.hyperopt_sweeper import HyperoptSweeper
+from runner.sweeps.search_space import Parameter, SearchSpaceError, build_space, parse_line
 from tests.conftest import run_cli
 
 
@@ -115,14 +109,6 @@ def test_command_line_adds_and_replaces_parameters():
     assert distribution(searched["train.weight_decay"]) == "uniform"
     channels = samples(searched["model.channels"])
     assert all(isinstance(v, int) and 8 <= v <= 32 for v in channels)
-
-
-def test_gpu_assignment_gives_each_trial_its_own_gpu():
-    assert assign_devices(3, 0) == [None, None, None]
-    assert assign_devices(2, 1) == [None, None]  # one GPU: train.device=auto picks it
-    assert assign_devices(4, 4) == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
-    assert len(set(assign_devices(3, 8))) == 3
-    assert assign_devices(3, 2) == ["cuda:0", "cuda:1", "cuda:0"]  # more trials than GPUs: round-robin
 
 
 def test_plugin_is_discovered():

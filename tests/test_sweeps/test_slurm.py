@@ -171,7 +171,7 @@ def test_requests_the_partition_can_never_satisfy_are_refused_before_any_trial(c
     try:
         refused = sweep(cluster, runs_dir, tmp_path / "gpu", "hydra/launcher=slurm", "hydra.sweeper.n_trials=2")
     finally:
-        cluster.command("scontrol", "reconfigure")  # the fake GPU back, from slurm.conf
+        cluster.restart_controller()  # the fake GPU back, from slurm.conf, and usable by the next tests' jobs
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert f"hydra.launcher.gpus_per_node=1: partition {PARTITION} offers no GPUs" in refused.stderr
     assert "hydra/launcher=slurm_cpu" in refused.stderr
@@ -234,6 +234,21 @@ def test_a_sweep_runs_its_trials_as_slurm_array_jobs_prunes_across_them_and_resu
     report = run_cli(["sweep-report", str(sweep_dir)], runs_dir)
     assert report.returncode == 0, report.stderr[-2000:]
     assert (sweep_dir / "report" / "report.md").exists()
+
+
+def test_a_gpu_trial_trains_on_the_gpu_slurm_gave_it_not_one_the_submitter_counted(cluster, runs_dir, tmp_path):
+    # The submitter names four GPUs of its own; the node offers one (fake) GPU, which Slurm hands each trial.
+    sweep_dir = tmp_path / "sweep"
+    gpu_preset = ["hydra/launcher=slurm", "train.max_epochs=1", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2"]
+    proc = sweep(cluster, runs_dir, sweep_dir, *gpu_preset, env={"CUDA_VISIBLE_DEVICES": "0,1,2,3"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    store = {str(r.id): r for r in read_file_store(runs_dir / "store")}
+    trials = [store[str(t["run_id"])] for t in results(sweep_dir)["trials"]]
+    assert len(trials) == 2
+    for run in trials:
+        assert run.config["train"]["device"] == "auto"  # no cuda:N from the submitter
+        assert run.meta["cuda_visible_devices"] == "0" and "gpu_slot" not in run.meta  # what Slurm set, as cuda:0
+        assert run.info["slurm"]["node"] == cluster_node(cluster)
 
 
 def test_cancelled_and_timed_out_trial_jobs_are_failed_trials_naming_the_cause(cluster, runs_dir, tmp_path):

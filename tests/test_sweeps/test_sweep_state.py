@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from hyperopt import base, space_eval
 
-from hydra_plugins.hydra_hyperopt_sweeper._impl import build_space, failure_rate_exceeded, suggest_batch, tpe_history
+from hydra_plugins.hydra_hyperopt_sweeper._impl import failure_rate_exceeded, suggest_batch, tpe_history
 from odeflow.errors import UserError
 from runner.sweeps import state as sweep_state
+from runner.sweeps.search_space import build_space
 from runner.sweeps.state import SweepRecord, TrialRecord, describe_change
 
 FIXTURES = Path(__file__).parent / "fixtures"
