@@ -24,6 +24,7 @@ COLUMNS = [
     ("train_mem_mb", "train MB", "{:.0f}"),
     ("saved_mb", "saved MB", "{:.1f}"),
     ("adapted", "adapted h/tol", "{:.4g}"),
+    ("device", "device", "{}"),
 ]
 
 
