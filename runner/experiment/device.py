@@ -231,7 +231,7 @@ def nondeterministic_ops() -> Iterator[list[str]]:
     ran; those warnings are not printed (the run prints one line naming them), every other warning is."""
     found: list[str] = []
     with warnings.catch_warnings():
-        # every time, not once per code location: a second run in the same process (a sweep's worker) sees them too
+        # shown to `capture` every time, even where the user ignores warnings (PYTHONWARNINGS=ignore)
         warnings.filterwarnings("always", message=NONDETERMINISTIC_WARNING.pattern, category=UserWarning)
         show = warnings.showwarning
 
