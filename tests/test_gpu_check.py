@@ -37,3 +37,18 @@ def test_without_a_gpu_it_says_so_in_one_line_and_passes_and_fails_on_a_gpu_torc
     unusable = gpu_check({"CUDA_VISIBLE_DEVICES": None, "PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"})
     lines = unusable.stdout.splitlines()
     assert unusable.returncode == 1 and len(lines) == 1 and "NVIDIA H100 80GB HBM3" in lines[0] and "fix:" in lines[0]
+
+
+def test_the_cpu_suite_pins_the_cpu_for_itself_and_every_process_it_starts():
+    # tests/conftest.py: on a GPU machine the command-line tests must still train on the CPU they test
+    seen = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, torch; print(repr(os.environ['CUDA_VISIBLE_DEVICES']), torch.cuda.is_available())",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == "" and seen.stdout.split() == ["''", "False"], seen.stderr
