@@ -32,20 +32,24 @@ sys.path.insert(0, str(ROOT))
 from runner.experiment.device import gpus_hidden, torch_build, visible_gpus, why_unusable  # noqa: E402
 from runner.tracking.runstore import read_file_store  # noqa: E402
 
+DEVICE = "cuda"  # what is checked (a dry run of the script itself on a machine without a GPU can set "cpu")
+# digits (offline) with the quickstart's learning rate; the simple models keep the 8x8 images whole (stride 1)
 QUICK = [
-    "experiment=quickstart",
-    "model.channels=16",
+    "data=digits",
+    "solver=dopri5",
+    "train.lr=3e-3",
     "train.max_epochs=2",
-    "train.device=cuda",
+    f"train.device={DEVICE}",
     "train.progress=false",
 ]
-MODELS = {  # model -> extra overrides (odenet_state takes vectors: the spheres)
-    "odenet_simple": [],
-    "odenet_complex": [],
-    "resnet_simple_small": [],
-    "resnet_simple_large": [],
-    "resnet_complex": [],
-    "odenet_state": ["data=spheres"],
+SIMPLE = ["model=odenet_simple", "model.stride=1"]
+MODELS = {  # model -> its overrides (odenet_state takes vectors: the spheres)
+    "odenet_simple": SIMPLE,
+    "odenet_complex": ["model=odenet_complex"],
+    "resnet_simple_small": ["model=resnet_simple_small", "model.stride=1"],
+    "resnet_simple_large": ["model=resnet_simple_large", "model.stride=1"],
+    "resnet_complex": ["model=resnet_complex"],
+    "odenet_state": ["model=odenet_state", "data=spheres"],
 }
 GRADIENTS = [("direct", "fused"), ("direct", "torchdiffeq"), ("adjoint", "fused"), ("adjoint", "torchdiffeq")]
 GRADIENTS += [("checkpoint", "fused")]  # checkpointing is the fused solver's alone
@@ -110,7 +114,7 @@ def finished(record, done: subprocess.CompletedProcess) -> tuple[bool, str]:
         return False, last_line(done)
     cost, test = record.info.get("cost") or {}, record.info.get("test") or {}
     on = (record.info.get("device_info") or {}).get("gpu") or record.info.get("device")
-    return record.info.get("device", "").startswith("cuda"), (
+    return record.info.get("device", "").startswith(DEVICE), (
         f"run {record.id} on {on}: test acc {test.get('test.acc', float('nan')):.3f}, "
         f"{cost.get('epoch_time', float('nan')):.2f} s/epoch"
     )
@@ -121,7 +125,7 @@ def check_models(check: Check) -> dict[str, int]:
     for model, extra in MODELS.items():
 
         def run(model=model, extra=extra) -> tuple[bool, str]:
-            record, done = check.train([*QUICK, f"model={model}", *extra])
+            record, done = check.train([*QUICK, *extra])
             if record is not None:
                 ids[model] = record.id
             return finished(record, done)
@@ -134,9 +138,7 @@ def check_gradients(check: Check) -> None:
     for gradient, backend in GRADIENTS:
 
         def run(gradient=gradient, backend=backend) -> tuple[bool, str]:
-            record, done = check.train(
-                [*QUICK, "model=odenet_simple", f"solver.gradient={gradient}", f"solver.backend={backend}"]
-            )
+            record, done = check.train([*QUICK, *SIMPLE, f"solver.gradient={gradient}", f"solver.backend={backend}"])
             ok, detail = finished(record, done)
             if ok and gradient != "direct":
                 detail += f", BNFE {(record.info.get('cost') or {}).get('bnfe')}"
@@ -151,12 +153,13 @@ def check_reproduce(check: Check, run_id: int) -> None:
         verdict = [line for line in done.stdout.splitlines() if line.startswith(("MATCH", "MISMATCH", "  why"))]
         return done.returncode == 0 and bool(verdict), " ".join(verdict)[:200] or last_line(done)
 
-    check.row("reproduce", f"run {run_id} on cuda", run)
+    check.row("reproduce", f"run {run_id} on {DEVICE}", run)
 
 
 def check_resume(check: Check) -> None:
     def run() -> tuple[bool, str]:
-        args = [*QUICK, "model=odenet_simple", "train.max_epochs=4", "train.patience=10"]
+        quick = [a for a in QUICK if not a.startswith(("train.progress=", "train.max_epochs="))]
+        args = [*quick, *SIMPLE, "train.max_epochs=6", "train.patience=10", "train.progress=true"]  # epoch lines
         victim = subprocess.Popen(
             [sys.executable, "-m", "runner", *args],
             cwd=ROOT, env=check.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -176,7 +179,7 @@ def check_resume(check: Check) -> None:
         done = check.cli(["resume", str(killed.id)])
         resumed = max(check.records().values(), key=lambda r: r.id)
         steps = resumed.metrics.get("val.loss", {}).get("steps", [])
-        ok = done.returncode == 0 and resumed.status == "COMPLETED" and steps == [1, 2, 3, 4]
+        ok = done.returncode == 0 and resumed.status == "COMPLETED" and steps == [1, 2, 3, 4, 5, 6]
         return ok, f"run {killed.id} killed after epoch 2, resumed as run {resumed.id}: epochs {steps}"
 
     check.row("resume", "SIGKILL after epoch 2", run)
@@ -184,27 +187,27 @@ def check_resume(check: Check) -> None:
 
 def check_reevaluation(check: Check, run_id: int) -> None:
     def run() -> tuple[bool, str]:
-        results = {}
-        for device in ("cuda", "cpu"):
+        results = []
+        for device in (DEVICE, "cpu"):
             done = check.cli(["reevaluate", str(run_id), "--device", device, "--grid", "rk4:0.25", "dopri5:1e-3"])
             if done.returncode != 0:
                 return False, f"{device}: {last_line(done)}"
             record = max(check.records().values(), key=lambda r: r.id)
-            results[device] = record.info["reevaluation"]
-        pairs = list(zip(results["cuda"], results["cpu"], strict=True))
+            results.append(record.info["reevaluation"])
+        pairs = list(zip(*results, strict=True))
         loss = max(abs(a["loss"] - b["loss"]) for a, b in pairs)
         accuracy = max(abs(a["accuracy"] - b["accuracy"]) for a, b in pairs)
         ok = loss < 1e-3 and accuracy <= 0.01
-        return ok, f"{len(pairs)} solver settings: max |loss cuda - cpu| {loss:.2e}, max |acc diff| {accuracy:.4f}"
+        return ok, f"{len(pairs)} solver settings: max |loss {DEVICE} - cpu| {loss:.2e}, max |acc diff| {accuracy:.4f}"
 
-    check.row("reevaluate", f"run {run_id}: cuda vs cpu", run)
+    check.row("reevaluate", f"run {run_id}: {DEVICE} vs cpu", run)
 
 
 def check_out_of_memory(check: Check) -> None:
     def run() -> tuple[bool, str]:
         total_gb = torch.cuda.get_device_properties(0).total_memory / 2**30
         record, done = check.train(
-            [*QUICK, "model=odenet_simple", "model.channels=8192", "data.batch_size=1024", "train.max_epochs=1"]
+            [*QUICK, *SIMPLE, "model.channels=8192", "data.batch_size=1024", "train.max_epochs=1"]
         )
         status = record.status if record is not None else "not recorded"
         said = last_line(done)

@@ -120,9 +120,10 @@ def show_run(r: RunRecord) -> str:
 
 
 def device_label(info: dict[str, Any]) -> str:
-    """One line: `cuda:0 NVIDIA H100 80GB HBM3 (81559 MB), driver 535.104.05, CUDA 12.2, cuDNN 9.1.0, torch ...`."""
+    """One line: `cuda:0 NVIDIA H100 80GB HBM3 (81559 MB), driver 535.104.05, CUDA 12.2, cuDNN 9.1.0, torch ...`
+    (a run logged before the device was recorded: its device's name alone)."""
     if not info.get("gpu"):
-        return f"{info.get('device', '?')}, torch {info.get('torch', '?')}"
+        return f"{info.get('device', '?')}" + (f", torch {info['torch']}" if info.get("torch") else "")
     return (
         f"cuda:{info.get('gpu_index')} {info['gpu']} ({info.get('gpu_memory_mb')} MB), driver {info.get('driver')}, "
         f"CUDA runtime {info.get('cuda_runtime')}, cuDNN {info.get('cudnn')}, torch {info.get('torch')} "

@@ -177,6 +177,7 @@ def test_a_cuda_record_is_shown_with_its_gpu_driver_and_versions():
     )
     assert lines[2] == "nondeterministic operations: adaptive_avg_pool2d_backward_cuda"
     assert table_fields({"info": info}, {})["device"] == "cuda NVIDIA H100 80GB HBM3"
+    assert browse.device_lines({"device": "cuda:1"}) == ["", "device: cuda:1"]  # logged before device_info
 
 
 @pytest.fixture
