@@ -64,6 +64,10 @@ TEST_WORKERS ?= 2
 test: $(INSTALLED) ## Run the default test suite (offline, CPU; starts its own database server, Omniboard and Chromium)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
+.PHONY: gpu-check
+gpu-check: $(INSTALLED) ## Smoke-check the GPU path: models, gradients, reproduce, resume, re-evaluation, OOM, fused vs torchdiffeq (~5 min on one GPU; without one it says so and exits 0)
+	$(PY) bench/gpu_check.py
+
 lint: $(INSTALLED) ## Check the code with ruff (lint rules and formatting; CI runs it before the tests; ruff format . fixes the layout)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

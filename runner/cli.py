@@ -191,13 +191,18 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from runner.experiment.app import run_experiment
     from runner.research.rerun import (
         check_environment,
+        check_rerun_device,
         config_from_record,
+        device_override,
         format_comparison,
         metric_comparison,
         new_output_dir,
+        nondeterminism_note,
     )
 
     record, cfg, store = _one_run(args)
+    config = config_from_record(record, cfg, device_override(_split(args.words)[1]))
+    check_rerun_device(record, config, "reproduce")
     differences = check_environment(record, args.strict)
     out_dir = new_output_dir(Path(cfg.paths.runs), "reproduce")
     meta = {
@@ -205,7 +210,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         "reproduces_uid": record.meta.get("run_uid"),
         "environment_differences": differences,
     }
-    summary = run_experiment(config_from_record(record, cfg), out_dir, record.choices, meta)
+    summary = run_experiment(config, out_dir, record.choices, meta)
     reproduced = next(r for r in read_records(store) if r.id == summary["run_id"])
     rows, worst = metric_comparison(record, reproduced)
     print(f"\nrun {record.id} reproduced as run {summary['run_id']}:\n{format_comparison(rows)}")
@@ -213,12 +218,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     print(
         f"{'MATCH' if matches else 'MISMATCH'}: largest per-epoch difference {worst:.3g} (tolerance {args.tolerance:g})"
     )
+    if not matches and (note := nondeterminism_note(record, reproduced)):
+        print(f"  why it can differ: {note}")
     return 0 if matches else 1
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from runner.experiment.app import run_experiment
-    from runner.research.rerun import config_from_record, load_training_state
+    from runner.research.rerun import check_rerun_device, config_from_record, device_override, load_training_state
 
     record, cfg, _ = _one_run(args)
     if record.status == "COMPLETED":
@@ -228,6 +235,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
             f"to train it again use: python -m runner reproduce {record.id}",
         )
     describe_unfinished(record)
+    config = config_from_record(record, cfg, device_override(_split(args.words)[1]))
+    check_rerun_device(record, config, "resume")
     state, out_dir = load_training_state(record)
     print(f"resuming run {record.id} after epoch {state['epoch']} (from {out_dir / 'last_checkpoint.pt'})", flush=True)
     meta = {
@@ -236,7 +245,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         "resumed_after_epoch": state["epoch"],
         **{k: v for k, v in record.meta.items() if k in ("sweep_id", "trial")},
     }
-    summary = run_experiment(config_from_record(record, cfg), out_dir, record.choices, meta, resume=state)
+    summary = run_experiment(config, out_dir, record.choices, meta, resume=state)
     print(
         f"run {record.id} continued as run {summary['run_id']}: epochs 1-{summary['epochs']}, "
         f"test acc {summary['test_acc']:.4f}"

@@ -1,4 +1,9 @@
-"""Shared fixtures: Hydra compose on the real config tree, CPU-only, runs written under tmp_path."""
+"""Shared fixtures: Hydra compose on the real config tree, CPU-only, runs written under tmp_path.
+
+The CPU suite pins the CPU for itself and every process it starts (CUDA_VISIBLE_DEVICES=''), so on a GPU
+machine its command-line runs still test what they say; the `gpu` tests (tests/gpu) run as a suite of their
+own, `pytest -m gpu`, and are skipped where torch has no usable CUDA.
+"""
 
 from __future__ import annotations
 
@@ -24,10 +29,11 @@ def compose_config(overrides: list[str], runs_dir: Path) -> DictConfig:
 
 
 def run_cli(
-    args: list[str], runs_dir: Path, timeout: float = 600, env: dict[str, str] | None = None
+    args: list[str], runs_dir: Path, timeout: float = 600, env: dict[str, str | None] | None = None
 ) -> subprocess.CompletedProcess:
-    """`python -m runner <args>` in a subprocess, the way a user runs it (`env` adds to the environment)."""
-    env = {**os.environ, "ODEFLOW_RUNS": str(runs_dir), **(env or {})}
+    """`python -m runner <args>` in a subprocess, the way a user runs it (`env` adds to the environment; a None
+    value removes that variable)."""
+    env = {k: v for k, v in {**os.environ, "ODEFLOW_RUNS": str(runs_dir), **(env or {})}.items() if v is not None}
     return subprocess.run(
         [sys.executable, "-m", "runner", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -55,6 +61,18 @@ LONG_FILES_FIRST = [
 ]
 
 
+@pytest.hookimpl(trylast=True)  # after `-m` has deselected: only the tests that will run are seen
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     rank = {path: i for i, path in enumerate(LONG_FILES_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest as collected
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if len(gpu_tests) < len(items):
+        # CPU tests will run: hide the GPUs before anything initialises CUDA, in this process and those it starts
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        reason = "the CPU suite hides the GPUs (CUDA_VISIBLE_DEVICES=''): run the GPU suite on its own, pytest -m gpu"
+    else:
+        import torch
+
+        reason = None if torch.cuda.is_available() else "needs CUDA: torch sees no usable GPU here"
+    for item in gpu_tests if reason else []:
+        item.add_marker(pytest.mark.skip(reason=reason))

@@ -21,17 +21,12 @@ from runner.experiment.adaptation import AdaptationSettings, SolverAdapter
 from runner.experiment.adjoint_check import adjoint_gradient_check
 from runner.experiment.adjoint_check import describe as describe_adjoint_check
 from runner.experiment.checkpoint import model_recipe
+from runner.experiment.device import device_recorded, resolve_device
 from runner.experiment.factories import instantiate_group, to_plain
 from runner.experiment.memory import describe_peak, named_phase
 from runner.experiment.parameter_path import ParameterPath
 from runner.experiment.precision import apply_precision
-from runner.experiment.settings import (
-    check_seed,
-    configure_threads,
-    resolve_device,
-    reuse_freed_host_memory,
-    seed_everything,
-)
+from runner.experiment.settings import check_seed, configure_threads, reuse_freed_host_memory, seed_everything
 from runner.experiment.slurm_job import slurm_job_info
 from runner.experiment.trajectories import trace_trajectories
 from runner.tracking.masking import mask_secrets
@@ -101,7 +96,10 @@ def run_experiment(
     later_figures = bool((meta or {}).get("sweep_id")) and isinstance(store, FileStore)
 
     def body(run: RunLog) -> float:
-        run.set_info("device", str(device))
+        with device_recorded(run, device, settings.deterministic) as outcome["determinism"]:
+            return train_and_test(run)
+
+    def train_and_test(run: RunLog) -> float:
         run.set_info("precision", numerics)
         if (slurm := slurm_job_info()) is not None:
             run.set_info("slurm", slurm)  # the runs browser's and the dashboard's slurm job column
@@ -244,6 +242,8 @@ def run_experiment(
         "adapted": (fit_result.adaptation or {}).get("at_best_epoch"),
         "adapt_changes": (fit_result.adaptation or {}).get("changes"),
         "adapt_check_share": (fit_result.adaptation or {}).get("check_share"),
+        "device": str(device),
+        "nondeterministic_ops": outcome["determinism"]["nondeterministic_ops"],
     }
     write_atomic(out_dir / "result.json", json.dumps(summary, indent=2))  # a sweep reads it: whole or absent
     if later_figures:

@@ -1,19 +1,18 @@
-"""Typed settings built from the `train` config group, and the device and seeding they imply."""
+"""Typed settings built from the `train` config group, and the seeding they imply (the device: device.py)."""
 
 from __future__ import annotations
 
 import ctypes
-import os
 import platform
 import random
 import re
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from odeflow.errors import ConfigError, check_choice, check_positive
+from runner.experiment.device import configure_kernels
 from runner.experiment.precision import PRECISIONS
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
@@ -89,19 +88,6 @@ def make_optimizer(settings: TrainSettings, params) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=settings.momentum)
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` is CUDA when available, else CPU; asking for CUDA without it is a config error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError("train.device", name, "auto or cpu: no CUDA device is visible on this machine")
-        index = torch.device(name).index or 0
-        if index >= torch.cuda.device_count():
-            raise ConfigError("train.device", name, f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
-    return torch.device(name)
-
-
 def configure_threads(num_threads: int | None) -> None:
     """CPU threads for torch; parallel trials on one machine should split the cores between them."""
     if num_threads is not None:
@@ -136,26 +122,10 @@ def reuse_freed_host_memory(enabled: bool) -> bool:
     )
 
 
-def _use_deterministic_kernels() -> None:
-    """`torch.use_deterministic_algorithms(True, warn_only=True)` without its import of torch._inductor's config.
-
-    That import costs about 1.8 s of every run's start (a third of a short trial's); the config's flag only
-    matters to code compiled with inductor, which no run compiles. Where inductor is already loaded, or torch
-    lacks the kernel-flag call, the public function is used as it is.
-    """
-    set_flag = getattr(torch._C, "_set_deterministic_algorithms", None)
-    if set_flag is None or "torch._inductor.config" in sys.modules:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    else:
-        set_flag(True, warn_only=True)
-
-
 def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed Python, NumPy and torch; with `deterministic`, make torch pick deterministic kernels."""
+    """Seed Python, NumPy and torch; with `deterministic`, make torch pick deterministic kernels, without it
+    the fastest ones (cuDNN's autotuner): see runner.experiment.device.configure_kernels."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        _use_deterministic_kernels()
-        torch.backends.cudnn.benchmark = False
+    configure_kernels(deterministic)

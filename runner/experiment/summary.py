@@ -27,6 +27,7 @@ COLUMNS = [
     ("train_cuda_added_mb", "train CUDA added MB", "{:.0f}"),
     ("saved_mb", "saved MB", "{:.1f}"),
     ("adapted", "adapted h/tol", "{:.4g}"),
+    ("device", "device", "{}"),
 ]
 
 

@@ -209,8 +209,8 @@ def reevaluate_run(
     """
     from runner.experiment.adaptation import adapted_solver
     from runner.experiment.checkpoint import load_checkpoint
+    from runner.experiment.device import resolve_device
     from runner.experiment.factories import instantiate_group, to_plain
-    from runner.experiment.settings import resolve_device
     from runner.research.rerun import new_output_dir
     from runner.tracking.masking import mask_secrets
     from runner.tracking.runstore import artifact_ref, fetch_artifact

@@ -18,14 +18,76 @@ TIMING_METRICS = ("epoch.time", "adaptation.check_share")  # wall-clock metrics 
 MEMORY_PREFIX = "mem."  # peak memory depends on the process and the allocator's history, not only on the run
 
 
-def config_from_record(record: RunRecord, current: DictConfig) -> DictConfig:
-    """The logged config, with where runs and data live taken from the current config (`current`)."""
+def config_from_record(record: RunRecord, current: DictConfig, device: str | None = None) -> DictConfig:
+    """The logged config, with where runs and data live taken from the current config (`current`), and the
+    training device replaced by `device` (a `train.device=...` on the command line) when it is given."""
     if not record.config:
         raise UserError(f"run {record.id} has no logged config", "pick a run made by python -m runner (runs list)")
     config = current_targets(dict(record.config))
     config["tracking"] = OmegaConf.to_container(current.tracking, resolve=True)
     config["paths"] = OmegaConf.to_container(current.paths, resolve=True)
+    if device is not None:
+        config["train"] = {**(config.get("train") or {}), "device": device}
     return OmegaConf.create(config)
+
+
+DEVICE_OVERRIDE = "train.device="
+
+
+def device_override(overrides: list[str]) -> str | None:
+    """The `train.device=...` among a rerun's command-line overrides (the one training key a rerun takes)."""
+    values = [
+        o.removeprefix("+").removeprefix(DEVICE_OVERRIDE)
+        for o in overrides
+        if o.lstrip("+").startswith(DEVICE_OVERRIDE)
+    ]
+    return values[-1] if values else None
+
+
+def check_rerun_device(record: RunRecord, config: DictConfig, command: str) -> None:
+    """Refuse before anything starts when the device the rerun would train on is not on this machine, naming the
+    override that picks one that is; say so when it is another kind of device than the logged run's."""
+    from runner.experiment.device import resolve_device
+
+    name = str(config.train.device)
+    try:
+        device = resolve_device(name, warn=False)
+    except UserError as exc:
+        raise UserError(
+            f"run {record.id} would train on train.device={name}, which this machine does not have: {exc.cause}",
+            f"pick a device here: python -m runner {command} {record.id} train.device=cpu (or auto, or cuda:N)",
+        ) from None
+    logged = str(record.info.get("device") or "")
+    if logged and torch_device_type(logged) != device.type:
+        print(
+            f"note: run {record.id} trained on {logged}, this one trains on {device}: floating-point results "
+            "differ between devices, so metrics may not match to the last digit",
+            flush=True,
+        )
+
+
+def torch_device_type(name: str) -> str:
+    return name.split(":")[0]
+
+
+def nondeterminism_note(original: RunRecord, reproduced: RunRecord) -> str | None:
+    """Why a reproduction can differ by itself: the operations either run had no deterministic kernel for, or
+    kernels that were not asked to be deterministic; None when both ran deterministic kernels throughout."""
+    reasons = []
+    for label, record in (("the original", original), ("the reproduction", reproduced)):
+        determinism = record.info.get("determinism") or {}
+        device = record.info.get("device", "?")
+        if determinism.get("nondeterministic_ops"):
+            reasons.append(
+                f"{label} (on {device}) ran operations without a deterministic kernel: "
+                + ", ".join(determinism["nondeterministic_ops"])
+            )
+        elif determinism.get("requested") is False or (record.config.get("train") or {}).get("deterministic") is False:
+            reasons.append(f"{label} (on {device}) ran with train.deterministic=false")
+    devices = {str(r.info.get("device")) for r in (original, reproduced) if r.info.get("device")}
+    if len({torch_device_type(d) for d in devices}) > 1:
+        reasons.append("they ran on different devices: " + " and ".join(sorted(devices)))
+    return "; ".join(reasons) if reasons else None
 
 
 def installed_versions() -> dict[str, str]:

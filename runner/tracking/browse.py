@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -111,11 +112,38 @@ def show_run(r: RunRecord) -> str:
             "",
             f"slurm: job {slurm.get('job_id')} on node {slurm.get('node')}, partition {slurm.get('partition')}",
         ]
+    lines += device_lines(r.info)
     if r.info.get("parameters"):
         lines += ["", "parameters: " + ", ".join(f"{k} {v:,}" for k, v in r.info["parameters"].items())]
     lines += ["", "artifacts: " + (", ".join(r.artifacts) or "-"), "", "config:"]
     lines += ["  " + line for line in json.dumps(r.config, indent=2, default=str).splitlines()]
     return "\n".join(lines)
+
+
+def device_label(info: dict[str, Any]) -> str:
+    """One line: `cuda:0 NVIDIA H100 80GB HBM3 (81559 MB), driver 535.104.05, CUDA 12.2, cuDNN 9.1.0, torch ...`
+    (a run logged before the device was recorded: its device's name alone)."""
+    if not info.get("gpu"):
+        return f"{info.get('device', '?')}" + (f", torch {info['torch']}" if info.get("torch") else "")
+    return (
+        f"cuda:{info.get('gpu_index')} {info['gpu']} ({info.get('gpu_memory_mb')} MB), driver {info.get('driver')}, "
+        f"CUDA runtime {info.get('cuda_runtime')}, cuDNN {info.get('cudnn')}, torch {info.get('torch')} "
+        f"(CUDA {info.get('torch_cuda')})"
+    )
+
+
+def device_lines(info: dict[str, Any]) -> list[str]:
+    """The device a run trained on (runs logged before it was recorded: the device name alone) and the operations
+    that had no deterministic kernel there."""
+    if not info.get("device"):
+        return []
+    lines = ["", "device: " + device_label(info.get("device_info") or {"device": info["device"]})]
+    determinism = info.get("determinism") or {}
+    if determinism.get("nondeterministic_ops"):
+        lines.append("nondeterministic operations: " + ", ".join(determinism["nondeterministic_ops"]))
+    elif "requested" in determinism:
+        lines.append("kernels: " + ("deterministic" if determinism["requested"] else "fastest (cudnn.benchmark)"))
+    return lines
 
 
 def compare_runs(records: list[RunRecord]) -> str:

@@ -94,6 +94,7 @@ def table_fields(entry: dict[str, Any], best: dict[str, float]) -> dict[str, Any
         "pruned after epoch": (info.get("pruned") or {}).get("epoch"),
         "adapted h/tol": (info.get("adaptation") or {}).get("at_best_epoch"),
         "slurm job": (info.get("slurm") or {}).get("job_id"),
+        "device": " ".join(filter(None, [info.get("device"), (info.get("device_info") or {}).get("gpu")])) or None,
     }
 
 
