@@ -469,8 +469,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _glued_values(argv: list[str]) -> list[str]:
+    """`--sort -metrics.val.acc`: a value starting with '-' that argparse would take for an option, glued on."""
+    glued: list[str] = []
+    for word in argv:
+        if glued and glued[-1] in ("--sort", "--columns", "--where") and word.startswith("-"):
+            glued[-1] = f"{glued[-1]}={word}"
+        else:
+            glued.append(word)
+    return glued
+
+
 def main(argv: list[str]) -> int:
     parser = build_parser()
+    argv = _glued_values(argv)
     # Run ids may follow options (`plot val.acc --out f.png 1 2`); argparse leaves those over.
     args, extra = parser.parse_known_args(argv)
     unknown = [e for e in extra if e.startswith("-")]

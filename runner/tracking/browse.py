@@ -96,7 +96,7 @@ def format_rows(rows: list[dict], dead: list, extra_columns: list[str] | None = 
 
 def footer(shown: int, total: int, offset: int, store_size: int, filtered: bool) -> str:
     """How many runs matched, and how to see the rest."""
-    of_store = f" of {store_size:,} in the store" if filtered else ""
+    of_store = f" ({store_size:,} in the store)" if filtered else ""
     if shown == total and not offset:
         return f"{total:,} run{'s' * (total != 1)} matched{of_store}"
     if shown == 0:
