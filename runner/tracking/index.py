@@ -20,16 +20,18 @@ import math
 import os
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from runner.tracking import query as q
-from runner.tracking.runstore import RunRecord, _read_run_folder, summary_row
+from runner.tracking.runstore import _read_run_folder, summary_row
 
 INDEX_FILE = ".odeflow-index.sqlite"  # in the store's folder; Sacred and the readers only look at numbered folders
 SIGNATURE_FILES = ("run.json", "metrics.json", "info.json")  # Sacred rewrites these as a run goes on
 SCHEMA_VERSION = 1
+FINISHED = ("COMPLETED", "FAILED", "INTERRUPTED", "TIMEOUT")  # Sacred writes nothing more into such a run
 BATCH = 500  # runs per transaction while (re)building: an interrupted build keeps what it did
 
 SCHEMA = """
@@ -38,16 +40,20 @@ CREATE TABLE runs (
     id INTEGER PRIMARY KEY, sig TEXT NOT NULL, state TEXT NOT NULL, problem TEXT,
     status TEXT, experiment TEXT, host TEXT, start_time TEXT, stop_time TEXT, result,
     dataset TEXT, model TEXT, solver TEXT, sweep TEXT, summary TEXT);
-CREATE INDEX runs_by_status ON runs (status);
-CREATE INDEX runs_by_start ON runs (start_time);
 CREATE TABLE keys (id INTEGER PRIMARY KEY, scope TEXT NOT NULL, name TEXT NOT NULL, UNIQUE (scope, name));
 CREATE TABLE fields (run_id INTEGER, key_id INTEGER, value, PRIMARY KEY (run_id, key_id)) WITHOUT ROWID;
-CREATE INDEX fields_by_value ON fields (key_id, value);
 CREATE TABLE metrics (
     run_id INTEGER, key_id INTEGER, last REAL, min REAL, max REAL, epochs INTEGER,
     PRIMARY KEY (run_id, key_id)) WITHOUT ROWID;
-CREATE INDEX metrics_by_last ON metrics (key_id, last);
 """
+# Dropped while a big build inserts (then made once, faster than kept up row by row), and made at every open.
+SECONDARY_INDEXES = """
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status);
+CREATE INDEX IF NOT EXISTS runs_by_start ON runs (start_time);
+CREATE INDEX IF NOT EXISTS fields_by_value ON fields (key_id, value);
+CREATE INDEX IF NOT EXISTS metrics_by_last ON metrics (key_id, last);
+"""
+BIG_BUILD = 2000  # runs to (re)read at once from which a build drops the indexes and reads with a process pool
 
 
 def _version() -> str:
@@ -72,32 +78,42 @@ def signature(run_dir: str) -> str:
     return "|".join(parts)
 
 
-def scan(root: Path) -> dict[int, str]:
-    """Every run folder's signature, by id."""
-    found = {}
-    try:
-        entries = list(os.scandir(root))
-    except FileNotFoundError:
-        return found
-    for entry in entries:
-        if entry.name.isdigit():
-            found[int(entry.name)] = signature(entry.path)
-    return found
+def folder_signature(st: os.stat_result) -> str:
+    """A finished run's folder: its modification and change times. Every write of this project's observer
+    replaces a file (a rename in the folder), and a copy by rsync or cp -a sets the folder's time (which changes
+    its change time); so one stat per finished run, not three, tells that it changed."""
+    return f"d{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
-def flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+def _racy(sig: str) -> bool:
+    """A file changed in the last two seconds may change again within its modification time's resolution (a few
+    milliseconds on Linux) without changing size: its signature could then miss the change. Such runs are read
+    again at the next refresh (git's "racily clean" entries, the same problem)."""
+    newest = max((int(part.lstrip("d").split(":")[0]) for part in sig.split("|") if ":" in part), default=0)
+    return newest > time.time_ns() - 2_000_000_000
+
+
+def flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
     """Dotted keys and their leaf values (bools as 0/1); lists and other non-scalars as JSON text."""
-    if isinstance(value, dict) and value:
+    leaves: list[tuple[str, Any]] = []
+    _flatten_into(leaves, value, prefix)
+    return leaves
+
+
+def _flatten_into(leaves: list, value: Any, prefix: str) -> None:
+    if type(value) is dict and value:
         for key, inner in value.items():
-            yield from flatten(inner, f"{prefix}.{key}" if prefix else str(key))
+            _flatten_into(leaves, inner, f"{prefix}.{key}" if prefix else str(key))
     elif not prefix:
         return
-    elif value is None or isinstance(value, (bool, int, float, str)):
-        if isinstance(value, float) and not math.isfinite(value):
-            value = None
-        yield prefix, int(value) if isinstance(value, bool) else value
+    elif value is None or type(value) in (int, str):
+        leaves.append((prefix, value))
+    elif type(value) is float:
+        leaves.append((prefix, value if math.isfinite(value) else None))
+    elif type(value) is bool:
+        leaves.append((prefix, int(value)))
     else:
-        yield prefix, json.dumps(value, default=str, sort_keys=True)
+        leaves.append((prefix, json.dumps(value, default=str, sort_keys=True)))
 
 
 def metric_summaries(metrics: dict[str, dict[str, list]]) -> dict[str, dict[str, Any]]:
@@ -105,7 +121,12 @@ def metric_summaries(metrics: dict[str, dict[str, list]]) -> dict[str, dict[str,
     summaries = {}
     for name, series in metrics.items():
         values = series.get("values") or []
-        finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+        try:
+            finite = values if math.isfinite(sum(values)) else None  # NaN or infinity anywhere makes the sum so
+        except TypeError:
+            finite = None
+        if finite is None:
+            finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
         last = values[-1] if values and isinstance(values[-1], (int, float)) and math.isfinite(values[-1]) else None
         summaries[name] = {
             "last": last,
@@ -114,6 +135,43 @@ def metric_summaries(metrics: dict[str, dict[str, list]]) -> dict[str, dict[str,
             "epochs": len(values),
         }
     return summaries
+
+
+def read_for_index(run_dir: str) -> tuple:
+    """What the index keeps of one run folder (made in a worker process during a big build):
+    ("gone",) | ("damaged", files' signature, problem) | ("empty", files' signature) |
+    ("ok", signature, the runs row's values after id and sig, [(scope, key, value)], [(metric, last, min, max, n)])"""
+    try:  # the signatures are taken before reading: a change while reading shows at the next refresh
+        folder = folder_signature(os.stat(run_dir))
+    except OSError:
+        return ("gone",)
+    files = signature(run_dir)
+    try:
+        record = _read_run_folder(Path(run_dir))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        damaged = getattr(exc, "damaged_file", run_dir)
+        return (
+            "damaged",
+            files,
+            f"{damaged} is damaged ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})",
+        )
+    if record is None:  # a folder whose run.json is not written yet
+        return ("empty", files)
+    sig = folder if record.status in FINISHED else files
+    summary = summary_row(record)
+    row = (
+        record.status,
+        record.experiment,
+        (record.host or {}).get("hostname"),
+        _time(record.start_time),
+        _time(record.stop_time),
+        record.result if isinstance(record.result, (int, float, str)) else None,
+        *(None if summary.get(c) is None else str(summary[c]) for c in q.SUMMARY_COLUMNS),
+        json.dumps(summary, default=str),
+    )
+    fields = [("config", k, v) for k, v in flatten(record.config)] + [("info", k, v) for k, v in flatten(record.info)]
+    metrics = [(n, m["last"], m["min"], m["max"], m["epochs"]) for n, m in metric_summaries(record.metrics).items()]
+    return ("ok", sig + "|racy" if _racy(sig) else sig, row, fields, metrics)  # racy: read again next time
 
 
 def _time(value: Any) -> str | None:
@@ -145,6 +203,7 @@ class RunIndex:
                 conn = self._create(sqlite3.connect(self.path, timeout=30, isolation_level=None))
             conn.execute("PRAGMA journal_mode = WAL")  # readers go on while a run's end is written
             conn.execute("PRAGMA synchronous = NORMAL")
+            conn.executescript(SECONDARY_INDEXES)
         except BaseException:
             conn.close()
             raise
@@ -152,32 +211,78 @@ class RunIndex:
 
     def _create(self, conn: sqlite3.Connection) -> sqlite3.Connection:
         conn.isolation_level = None
-        conn.executescript(SCHEMA)
+        conn.executescript(SCHEMA + SECONDARY_INDEXES)
         conn.execute("INSERT INTO meta VALUES ('version', ?)", (_version(),))
         return conn
 
     # --- keeping it in step with the run folders
 
     def refresh(self) -> None:
-        """Re-read the run folders that are new or changed since the index saw them; forget removed ones."""
+        """Re-read the run folders that are new or changed since the index saw them; forget removed ones.
+
+        A run that ended is checked by its folder's times (one stat), one still running or unreadable by its
+        files' (three): runs still being written are the ones whose files may change in place."""
         known = dict(self.conn.execute("SELECT id, sig FROM runs"))
-        found = scan(self.root)
-        changed = sorted((i for i, sig in found.items() if known.get(i) != sig), reverse=True)
+        changed, found = [], set()
+        try:
+            entries = os.scandir(self.root)
+        except FileNotFoundError:
+            entries = None
+        for entry in entries or ():
+            name = entry.name
+            if not name.isdigit():
+                continue
+            run_id = int(name)
+            found.add(run_id)
+            old = known.get(run_id)
+            if old is not None and old[0] == "d":
+                try:
+                    if folder_signature(entry.stat()) == old:
+                        continue
+                except OSError:
+                    pass
+            elif old is not None and signature(entry.path) == old:
+                continue
+            changed.append(run_id)
+        if entries is not None:
+            entries.close()
         removed = [i for i in known if i not in found]
+        changed.sort(reverse=True)  # newest first: an interrupted build has the runs a listing shows first
         if len(changed) > 2000:
             self.warn(f"indexing {len(changed):,} runs of {self.root} (once: later commands read {INDEX_FILE} there)")
         if removed:
             self._write(lambda: self._forget(removed))
-        for start in range(0, len(changed), BATCH):
+        if len(changed) >= BIG_BUILD:
+            self._build(changed)
+        for start in range(0, len(changed) if len(changed) < BIG_BUILD else 0, BATCH):
             batch = changed[start : start + BATCH]
-            self._write(lambda batch=batch: [self._put(i, found[i]) for i in batch])
+            self._write(lambda batch=batch: [self._put(i) for i in batch])
         for run_id, problem in self.conn.execute("SELECT id, problem FROM runs WHERE state = 'damaged' ORDER BY id"):
             self.warn(f"warning: skipping run {run_id}: {problem}; restore or delete that run folder")
 
+    def _build(self, changed: list[int]) -> None:
+        """Many runs at once (a new index): folders read by a process pool, rows inserted without the
+        secondary indexes, which are made again at the end."""
+        import multiprocessing
+
+        for name in ("runs_by_status", "runs_by_start", "fields_by_value", "metrics_by_last"):
+            self.conn.execute(f"DROP INDEX IF EXISTS {name}")
+        paths = [str(self.root / str(i)) for i in changed]
+        workers = max(1, min(4, (os.cpu_count() or 1)))
+        context = multiprocessing.get_context("fork") if sys.platform != "win32" else None
+        with context.Pool(workers) if context and workers > 1 else _SerialPool() as pool:
+            reads = pool.imap(read_for_index, paths, chunksize=64)
+            for start in range(0, len(changed), BATCH):
+                batch = changed[start : start + BATCH]
+                results = [next(reads) for _ in batch]
+                self._write(
+                    lambda batch=batch, results=results: [self._put(i, r) for i, r in zip(batch, results, strict=True)]
+                )
+        self.conn.executescript(SECONDARY_INDEXES)
+
     def note(self, run_id: int) -> None:
         """Index one run now (the file observer calls this as a run starts and ends)."""
-        run_dir = self.root / str(run_id)
-        self._write(lambda: self._put(run_id, signature(str(run_dir))))
+        self._write(lambda: self._put(run_id))
 
     def _write(self, work: Callable[[], Any]) -> None:
         self.conn.execute("BEGIN IMMEDIATE")
@@ -203,57 +308,28 @@ class RunIndex:
             self._keys[(scope, name)] = row[0]
         return row[0] if row else None
 
-    def _put(self, run_id: int, sig: str) -> None:
+    def _put(self, run_id: int, read: tuple | None = None) -> None:
+        """Store what read_for_index read of a run folder (reading it now without `read`)."""
         self._forget([run_id])
-        run_dir = self.root / str(run_id)
-        try:
-            record = _read_run_folder(run_dir)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            damaged = getattr(exc, "damaged_file", run_dir)
-            problem = f"{damaged} is damaged ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"
+        read = read or read_for_index(str(self.root / str(run_id)))
+        if read[0] in ("damaged", "empty"):
             self.conn.execute(
-                "INSERT INTO runs (id, sig, state, problem) VALUES (?, ?, 'damaged', ?)", (run_id, sig, problem)
+                "INSERT INTO runs (id, sig, state, problem) VALUES (?, ?, ?, ?)",
+                (run_id, read[1], read[0], read[2] if read[0] == "damaged" else None),
             )
-            return
-        if record is None:  # a folder whose run.json is not written yet
-            self.conn.execute("INSERT INTO runs (id, sig, state) VALUES (?, ?, 'empty')", (run_id, sig))
-            return
-        self._insert(record, sig)
-
-    def _insert(self, record: RunRecord, sig: str) -> None:
-        summary = summary_row(record)
-        result = record.result if isinstance(record.result, (int, float, str)) else None
-        self.conn.execute(
-            "INSERT INTO runs VALUES (?, ?, 'ok', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                record.id,
-                sig,
-                record.status,
-                record.experiment,
-                (record.host or {}).get("hostname"),
-                _time(record.start_time),
-                _time(record.stop_time),
-                result,
-                *(None if summary.get(c) is None else str(summary[c]) for c in q.SUMMARY_COLUMNS),
-                json.dumps(summary, default=str),
-            ),
-        )
-        fields = [("config", record.config), ("info", record.info)]
-        self.conn.executemany(
-            "INSERT OR REPLACE INTO fields VALUES (?, ?, ?)",
-            [
-                (record.id, self.key_id(scope, key, create=True), value)
-                for scope, tree in fields
-                for key, value in flatten(tree)
-            ],
-        )
-        self.conn.executemany(
-            "INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                (record.id, self.key_id("metrics", name, create=True), s["last"], s["min"], s["max"], s["epochs"])
-                for name, s in metric_summaries(record.metrics).items()
-            ],
-        )
+        elif read[0] == "ok":
+            _, sig, row, fields, metrics = read
+            self.conn.execute(
+                "INSERT INTO runs VALUES (?, ?, 'ok', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (run_id, sig, *row)
+            )
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO fields VALUES (?, ?, ?)",
+                [(run_id, self.key_id(scope, key, create=True), value) for scope, key, value in fields],
+            )
+            self.conn.executemany(
+                "INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?)",
+                [(run_id, self.key_id("metrics", name, create=True), *summary) for name, *summary in metrics],
+            )
 
     # --- answering
 
@@ -392,6 +468,17 @@ def _sql_test(column: str, c: q.Compare) -> tuple[str, list]:
         return "(" + " OR ".join(parts) + ")", params
     kind = "= 'text'" if text else "IN ('integer', 'real')"
     return f"(typeof({column}) {kind} AND {column} {c.op} ?)", [(numeric or text)[0]]
+
+
+class _SerialPool:
+    def __enter__(self) -> _SerialPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def imap(self, function: Callable, items: list, chunksize: int = 1) -> Iterator:
+        return map(function, items)
 
 
 def _has_meta(conn: sqlite3.Connection) -> bool:

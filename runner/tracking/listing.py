@@ -105,7 +105,7 @@ class FileSource:
                     continue
                 if record is not None and record.liveness == "dead":
                     dead.append(row["id"])
-        return dead
+        return sorted(dead)
 
     def distinct(self, column: str) -> list[str]:
         from runner.tracking.index import using_index
@@ -185,7 +185,7 @@ class MongoSource:
             self.client, self.db_name, query.where, query.sort, query.limit, query.offset, lazy=True
         )
         rows = [_record_row(r, query.columns) for r in records]
-        dead = [r.id for r in records if r.liveness == "dead"]
+        dead = sorted(r.id for r in records if r.liveness == "dead")
         return Page(rows, total, dead, self.client[self.db_name]["runs"].estimated_document_count())
 
     def distinct(self, column: str) -> list[str]:

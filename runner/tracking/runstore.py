@@ -178,14 +178,14 @@ def read_mongo_page(
         histories = _mongo_metrics(db, [d["_id"] for d in old_docs], (COST_METRICS_COLLECTION,))
         old = [_mongo_record(d, db_name, histories.get(d["_id"], {})) for d in old_docs]
         old = [r for r in old if q.matches(where, lambda f, r=r: record_value(r, f))]
-        cursor = db["runs"].find(summarized, projection).sort(order)
-        new = [_mongo_record(d, db_name, {}) for d in cursor.limit(offset + limit if limit else 0)]
+        docs = _server_page(db["runs"], summarized, projection, order, 0, offset + limit if limit else 0)
+        new = [_mongo_record(d, db_name, {}) for d in docs]
         records = _python_order(new + old, sort or [], newest_first)
         total = db["runs"].count_documents(summarized) + len(old) if count else 0
         records = records[offset : offset + limit if limit else None]
     else:
-        cursor = db["runs"].find(condition, projection).sort(order).skip(offset)
-        records = [_mongo_record(d, db_name, {}) for d in (cursor.limit(limit) if limit else cursor)]
+        docs = _server_page(db["runs"], condition, projection, order, offset, limit)
+        records = [_mongo_record(d, db_name, {}) for d in docs]
         total = (
             (db["runs"].count_documents(condition) if condition else db["runs"].estimated_document_count())
             if count
@@ -196,6 +196,24 @@ def read_mongo_page(
         for r in records:
             r.metrics = histories.get(r.id, r.metrics)
     return records, total
+
+
+def _server_page(runs: Any, condition: dict, projection: dict, order: list, offset: int, limit: int) -> list[dict]:
+    """One page, sorted on the server. MongoDB sorts a missing value first when ascending; the index (and so
+    every backend) puts it last: an ascending first key reads the runs that have it, then those that lack it."""
+    path, direction = order[0]
+    if direction == -1 or path == "_id":
+        cursor = runs.find(condition, projection).sort(order).skip(offset)
+        return list(cursor.limit(limit) if limit else cursor)
+    has = {"$and": [condition, {path: {"$ne": None}}]} if condition else {path: {"$ne": None}}
+    lacks = {"$and": [condition, {path: None}]} if condition else {path: None}
+    cursor = runs.find(has, projection).sort(order).skip(offset)
+    page = list(cursor.limit(limit) if limit else cursor)
+    if limit and len(page) >= limit:
+        return page
+    skip = max(0, offset - runs.count_documents(has)) if not page else 0
+    cursor = runs.find(lacks, projection).sort(order[1:] or [("_id", -1)]).skip(skip)
+    return page + list(cursor.limit(limit - len(page)) if limit else cursor)
 
 
 def _mongo_metrics(db: Any, run_ids: list, collections: tuple[str, ...]) -> dict[Any, dict[str, dict[str, list]]]:
