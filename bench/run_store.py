@@ -1,4 +1,5 @@
-"""The run browser at scale: synthetic file stores of N runs shaped like a real one, each command timed.
+"""The run browser at scale: synthetic stores of N runs shaped like a real one, each command timed, on the file
+store (through its index) and on MongoDB (SecantusDB, the no-Docker dashboard's server).
 
     .venv/bin/python bench/run_store.py --template runs/store/1 --sizes 1000 10000 [--keep DIR]
 
@@ -6,9 +7,9 @@ The template is one real run folder (`python -m runner experiment=quickstart tra
 Each synthetic run copies its run.json, config.json and info.json and varies what a sweep varies (solver,
 learning rate, model, status, start time, test accuracy); metrics.json has every metric the template logged,
 for 30 epochs. Each command runs as a user runs it (`python -m runner runs ...`, a process of its own): its
-wall time, that time less the same command's on a store of one run (its start-up), and its peak memory (RSS).
-Logging one epoch's metrics is timed into the empty and into the full store. Printed as a table with the
-largest size's ratio to the smallest.
+best wall time of three, that time less the same command's on a store of one run (its start-up), and its peak
+memory (RSS). Logging one epoch's metrics is timed into a one-run and into the full store or database. Printed
+as tables with the largest size's ratio to the smallest (whole commands).
 """
 
 from __future__ import annotations
@@ -89,9 +90,9 @@ def make_store(template_dir: Path, store: Path, size: int, seed: int = 0) -> Non
             (folder / name).write_text(json.dumps(content, indent=2, sort_keys=True))
 
 
-def timed(args: list[str], runs_dir: Path) -> tuple[float, float, str]:
+def timed(args: list[str], runs_dir: Path, env: dict[str, str] | None = None) -> tuple[float, float, str]:
     """(seconds, peak RSS in MB, stdout) of `python -m runner <args>` in a process of its own."""
-    env = {**os.environ, "ODEFLOW_RUNS": str(runs_dir), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "ODEFLOW_RUNS": str(runs_dir), "PYTHONPATH": str(ROOT), **(env or {})}
     with tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         proc = subprocess.Popen(
@@ -105,6 +106,51 @@ def timed(args: list[str], runs_dir: Path) -> tuple[float, float, str]:
             err.seek(0)
             raise SystemExit(f"runner {' '.join(args)} failed: {err.read().decode()[-2000:]}")
     return seconds, usage.ru_maxrss / 1024, out.decode()
+
+
+def load_mongo(client, db_name: str, store: Path, size: int) -> None:
+    """The store's runs as a current observer writes them: run documents with their metric summaries, and
+    every per-epoch series in Sacred's metrics collection. A database already holding `size` runs is kept."""
+    import datetime as dt
+
+    sys.path.insert(0, str(ROOT))
+    from runner.tracking.index import metric_summaries
+
+    db = client[db_name]
+    if db["runs"].estimated_document_count() == size:
+        return
+    client.drop_database(db_name)
+    for first in range(1, size + 1, 1000):
+        runs, series = [], []
+        for run_id in range(first, min(size, first + 999) + 1):
+            folder = store / str(run_id)
+            run, config, info, metrics = (
+                json.loads((folder / n).read_text()) for n in ("run.json", "config.json", "info.json", "metrics.json")
+            )
+            run.update(_id=run_id, config=config, info=info)
+            for key in ("start_time", "stop_time", "heartbeat"):
+                run[key] = dt.datetime.fromisoformat(run[key])
+            run["metric_summary"] = {k.replace(".", "__"): v for k, v in metric_summaries(metrics).items()}
+            runs.append(run)
+            series += [
+                {"run_id": run_id, "name": n, "steps": m["steps"], "values": m["values"]} for n, m in metrics.items()
+            ]
+        db["runs"].insert_many(runs)
+        db["metrics"].insert_many(series)
+
+
+def mongo_log_epoch_seconds(client, db_name: str, names: list[str]) -> float:
+    """Mean time to log one epoch's metrics the way Sacred's MongoObserver does (an upsert per metric)."""
+    metrics = client[db_name]["metrics"]
+    run_id = 10**9
+    started = time.perf_counter()
+    for epoch in range(1, EPOCHS + 1):
+        for name in names:
+            push = {"steps": {"$each": [epoch]}, "values": {"$each": [0.5]}, "timestamps": {"$each": [None]}}
+            metrics.update_one({"run_id": run_id, "name": name}, {"$push": push}, upsert=True)
+    seconds = (time.perf_counter() - started) / EPOCHS
+    metrics.delete_many({"run_id": run_id})
+    return seconds
 
 
 def log_epoch_seconds(store: Path) -> tuple[float, float]:
@@ -133,19 +179,42 @@ def log_epoch_seconds(store: Path) -> tuple[float, float]:
     return seconds, events
 
 
-def measure(runs_dir: Path, size: int) -> dict[str, tuple[float, float]]:
-    """Each command's (seconds, peak MB) on a store of `size` runs under runs_dir/store."""
+def measure(runs_dir: Path, size: int, mongo: tuple[str, str] | None = None) -> dict[str, tuple[float, float]]:
+    """Each command's (best seconds of three, peak MB) on a store of `size` runs under runs_dir/store, or on
+    MongoDB (url, database name)."""
+    words = ["tracking=mongo", f"tracking.db_name={mongo[1]}"] if mongo else []
+    env = {"MONGO_URL": mongo[0]} if mongo else None
     middle = str(max(1, size // 2))
-    results = {"index build": timed(["runs", "reindex"], runs_dir)[:2]}
-    results["first page"] = timed(["runs", "list"], runs_dir)[:2]
-    results["query, sorted"] = timed(
-        ["runs", "list", "--where", QUERY, "--sort", "-metrics.val.acc", "--limit", "10"], runs_dir
-    )[:2]
-    results["show"] = timed(["runs", "show", middle], runs_dir)[:2]
-    results["count"] = timed(["runs", "list", "--where", "status = 'COMPLETED'", "--limit", "1"], runs_dir)[:2]
+    commands = {
+        "first page": ["runs", "list"],
+        "query, sorted": ["runs", "list", "--where", QUERY, "--sort", "-metrics.val.acc", "--limit", "10"],
+        "show": ["runs", "show", middle],
+        "count": ["runs", "list", "--where", "status = 'COMPLETED'", "--limit", "1"],
+        "export (all)": ["runs", "export", "--out", "OUT"],
+    }
+    results = {} if mongo else {"index build": timed(["runs", "reindex"], runs_dir)[:2]}
     with tempfile.TemporaryDirectory() as out:
-        results["export (all)"] = timed(["runs", "export", "--out", f"{out}/runs.csv"], runs_dir)[:2]
+        for name, command in commands.items():
+            command = [f"{out}/runs.csv" if w == "OUT" else w for w in command] + words
+            tries = [timed(command, runs_dir, env)[:2] for _ in range(1 if name.startswith("export") else 3)]
+            results[name] = (min(t for t, _ in tries), max(mb for _, mb in tries))
     return results
+
+
+def print_table(title: str, table: dict[int, dict[str, tuple[float, float]]], startup: dict[str, float]) -> None:
+    sizes = list(table)
+    print(f"\n{title}\n")
+    header = "| command | " + " | ".join(f"{s:,} runs: s (less start-up), peak MB" for s in sizes)
+    header += f" | {sizes[-1]:,}/{sizes[0]:,} |" if len(sizes) > 1 else " |"
+    print(header)
+    print("|---" * (len(sizes) + 1 + (len(sizes) > 1)) + "|")
+    for name in table[sizes[0]]:
+        cells = [
+            f"{table[s][name][0]:.2f} ({table[s][name][0] - startup[name]:.2f}), {table[s][name][1]:.0f}" for s in sizes
+        ]
+        if len(sizes) > 1:
+            cells.append(f"{table[sizes[-1]][name][0] / table[sizes[0]][name][0]:.2f}x")
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
@@ -153,6 +222,7 @@ def main() -> None:
     parser.add_argument("--template", type=Path, required=True, help="one real run folder")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--keep", type=Path, help="keep the stores here (reused by a later run of the same size)")
+    parser.add_argument("--no-mongo", action="store_true", help="the file store only")
     args = parser.parse_args()
     base = args.keep or Path(tempfile.mkdtemp(prefix="run_store_"))
     one = base / "n1"  # start-up: the same commands on a store of one run
@@ -168,32 +238,58 @@ def main() -> None:
         print(f"store of {size:,} runs ready ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
         table[size] = measure(store.parent, size)
         log_full[size] = log_epoch_seconds(store)
-    sizes = list(table)
-    header = "| command | " + " | ".join(f"{s:,} runs: s (less start-up), peak MB" for s in sizes)
-    header += f" | {sizes[-1]:,}/{sizes[0]:,} (less start-up) |" if len(sizes) > 1 else " |"
-    print(header)
-    print("|---" * (len(sizes) + 1 + (len(sizes) > 1)) + "|")
-    for name in table[sizes[0]]:
-        cells = [
-            f"{table[s][name][0]:.2f} ({table[s][name][0] - startup[name]:.2f}), {table[s][name][1]:.0f}" for s in sizes
-        ]
-        if len(sizes) > 1:
-            low = max(table[sizes[0]][name][0] - startup[name], 1e-3)
-            cells.append(f"{(table[sizes[-1]][name][0] - startup[name]) / low:.1f}x")
-        print(f"| {name} | " + " | ".join(cells) + " |")
-    log_cells = [f"{log_full[s][0] * 1e3:.2f} ms (one-run store {log_empty * 1e3:.2f} ms)" for s in sizes]
-    print("| log one epoch's metrics | " + " | ".join(log_cells) + (" | |" if len(sizes) > 1 else " |"))
-    event_cells = [f"{log_full[s][1] * 1e3:.1f} ms (one-run store {events_empty * 1e3:.1f} ms)" for s in sizes]
+    print_table("File store (with its index)", table, startup)
+    log_cells = [f"{log_full[s][0] * 1e3:.2f} ms (one-run store {log_empty * 1e3:.2f} ms)" for s in table]
+    print("| log one epoch's metrics | " + " | ".join(log_cells) + (" | |" if len(table) > 1 else " |"))
+    event_cells = [f"{log_full[s][1] * 1e3:.1f} ms (one-run store {events_empty * 1e3:.1f} ms)" for s in table]
     print(
         "| a run's start and end events (index updated) | "
         + " | ".join(event_cells)
-        + (" | |" if len(sizes) > 1 else " |")
+        + (" | |" if len(table) > 1 else " |")
     )
     print(
-        f"start-up (the same commands on a store of one run): {', '.join(f'{k} {v:.2f} s' for k, v in startup.items())}"
+        "\nstart-up (the same commands on a store of one run): "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in startup.items())
     )
+    if not args.no_mongo:
+        measure_mongo(args, base, one)
     if not args.keep:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def measure_mongo(args: argparse.Namespace, base: Path, one: Path) -> None:
+    import pymongo
+
+    sys.path.insert(0, str(ROOT))
+    from dashboard.server import DatabaseServer
+
+    server = DatabaseServer(base / "mongo" / "db").start()
+    try:
+        client = pymongo.MongoClient(server.url)
+        names = list(json.loads((one / "store" / "1" / "metrics.json").read_text()))
+        load_mongo(client, "bench_1", one / "store", 1)
+        startup = {name: t for name, (t, _) in measure(one, 1, (server.url, "bench_1")).items()}
+        log_empty = mongo_log_epoch_seconds(client, "bench_1", names)
+        table, log_full = {}, {}
+        for size in args.sizes:
+            started = time.perf_counter()
+            load_mongo(client, f"bench_{size}", base / f"n{size}" / "store", size)
+            print(
+                f"database of {size:,} runs ready ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True
+            )
+            table[size] = measure(base / f"n{size}", size, (server.url, f"bench_{size}"))
+            log_full[size] = mongo_log_epoch_seconds(client, f"bench_{size}", names)
+        print_table("MongoDB (SecantusDB, the no-Docker dashboard's server)", table, startup)
+        cells = [f"{log_full[s] * 1e3:.2f} ms (one-run database {log_empty * 1e3:.2f} ms)" for s in table]
+        print(
+            "| log one epoch's metrics (Sacred's upserts) | " + " | ".join(cells) + (" | |" if len(table) > 1 else " |")
+        )
+        print(
+            "\nstart-up (the same commands on a database of one run): "
+            + ", ".join(f"{k} {v:.2f} s" for k, v in startup.items())
+        )
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":

@@ -91,23 +91,6 @@ def store_of(cfg):
     return instantiate_group("tracking", cfg.tracking)
 
 
-def read_records(store) -> list:
-    from runner.tracking.runstore import read_file_store, read_mongo
-    from runner.tracking.stores import MongoStore
-
-    if isinstance(store, MongoStore):
-        try:
-            return read_mongo(answering_client(store), store.db_name)
-        except Exception as exc:  # pymongo raises several types for "no server"
-            from runner.tracking.mongo import describe_failure
-
-            print(
-                f"{describe_failure(store.url, exc)}; showing the local journal {store.local_dir} instead",
-                file=sys.stderr,
-            )
-    return read_file_store(store.local_dir)
-
-
 def answering_client(store):
     """A client of the store's MongoDB that has answered and accepted its credentials (raises otherwise)."""
     client = store.client()
