@@ -173,7 +173,10 @@ def read_mongo_page(
         if condition
         else {"metric_summary": {"$exists": True}}
     )
-    old_docs = list(db["runs"].find({"metric_summary": {"$exists": False}}, projection))
+    # Only a query on metrics needs the old documents apart (the server cannot compare their summaries): such a
+    # search costs a scan of the collection, which SecantusDB makes for any query it cannot answer from an index.
+    on_metrics = any(f.scope == "metrics" for f in [*q.fields_of(where), *(k.field for k in sort or [])])
+    old_docs = list(db["runs"].find({"metric_summary": {"$exists": False}}, projection)) if on_metrics else []
     if old_docs:  # written before run documents carried summaries: read their metrics, filter them here
         histories = _mongo_metrics(db, [d["_id"] for d in old_docs], (COST_METRICS_COLLECTION,))
         old = [_mongo_record(d, db_name, histories.get(d["_id"], {})) for d in old_docs]
@@ -191,9 +194,11 @@ def read_mongo_page(
             if count
             else 0
         )
-    if not lazy:
-        histories = _mongo_metrics(db, [r.id for r in records], ("metrics", COST_METRICS_COLLECTION))
-        for r in records:
+    unsummarized = [r for r in records if not r.metric_summary and not r.metrics]
+    if not lazy or unsummarized:  # histories: all asked for, or those of old documents for their summaries
+        wanted = records if not lazy else unsummarized
+        histories = _mongo_metrics(db, [r.id for r in wanted], (COST_METRICS_COLLECTION,))
+        for r in wanted:
             r.metrics = histories.get(r.id, r.metrics)
     return records, total
 
@@ -239,9 +244,14 @@ def _python_order(records: list[RunRecord], sort: list, newest_first: bool) -> l
     for key in reversed(sort):
         present = [r for r in ordered if record_value(r, key.field) is not None]
         missing = [r for r in ordered if record_value(r, key.field) is None]
-        present.sort(key=lambda r: record_value(r, key.field), reverse=key.descending)
+        present.sort(key=lambda r: _sortable(record_value(r, key.field)), reverse=key.descending)
         ordered = present + missing
     return ordered
+
+
+def _sortable(value: Any) -> tuple:
+    """Numbers before strings, as MongoDB and SQLite order them."""
+    return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
 
 
 def _mongo_record(doc: dict, db_name: str, metrics: dict[str, dict[str, list]]) -> RunRecord:
@@ -291,12 +301,12 @@ def record_value(record: RunRecord, field: Any) -> Any:
     if field.scope == "info":
         return _dig(record.info, field.key)
     if field.scope == "metrics":
-        values = record.metrics.get(field.key, {}).get("values")
-        if not values:
+        if field.key not in record.metrics:
             return record.metric_summary.get(field.key, {}).get(field.aggregate)
+        values = record.metrics[field.key].get("values") or []
         finite = [v for v in values if isinstance(v, (int, float)) and v == v and abs(v) != float("inf")]
         return {
-            "last": values[-1],
+            "last": values[-1] if values else None,
             "min": min(finite) if finite else None,
             "max": max(finite) if finite else None,
             "epochs": len(values),
