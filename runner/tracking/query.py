@@ -198,7 +198,7 @@ class _Parser:
             self.text,
             token.position,
             f"unknown field {token.text!r}: use metrics.<name>, min(metrics.<name>), max(metrics.<name>), "
-            f"config.<key>, info.<key> or one of {', '.join(RUN_COLUMNS)}",
+            f"config.<key>, info.<key> or one of {', '.join(RUN_COLUMNS + SUMMARY_COLUMNS)}",
         )
 
     def value(self) -> Any:
