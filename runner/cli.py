@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from odeflow.errors import UserError
@@ -96,23 +97,6 @@ def store_of(cfg):
     return instantiate_group("tracking", cfg.tracking)
 
 
-def read_records(store) -> list:
-    from runner.tracking.runstore import read_file_store, read_mongo
-    from runner.tracking.stores import MongoStore
-
-    if isinstance(store, MongoStore):
-        try:
-            return read_mongo(answering_client(store), store.db_name)
-        except Exception as exc:  # pymongo raises several types for "no server"
-            from runner.tracking.mongo import describe_failure
-
-            print(
-                f"{describe_failure(store.url, exc)}; showing the local journal {store.local_dir} instead",
-                file=sys.stderr,
-            )
-    return read_file_store(store.local_dir)
-
-
 def answering_client(store):
     """A client of the store's MongoDB that has answered and accepted its credentials (raises otherwise)."""
     client = store.client()
@@ -151,40 +135,108 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def source_of(store):
+    """Where `runs` commands read: the MongoDB database when it answers, else the file store or the journal."""
+    from runner.tracking.listing import FileSource, MongoSource
+    from runner.tracking.stores import MongoStore
+
+    if isinstance(store, MongoStore):
+        try:
+            return MongoSource(answering_client(store), store.db_name)
+        except Exception as exc:  # pymongo raises several types for "no server"
+            from runner.tracking.mongo import describe_failure
+
+            print(
+                f"{describe_failure(store.url, exc)}; showing the local journal {store.local_dir} instead",
+                file=sys.stderr,
+            )
+    return FileSource(store.local_dir)
+
+
+def _query_of(args: argparse.Namespace, words: list[str]):
+    """The query a `runs` command's options and run ids ask for (ids: exactly those runs, in the order given)."""
+    from runner.tracking import query as q
+    from runner.tracking.browse import FILTERS, check_status
+    from runner.tracking.listing import DEFAULT_LIMIT, Query
+
+    shorthands = {f: getattr(args, f, None) for f in FILTERS}
+    check_status(shorthands.get("status"))
+    default_limit = DEFAULT_LIMIT if args.action == "list" else 0
+    query = Query.parse(
+        getattr(args, "where", None),
+        getattr(args, "sort", None),
+        default_limit if getattr(args, "limit", None) is None else args.limit,
+        getattr(args, "offset", 0) or 0,
+        getattr(args, "columns", None),
+        shorthands,
+    )
+    if words:
+        ids = tuple(int(w) if w.isdigit() else w for w in words)
+        chosen = q.Compare(q.Field("column", "id"), "in", ids)
+        where = chosen if query.where is None else q.Logical("and", (chosen, query.where))
+        query = Query(where, query.sort, query.limit, query.offset, query.columns)
+    return query, shorthands
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from runner.tracking import browse
 
     words, overrides = _split(args.words)
-    records = read_records(load_store(overrides))
-    if args.action == "list":
-        criteria = {f: getattr(args, f) for f in browse.FILTERS}
-        chosen = browse.filter_runs(records, **criteria)
-        print(browse.list_runs(chosen) if chosen or not records else browse.no_match_note(records, **criteria))
-    elif args.action == "show":
+    store = load_store(overrides)
+    if args.action == "reindex":
+        return _reindex(store)
+    source = source_of(store)
+    if args.action == "show":
         if len(words) != 1:
             raise UserError("show takes one run id", "python -m runner runs show 3")
-        print(browse.show_run(browse.find_run(records, words[0])))
+        print(browse.show_run(source.run(words[0])))
+        return 0
+    if args.action in ("compare", "plot") and words:
+        records = [source.run(w) for w in words]  # in the order given
+    elif args.action in ("compare", "plot"):
+        records = source.records(_query_of(args, words)[0])
+    if args.action == "list":
+        query, shorthands = _query_of(args, words)
+        page = source.page(query)
+        if not page.rows and page.total == 0 and any(v is not None for v in shorthands.values()) and not args.where:
+            print(browse.no_match_note_of(source, page.store_size, **shorthands))
+            return 0
+        print(browse.format_rows(page.rows, page.dead, [f.name for f in query.columns]))
+        filtered = query.where is not None
+        print(browse.footer(len(page.rows), page.total, query.offset, page.store_size, filtered))
     elif args.action == "compare":
-        print(browse.compare_runs([browse.find_run(records, w) for w in words]))
+        print(browse.compare_runs(records))
     elif args.action == "export":
-        chosen = [browse.find_run(records, w) for w in words] or records
-        print(f"wrote {len(chosen)} runs to {browse.export_runs(chosen, browse.output_file(args.out, 'runs.csv'))}")
+        query, _ = _query_of(args, words)
+        columns, rows = source.rows(query)
+        path, count = browse.export_rows(columns, rows, browse.output_file(args.out, "runs.csv"))
+        print(f"wrote {count} runs to {path}")
     elif args.action == "plot":
-        chosen = [browse.find_run(records, w) for w in words] or records
-        print(f"wrote {browse.plot_metric(chosen, args.metric, browse.output_file(args.out, args.metric + '.png'))}")
+        print(f"wrote {browse.plot_metric(records, args.metric, browse.output_file(args.out, args.metric + '.png'))}")
+    return 0
+
+
+def _reindex(store) -> int:
+    from runner.tracking.index import INDEX_FILE, using_index
+
+    started = time.perf_counter()
+    count = using_index(store.local_dir, lambda index: index.count(), rebuild=True)
+    print(
+        f"indexed {count:,} runs of {store.local_dir} in {time.perf_counter() - started:.1f} s "
+        f"(into {store.local_dir / INDEX_FILE})"
+    )
     return 0
 
 
 def _one_run(args: argparse.Namespace):
     """(the run named by the one id among the words, the current config, the store)."""
-    from runner.tracking import browse
 
     words, overrides = _split(args.words)
     if len(words) != 1:
         raise UserError(f"{args.command} takes one run id", f"python -m runner {args.command} 3 [tracking=mongo ...]")
     cfg = current_config(overrides)
     store = store_of(cfg)
-    return browse.find_run(read_records(store), words[0]), cfg, store
+    return source_of(store).run(words[0]), cfg, store
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -211,7 +263,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         "environment_differences": differences,
     }
     summary = run_experiment(config, out_dir, record.choices, meta)
-    reproduced = next(r for r in read_records(store) if r.id == summary["run_id"])
+    reproduced = source_of(store).run(str(summary["run_id"]))
     rows, worst = metric_comparison(record, reproduced)
     print(f"\nrun {record.id} reproduced as run {summary['run_id']}:\n{format_comparison(rows)}")
     matches = worst <= args.tolerance
@@ -285,10 +337,11 @@ def cmd_reevaluate(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from runner.research.report import write_report
+    from runner.tracking.listing import Query
 
     _, overrides = _split(args.words)
     cfg = current_config(overrides)
-    records = read_records(store_of(cfg))
+    records = source_of(store_of(cfg)).records(Query.parse(args.where, args.sort, args.limit or 0))
     paths = write_report(records, Path(args.out) if args.out else Path(cfg.paths.runs) / "report")
     _show_written(paths, paths["comparison.md"].read_text())
     return 0
@@ -331,6 +384,20 @@ def _show_written(paths: dict[str, Path], text: str) -> None:
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
+def add_query_options(parser: argparse.ArgumentParser, default_limit: int, page: bool = True) -> None:
+    """--where, --sort, --limit (and --offset, --columns): the query language of README's Querying runs."""
+    parser.add_argument(
+        "--where", help="e.g. \"metrics.val.acc > 0.9 and config.solver.method = 'rk4'\" (README: Querying runs)"
+    )
+    parser.add_argument("--sort", help="KEY[,KEY], - for descending, e.g. -metrics.val.acc (default: newest first)")
+    parser.add_argument(
+        "--limit", type=int, default=None, help=f"at most this many runs (default {default_limit or 'all'}; 0: all)"
+    )
+    if page:
+        parser.add_argument("--offset", type=int, default=0, help="skip this many matching runs (the next page)")
+        parser.add_argument("--columns", help="more columns, e.g. metrics.val.acc,config.train.lr,max(metrics.val.acc)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m runner", description="odeflow subcommands (without one: run an experiment)"
@@ -345,18 +412,21 @@ def build_parser() -> argparse.ArgumentParser:
     sync.set_defaults(handler=cmd_sync)
     runs = sub.add_parser("runs", help="browse logged runs")
     actions = runs.add_subparsers(dest="action", required=True)
-    listing = actions.add_parser("list", help="one line per run, filtered")
+    listing = actions.add_parser("list", help="one line per run: the newest 50, or those a query picks")
     from runner.tracking.browse import FILTERS
 
     for name in FILTERS:
-        listing.add_argument(f"--{name}", help=f"only runs whose {name} is this")
+        listing.add_argument(f"--{name}", help=f"only runs whose {name} is this (any case)")
     actions.add_parser("show", help="one run: summary, final metrics, artifacts, config")
-    actions.add_parser("compare", help="runs side by side: config differences and metrics")
-    export = actions.add_parser("export", help="runs with their whole config to CSV")
+    compare = actions.add_parser("compare", help="runs side by side: config differences and metrics")
+    export = actions.add_parser("export", help="runs with their whole config to CSV (or .parquet, with pyarrow)")
     export.add_argument("--out", default="runs.csv", help="a .csv file, or a folder to write runs.csv into")
     plot = actions.add_parser("plot", help="a metric across runs to a PNG")
     plot.add_argument("metric", help="e.g. val.loss, val.acc, nfe.forward")
     plot.add_argument("--out", default="metric.png", help="a .png file, or a folder to write <metric>.png into")
+    actions.add_parser("reindex", help="rebuild the file store's index from its run folders")
+    for action in (listing, compare, export, plot):
+        add_query_options(action, default_limit=50 if action is listing else 0)
     for action in actions.choices.values():
         action.add_argument("words", nargs="*", help=words_help)
     runs.set_defaults(handler=cmd_runs)
@@ -383,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     reevaluate.set_defaults(handler=cmd_reevaluate)
     report = sub.add_parser("report", help="parameter-matched comparison report (thesis table 8.1) of the stored runs")
     report.add_argument("--out", help="folder for comparison.md/.csv and the PNGs (default: <paths.runs>/report)")
+    add_query_options(report, default_limit=0, page=False)
     report.set_defaults(handler=cmd_report)
     study = sub.add_parser(
         "study", help="table and figure of a study (make study STUDY=t_final, critical_step, adaptation, ...)"
@@ -396,8 +467,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _glued_values(argv: list[str]) -> list[str]:
+    """`--sort -metrics.val.acc`: a value starting with '-' that argparse would take for an option, glued on."""
+    glued: list[str] = []
+    for word in argv:
+        if glued and glued[-1] in ("--sort", "--columns", "--where") and word.startswith("-"):
+            glued[-1] = f"{glued[-1]}={word}"
+        else:
+            glued.append(word)
+    return glued
+
+
 def main(argv: list[str]) -> int:
     parser = build_parser()
+    argv = _glued_values(argv)
     # Run ids may follow options (`plot val.acc --out f.png 1 2`); argparse leaves those over.
     args, extra = parser.parse_known_args(argv)
     unknown = [e for e in extra if e.startswith("-")]

@@ -55,38 +55,75 @@ def _table(frame: pd.DataFrame) -> str:
     return frame.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}")
 
 
+LIST_COLUMNS = [
+    "id",
+    "experiment",
+    "status",
+    "dataset",
+    "model",
+    "solver",
+    "sweep",
+    "test_acc",
+    "test_loss",
+    "best_val_loss",
+    "epochs",
+    "fnfe",
+    "train_rss_mb",
+    "train_cuda_mb",
+    "saved_mb",
+    "adapted",
+    "params",
+    "start",
+]
+
+
 def list_runs(records: list[RunRecord]) -> str:
-    columns = [
-        "id",
-        "experiment",
-        "status",
-        "dataset",
-        "model",
-        "solver",
-        "sweep",
-        "test_acc",
-        "test_loss",
-        "best_val_loss",
-        "epochs",
-        "fnfe",
-        "train_rss_mb",
-        "train_cuda_mb",
-        "saved_mb",
-        "adapted",
-        "params",
-        "start",
-    ]
-    frame = runs_frame(records)
-    dead = [r.id for r in records if r.liveness == "dead"]
+    rows = [summary_row(r) for r in records]
+    return format_rows(rows, [r.id for r in records if r.liveness == "dead"])
+
+
+def format_rows(rows: list[dict], dead: list, extra_columns: list[str] | None = None) -> str:
+    """A run list: one line per row (summary_row's columns, then any extra ones), killed runs marked."""
+    frame = pd.DataFrame(rows, columns=[*LIST_COLUMNS, *(extra_columns or [])])
     if dead:
         frame.loc[frame["id"].isin(dead), "status"] = DEAD
-    table = _table(frame[columns] if not frame.empty else frame)
+    table = _table(frame)
     if dead:
         table += (
             f"\n{DEAD}: RUNNING in the store, but its process is gone (killed, or the machine went down) - "
             f"run {', '.join(map(str, dead))}; continue with: python -m runner resume <id>"
         )
     return table
+
+
+def footer(shown: int, total: int, offset: int, store_size: int, filtered: bool) -> str:
+    """How many runs matched, and how to see the rest."""
+    of_store = f" ({store_size:,} in the store)" if filtered else ""
+    if shown == total and not offset:
+        return f"{total:,} run{'s' * (total != 1)} matched{of_store}"
+    if shown == 0:
+        return f"no runs after --offset {offset}: {total:,} matched{of_store}"
+    return (
+        f"runs {offset + 1:,}-{offset + shown:,} of {total:,} matched{of_store}; "
+        f"--limit 0 for all, --offset {offset + shown} for the next page"
+    )
+
+
+def no_match_note_of(source, size: int, **criteria: str | None) -> str:
+    """What a filter that matched nothing could have matched: the values of each filtered column in the store."""
+    notes = []
+    for key, value in criteria.items():
+        if value is not None:
+            present = [v for v in source.distinct(key) if v != "None"]
+            notes.append(
+                f"--{key} {value}: this store has " + (", ".join(present) if present else f"no runs with a {key}")
+            )
+    return f"(no runs of {size} match; " + "; ".join(notes) + ")"
+
+
+def check_status(status: str | None) -> None:
+    if status is not None and status.upper() not in STATUSES:
+        raise UserError(f"--status {status} is not a run status", "use one of " + ", ".join(STATUSES))
 
 
 def find_run(records: list[RunRecord], run_id: str) -> RunRecord:
@@ -195,6 +232,48 @@ def export_runs(records: list[RunRecord], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     runs_frame(records, with_config=True).to_csv(path, index=False)
     return path
+
+
+def export_rows(columns: list[str], rows, path: Path) -> tuple[Path, int]:
+    """Rows streamed into a CSV file (or Parquet for a .parquet path, with pyarrow), written whole or not at all;
+    returns (the file, how many rows)."""
+    import csv
+
+    from odeflow.files import replacing
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    if path.suffix.lower() == ".parquet":
+        return _export_parquet(columns, rows, path)
+    with replacing(path) as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+            count += 1
+    return path, count
+
+
+def _export_parquet(columns: list[str], rows, path: Path) -> tuple[Path, int]:
+    """Parquet in row groups of 5,000 runs, every value as text (runs may disagree on a config key's type)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UserError("Parquet export needs pyarrow", "pip install pyarrow, or export to a .csv file") from None
+    schema = pa.schema([(c, pa.string()) for c in columns])
+    count = 0
+    with pq.ParquetWriter(path, schema) as writer:
+        batch: list[dict] = []
+        for row in rows:
+            batch.append({c: None if row.get(c) is None else str(row.get(c)) for c in columns})
+            count += 1
+            if len(batch) == 5000:
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                batch = []
+        if batch:
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+    return path, count
 
 
 def plot_metric(records: list[RunRecord], metric: str, path: Path) -> Path:

@@ -30,6 +30,8 @@ class RunRecord:
     experiment_info: dict[str, Any] = field(default_factory=dict)  # Sacred's: sources, dependencies, repositories
     artifact_refs: dict[str, Any] = field(default_factory=dict)  # name -> file path (file store) or GridFS id
     heartbeat: Any = None  # Sacred's last sign of life of the run (every 10 s while it runs)
+    # name -> {"last", "min", "max", "epochs"}: what a listing knows of a metric without reading its history
+    metric_summary: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def liveness(self) -> str | None:
@@ -46,11 +48,16 @@ class RunRecord:
 
     def final(self, metric: str) -> float | None:
         values = self.metrics.get(metric, {}).get("values")
-        return values[-1] if values else None
+        return values[-1] if values else self.metric_summary.get(metric, {}).get("last")
 
     def best(self, metric: str) -> float | None:
         values = self.metrics.get(metric, {}).get("values")
-        return min(values) if values else None
+        return min(values) if values else self.metric_summary.get(metric, {}).get("min")
+
+    def epochs(self, metric: str) -> int:
+        """How many values of a metric the run logged (its history's length, or the summary's count)."""
+        values = self.metrics.get(metric, {}).get("values")
+        return len(values) if values else int(self.metric_summary.get(metric, {}).get("epochs") or 0)
 
 
 def _read_json(path: Path, default: Any) -> Any:
@@ -122,38 +129,196 @@ def _read_run_folder(run_dir: Path) -> RunRecord | None:
     )
 
 
+# What a listing leaves out of a run document: the captured output, the source files, the package list.
+LISTING_PROJECTION = {
+    "captured_out": 0,
+    "experiment.sources": 0,
+    "experiment.dependencies": 0,
+    "experiment.repositories": 0,
+    "resources": 0,
+}
+
+
 def read_mongo(client: Any, db_name: str) -> list[RunRecord]:
     """Every run document of a Sacred MongoDB database with its metrics, ordered by id."""
+    return read_mongo_page(client, db_name, limit=0, newest_first=False)[0]
+
+
+def read_mongo_page(
+    client: Any,
+    db_name: str,
+    where: Any = None,
+    sort: list | None = None,
+    limit: int = 0,
+    offset: int = 0,
+    lazy: bool = False,
+    count: bool = True,
+    newest_first: bool = True,
+) -> tuple[list[RunRecord], int]:
+    """(the runs a query matches, filtered, sorted and paged on the server; how many match in all).
+
+    A run document carries its metrics' summaries (`metric_summary`), so a listing (lazy) reads no metric
+    history; documents written before that are filtered here, their summaries made from the metrics collection.
+    Without lazy every run comes with its per-epoch histories.
+    """
+    from runner.tracking import query as q
     from runner.tracking.mongo import COST_METRICS_COLLECTION
 
     db = client[db_name]
-    metrics: dict[Any, dict[str, dict[str, list]]] = {}
-    for collection in ("metrics", COST_METRICS_COLLECTION):
-        for m in db[collection].find({}, {"run_id": 1, "name": 1, "steps": 1, "values": 1}):
-            metrics.setdefault(m["run_id"], {})[m["name"]] = {"steps": list(m["steps"]), "values": list(m["values"])}
-    records = []
-    for doc in db["runs"].find({}, {"captured_out": 0}).sort("_id", 1):
-        records.append(
-            RunRecord(
-                id=doc["_id"],
-                experiment=doc.get("experiment", {}).get("name", ""),
-                status=doc.get("status", ""),
-                config=doc.get("config", {}),
-                info=doc.get("info", {}),
-                meta=doc.get("meta", {}),
-                result=doc.get("result"),
-                start_time=doc.get("start_time"),
-                stop_time=doc.get("stop_time"),
-                metrics=metrics.get(doc["_id"], {}),
-                artifacts=[a["name"] for a in doc.get("artifacts", [])],
-                host=doc.get("host", {}),
-                location=f"mongodb {db_name}.runs/{doc['_id']}",
-                experiment_info=doc.get("experiment", {}),
-                artifact_refs={a["name"]: a["file_id"] for a in doc.get("artifacts", [])},
-                heartbeat=doc.get("heartbeat"),
-            )
+    condition = q.to_mongo(where)
+    order = q.mongo_sort(sort or []) if newest_first or sort else [("_id", 1)]
+    projection = LISTING_PROJECTION if lazy else {"captured_out": 0}
+    summarized = (
+        {"$and": [{"metric_summary": {"$exists": True}}, condition]}
+        if condition
+        else {"metric_summary": {"$exists": True}}
+    )
+    # Only a query on metrics needs the old documents apart (the server cannot compare their summaries): such a
+    # search costs a scan of the collection, which SecantusDB makes for any query it cannot answer from an index.
+    on_metrics = any(f.scope == "metrics" for f in [*q.fields_of(where), *(k.field for k in sort or [])])
+    old_docs = list(db["runs"].find({"metric_summary": {"$exists": False}}, projection)) if on_metrics else []
+    if old_docs:  # written before run documents carried summaries: read their metrics, filter them here
+        histories = _mongo_metrics(db, [d["_id"] for d in old_docs], (COST_METRICS_COLLECTION,))
+        old = [_mongo_record(d, db_name, histories.get(d["_id"], {})) for d in old_docs]
+        old = [r for r in old if q.matches(where, lambda f, r=r: record_value(r, f))]
+        docs = _server_page(db["runs"], summarized, projection, order, 0, offset + limit if limit else 0)
+        new = [_mongo_record(d, db_name, {}) for d in docs]
+        records = _python_order(new + old, sort or [], newest_first)
+        total = db["runs"].count_documents(summarized) + len(old) if count else 0
+        records = records[offset : offset + limit if limit else None]
+    else:
+        docs = _server_page(db["runs"], condition, projection, order, offset, limit)
+        records = [_mongo_record(d, db_name, {}) for d in docs]
+        total = (
+            (db["runs"].count_documents(condition) if condition else db["runs"].estimated_document_count())
+            if count
+            else 0
         )
-    return records
+    unsummarized = [r for r in records if not r.metric_summary and not r.metrics]
+    if not lazy or unsummarized:  # histories: all asked for, or those of old documents for their summaries
+        wanted = records if not lazy else unsummarized
+        histories = _mongo_metrics(db, [r.id for r in wanted], (COST_METRICS_COLLECTION,))
+        for r in wanted:
+            r.metrics = histories.get(r.id, r.metrics)
+    return records, total
+
+
+def _server_page(runs: Any, condition: dict, projection: dict, order: list, offset: int, limit: int) -> list[dict]:
+    """One page, sorted on the server. MongoDB sorts a missing value first when ascending; the index (and so
+    every backend) puts it last: an ascending first key reads the runs that have it, then those that lack it."""
+    path, direction = order[0]
+    if direction == -1 or path == "_id":
+        cursor = runs.find(condition, projection).sort(order).skip(offset)
+        return list(cursor.limit(limit) if limit else cursor)
+    has = {"$and": [condition, {path: {"$ne": None}}]} if condition else {path: {"$ne": None}}
+    lacks = {"$and": [condition, {path: None}]} if condition else {path: None}
+    cursor = runs.find(has, projection).sort(order).skip(offset)
+    page = list(cursor.limit(limit) if limit else cursor)
+    if limit and len(page) >= limit:
+        return page
+    skip = max(0, offset - runs.count_documents(has)) if not page else 0
+    cursor = runs.find(lacks, projection).sort(order[1:] or [("_id", -1)]).skip(skip)
+    return page + list(cursor.limit(limit - len(page)) if limit else cursor)
+
+
+def _mongo_metrics(db: Any, run_ids: list, collections: tuple[str, ...]) -> dict[Any, dict[str, dict[str, list]]]:
+    metrics: dict[Any, dict[str, dict[str, list]]] = {}
+    for collection in ("metrics", *collections):
+        if collection not in db.list_collection_names():
+            continue
+        for chunk in range(0, len(run_ids), 1000):
+            ids = run_ids[chunk : chunk + 1000]
+            for m in db[collection].find({"run_id": {"$in": ids}}, {"run_id": 1, "name": 1, "steps": 1, "values": 1}):
+                metrics.setdefault(m["run_id"], {})[m["name"]] = {
+                    "steps": list(m["steps"]),
+                    "values": list(m["values"]),
+                }
+    return metrics
+
+
+def _python_order(records: list[RunRecord], sort: list, newest_first: bool) -> list[RunRecord]:
+    """The order of a database's sort: by each key (missing values last), then by id."""
+    ordered = sorted(
+        records, key=lambda r: str(r.id).zfill(20) if not isinstance(r.id, int) else r.id, reverse=newest_first
+    )
+    for key in reversed(sort):
+        present = [r for r in ordered if record_value(r, key.field) is not None]
+        missing = [r for r in ordered if record_value(r, key.field) is None]
+        present.sort(key=lambda r: _sortable(record_value(r, key.field)), reverse=key.descending)
+        ordered = present + missing
+    return ordered
+
+
+def _sortable(value: Any) -> tuple:
+    """Numbers before strings, as MongoDB and SQLite order them."""
+    return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
+
+
+def _mongo_record(doc: dict, db_name: str, metrics: dict[str, dict[str, list]]) -> RunRecord:
+    return RunRecord(
+        id=doc["_id"],
+        experiment=doc.get("experiment", {}).get("name", ""),
+        status=doc.get("status", ""),
+        config=doc.get("config", {}),
+        info=doc.get("info", {}),
+        meta=doc.get("meta", {}),
+        result=doc.get("result"),
+        start_time=doc.get("start_time"),
+        stop_time=doc.get("stop_time"),
+        metrics=metrics,
+        artifacts=[a["name"] for a in doc.get("artifacts", [])],
+        host=doc.get("host", {}),
+        location=f"mongodb {db_name}.runs/{doc['_id']}",
+        experiment_info=doc.get("experiment", {}),
+        artifact_refs={a["name"]: a["file_id"] for a in doc.get("artifacts", [])},
+        heartbeat=doc.get("heartbeat"),
+        metric_summary={k.replace("__", "."): v for k, v in (doc.get("metric_summary") or {}).items()},
+    )
+
+
+def _dig(tree: Any, dotted: str) -> Any:
+    """A nested value by its dotted key; keys that hold dots themselves (info.test["test.acc"]) are found too."""
+    if not dotted:
+        return tree
+    if not isinstance(tree, dict):
+        return None
+    if dotted in tree:
+        return tree[dotted]
+    parts = dotted.split(".")
+    for n in range(1, len(parts)):
+        head = ".".join(parts[:n])
+        if head in tree:
+            found = _dig(tree[head], ".".join(parts[n:]))
+            if found is not None:
+                return found
+    return None
+
+
+def record_value(record: RunRecord, field: Any) -> Any:
+    """A query field's value for one run (runner.tracking.query.Field); None where the run has none."""
+    if field.scope == "config":
+        return _dig(record.config, field.key)
+    if field.scope == "info":
+        return _dig(record.info, field.key)
+    if field.scope == "metrics":
+        if field.key not in record.metrics:
+            return record.metric_summary.get(field.key, {}).get(field.aggregate)
+        values = record.metrics[field.key].get("values") or []
+        finite = [v for v in values if isinstance(v, (int, float)) and v == v and abs(v) != float("inf")]
+        return {
+            "last": values[-1] if values else None,
+            "min": min(finite) if finite else None,
+            "max": max(finite) if finite else None,
+            "epochs": len(values),
+        }[field.aggregate]
+    if field.key == "host":
+        return (record.host or {}).get("hostname")
+    if field.key in ("start_time", "stop_time"):
+        value = getattr(record, field.key)
+        return value.isoformat() if hasattr(value, "isoformat") else value
+    if field.key in ("dataset", "model", "solver", "sweep"):
+        return summary_row(record).get(field.key)
+    return getattr(record, field.key, None)
 
 
 def _duration(start: Any, stop: Any) -> float | None:
@@ -200,7 +365,7 @@ def summary_row(r: RunRecord) -> dict[str, Any]:
         "test_acc": test.get("test.acc"),
         "test_loss": test.get("test.loss"),
         "best_val_loss": r.best("val.loss"),
-        "epochs": len(r.metrics.get("val.loss", {}).get("values", [])),
+        "epochs": r.epochs("val.loss"),
         "pruned_at": (r.info.get("pruned") or {}).get("epoch"),  # the epoch a sweep's pruner stopped it
         "fnfe": r.final("nfe.forward") if is_ode else None,
         "bnfe": r.final("nfe.backward") if gradient not in (None, "direct") else None,  # no backward pass

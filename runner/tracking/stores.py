@@ -56,7 +56,15 @@ def _file_observer(directory: str):
         was down, or another machine's runs in a shared database)."""
 
         def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
-            return super().started_event(ex_info, command, host_info, start_time, config, meta_info, None)
+            run_id = super().started_event(ex_info, command, host_info, start_time, config, meta_info, None)
+            self._note_in_index()
+            return run_id
+
+        def _note_in_index(self) -> None:
+            """The store's index (runner.tracking.index) learns of the run as it starts and ends."""
+            from runner.tracking.index import note_run
+
+            note_run(self.basedir, os.path.basename(self.dir))
 
         # Sacred rewrites run.json, info.json and metrics.json in place at every heartbeat: a kill or a full
         # disk mid-write left them empty. Written whole or not at all, they keep their last complete content.
@@ -100,12 +108,15 @@ def _file_observer(directory: str):
 
         def completed_event(self, *args, **kwargs):
             self._unless_disk_full(lambda: super(LocalRunFolder, self).completed_event(*args, **kwargs))
+            self._note_in_index()
 
         def interrupted_event(self, *args, **kwargs):
             self._unless_disk_full(lambda: super(LocalRunFolder, self).interrupted_event(*args, **kwargs))
+            self._note_in_index()
 
         def failed_event(self, *args, **kwargs):
             self._unless_disk_full(lambda: super(LocalRunFolder, self).failed_event(*args, **kwargs))
+            self._note_in_index()
 
         def artifact_event(self, *args, **kwargs):
             self._unless_disk_full(lambda: super(LocalRunFolder, self).artifact_event(*args, **kwargs))

@@ -90,7 +90,7 @@ def test_a_disk_that_fills_up_mid_run_ends_in_one_message_and_loses_nothing(smal
     assert kept and kept == list(range(1, len(kept) + 1))
     listing = run_cli(["runs", "list"], runs)
     assert listing.returncode == 0 and "skipping" not in listing.stderr
-    assert [line.split()[0] for line in listing.stdout.splitlines()[1:3]] == ["1", "2"]
+    assert [line.split()[0] for line in listing.stdout.splitlines()[1:3]] == ["2", "1"]  # newest first
 
     filler.unlink()
     resumed = run_cli(["resume", "2"], runs)

@@ -71,7 +71,7 @@ def test_sweep_records_best_and_resumes(runs_dir: Path, tmp_path: Path):
     assert sorted(r.meta["trial"] for r in runs) == list(range(7))
     assert "best: trial" in resumed.stdout
     listing = run_cli(["runs", "list", "--sweep", out["sweep_id"]], runs_dir)
-    assert len(listing.stdout.strip().splitlines()) == 8
+    assert len(listing.stdout.strip().splitlines()) == 9  # header, 7 trials, "7 runs matched (...)"
 
 
 def test_failure_rate_bound_stops_the_sweep(runs_dir: Path, tmp_path: Path):

@@ -1,0 +1,238 @@
+"""Runs chosen by a query, from either backend: a page of a run list, every match streamed, or one run.
+
+The file store answers from its index (runner.tracking.index), MongoDB on the server (runstore.read_mongo_page);
+both take the same query tree (runner.tracking.query) and give rows with the same columns (summary_row's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from odeflow.errors import UserError
+from runner.tracking import query as q
+from runner.tracking.runstore import RunRecord, _read_run_folder, read_mongo_page, record_value, summary_row
+
+DEFAULT_LIMIT = 50
+DAMAGE = (OSError, ValueError, KeyError, TypeError, AttributeError)  # what a damaged run folder raises
+
+
+@dataclass(frozen=True)
+class Query:
+    """What a command asks for: a filter, an order, a page; extra columns beyond summary_row's."""
+
+    where: Any = None  # a query tree (query.parse_where)
+    sort: list[q.SortKey] = field(default_factory=list)
+    limit: int = DEFAULT_LIMIT  # 0: every match
+    offset: int = 0
+    columns: list[q.Field] = field(default_factory=list)
+
+    @staticmethod
+    def parse(
+        where: str | None = None,
+        sort: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+        offset: int = 0,
+        columns: str | list[str] | None = None,
+        shorthands: dict[str, str | None] | None = None,
+    ) -> Query:
+        """A query from the command line's strings; shorthands (--model X ...) join the filter with `and` and,
+        as before, ignore case (they compare with `like`)."""
+        if limit < 0 or offset < 0:
+            raise UserError(f"--limit {limit} --offset {offset}: both must be 0 or more", "--limit 0 lists every run")
+        parts = [q.parse_where(where)] + [
+            q.Compare(q.Field("column", name), "like", str(value))
+            for name, value in (shorthands or {}).items()
+            if value is not None
+        ]
+        parts = [p for p in parts if p is not None]
+        tree = None if not parts else parts[0] if len(parts) == 1 else q.Logical("and", tuple(parts))
+        return Query(tree, q.parse_sort(sort), limit, offset, parse_columns(columns))
+
+
+def parse_columns(columns: str | list[str] | None) -> list[q.Field]:
+    """--columns metrics.val.acc,config.train.lr: fields shown after the summary's columns."""
+    if not columns:
+        return []
+    text = columns if isinstance(columns, str) else ",".join(columns)
+    return [k.field for k in q.parse_sort(text, "--columns")]
+
+
+@dataclass
+class Page:
+    rows: list[dict[str, Any]]  # summary_row's columns (and the query's extra columns), in order
+    total: int  # how many runs match in all
+    dead: list[Any]  # ids on the page that are RUNNING in the store with their process gone
+    store_size: int  # how many runs the store holds
+
+
+def summary_columns() -> list[str]:
+    return list(summary_row(RunRecord(0, "", "", {}, {}, {}, None, None, None)))
+
+
+class FileSource:
+    """A Sacred file store (or a MongoDB store's local journal), read through its index."""
+
+    def __init__(self, directory: Path | str, warn: Callable[[str], None] | None = None) -> None:
+        self.dir = Path(directory).expanduser()
+        self.warn = warn
+
+    def describe(self) -> str:
+        return str(self.dir)
+
+    def page(self, query: Query) -> Page:
+        from runner.tracking.index import using_index
+
+        def work(index) -> Page:
+            ids, total = index.select(query.where, query.sort, query.limit, query.offset)
+            summaries = index.summaries(ids)
+            extra = index.values(ids, query.columns) if query.columns else {}
+            rows = [{**summaries[i], **extra.get(i, {})} for i in ids]
+            return Page(rows, total, self._dead(rows), index.count())
+
+        return using_index(self.dir, work, self.warn)
+
+    def _dead(self, rows: list[dict[str, Any]]) -> list[Any]:
+        """RUNNING runs whose process is gone, read from their folders (the index knows no processes)."""
+        dead = []
+        for row in rows:
+            if row.get("status") == "RUNNING":
+                try:
+                    record = _read_run_folder(self.dir / str(row["id"]))
+                except DAMAGE:
+                    continue
+                if record is not None and record.liveness == "dead":
+                    dead.append(row["id"])
+        return sorted(dead)
+
+    def distinct(self, column: str) -> list[str]:
+        from runner.tracking.index import using_index
+
+        return using_index(self.dir, lambda index: index.distinct(column), self.warn)
+
+    def rows(self, query: Query) -> tuple[list[str], Iterator[dict[str, Any]]]:
+        """(the columns, every matching run's row with its whole config, in order, read as it goes)."""
+        from runner.tracking.index import using_index
+
+        index = using_index(self.dir, warn=self.warn)
+        config_columns = index.config_columns()
+        extra = query.columns + [q.Field("config", c[len("config.") :]) for c in config_columns]
+        columns = [*summary_columns(), *dict.fromkeys(f.name for f in extra)]
+
+        def generate() -> Iterator[dict[str, Any]]:
+            try:
+                batch: list[int] = []
+                for run_id in _limited(index.iter_ids(query.where, query.sort), query):
+                    batch.append(run_id)
+                    if len(batch) == 500:
+                        yield from _index_rows(index, batch, extra)
+                        batch = []
+                yield from _index_rows(index, batch, extra)
+            finally:
+                index.close()
+
+        return columns, generate()
+
+    def records(self, query: Query) -> list[RunRecord]:
+        """The matching runs in full (histories included), for compare, plot and the report."""
+        found = []
+        for row in self.page(query).rows:
+            record = _read_run_folder(self.dir / str(row["id"]))
+            if record is not None:
+                found.append(record)
+        return found
+
+    def run(self, run_id: str) -> RunRecord:
+        """One run, read from its folder alone."""
+        run_dir = self.dir / str(run_id).strip()
+        record = _read_run_folder(run_dir) if str(run_id).strip().isdigit() and run_dir.is_dir() else None
+        if record is None:
+            raise UserError(f"no run with id {run_id} in {self.dir}", "list the ids with: python -m runner runs list")
+        return record
+
+
+def _limited(ids: Iterator[int], query: Query) -> Iterator[int]:
+    for n, run_id in enumerate(ids):
+        if n < query.offset:
+            continue
+        if query.limit and n >= query.offset + query.limit:
+            return
+        yield run_id
+
+
+def _index_rows(index, ids: list[int], extra: list[q.Field]) -> Iterator[dict[str, Any]]:
+    if not ids:
+        return
+    summaries = index.summaries(ids)
+    values = index.values(ids, extra)
+    for run_id in ids:
+        yield {**summaries[run_id], **values.get(run_id, {})}
+
+
+class MongoSource:
+    """A Sacred MongoDB database: filter, sort and page on the server."""
+
+    def __init__(self, client: Any, db_name: str) -> None:
+        self.client, self.db_name = client, db_name
+
+    def describe(self) -> str:
+        return f"MongoDB database {self.db_name}"
+
+    def page(self, query: Query) -> Page:
+        records, total = read_mongo_page(
+            self.client, self.db_name, query.where, query.sort, query.limit, query.offset, lazy=True
+        )
+        rows = [_record_row(r, query.columns) for r in records]
+        dead = sorted(r.id for r in records if r.liveness == "dead")
+        return Page(rows, total, dead, self.client[self.db_name]["runs"].estimated_document_count())
+
+    def distinct(self, column: str) -> list[str]:
+        path = q.mongo_path(q.Field("column", column))
+        return sorted({str(v) for v in self.client[self.db_name]["runs"].distinct(path) if v is not None})
+
+    def rows(self, query: Query) -> tuple[list[str], Iterator[dict[str, Any]]]:
+        from runner.tracking.index import flatten
+
+        runs = self.client[self.db_name]["runs"]
+        keys: dict[str, None] = {}
+        for doc in runs.find(q.to_mongo(query.where), {"config": 1}):  # the header first: one light pass
+            keys.update((f"config.{k}", None) for k, _ in flatten(doc.get("config") or {}))
+        extra = query.columns + [q.Field("config", c[len("config.") :]) for c in keys]
+        columns = [*summary_columns(), *dict.fromkeys(f.name for f in extra)]
+
+        def generate() -> Iterator[dict[str, Any]]:
+            step = 500
+            offset, left = query.offset, query.limit or None
+            while left is None or left > 0:
+                size = step if left is None else min(step, left)
+                records, _ = read_mongo_page(
+                    self.client, self.db_name, query.where, query.sort, size, offset, lazy=True, count=False
+                )
+                yield from (_record_row(r, extra) for r in records)
+                if len(records) < size:
+                    return
+                offset += size
+                left = None if left is None else left - size
+
+        return columns, generate()
+
+    def records(self, query: Query) -> list[RunRecord]:
+        records, _ = read_mongo_page(self.client, self.db_name, query.where, query.sort, query.limit, query.offset)
+        return records
+
+    def run(self, run_id: str) -> RunRecord:
+        wanted = int(run_id) if str(run_id).strip().isdigit() else run_id
+        records, _ = read_mongo_page(
+            self.client, self.db_name, q.Compare(q.Field("column", "id"), "=", wanted), limit=1
+        )
+        if not records:
+            raise UserError(
+                f"no run with id {run_id} in {self.describe()}", "list the ids with: python -m runner runs list"
+            )
+        return records[0]
+
+
+def _record_row(record: RunRecord, columns: list[q.Field]) -> dict[str, Any]:
+    return {**summary_row(record), **{f.name: record_value(record, f) for f in columns}}
