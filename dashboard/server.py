@@ -96,11 +96,13 @@ class DatabaseServer:
         password: str | None = None,
         sync_on_commit: bool = True,
         log_file: Path | None = None,
+        cache_size: str = "256M",
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.user, self.password = user, password
         self.sync_on_commit = sync_on_commit
+        self.cache_size = cache_size  # WiredTiger's cache: what bounds the server's memory beyond Python's own
         self.log_file = Path(log_file) if log_file else self.data_dir.parent / f"{self.data_dir.name}.log"
         self.process: subprocess.Popen | None = None
         self.leftover_grace = 60.0  # seconds a leftover server gets to close WiredTiger before SIGKILL
@@ -204,6 +206,8 @@ class DatabaseServer:
             str(port),
             "--data-dir",
             str(self.data_dir.resolve()),
+            "--cache-size",
+            self.cache_size,
         ]
         command += ["--auth"] * auth + ["--sync-on-commit"] * self.sync_on_commit
         log = self.log_file.open("ab")
@@ -323,7 +327,7 @@ def _tail(path: Path, lines: int = 5) -> str:
     return " | ".join(text[-lines:]) or "(no output)"
 
 
-def serve(port: int, data_dir: Path, auth: bool, sync_on_commit: bool) -> None:
+def serve(port: int, data_dir: Path, auth: bool, sync_on_commit: bool, cache_size: str = "256M") -> None:
     """The server process: start, say READY on stdout, stop cleanly on SIGTERM or SIGINT."""
     from secantus import SecantusDBServer
 
@@ -335,14 +339,14 @@ def serve(port: int, data_dir: Path, auth: bool, sync_on_commit: bool) -> None:
         replica_set_name=None,  # a plain standalone server: what Omniboard's driver expects
         enable_test_commands=False,
         sync_on_commit=sync_on_commit,
-        cache_size="256M",
+        cache_size=cache_size,
     )
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     server.start()
     print(READY, flush=True)
-    while not stopping.wait(1):  # a timeout: a signal that reached another thread is still seen
+    while not stopping.wait(0.1):  # a timeout: a signal that reached another thread is still seen
         pass
     server.stop()
 
@@ -353,8 +357,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--auth", action="store_true")
     parser.add_argument("--sync-on-commit", action="store_true")
+    parser.add_argument("--cache-size", default="256M")
     args = parser.parse_args(argv)
-    serve(args.port, args.data_dir, args.auth, args.sync_on_commit)
+    serve(args.port, args.data_dir, args.auth, args.sync_on_commit, args.cache_size)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`python -m dashboard` as a user runs it: a real database server, the runs pushed, Omniboard in Chromium."""
+"""`python -m dashboard` as a user runs it: a real database server, the runs copied, Omniboard in Chromium."""
 
 from __future__ import annotations
 
@@ -66,6 +66,19 @@ def start_dashboard(
     return proc, out
 
 
+def wait_for(proc: subprocess.Popen, text: str, timeout: float = 120) -> str:
+    """What the dashboard prints from now until a line holding `text` (the test fails after `timeout` s)."""
+    out, deadline = "", time.monotonic() + timeout
+    while text not in out:
+        try:
+            out += proc.printed.get(timeout=0.5)
+        except queue.Empty:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"dashboard never printed {text!r}:\n{out}")
+    return out
+
+
 def stop_dashboard(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> str:
     proc.send_signal(sig)
     assert proc.wait(timeout=60) == 0
@@ -102,8 +115,8 @@ def test_missing_node_is_one_clear_message(dashboard_env):
 
 def test_runs_pushed_once_stopped_cleanly_and_there_again(dashboard_env):
     train(dashboard_env)  # the file store, as make run leaves it
-    proc, out = start_dashboard(dashboard_env, "--no-omniboard")
-    assert "1 runs pushed" in out and "0 already there" in out
+    proc, _ = start_dashboard(dashboard_env, "--no-omniboard")
+    assert "copy done: 1 runs copied, 0 already there" in wait_for(proc, "copy done")
     client = dashboard_client(dashboard_env)
     db = client["odeflow"]
     assert db["runs"].find_one({"_id": 1})["status"] == "COMPLETED"
@@ -113,8 +126,8 @@ def test_runs_pushed_once_stopped_cleanly_and_there_again(dashboard_env):
     assert db["runs"].find_one({"_id": 2})["status"] == "COMPLETED"
     assert "dashboard stopped" in stop_dashboard(proc, signal.SIGINT)
 
-    proc, out = start_dashboard(dashboard_env, "--no-omniboard")
-    assert "0 runs pushed" in out and "2 already there" in out
+    proc, _ = start_dashboard(dashboard_env, "--no-omniboard")
+    assert "copy done: 0 runs copied, 2 already there" in wait_for(proc, "copy done")
     client = dashboard_client(dashboard_env)
     db = client["odeflow"]
     assert [d["status"] for d in db["runs"].find({}, {"status": 1}).sort("_id", 1)] == ["COMPLETED", "COMPLETED"]
@@ -130,7 +143,7 @@ def test_a_killed_dashboard_leaves_no_server_behind(dashboard_env):
     proc, out = start_dashboard(
         dashboard_env, "--no-omniboard", timeout=150
     )  # the port and the data folder are free again
-    assert "0 runs pushed" in out
+    assert "copy done: 0 runs copied" in wait_for(proc, "copy done")
     stop_dashboard(proc)
 
 
