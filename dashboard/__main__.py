@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import re
 import secrets
 import signal
@@ -29,7 +30,7 @@ from runner.tracking.stores import (
 
 ENV_EXAMPLE = PROJECT_ROOT / ".env.example"
 EXAMPLE_PASSWORD = PLACEHOLDER_PASSWORD
-STOP_GRACE = 1.0  # seconds the copy gets to finish its batch when the dashboard stops
+STOP_GRACE = 0.5  # seconds the copy gets to finish its batch when the dashboard stops
 DEFAULT_DB_CACHE = "256M"  # the database server's cache (WiredTiger's cache_size): its memory beyond Python's
 TUNNEL_FIX = (
     "or keep the default (127.0.0.1) and reach it through an SSH tunnel: ssh -L 9000:127.0.0.1:9000 <this host>"
@@ -39,8 +40,6 @@ TUNNEL_FIX = (
 def credentials() -> dict[str, str]:
     """MONGO_USER, MONGO_PASSWORD, MONGO_PORT, OMNIBOARD_PORT from the environment, else .env (created from
     .env.example with a random password when there is none)."""
-    import os
-
     from dotenv import dotenv_values
 
     path = env_file()
@@ -179,13 +178,14 @@ def serve(
         env["MONGO_PASSWORD"],
         cache_size=env["DASHBOARD_DB_CACHE"],
     )
-    omniboard = copier = copying = None
+    omniboard = copier = copying = client = None
     try:
         server.start()
         client = pymongo.MongoClient(server.url, serverSelectionTimeoutMS=5000)
         db = client[mongo.db_name]
         seed_omniboard(db)
         copier = Copier(db, [files.local_dir, mongo.local_dir], stop, journal=mongo.local_dir, log=say)
+        copier.repair()  # before anything shows the database: a batch a kill cut short goes
         copying = threading.Thread(target=copier.run, name="copy runs", daemon=True)
         copying.start()
         print(
@@ -221,13 +221,13 @@ def serve(
             starting.clear()
         print("Ctrl-C stops the dashboard", flush=True)
         while not stop.wait(0.5):
-            if copier is not None and copier.done.is_set() and copier.error is not None:
+            if copier.error is not None and not copier.error_reported:
                 say(
                     f"error: copying the runs into the database failed ({type(copier.error).__name__}: "
                     f"{str(copier.error).splitlines()[0][:300] if str(copier.error) else ''}); fix: see "
                     f"{server.log_file}, then start make dashboard again (it copies what is missing)"
                 )
-                copier = None
+                copier.error_reported = True
             if server.process is None or server.process.poll() is not None:
                 raise UserError(
                     f"the database server stopped unexpectedly (see {server.log_file})",
@@ -238,9 +238,16 @@ def serve(
                     f"Omniboard stopped unexpectedly (see {omniboard.log_file})", "start make dashboard again"
                 )
     finally:
-        stop.set()  # the copy ends its batch (a fraction of a second); one a kill cuts short is redone next time
+        stop.set()  # the copy ends its batch (a fraction of a second); one cut short is redone at the next start
         if copying is not None:
             copying.join(STOP_GRACE)
+            if not copier.finished:
+                say(f"copy stopped after {copier.counts['copied']} runs; the next start copies the rest")
+        if client is not None:
+            client.close()  # before the server goes: pymongo's exit handlers would wait on a gone server
+        for process in (omniboard, server):  # both told at once, then waited for
+            if process is not None:
+                process.request_stop()
         if omniboard is not None:
             omniboard.stop()
         server.stop()
@@ -249,4 +256,9 @@ def serve(
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Everything is stopped and closed; the interpreter's own teardown of its ~900 modules takes over a
+    # second on a busy machine, which a user who pressed Ctrl-C would wait for.
+    os._exit(code)

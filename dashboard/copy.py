@@ -124,7 +124,9 @@ class Copier:
         self.counts = {"copied": 0, "already_there": 0, "running": 0}
         self.total = 0
         self.done = threading.Event()
+        self.finished = False  # every pending run copied (not stopped, no error)
         self.error: BaseException | None = None
+        self.error_reported = False
         self._sources: dict[tuple[str, str], Any] = {}
         self._batch_size = 16
 
@@ -133,14 +135,14 @@ class Copier:
     def run(self) -> None:
         try:
             self._copy()
-        except BaseException as exc:  # reported by the dashboard; the batch in flight is repaired at next start
-            self.error = exc
+        except BaseException as exc:  # the batch in flight is repaired at the next start
+            if not self.stop.is_set():  # (a stop closes the connection under a batch: not an error)
+                self.error = exc
         finally:
             self.done.set()
 
     def _copy(self) -> None:
         started = time.monotonic()
-        self.repair()
         upgrade(self.db, self.stop)  # indexes first; an older version's layout brought up to date
         copied = {doc["_id"]: doc.get("signature") for doc in self.db[COPIED].find({}, {"signature": 1})}
         pending = []
@@ -177,9 +179,8 @@ class Copier:
                 )
         if len(batch) and not self.stop.is_set():
             self._write(batch)
-        if self.stop.is_set():
-            self.log(f"copy stopped after {self.counts['copied']} runs; the next start copies the rest")
-        else:
+        if not self.stop.is_set():
+            self.finished = True
             self.log(
                 f"copy done: {self.counts['copied']} runs copied, {self.counts['already_there']} already there"
                 + (f", {self.counts['running']} still running or killed (not copied)" if self.counts["running"] else "")
@@ -318,13 +319,14 @@ class Copier:
             self.db["fs.chunks"].insert_many(batch.chunks, ordered=False)
         if batch.files:
             self.db["fs.files"].insert_many(batch.files, ordered=False)
+        # The batch is whole: from here a kill leaves runs the next start finds by their uid, not a batch to redo.
+        self.db[COPY_BATCH].delete_one({"_id": "batch"})
         self._record(
             [(run_dir, sig, doc["_id"]) for (run_dir, sig, _), doc in zip(batch.folders, batch.runs, strict=True)]
         )
         for (run_dir, _, is_journal), doc in zip(batch.folders, batch.runs, strict=True):
             if is_journal:  # `runner sync` reads the journal's markers
                 write_marker(run_dir, doc["meta"]["run_uid"], doc["_id"], True)
-        self.db[COPY_BATCH].delete_one({"_id": "batch"})
         self.counts["copied"] += len(batch)
         seconds = time.monotonic() - started
         if seconds < BATCH_SECONDS / 2:

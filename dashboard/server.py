@@ -174,6 +174,11 @@ class DatabaseServer:
         self._check_credentials()
         return self
 
+    def request_stop(self) -> None:
+        """SIGTERM now, without waiting: `stop` then waits (stopping several processes at once)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM: the server closes WiredTiger (a checkpoint) and exits."""
         if self.process is None:
