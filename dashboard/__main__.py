@@ -31,6 +31,7 @@ from runner.tracking.stores import (
 ENV_EXAMPLE = PROJECT_ROOT / ".env.example"
 EXAMPLE_PASSWORD = PLACEHOLDER_PASSWORD
 STOP_GRACE = 0.5  # seconds the copy gets to finish its batch when the dashboard stops
+SERVER_STOP_GRACE = 1.2  # seconds the database server gets to close cleanly when the dashboard stops
 DEFAULT_DB_CACHE = "256M"  # the database server's cache (WiredTiger's cache_size): its memory beyond Python's
 TUNNEL_FIX = (
     "or keep the default (127.0.0.1) and reach it through an SSH tunnel: ssh -L 9000:127.0.0.1:9000 <this host>"
@@ -249,8 +250,10 @@ def serve(
             if process is not None:
                 process.request_stop()
         if omniboard is not None:
-            omniboard.stop()
-        server.stop()
+            omniboard.stop(STOP_GRACE)
+        # A server still closing after that is killed: it loses nothing (it fsyncs every commit, and a batch
+        # the kill cuts short is redone at the next start)
+        server.stop(SERVER_STOP_GRACE)
     print("dashboard stopped; the runs stay in the database for the next make dashboard")
     return 0
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from odeflow.errors import UserError
 
 READY = "secantus-ready"
+CHECKPOINT_SECONDS = 5
 USER_MARKER = "dashboard-user.json"  # beside the data folder: the user it was provisioned with (no password)
 
 
@@ -223,6 +224,9 @@ class DatabaseServer:
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in a terminal reaches the parent only; it stops us in order
             preexec_fn=stop_with_parent,
+            # WiredTiger checkpoints this often (SecantusDB's default: 60 s), so that a stop writes at most a
+            # few seconds of changes, and the log a restart after a kill replays is as short
+            env={**os.environ, "SECANTUS_CHECKPOINT_SECONDS": str(CHECKPOINT_SECONDS)},
         )
         log.close()
         self.pid_file.write_text(json.dumps({"pid": process.pid, "owner": os.getpid()}))
