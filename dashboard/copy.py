@@ -17,6 +17,7 @@ import datetime as dt
 import hashlib
 import json
 import mimetypes
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +46,7 @@ SIGNATURE_FILES = ("run.json", "info.json", "metrics.json")
 CHUNK_SIZE = 255 * 1024  # GridFS's default chunk size
 SACRED_FORMAT = "MongoObserver-0.7.0"
 PROGRESS_EVERY = 5.0  # seconds between progress lines
+KNOWN_PER_WRITE = 1000  # folders recorded as already copied per write
 BATCH_SECONDS = 0.4  # a batch's writes take about this long, so a stop waits for at most one short batch
 
 
@@ -104,6 +106,7 @@ class Batch:
         self.chunks: list[dict] = []
         self.folders: list[tuple[Path, list, bool]] = []  # (folder, signature, is a journal folder)
         self.artifacts: list[list[dict]] = []  # per run: its artifact files (named after its id once known)
+        self.known: list[tuple[Path, list, Any]] = []  # folders whose run the database has: recorded only
 
     def __len__(self) -> int:
         return len(self.runs)
@@ -129,6 +132,7 @@ class Copier:
         self.error_reported = False
         self._sources: dict[tuple[str, str], Any] = {}
         self._batch_size = 16
+        self._next_id: int | None = None
 
     # --- the whole copy ------------------------------------------------------------------------------
 
@@ -161,24 +165,26 @@ class Copier:
             doc.get("meta", {}).get("run_uid"): (doc["_id"], doc.get("status"))
             for doc in self.db["runs"].find({}, {"meta.run_uid": 1, "status": 1})
         }
-        last_progress, batch, seen = time.monotonic(), Batch(), 0
-        for run_dir, sig, changed, is_journal in pending:
+        # Read and write at once: one thread reads run folders into batches while this one writes the last.
+        batches: queue.Queue[Batch | None] = queue.Queue(maxsize=2)
+        failed: list[BaseException] = []
+        reader = threading.Thread(target=self._read, args=(pending, in_db, batches, failed), name="read runs")
+        reader.start()
+        last_progress = time.monotonic()
+        while (batch := batches.get()) is not None:
             if self.stop.is_set():
-                break
-            seen += 1
-            self._add(batch, run_dir, sig, changed, is_journal, in_db)
-            if len(batch) >= self._batch_size:
-                self._write(batch)
-                batch = Batch()
+                continue  # drained, not written, until the reader has seen the stop
+            self._write(batch)
             if time.monotonic() - last_progress >= PROGRESS_EVERY:
                 last_progress = time.monotonic()
                 rate = self.counts["copied"] / max(last_progress - started, 1e-9)
                 self.log(
-                    f"copying runs into the dashboard's database: {seen} of {self.total} read, "
-                    f"{self.counts['copied']} copied ({rate:.0f} runs/s)"
+                    f"copying runs into the dashboard's database: {self.counts['copied']} of {self.total} "
+                    f"copied ({rate:.0f} runs/s)"
                 )
-        if len(batch) and not self.stop.is_set():
-            self._write(batch)
+        reader.join()
+        if failed:
+            raise failed[0]
         if not self.stop.is_set():
             self.finished = True
             self.log(
@@ -186,6 +192,23 @@ class Copier:
                 + (f", {self.counts['running']} still running or killed (not copied)" if self.counts["running"] else "")
                 + f" ({time.monotonic() - started:.1f} s)"
             )
+
+    def _read(self, pending: list, in_db: dict[str, Any], batches: queue.Queue, failed: list) -> None:
+        try:
+            batch = Batch()
+            for run_dir, sig, changed, is_journal in pending:
+                if self.stop.is_set():
+                    break
+                self._add(batch, run_dir, sig, changed, is_journal, in_db)
+                if len(batch) >= self._batch_size or len(batch.known) >= KNOWN_PER_WRITE:
+                    batches.put(batch)
+                    batch = Batch()
+            if len(batch) or batch.known:
+                batches.put(batch)
+        except BaseException as exc:
+            failed.append(exc)
+        finally:
+            batches.put(None)
 
     def _add(
         self, batch: Batch, run_dir: Path, sig: list, changed: bool, is_journal: bool, in_db: dict[str, Any]
@@ -198,8 +221,7 @@ class Copier:
         uid = run_uid_of(run_dir, record)
         there = in_db.get(uid)
         if there is not None and there[1] == record.get("status") and not changed:
-            self._record([(run_dir, sig, there[0])])  # logged live, or copied by an older version
-            self.counts["already_there"] += 1
+            batch.known.append((run_dir, sig, there[0]))  # logged live, or copied by an older version
             return
         if there is not None:  # a changed run, or one the database holds partly: rewritten in place
             mongo_id = replay(run_dir, self.db.client, self.db.name)
@@ -293,6 +315,9 @@ class Copier:
     # --- a batch, written -----------------------------------------------------------------------------
 
     def _write(self, batch: Batch) -> None:
+        if batch.known:
+            self._record(batch.known)
+            self.counts["already_there"] += len(batch.known)
         if not len(batch):
             return
         started = time.monotonic()
@@ -335,21 +360,26 @@ class Copier:
             self._batch_size = max(self._batch_size // 2, 1)
 
     def _insert_runs(self, documents: list[dict]) -> None:
-        """Insert with the next free ids; a run logged live meanwhile may take one, then the rest move up."""
+        """Insert with the next free ids; a run logged live meanwhile may take one, then the rest move up.
+
+        The next id is kept here, not asked for each batch: finding the highest id sorts the whole runs
+        collection in SecantusDB (about 0.2 s at 2,000 runs, growing with every run)."""
         remaining = documents
         while remaining:
-            last = self.db["runs"].find_one({}, {"_id": 1}, sort=[("_id", -1)])
-            first = last["_id"] + 1 if last is not None else 1
+            if self._next_id is None:
+                last = self.db["runs"].find_one({}, {"_id": 1}, sort=[("_id", -1)])
+                self._next_id = last["_id"] + 1 if last is not None else 1
             for offset, document in enumerate(remaining):
-                document["_id"] = first + offset
+                document["_id"] = self._next_id + offset
             try:
                 self.db["runs"].insert_many(remaining, ordered=True)
+                self._next_id += len(remaining)
                 return
             except BulkWriteError as exc:
-                inserted = exc.details.get("nInserted", 0)
                 if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
                     raise
-                remaining = remaining[inserted:]
+                remaining = remaining[exc.details.get("nInserted", 0) :]
+                self._next_id = None  # taken by a live run: ask again
 
     def _record(self, entries: list[tuple[Path, list, Any]]) -> None:
         from pymongo import ReplaceOne

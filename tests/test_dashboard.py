@@ -44,6 +44,24 @@ def dashboard_env(tmp_path) -> dict[str, str]:
     return {**clean, "ODEFLOW_RUNS": str(runs), "ODEFLOW_ENV_FILE": str(env_file), "PYTHONUNBUFFERED": "1"}
 
 
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def no_dashboard_left():
+    """A test that fails part-way leaves no dashboard (nor, through it, a database server) running."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 def start_dashboard(
     env: dict[str, str], *args: str, timeout: float = 240, cwd: Path = ROOT
 ) -> tuple[subprocess.Popen, str]:
@@ -56,6 +74,7 @@ def start_dashboard(
         stderr=subprocess.STDOUT,
         text=True,
     )
+    STARTED.append(proc)
     lines: queue.Queue[str] = queue.Queue()
     proc.reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)
     proc.reader.start()
