@@ -161,9 +161,9 @@ class Copier:
                 else:
                     pending.append((run_dir, sig, previous is not None, folder == self.journal))
         self.total = len(pending)
-        in_db = {
+        in_db = {  # (read only when there is something to copy: it reads every run document)
             doc.get("meta", {}).get("run_uid"): (doc["_id"], doc.get("status"))
-            for doc in self.db["runs"].find({}, {"meta.run_uid": 1, "status": 1})
+            for doc in (self.db["runs"].find({}, {"meta.run_uid": 1, "status": 1}) if pending else [])
         }
         # Read and write at once: one thread reads run folders into batches while this one writes the last.
         batches: queue.Queue[Batch | None] = queue.Queue(maxsize=2)
