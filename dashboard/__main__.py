@@ -118,7 +118,7 @@ def say(line: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dashboard", description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. paths.runs=DIR tracking.db_name=NAME")
-    parser.add_argument("--no-omniboard", action="store_true", help="only the database (runs pushed), no Omniboard")
+    parser.add_argument("--no-omniboard", action="store_true", help="only the database (runs copied), no Omniboard")
     args = parser.parse_args(argv)
     stop, starting = threading.Event(), threading.Event()
     starting.set()
@@ -232,7 +232,7 @@ def serve(
             if server.process is None or server.process.poll() is not None:
                 raise UserError(
                     f"the database server stopped unexpectedly (see {server.log_file})",
-                    "start make dashboard again; runs in the journal are pushed again at start",
+                    "start make dashboard again; it copies what the database is missing at start",
                 )
             if omniboard is not None and not omniboard.running():
                 raise UserError(
