@@ -95,7 +95,7 @@ up: ## Start MongoDB and Omniboard (docker compose, ports on 127.0.0.1)
 down: ## Stop MongoDB and Omniboard (the data volume is kept)
 	docker compose down
 
-dashboard: $(INSTALLED) ## Local dashboard, no Docker: database + Omniboard on 127.0.0.1, every run pushed (Ctrl-C stops)
+dashboard: $(INSTALLED) ## Local dashboard, no Docker: database + Omniboard on 127.0.0.1, runs copied in the background (Ctrl-C stops)
 	$(PY) -m dashboard
 
 clean: ## Remove caches (keeps .venv, runs/ and datasets/)

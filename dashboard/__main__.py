@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
+import re
 import secrets
 import signal
 import sys
@@ -28,6 +30,9 @@ from runner.tracking.stores import (
 
 ENV_EXAMPLE = PROJECT_ROOT / ".env.example"
 EXAMPLE_PASSWORD = PLACEHOLDER_PASSWORD
+STOP_GRACE = 0.5  # seconds the copy gets to finish its batch when the dashboard stops
+SERVER_STOP_GRACE = 1.2  # seconds the database server gets to close cleanly when the dashboard stops
+DEFAULT_DB_CACHE = "256M"  # the database server's cache (WiredTiger's cache_size): its memory beyond Python's
 TUNNEL_FIX = (
     "or keep the default (127.0.0.1) and reach it through an SSH tunnel: ssh -L 9000:127.0.0.1:9000 <this host>"
 )
@@ -36,8 +41,6 @@ TUNNEL_FIX = (
 def credentials() -> dict[str, str]:
     """MONGO_USER, MONGO_PASSWORD, MONGO_PORT, OMNIBOARD_PORT from the environment, else .env (created from
     .env.example with a random password when there is none)."""
-    import os
-
     from dotenv import dotenv_values
 
     path = env_file()
@@ -48,7 +51,10 @@ def credentials() -> dict[str, str]:
     elif path.stat().st_mode & 0o077:
         path.chmod(0o600)
         print(f"made {path} readable by you only (mode 0600): it holds the database password")
-    values = {**dotenv_values(path), **{k: v for k, v in os.environ.items() if k.startswith(("MONGO_", "OMNIBOARD_"))}}
+    values = {
+        **dotenv_values(path),
+        **{k: v for k, v in os.environ.items() if k.startswith(("MONGO_", "OMNIBOARD_", "DASHBOARD_"))},
+    }
     missing = [k for k in ("MONGO_USER", "MONGO_PASSWORD") if not values.get(k)]
     if missing:
         raise UserError(
@@ -63,6 +69,11 @@ def credentials() -> dict[str, str]:
             )
         values[key] = value
     values["OMNIBOARD_HOST"] = values.get("OMNIBOARD_HOST") or "127.0.0.1"
+    values["DASHBOARD_DB_CACHE"] = cache = (values.get("DASHBOARD_DB_CACHE") or DEFAULT_DB_CACHE).upper()
+    if not re.fullmatch(r"[1-9][0-9]*[MG]", cache):
+        raise UserError(
+            f"DASHBOARD_DB_CACHE={cache!r} in {path} is not a size", "set it to megabytes or gigabytes, e.g. 256M or 1G"
+        )
     omniboard_login(values, path)
     return values
 
@@ -100,37 +111,50 @@ def omniboard_login(values: dict[str, str], path: Path) -> tuple[str, str] | Non
     return user, password
 
 
-def push_runs(client, db_name: str, folders: list[Path]) -> dict[str, int]:
-    """Every finished run of the file store and the journal into the database (idempotent, keyed by run uid)."""
-    from runner.tracking.mongo import sync
-
-    totals = {"pushed": 0, "already_there": 0, "running": 0}
-    for folder in folders:
-        for key, count in sync(folder, client, db_name, log=lambda *_: None).items():
-            totals[key] += count
-    return totals
+def say(line: str) -> None:
+    print(line, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dashboard", description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. paths.runs=DIR tracking.db_name=NAME")
-    parser.add_argument("--no-omniboard", action="store_true", help="only the database (runs pushed), no Omniboard")
+    parser.add_argument("--no-omniboard", action="store_true", help="only the database (runs copied), no Omniboard")
     args = parser.parse_args(argv)
-    stop = threading.Event()
+    stop, starting = threading.Event(), threading.Event()
+    starting.set()
+
+    def on_signal(*_) -> None:
+        stop.set()
+        if starting.is_set():  # still starting up (waiting on the database or Omniboard): cut it short
+            starting.clear()
+            raise Stopped
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     try:
-        return serve(args.overrides, stop, with_omniboard=not args.no_omniboard)
+        return serve(args.overrides, stop, with_omniboard=not args.no_omniboard, starting=starting)
+    except Stopped:
+        print("dashboard stopped while starting", flush=True)
+        return 0
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
 
-def serve(overrides: list[str], stop: threading.Event, with_omniboard: bool = True) -> int:
-    """Start the database and Omniboard, push the runs, and wait until `stop` is set."""
+class Stopped(Exception):
+    """SIGINT or SIGTERM while the dashboard starts."""
+
+
+def serve(
+    overrides: list[str], stop: threading.Event, with_omniboard: bool = True, starting: threading.Event | None = None
+) -> int:
+    """Start the database and Omniboard, copy the runs in the background, and wait until `stop` is set.
+
+    `starting` is cleared once the dashboard serves (a signal then only sets `stop`)."""
     import pymongo
 
     from dashboard.columns import seed_omniboard
+    from dashboard.copy import Copier
     from dashboard.omniboard import Omniboard, ensure_installed, version
     from dashboard.server import DatabaseServer, make_private, mongo_url
     from runner.cli import load_store
@@ -149,21 +173,27 @@ def serve(overrides: list[str], stop: threading.Event, with_omniboard: bool = Tr
             "folders were readable by other users (an older odeflow created them so)"
         )
     server = DatabaseServer(
-        runs_root / "dashboard" / "db", int(env["MONGO_PORT"]), env["MONGO_USER"], env["MONGO_PASSWORD"]
+        runs_root / "dashboard" / "db",
+        int(env["MONGO_PORT"]),
+        env["MONGO_USER"],
+        env["MONGO_PASSWORD"],
+        cache_size=env["DASHBOARD_DB_CACHE"],
     )
-    omniboard = None
+    omniboard = copier = copying = client = None
     try:
         server.start()
         client = pymongo.MongoClient(server.url, serverSelectionTimeoutMS=5000)
-        counts = push_runs(client, mongo.db_name, [files.local_dir, mongo.local_dir])
+        db = client[mongo.db_name]
+        seed_omniboard(db)
+        copier = Copier(db, [files.local_dir, mongo.local_dir], stop, journal=mongo.local_dir, log=say)
+        copier.repair()  # before anything shows the database: a batch a kill cut short goes
+        copying = threading.Thread(target=copier.run, name="copy runs", daemon=True)
+        copying.start()
         print(
-            f"database: {mongo_url(server.port)} db {mongo.db_name} (data in {server.data_dir}); "
-            f"{counts['pushed']} runs pushed from {files.local_dir} and {mongo.local_dir}, "
-            f"{counts['already_there']} already there"
-            + (f", {counts['running']} still running or killed (not pushed)" if counts["running"] else "")
+            f"database: {mongo_url(server.port)} db {mongo.db_name} (data in {server.data_dir}, cache "
+            f"{server.cache_size}); copying new and changed runs from {files.local_dir} and {mongo.local_dir} "
+            "in the background: Omniboard shows them as they arrive"
         )
-        seed_omniboard(client[mongo.db_name])
-        client.close()
         if with_omniboard:
             login = omniboard_login(env, env_file())
             omniboard = Omniboard(
@@ -188,24 +218,50 @@ def serve(overrides: list[str], stop: threading.Event, with_omniboard: bool = Tr
                 "warning: MONGO_URL in .env does not point at this database; runs with tracking=mongo will go "
                 f"elsewhere (set it to {mask_url(server.url)})"
             )
+        if starting is not None:
+            starting.clear()
         print("Ctrl-C stops the dashboard", flush=True)
         while not stop.wait(0.5):
+            if copier.error is not None and not copier.error_reported:
+                say(
+                    f"error: copying the runs into the database failed ({type(copier.error).__name__}: "
+                    f"{str(copier.error).splitlines()[0][:300] if str(copier.error) else ''}); fix: see "
+                    f"{server.log_file}, then start make dashboard again (it copies what is missing)"
+                )
+                copier.error_reported = True
             if server.process is None or server.process.poll() is not None:
                 raise UserError(
                     f"the database server stopped unexpectedly (see {server.log_file})",
-                    "start make dashboard again; runs in the journal are pushed again at start",
+                    "start make dashboard again; it copies what the database is missing at start",
                 )
             if omniboard is not None and not omniboard.running():
                 raise UserError(
                     f"Omniboard stopped unexpectedly (see {omniboard.log_file})", "start make dashboard again"
                 )
     finally:
+        stop.set()  # the copy ends its batch (a fraction of a second); one cut short is redone at the next start
+        if copying is not None:
+            copying.join(STOP_GRACE)
+            if not copier.finished:
+                say(f"copy stopped after {copier.counts['copied']} runs; the next start copies the rest")
+        if client is not None:
+            client.close()  # before the server goes: pymongo's exit handlers would wait on a gone server
+        for process in (omniboard, server):  # both told at once, then waited for
+            if process is not None:
+                process.request_stop()
         if omniboard is not None:
-            omniboard.stop()
-        server.stop()
+            omniboard.stop(STOP_GRACE)
+        # A server still closing after that is killed: it loses nothing (it fsyncs every commit, and a batch
+        # the kill cuts short is redone at the next start)
+        server.stop(SERVER_STOP_GRACE)
     print("dashboard stopped; the runs stay in the database for the next make dashboard")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Everything is stopped and closed; the interpreter's own teardown of its ~900 modules takes over a
+    # second on a busy machine, which a user who pressed Ctrl-C would wait for.
+    os._exit(code)

@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -151,6 +152,10 @@ class Omniboard:
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def request_stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
 
     def stop(self, timeout: float = 10) -> None:
         if self.process is not None:

@@ -30,6 +30,7 @@ from pathlib import Path
 from odeflow.errors import UserError
 
 READY = "secantus-ready"
+CHECKPOINT_SECONDS = 5
 USER_MARKER = "dashboard-user.json"  # beside the data folder: the user it was provisioned with (no password)
 
 
@@ -96,11 +97,13 @@ class DatabaseServer:
         password: str | None = None,
         sync_on_commit: bool = True,
         log_file: Path | None = None,
+        cache_size: str = "256M",
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.user, self.password = user, password
         self.sync_on_commit = sync_on_commit
+        self.cache_size = cache_size  # WiredTiger's cache: what bounds the server's memory beyond Python's own
         self.log_file = Path(log_file) if log_file else self.data_dir.parent / f"{self.data_dir.name}.log"
         self.process: subprocess.Popen | None = None
         self.leftover_grace = 60.0  # seconds a leftover server gets to close WiredTiger before SIGKILL
@@ -172,6 +175,11 @@ class DatabaseServer:
         self._check_credentials()
         return self
 
+    def request_stop(self) -> None:
+        """SIGTERM now, without waiting: `stop` then waits (stopping several processes at once)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM: the server closes WiredTiger (a checkpoint) and exits."""
         if self.process is None:
@@ -204,6 +212,8 @@ class DatabaseServer:
             str(port),
             "--data-dir",
             str(self.data_dir.resolve()),
+            "--cache-size",
+            self.cache_size,
         ]
         command += ["--auth"] * auth + ["--sync-on-commit"] * self.sync_on_commit
         log = self.log_file.open("ab")
@@ -214,6 +224,9 @@ class DatabaseServer:
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in a terminal reaches the parent only; it stops us in order
             preexec_fn=stop_with_parent,
+            # WiredTiger checkpoints this often (SecantusDB's default: 60 s), so that a stop writes at most a
+            # few seconds of changes, and the log a restart after a kill replays is as short
+            env={**os.environ, "SECANTUS_CHECKPOINT_SECONDS": str(CHECKPOINT_SECONDS)},
         )
         log.close()
         self.pid_file.write_text(json.dumps({"pid": process.pid, "owner": os.getpid()}))
@@ -323,7 +336,7 @@ def _tail(path: Path, lines: int = 5) -> str:
     return " | ".join(text[-lines:]) or "(no output)"
 
 
-def serve(port: int, data_dir: Path, auth: bool, sync_on_commit: bool) -> None:
+def serve(port: int, data_dir: Path, auth: bool, sync_on_commit: bool, cache_size: str = "256M") -> None:
     """The server process: start, say READY on stdout, stop cleanly on SIGTERM or SIGINT."""
     from secantus import SecantusDBServer
 
@@ -335,14 +348,14 @@ def serve(port: int, data_dir: Path, auth: bool, sync_on_commit: bool) -> None:
         replica_set_name=None,  # a plain standalone server: what Omniboard's driver expects
         enable_test_commands=False,
         sync_on_commit=sync_on_commit,
-        cache_size="256M",
+        cache_size=cache_size,
     )
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     server.start()
     print(READY, flush=True)
-    while not stopping.wait(1):  # a timeout: a signal that reached another thread is still seen
+    while not stopping.wait(0.1):  # a timeout: a signal that reached another thread is still seen
         pass
     server.stop()
 
@@ -353,8 +366,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--auth", action="store_true")
     parser.add_argument("--sync-on-commit", action="store_true")
+    parser.add_argument("--cache-size", default="256M")
     args = parser.parse_args(argv)
-    serve(args.port, args.data_dir, args.auth, args.sync_on_commit)
+    serve(args.port, args.data_dir, args.auth, args.sync_on_commit, args.cache_size)
 
 
 if __name__ == "__main__":

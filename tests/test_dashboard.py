@@ -1,7 +1,8 @@
-"""`python -m dashboard` as a user runs it: a real database server, the runs pushed, Omniboard in Chromium."""
+"""`python -m dashboard` as a user runs it: a real database server, the runs copied, Omniboard in Chromium."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import shutil
@@ -10,12 +11,16 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
+import gridfs
+import psutil
 import pymongo
 import pytest
 
 from dashboard.columns import CUSTOM_COLUMNS
+from dashboard.copy import COPIED
 from dashboard.server import DatabaseServer, alive, free_port, mongo_url
 from odeflow.errors import UserError
 from tests.conftest import ROOT, run_cli
@@ -39,6 +44,24 @@ def dashboard_env(tmp_path) -> dict[str, str]:
     return {**clean, "ODEFLOW_RUNS": str(runs), "ODEFLOW_ENV_FILE": str(env_file), "PYTHONUNBUFFERED": "1"}
 
 
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def no_dashboard_left():
+    """A test that fails part-way leaves no dashboard (nor, through it, a database server) running."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 def start_dashboard(
     env: dict[str, str], *args: str, timeout: float = 240, cwd: Path = ROOT
 ) -> tuple[subprocess.Popen, str]:
@@ -51,6 +74,7 @@ def start_dashboard(
         stderr=subprocess.STDOUT,
         text=True,
     )
+    STARTED.append(proc)
     lines: queue.Queue[str] = queue.Queue()
     proc.reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)
     proc.reader.start()
@@ -64,6 +88,19 @@ def start_dashboard(
                 pytest.fail(f"dashboard did not start:\n{out}")
     proc.printed = lines  # the rest of its output, for stop_dashboard
     return proc, out
+
+
+def wait_for(proc: subprocess.Popen, text: str, timeout: float = 120) -> str:
+    """What the dashboard prints from now until a line holding `text` (the test fails after `timeout` s)."""
+    out, deadline = "", time.monotonic() + timeout
+    while text not in out:
+        try:
+            out += proc.printed.get(timeout=0.5)
+        except queue.Empty:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"dashboard never printed {text!r}:\n{out}")
+    return out
 
 
 def stop_dashboard(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> str:
@@ -102,8 +139,8 @@ def test_missing_node_is_one_clear_message(dashboard_env):
 
 def test_runs_pushed_once_stopped_cleanly_and_there_again(dashboard_env):
     train(dashboard_env)  # the file store, as make run leaves it
-    proc, out = start_dashboard(dashboard_env, "--no-omniboard")
-    assert "1 runs pushed" in out and "0 already there" in out
+    proc, _ = start_dashboard(dashboard_env, "--no-omniboard")
+    assert "copy done: 1 runs copied, 0 already there" in wait_for(proc, "copy done")
     client = dashboard_client(dashboard_env)
     db = client["odeflow"]
     assert db["runs"].find_one({"_id": 1})["status"] == "COMPLETED"
@@ -113,8 +150,8 @@ def test_runs_pushed_once_stopped_cleanly_and_there_again(dashboard_env):
     assert db["runs"].find_one({"_id": 2})["status"] == "COMPLETED"
     assert "dashboard stopped" in stop_dashboard(proc, signal.SIGINT)
 
-    proc, out = start_dashboard(dashboard_env, "--no-omniboard")
-    assert "0 runs pushed" in out and "2 already there" in out
+    proc, _ = start_dashboard(dashboard_env, "--no-omniboard")
+    assert "copy done: 0 runs copied, 2 already there" in wait_for(proc, "copy done")
     client = dashboard_client(dashboard_env)
     db = client["odeflow"]
     assert [d["status"] for d in db["runs"].find({}, {"status": 1}).sort("_id", 1)] == ["COMPLETED", "COMPLETED"]
@@ -130,7 +167,101 @@ def test_a_killed_dashboard_leaves_no_server_behind(dashboard_env):
     proc, out = start_dashboard(
         dashboard_env, "--no-omniboard", timeout=150
     )  # the port and the data folder are free again
-    assert "0 runs pushed" in out
+    assert "copy done: 0 runs copied" in wait_for(proc, "copy done")
+    stop_dashboard(proc)
+
+
+def replicate(run_dir: Path, count: int) -> None:
+    """`count` more runs in the store beside `run_dir`: copies of it (files hard-linked), each its own run uid."""
+    record = json.loads((run_dir / "run.json").read_text())
+    for n in range(1, count + 1):
+        target = run_dir.parent / str(int(run_dir.name) + n)
+        target.mkdir()
+        for file in run_dir.iterdir():
+            if file.name != "run.json":
+                os.link(file, target / file.name)
+        record["meta"]["run_uid"] = uuid.uuid4().hex
+        (target / "run.json").write_text(json.dumps(record))
+
+
+def a_store_of(env: dict[str, str], runs: int) -> Path:
+    train(env)
+    store = Path(env["ODEFLOW_RUNS"]) / "store"
+    replicate(store / "1", runs - 1)
+    return store
+
+
+def assert_copied_whole(env: dict[str, str], store: Path, runs: int) -> None:
+    """Every run of the store once in the database, with all its series and files, nothing left over."""
+    db = dashboard_client(env)["odeflow"]
+    docs = list(db["runs"].find({}, {"meta.run_uid": 1, "info.metrics": 1, "artifacts": 1, "experiment.sources": 1}))
+    uids = {json.loads((store / str(n) / "run.json").read_text())["meta"]["run_uid"] for n in range(1, runs + 1)}
+    assert len(docs) == runs and {d["meta"]["run_uid"] for d in docs} == uids
+    series = len(json.loads((store / "1" / "metrics.json").read_text()))
+    assert db["metrics"].count_documents({}) == runs * series
+    for doc in docs:
+        assert len(doc["info"]["metrics"]) == series
+    fs = gridfs.GridFS(db)
+    referenced = {a["file_id"] for d in docs for a in d["artifacts"]} | {
+        file_id for d in docs for _, file_id in d["experiment"]["sources"]
+    }
+    assert {f._id for f in fs.find()} == referenced  # no file of a batch cut short is left
+    last = max(docs, key=lambda d: d["_id"])
+    artifact = next(a for a in last["artifacts"] if a["name"] == "confusion_matrix.png")
+    assert fs.get(artifact["file_id"]).read() == (store / "1" / "confusion_matrix.png").read_bytes()
+
+
+STORE_RUNS = 200
+
+
+def test_a_store_is_served_while_it_is_copied_and_a_later_start_copies_only_what_changed(dashboard_env):
+    store = a_store_of(dashboard_env, STORE_RUNS)
+    proc, out = start_dashboard(dashboard_env, "--no-omniboard")
+    assert "copy done" not in out  # serving before the copy has finished
+    assert f"copy done: {STORE_RUNS} runs copied, 0 already there" in wait_for(proc, "copy done")
+    assert_copied_whole(dashboard_env, store, STORE_RUNS)
+    stop_dashboard(proc)
+
+    info = json.loads((store / "7" / "info.json").read_text())
+    (store / "7" / "info.json").unlink()  # a hard link: the run's own file is replaced, not its copies'
+    (store / "7" / "info.json").write_text(json.dumps({**info, "note": "re-evaluated"}))
+    proc, _ = start_dashboard(dashboard_env, "--no-omniboard")
+    assert f"copy done: 1 runs copied, {STORE_RUNS - 1} already there" in wait_for(proc, "copy done")
+    db = dashboard_client(dashboard_env)["odeflow"]
+    uid = json.loads((store / "7" / "run.json").read_text())["meta"]["run_uid"]
+    assert db["runs"].find_one({"meta.run_uid": uid})["info"]["note"] == "re-evaluated"
+    assert_copied_whole(dashboard_env, store, STORE_RUNS)
+    stop_dashboard(proc)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["SIGINT", "SIGTERM", "SIGKILL"])
+def test_a_signal_during_the_copy_stops_everything_at_once_and_the_next_start_completes_it(dashboard_env, sig):
+    store = a_store_of(dashboard_env, STORE_RUNS)
+    proc, _ = start_dashboard(dashboard_env, "--no-omniboard")
+    pid_file = Path(dashboard_env["ODEFLOW_RUNS"]) / "dashboard" / "db.pid"
+    server = psutil.Process(json.loads(pid_file.read_text())["pid"])
+    copied = dashboard_client(dashboard_env)["odeflow"][COPIED]
+    while not copied.count_documents({}):  # mid-copy: the first batch is in
+        time.sleep(0.05)
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    # SIGKILL gives the dashboard no chance: its server stops on the parent-death signal, in its own time
+    limit = 30 if sig == signal.SIGKILL else 2
+    gone, _ = psutil.wait_procs([server], timeout=max(0.1, sent + limit - time.monotonic()))
+    took = time.monotonic() - sent
+    assert gone, f"the database server still runs {took:.1f} s after {sig.name}"
+    if sig != signal.SIGKILL:
+        assert proc.returncode == 0 and took < 2, f"{sig.name}: stopped after {took:.1f} s"
+        proc.reader.join(10)
+        out = "".join(proc.printed.get() for _ in range(proc.printed.qsize()))
+        assert "copy stopped after" in out and "dashboard stopped" in out  # it was copying
+
+    proc, _ = start_dashboard(dashboard_env, "--no-omniboard")
+    done = wait_for(proc, "copy done")
+    copied = int(done.split("copy done: ")[1].split()[0])
+    assert 0 < copied < STORE_RUNS  # only what the first start had not copied
+    assert_copied_whole(dashboard_env, store, STORE_RUNS)
     stop_dashboard(proc)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -30,15 +31,61 @@ CAPTURED_OUT_HEAD = 200_000
 CAPTURED_OUT_TAIL = 1_800_000
 MARKER = "mongo.json"  # in a journal run folder: {"run_uid", "mongo_id", "complete"}
 FINAL_STATUSES = ("COMPLETED", "FAILED", "INTERRUPTED")
-# Per-epoch cost series (NFE counts, seconds) go to their own collection beside Sacred's `metrics`.
-# Omniboard plots every series of a run's `metrics` on one linear axis, ticked by default, so NFE
-# (tens) and epoch times would flatten the loss and accuracy curves (0-1) into lines at the bottom.
-# Omniboard shows the costs as table columns (table_fields, from info.cost) and in the nfe.png artifact.
-COST_METRICS_COLLECTION = "cost_metrics"
+# Older versions kept the per-epoch costs (NFE, epoch times, memory) in a collection of their own; every
+# series now lives in Sacred's `metrics`, where every Sacred client (incense, Omniboard) finds it, and
+# `migrate_legacy_costs` moves what an older version left there.
+LEGACY_COST_METRICS = "cost_metrics"
+COST_METRICS_COLLECTION = LEGACY_COST_METRICS  # the name readers of older databases import
+LAYOUT_COLLECTION = "odeflow.layout"  # what `upgrade` has done to a database
+SUMMARY_FIELD = "metric_summary"  # on each run document: {name with '.' as '__': {last, min, max, epochs}}
 
 
-def is_cost_metric(name: str) -> bool:
-    return bool({"nfe", "fnfe", "time", "mem"} & set(name.split(".")))
+def summary_key(name: str) -> str:
+    """A metric's key under `metric_summary` (MongoDB field names may not hold dots: val.acc -> val__acc)."""
+    return name.replace(".", "__")
+
+
+def summarize(values: list[Any], previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """{last, min, max, epochs} of a series, extended by `values` when `previous` summarizes its start.
+
+    NaN and non-numbers count as epochs and can be the last value, but never the min or the max."""
+    summary = dict(previous or {"last": None, "min": None, "max": None, "epochs": 0})
+    for value in values:
+        summary["last"] = value
+        summary["epochs"] += 1
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value):
+            summary["min"] = value if summary["min"] is None else min(summary["min"], value)
+            summary["max"] = value if summary["max"] is None else max(summary["max"], value)
+    return summary
+
+
+def metric_summaries(series: dict[str, list[Any]]) -> dict[str, dict[str, Any]]:
+    """`metric_summary` of a run from its whole series {name: values}."""
+    return {summary_key(name): summarize(values) for name, values in series.items()}
+
+
+# What each collection is looked up and sorted by. Sacred's observer and Omniboard create no index, so
+# without these every metric write scans the whole metrics collection and every run table page sorts the
+# whole runs collection. Omniboard sorts its run table on the columns the dashboard seeds (table_fields).
+METRIC_INDEXES = [[("run_id", 1), ("name", 1)]]
+RUN_INDEXES = [
+    [("status", 1), ("start_time", -1)],
+    [("start_time", -1)],
+    [("experiment.name", 1), ("start_time", -1)],
+    [("meta.run_uid", 1)],  # sync and the dashboard's copy find a journalled run's document by it
+]
+
+
+def run_indexes() -> list[list[tuple[str, int]]]:
+    return [*RUN_INDEXES, *([(column, 1)] for column in table_fields({}, {}))]
+
+
+def ensure_indexes(db: Any) -> None:
+    """Create the indexes the observer, sync, the run browser and Omniboard query by (a no-op when present)."""
+    from pymongo import IndexModel
+
+    db["metrics"].create_indexes([IndexModel(keys) for keys in METRIC_INDEXES])
+    db["runs"].create_indexes([IndexModel(keys) for keys in run_indexes()])
 
 
 def _rounded(value: Any, digits: int) -> Any:
@@ -117,14 +164,11 @@ class StrictMongoObserver(MongoObserver):
             seen = [*metrics_by_name.get(name, {}).get("values", []), *([self.best[name]] if name in self.best else [])]
             if seen:
                 self.best[name] = pick(seen)
-        costs = {name: m for name, m in metrics_by_name.items() if is_cost_metric(name)}
-        super().log_metrics({name: m for name, m in metrics_by_name.items() if name not in costs}, info)
-        for name, m in costs.items():
-            self.cost_metrics.update_one(
-                {"run_id": self.run_entry["_id"], "name": name},
-                {"$push": {key: {"$each": m[key]} for key in ("steps", "values", "timestamps")}},
-                upsert=True,
-            )
+        super().log_metrics(metrics_by_name, info)
+        summaries = self.run_entry.setdefault(SUMMARY_FIELD, {})
+        for name, m in metrics_by_name.items():
+            summaries[summary_key(name)] = summarize(m["values"], summaries.get(summary_key(name)))
+        # the summaries reach the document with the heartbeat Sacred sends right after every log_metrics
 
     def insert(self):
         self.run_entry = {**table_fields(self.run_entry, self.best), **self.run_entry}
@@ -152,7 +196,7 @@ def open_observer(client: Any, db_name: str) -> StrictMongoObserver:
     observer = StrictMongoObserver.create_from(
         database["runs"], gridfs.GridFS(database), metrics_collection=database["metrics"]
     )
-    observer.cost_metrics = database[COST_METRICS_COLLECTION]
+    ensure_indexes(database)
     observer.best = {}
     return observer
 
@@ -254,6 +298,60 @@ def write_marker(run_dir: Path, run_uid: str | None, mongo_id: Any, complete: bo
     write_atomic(run_dir / MARKER, json.dumps({"run_uid": run_uid, "mongo_id": mongo_id, "complete": complete}))
 
 
+def migrate_legacy_costs(db: Any, run_ids: list[Any] | None = None) -> int:
+    """Move the per-epoch cost series an older version kept in `cost_metrics` into Sacred's `metrics` (all
+    runs', or those of `run_ids`), each named in its run's `info.metrics` and summarized; returns how many.
+
+    Each series is copied under its own id before it is deleted, so a crash part-way repeats the move."""
+    legacy = db[LEGACY_COST_METRICS]
+    query = {} if run_ids is None else {"run_id": {"$in": run_ids}}
+    moved = 0
+    for series in legacy.find(query):
+        run_id, name = series["run_id"], series["name"]
+        if db["metrics"].find_one({"run_id": run_id, "name": name}, {"_id": 1}) is None:
+            db["metrics"].insert_one(series)
+        kept = db["metrics"].find_one({"run_id": run_id, "name": name}, {"_id": 1, "values": 1})
+        db["runs"].update_one(
+            {"_id": run_id, "info.metrics.name": {"$ne": name}},
+            {"$push": {"info.metrics": {"name": name, "id": str(kept["_id"])}}},
+        )
+        db["runs"].update_one(
+            {"_id": run_id}, {"$set": {f"{SUMMARY_FIELD}.{summary_key(name)}": summarize(kept.get("values", []))}}
+        )
+        legacy.delete_one({"_id": series["_id"]})
+        moved += 1
+    return moved
+
+
+def backfill_summaries(db: Any, stop: Any = None) -> int:
+    """`metric_summary` on the run documents an older version wrote without it; returns how many."""
+    filled = 0
+    for run in db["runs"].find({SUMMARY_FIELD: {"$exists": False}}, {"_id": 1}):
+        if stop is not None and stop.is_set():
+            break
+        series = {
+            m["name"]: m.get("values", []) for m in db["metrics"].find({"run_id": run["_id"]}, {"name": 1, "values": 1})
+        }
+        db["runs"].update_one(
+            {"_id": run["_id"], SUMMARY_FIELD: {"$exists": False}}, {"$set": {SUMMARY_FIELD: metric_summaries(series)}}
+        )
+        filled += 1
+    return filled
+
+
+def upgrade(db: Any, stop: Any = None) -> None:
+    """A database an older version wrote, brought to this one's layout: indexes, every series in `metrics`,
+    summaries on every run. Cheap when there is nothing to do."""
+    ensure_indexes(db)
+    layout = db[LAYOUT_COLLECTION]
+    if layout.find_one({"_id": SUMMARY_FIELD}) is None:  # the backfill scans every run: once per database
+        backfill_summaries(db, stop)  # before the move, which adds the moved series' summaries
+        if stop is not None and stop.is_set():
+            return
+        layout.update_one({"_id": SUMMARY_FIELD}, {"$set": {"backfilled": True}}, upsert=True)
+    migrate_legacy_costs(db)
+
+
 # --- sync: replay journalled runs into MongoDB ------------------------------------------------------------
 
 
@@ -288,8 +386,9 @@ def replay(run_dir: Path, client: Any, db_name: str) -> Any:
     old_files = _files_of(old) if old else []
     info.pop("metrics", None)
     if old is not None:
-        for collection in (observer.metrics, observer.cost_metrics):
-            collection.update_many({"run_id": old["_id"]}, {"$set": {"steps": [], "values": [], "timestamps": []}})
+        migrate_legacy_costs(observer.runs.database, [old["_id"]])  # their series ids go on in `metrics`
+        observer.metrics.update_many({"run_id": old["_id"]}, {"$set": {"steps": [], "values": [], "timestamps": []}})
+        old.pop(SUMMARY_FIELD, None)  # summarized afresh from the refilled series
         info["metrics"] = [
             {"name": m["name"], "id": str(m["_id"])} for m in observer.metrics.find({"run_id": old["_id"]}, {"name": 1})
         ]
@@ -378,6 +477,7 @@ def sync(journal_dir: Path, client: Any, db_name: str, include_running: bool = F
         else []
     )
     db = client[db_name]
+    upgrade(db)
     for run_dir in runs:
         record = json.loads((run_dir / "run.json").read_text())
         uid = run_uid_of(run_dir, record)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import bson
 import gridfs
+import pandas
 import pymongo
 import pymongo.errors
 import pytest
@@ -20,6 +21,7 @@ from runner.tracking.mongo import (
     CAPTURED_OUT_TAIL,
     COST_METRICS_COLLECTION,
     MARKER,
+    SUMMARY_FIELD,
     StrictMongoObserver,
     replay,
     sync,
@@ -40,6 +42,20 @@ def quiet_sync(journal: Path, client, db_name: str) -> dict[str, int]:
     return sync(journal, client, db_name, log=lambda *_: None)
 
 
+def assert_summaries(doc: dict, journalled: dict) -> None:
+    """The run document's metric_summary is the journal's series summarized: last, min, max, epochs."""
+    expected = {
+        name.replace(".", "__"): {
+            "last": m["values"][-1],
+            "min": min(m["values"]),
+            "max": max(m["values"]),
+            "epochs": len(m["values"]),
+        }
+        for name, m in journalled.items()
+    }
+    assert doc[SUMMARY_FIELD] == expected
+
+
 def test_whole_record_in_a_real_server(runs_dir, tmp_path, mongo_db, capsys):
     client, name = mongo_db
     summary = tiny_run(runs_dir, tmp_path / "out", *MONGO, f"tracking.db_name={name}", "train.progress=true")
@@ -53,14 +69,27 @@ def test_whole_record_in_a_real_server(runs_dir, tmp_path, mongo_db, capsys):
     assert doc["info"]["parameters"]["total"] > 0 and doc["info"]["cost"]["fnfe"] == 2.0
     assert doc["meta"]["run_uid"] == json.loads((journal / "run.json").read_text())["meta"]["run_uid"]
     assert doc["captured_out"] == (journal / "cout.txt").read_text() and "epoch" in doc["captured_out"]
-    # Learning curves where Omniboard plots them; per-epoch costs beside them.
+    # Every per-epoch series in Sacred's `metrics`, as the journal has them, and summarized on the run.
+    journalled = json.loads((journal / "metrics.json").read_text())
     curves = {m["name"]: m for m in db["metrics"].find({"run_id": doc["_id"]})}
-    assert set(curves) == {"train.loss", "train.acc", "val.loss", "val.acc"}
-    assert curves["val.loss"]["steps"] == [1, 2, 3]
-    assert curves["val.loss"]["values"] == json.loads((journal / "metrics.json").read_text())["val.loss"]["values"]
+    assert set(curves) == set(journalled) and {"nfe.forward", "epoch.time", "mem.train.rss_mb"} <= set(curves)
+    assert curves["val.loss"]["steps"] == [1, 2, 3] and curves["nfe.forward"]["values"] == [2.0] * 3
+    assert curves["val.loss"]["values"] == journalled["val.loss"]["values"]
     assert {m["name"] for m in doc["info"]["metrics"]} == set(curves)
-    costs = {m["name"]: m for m in db[COST_METRICS_COLLECTION].find({"run_id": doc["_id"]})}
-    assert {"nfe.forward", "nfe.backward", "epoch.time"} <= set(costs) and costs["nfe.forward"]["values"] == [2.0] * 3
+    assert_summaries(doc, journalled)
+    assert not db[COST_METRICS_COLLECTION].count_documents({})
+    # read back as incense (the Sacred run loader) reads a run's metrics: the `metrics` collection by run id
+    as_incense = {
+        m["name"]: pandas.Series(m["values"], index=pandas.Index(m["steps"], name="step"))
+        for m in db["metrics"].find({"run_id": doc["_id"]})
+    }
+    for metric in ("train.loss", "val.acc", "nfe.forward", "nfe.backward", "epoch.time", "mem.train.rss_mb"):
+        assert list(as_incense[metric].index) == [1, 2, 3], metric
+    indexes = {tuple(i["key"]) for i in db["metrics"].index_information().values()}
+    assert (("run_id", 1), ("name", 1)) in indexes
+    run_indexes = {tuple(i["key"]) for i in db["runs"].index_information().values()}
+    assert {(("status", 1), ("start_time", -1)), (("experiment.name", 1), ("start_time", -1))} <= run_indexes
+    assert {(("meta.run_uid", 1),), (("test acc", 1),), (("FNFE", 1),)} <= run_indexes
     fs = gridfs.GridFS(db)
     sources = dict(doc["experiment"]["sources"])
     assert (
@@ -96,7 +125,8 @@ def test_database_down_at_start_journals_and_sync_pushes_once(runs_dir, tmp_path
     doc = db["runs"].find_one()
     assert doc["status"] == "COMPLETED" and doc["result"] == summary["test_acc"]
     assert db["metrics"].find_one({"run_id": doc["_id"], "name": "val.acc"})["steps"] == [1, 2, 3]
-    assert db[COST_METRICS_COLLECTION].find_one({"run_id": doc["_id"], "name": "nfe.forward"})["steps"] == [1, 2, 3]
+    assert db["metrics"].find_one({"run_id": doc["_id"], "name": "nfe.forward"})["steps"] == [1, 2, 3]
+    assert_summaries(doc, json.loads((run / "metrics.json").read_text()))
 
 
 def test_server_killed_mid_run_then_restarted_and_synced_exactly_once(runs_dir, tmp_path, monkeypatch, capsys):
@@ -167,10 +197,49 @@ def test_a_crash_during_sync_loses_nothing_and_leaves_no_orphaned_files(runs_dir
     assert {m["id"] for m in doc["info"]["metrics"]} == {
         str(m["_id"]) for m in db["metrics"].find({"run_id": doc["_id"]})
     }
-    assert db[COST_METRICS_COLLECTION].find_one({"run_id": doc["_id"], "name": "nfe.forward"})["steps"] == [1, 2, 3]
+    assert db["metrics"].find_one({"run_id": doc["_id"], "name": "nfe.forward"})["steps"] == [1, 2, 3]
+    assert doc[SUMMARY_FIELD]["val__loss"]["epochs"] == 3  # summarized afresh, not added to the first push's
     referenced = {file_id for _, file_id in doc["experiment"]["sources"]} | {a["file_id"] for a in doc["artifacts"]}
     assert {f._id for f in fs.find()} == referenced  # nothing orphaned: not the first push's, not the crashed attempt's
     assert not files & referenced and len(referenced) == len(files)
+
+
+def older_layout(db, run_id) -> dict[str, str]:
+    """Turn run `run_id` into what an older version wrote: its cost series in `cost_metrics`, not named in
+    info.metrics, no metric_summary. Returns the moved series' ids by name."""
+    moved = {}
+    for series in db["metrics"].find({"run_id": run_id}):
+        if {"nfe", "fnfe", "time", "mem"} & set(series["name"].split(".")):
+            db[COST_METRICS_COLLECTION].insert_one(series)
+            db["metrics"].delete_one({"_id": series["_id"]})
+            moved[series["name"]] = series["_id"]
+    db["runs"].update_one(
+        {"_id": run_id},
+        {"$pull": {"info.metrics": {"name": {"$in": list(moved)}}}, "$unset": {SUMMARY_FIELD: 1}},
+    )
+    db["odeflow.layout"].drop()
+    return moved
+
+
+def test_cost_series_an_older_version_kept_apart_move_into_metrics_on_the_next_sync(runs_dir, tmp_path, mongo_db):
+    client, name = mongo_db
+    summary = tiny_run(runs_dir, tmp_path / "out", *MONGO, f"tracking.db_name={name}")
+    db = client[name]
+    moved = older_layout(db, summary["run_id"])
+    assert {"nfe.forward", "epoch.time", "mem.train.rss_mb"} <= set(moved)
+    assert db["metrics"].count_documents({"name": "nfe.forward"}) == 0
+
+    assert quiet_sync(runs_dir / "journal", client, name)["pushed"] == 0  # the run itself is complete there
+    doc = db["runs"].find_one({"_id": summary["run_id"]})
+    series = {m["name"]: m for m in db["metrics"].find({"run_id": doc["_id"]})}
+    assert {metric: series[metric]["_id"] for metric in moved} == moved  # same ids: links to them still hold
+    assert series["nfe.forward"]["steps"] == [1, 2, 3]
+    assert {m["name"]: m["id"] for m in doc["info"]["metrics"]} == {n: str(m["_id"]) for n, m in series.items()}
+    assert_summaries(doc, json.loads((journal_run(runs_dir, summary["run_id"]) / "metrics.json").read_text()))
+    assert db[COST_METRICS_COLLECTION].count_documents({}) == 0
+    quiet_sync(runs_dir / "journal", client, name)  # again: nothing moves twice
+    assert len(db["runs"].find_one({"_id": doc["_id"]})["info"]["metrics"]) == len(series)
+    assert db["metrics"].count_documents({"run_id": doc["_id"]}) == len(series)
 
 
 def test_two_parallel_trials_get_unique_ids_and_lose_nothing(runs_dir, mongo_db):
@@ -219,7 +288,7 @@ def test_a_run_has_its_database_id_everywhere_in_a_database_that_holds_other_run
         copy["meta"]["reproduces"] == 1
         and copy["meta"]["run_uid"] != db["runs"].find_one({"_id": 1})["meta"]["run_uid"]
     )
-    times = [db[COST_METRICS_COLLECTION].find_one({"run_id": i, "name": "epoch.time"})["values"] for i in (1, 2)]
+    times = [db["metrics"].find_one({"run_id": i, "name": "epoch.time"})["values"] for i in (1, 2)]
     assert times[0] != times[1]  # two runs compared, not one with itself
     assert "epoch.time" in proc.stdout and "\nMATCH:" in proc.stdout
     assert "pkg_resources" not in proc.stderr and "warning:" not in proc.stdout.replace("warning: git", "")
