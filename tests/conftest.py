@@ -58,6 +58,11 @@ LONG_FILES_FIRST = [
     "tests/test_experiment/test_full_disk.py",
     "tests/test_tracking/test_mongo.py",
     "tests/test_experiment/test_end_to_end.py",
+    "tests/test_sweeps/test_devices.py",
+    "tests/test_experiment/test_adaptation.py",
+    "tests/test_research/test_deep_limit.py",
+    "tests/test_research/test_raa_studies.py",
+    "tests/test_tracking/test_query_index.py",
 ]
 
 
