@@ -1,2 +1,1 @@
-"""What a hyperopt sweep keeps and decides: its search space, each trial's GPU, trial pruning, the sweep's state
-file, the sweep report."""
+"""What a hyperopt sweep keeps and decides: search space, trial GPUs, pruning, its state file and report."""

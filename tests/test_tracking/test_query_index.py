@@ -249,7 +249,7 @@ def test_show_reads_one_run_only(synthetic):
 
 
 def test_the_python_api_returns_a_frame_of_the_same_rows(synthetic):
-    from runner.tracking.api import run, runs
+    from runner.api import run, runs
 
     store, _ = synthetic
     frame = runs(

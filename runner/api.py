@@ -1,6 +1,8 @@
 """Runs as pandas DataFrames, for notebooks: the query language of `runs list`, the same columns.
 
-    from runner.tracking.api import runs, run
+Beside the command line, not in the tracking wing: like `runs list`, it reads the store the config names.
+
+    from runner.api import runs, run
     frame = runs(where="metrics.val.acc > 0.9 and config.solver.method = 'rk4'", sort="-metrics.val.acc",
                  columns=["config.train.lr"], store="runs/store")
     history = run(frame.id[0], store="runs/store").metrics["val.acc"]   # one run's per-epoch values
