@@ -46,6 +46,12 @@ def load_digits(
     )
 
 
+def unit_directions(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """n directions uniform on the unit sphere in `dim` dimensions (normalised Gaussian draws)."""
+    directions = rng.standard_normal((n, dim))
+    return directions / np.linalg.norm(directions, axis=1, keepdims=True)
+
+
 def sample_spheres(
     n: int, dim: int, inner_radius: float, shell: tuple[float, float], rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -55,8 +61,7 @@ def sample_spheres(
     input space cannot separate them without augmented dimensions.
     """
     n_inner = n // 2
-    directions = rng.standard_normal((n, dim))
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    directions = unit_directions(n, dim, rng)
     u = rng.random(n)
     low = np.where(np.arange(n) < n_inner, 0.0, shell[0])
     high = np.where(np.arange(n) < n_inner, inner_radius, shell[1])
@@ -122,10 +127,8 @@ def sample_raa_shells(n: int, dim: int, rng: np.random.Generator) -> tuple[np.nd
     for ((low, high), label, _), count in zip(RAA_SHELLS, counts, strict=True):
         radii.append((high - low) * rng.random(count) ** (1.0 / dim) + low)
         labels.append(np.full(count, label, dtype=np.int64))
-    directions = rng.standard_normal((n, dim))
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
     radius = np.concatenate(radii)
-    return (directions * radius[:, None]).astype(np.float32), np.concatenate(labels)
+    return (unit_directions(n, dim, rng) * radius[:, None]).astype(np.float32), np.concatenate(labels)
 
 
 def load_raa_spheres(
