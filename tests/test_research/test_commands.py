@@ -34,10 +34,19 @@ def assert_same_epochs(a, b, tolerance=1e-6):
 
 
 def start_run(args: list[str], runs_dir: Path, stderr: int) -> subprocess.Popen:
-    """`python -m runner <args>` in the background, its console lines readable from `.stdout`."""
+    """`python -m runner <args>` in the background, its console lines readable from `.stdout`.
+
+    It starts with Ctrl-C's default action, as in a terminal: a suite started in the background of a
+    non-interactive shell (`make test &`) ignores SIGINT, and its children would inherit that."""
     env = {**os.environ, "ODEFLOW_RUNS": str(runs_dir)}
     return subprocess.Popen(
-        [sys.executable, "-m", "runner", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True
+        [sys.executable, "-m", "runner", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
