@@ -24,10 +24,13 @@ def make_bundle(
     """Take an optional seeded subset of the training pool, then hold out `val_fraction` of it for validation.
 
     `subset` counts both splits: subset=5 with val_fraction=0.2 trains on 4 samples and validates on 1.
+    val_fraction=0 trains on the whole pool and leaves the validation split empty ("ResNet After All" trained on
+    all its points and evaluated the final iterate): the run then needs train.evaluate=final.
 
     Inputs must already be float arrays normalised to [-1, 1]; labels integer class indices.
     """
-    check_fraction("val_fraction", val_fraction)
+    if val_fraction != 0:  # 0: no validation split
+        check_fraction("val_fraction", val_fraction)
     check_positive("batch_size", batch_size)
     rng = np.random.default_rng(seed)
     pool = len(train_y)
@@ -41,7 +44,7 @@ def make_bundle(
         train_x, train_y, pool = train_x[keep], train_y[keep], subset
     order = rng.permutation(pool)
     n_val = int(round(val_fraction * pool))
-    if (n_val == 0 or n_val == pool) and subset is not None:
+    if (n_val == 0 or n_val == pool) and subset is not None and val_fraction > 0:
         smallest = next(n for n in range(2, 10**7) if 0 < round(val_fraction * n) < n)
         raise ConfigError(
             "subset",
@@ -49,9 +52,11 @@ def make_bundle(
             f"at least {smallest}: the subset is split into training and validation "
             f"samples (val_fraction={val_fraction:g}) and each split needs one",
         )
-    if n_val == 0 or n_val == pool:
+    if (n_val == 0 and val_fraction > 0) or n_val == pool:
         raise ConfigError(
-            "val_fraction", val_fraction, f"a fraction that leaves both splits non-empty for {pool} training samples"
+            "val_fraction",
+            val_fraction,
+            f"0 (no validation split) or a fraction that leaves both splits non-empty for {pool} training samples",
         )
     val_idx, train_idx = order[:n_val], order[n_val:]
     return DataBundle(

@@ -73,5 +73,10 @@ class DataBundle:
             self.batch_size,
         )
 
+    @property
+    def has_validation(self) -> bool:
+        """False when the dataset was loaded with val_fraction=0: every training point is trained on."""
+        return len(self.val) > 0
+
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}

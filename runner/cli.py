@@ -57,7 +57,8 @@ def run_from_hydra(cfg) -> float:
         if multirun:
             release_cuda_memory()  # the worker's next trial starts with the GPU's memory free
     print(format_summary([summary]), flush=True)
-    return float(summary[cfg.objective])
+    value = summary[cfg.objective]  # None: a validation objective of a run without a validation split (not searched)
+    return float("nan") if value is None else float(value)
 
 
 def _split(values: list[str]) -> tuple[list[str], list[str]]:

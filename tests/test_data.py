@@ -148,5 +148,9 @@ def test_raa_spheres_are_the_papers_three_shells(dim: int):
 
 def test_raa_spheres_split_and_seed():
     a, b = load_raa_spheres(seed=0), load_raa_spheres(seed=0)
-    assert torch.equal(a.train.x, b.train.x) and (len(a.train), len(a.val), len(a.test)) == (1600, 400, 1000)
+    # the paper's split: all 2,000 points trained on, no validation part unless asked for
+    assert torch.equal(a.train.x, b.train.x) and a.sizes() == {"train": 2000, "val": 0, "test": 1000}
+    assert not a.has_validation
+    held_out = load_raa_spheres(seed=0, val_fraction=0.2)
+    assert held_out.sizes() == {"train": 1600, "val": 400, "test": 1000} and held_out.has_validation
     assert not torch.equal(load_raa_spheres(seed=1).train.x, a.train.x)

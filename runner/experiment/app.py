@@ -26,7 +26,13 @@ from runner.experiment.factories import instantiate_group, to_plain
 from runner.experiment.memory import describe_peak, named_phase
 from runner.experiment.parameter_path import ParameterPath
 from runner.experiment.precision import apply_precision
-from runner.experiment.settings import check_seed, configure_threads, reuse_freed_host_memory, seed_everything
+from runner.experiment.settings import (
+    check_seed,
+    check_validation_split,
+    configure_threads,
+    reuse_freed_host_memory,
+    seed_everything,
+)
 from runner.experiment.slurm_job import slurm_job_info
 from runner.experiment.trajectories import trace_trajectories
 from runner.tracking.masking import mask_secrets
@@ -80,6 +86,11 @@ def run_experiment(
         raise out_of_memory(
             str(device), "loading the data and building the model", data.batch_size, describe_peak(device)
         ) from None
+    # A hyperopt sweep (it sets sweep_trial) reads the objective back; other runs only print it.
+    searched = cfg.get("sweep_trial") is not None
+    check_validation_split(
+        data.has_validation, settings.evaluate, cfg.objective if searched else None, pruner is not None
+    )
     is_ode = bool(ode_blocks(model))
     adaptation.check_solver(solver, is_ode)
     adapter = SolverAdapter(adaptation, ode_blocks(model)[0].t_final) if adaptation.enabled else None
@@ -178,7 +189,8 @@ def run_experiment(
         # Last: the check backpropagates directly, which a run may have avoided for memory; its outputs are
         # written by now, and the check bounds its samples and reports running out of memory instead of failing.
         with named_phase("the adjoint gradient check"):
-            check = adjoint_gradient_check(model, data.val, data.batch_size, settings.adjoint_check_threshold)
+            checked = data.val if data.has_validation else data.train
+            check = adjoint_gradient_check(model, checked, data.batch_size, settings.adjoint_check_threshold)
         if check is not None:
             run.set_info("adjoint_gradient_check", check)
             print(describe_adjoint_check(check), flush=True)
@@ -224,8 +236,8 @@ def run_experiment(
         "precision": settings.precision,
         "test_acc": outcome["test.acc"],
         "test_loss": outcome["test.loss"],
-        "best_val_loss": fit_result.best_val_loss,
-        "best_val_acc": fit_result.history[fit_result.best_epoch - 1]["val.acc"],
+        "best_val_loss": fit_result.best_val_loss if data.has_validation else None,
+        "best_val_acc": fit_result.history[fit_result.best_epoch - 1].get("val.acc"),
         "best_epoch": fit_result.best_epoch,
         "evaluated": settings.evaluate,
         "epochs": len(fit_result.history),

@@ -129,3 +129,25 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     configure_kernels(deterministic)
+
+
+def check_validation_split(has_validation: bool, evaluate: str, objective: str | None, pruned: bool) -> None:
+    """Without a validation split (data.val_fraction=0) nothing may depend on validation metrics: restoring the
+    best validation epoch, a searched objective read from them, or pruning by them."""
+    if has_validation:
+        return
+    needs = []
+    if evaluate == "best":
+        needs.append("train.evaluate=best (it restores the best validation epoch)")
+    if objective is not None and objective.startswith("best_val"):
+        needs.append(f"objective={objective}")
+    if pruned:
+        needs.append("the sweep's pruner (it compares validation metrics)")
+    if needs:
+        raise ConfigError(
+            "data.val_fraction",
+            0,
+            "a validation split for " + " and ".join(needs),
+            fix='train.evaluate=final objective=test_acc (evaluate the last iterate, as "ResNet After All" did), '
+            "or data.val_fraction=0.2 to hold out a validation split",
+        )

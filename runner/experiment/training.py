@@ -127,9 +127,8 @@ def _train_one_epoch(
                 tally.checked(epoch)
                 raise
             if adapter is not None:  # between backward and step, as in "ResNet After All"
-                adapter.after_backward(
-                    model, x, y, epoch, (data.val.x[: data.batch_size], data.val.y[: data.batch_size])
-                )
+                validation = (data.val.x[: data.batch_size], data.val.y[: data.batch_size])
+                adapter.after_backward(model, x, y, epoch, validation if data.has_validation else None)
             optimizer.step()
             if parameter_path is not None:
                 parameter_path.after_step(model)
@@ -230,27 +229,28 @@ def fit(
                 max_batches=left,
                 parameter_path=parameter_path,
             )
-        with val_memory.phase(), named_phase(f"validation (epoch {epoch})"):
-            val = predict(model, data.val, data.batch_size, val_memory, settings.precision)
-        metrics.update(
-            {
-                **train_memory.metrics(),
-                **val_memory.metrics(),
-                "val.loss": val.loss,
-                "val.acc": val.accuracy,
-                "val.nfe.forward": val.mean_fnfe,
-                "epoch.time": time.perf_counter() - start,
-                "epoch": epoch,
-            }
-        )
+        metrics.update(train_memory.metrics())
+        val = None
+        if data.has_validation:  # data.val_fraction=0: no validation split, no val.* metrics, no early stopping
+            with val_memory.phase(), named_phase(f"validation (epoch {epoch})"):
+                val = predict(model, data.val, data.batch_size, val_memory, settings.precision)
+            metrics.update(
+                {
+                    **val_memory.metrics(),
+                    "val.loss": val.loss,
+                    "val.acc": val.accuracy,
+                    "val.nfe.forward": val.mean_fnfe,
+                }
+            )
+        metrics.update({"epoch.time": time.perf_counter() - start, "epoch": epoch})
         if adapter is not None:
             metrics.update(adapter.epoch_metrics(epoch, metrics["epoch.time"]))
         result.history.append(metrics)
-        improved = val.loss < result.best_val_loss - settings.min_delta
+        improved = val is not None and val.loss < result.best_val_loss - settings.min_delta
         if improved:
             result.best_val_loss, result.best_epoch, waited = val.loss, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
-        else:
+        elif val is not None:
             waited += 1
         with interrupts_deferred():  # the epoch is in its training state and its record, or in neither
             if checkpoint_path is not None:
@@ -312,9 +312,10 @@ def _save_training_state(
 
 
 def format_epoch(m: dict[str, float], max_epochs: int, improved: bool) -> str:
+    validation = f"val loss {m['val.loss']:.4f} acc {m['val.acc']:.4f}  " if "val.loss" in m else ""
     return (
         f"epoch {int(m['epoch']):>3}/{max_epochs}  train loss {m['train.loss']:.4f} acc {m['train.acc']:.4f}  "
-        f"val loss {m['val.loss']:.4f} acc {m['val.acc']:.4f}  "
+        f"{validation}"
         f"NFE fwd {m['nfe.forward']:.1f} bwd {m['nfe.backward']:.1f}  "
         f"{m['epoch.time']:.1f}s{format_memory(m)}{'  *' if improved else ''}" + adaptation_note(m)
     )

@@ -365,7 +365,7 @@ def summary_row(r: RunRecord) -> dict[str, Any]:
         "test_acc": test.get("test.acc"),
         "test_loss": test.get("test.loss"),
         "best_val_loss": r.best("val.loss"),
-        "epochs": r.epochs("val.loss"),
+        "epochs": r.epochs("train.loss"),  # every epoch logs it; val.* only with a validation split
         "pruned_at": (r.info.get("pruned") or {}).get("epoch"),  # the epoch a sweep's pruner stopped it
         "fnfe": r.final("nfe.forward") if is_ode else None,
         "bnfe": r.final("nfe.backward") if gradient not in (None, "direct") else None,  # no backward pass

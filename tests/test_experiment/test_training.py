@@ -161,6 +161,27 @@ def test_max_iterations_takes_exactly_that_many_steps_and_final_keeps_the_last_i
     assert result.best_epoch == 3  # the epoch whose weights are kept
 
 
+def test_without_a_validation_split_every_epoch_trains_and_nothing_reads_validation():
+    from odeflow.errors import ConfigError
+    from runner.experiment.settings import check_validation_split
+
+    seed_everything(0, True)
+    data = load_digits(subset=200, val_fraction=0, batch_size=32)  # all 200 samples trained on
+    assert data.sizes()["val"] == 0 and len(data.train) == 200
+    model = SimpleNet(data.input_shape, 10, "residual", 1, 8, 0, stride=1)
+    # patience 1 would stop after the second epoch if an empty validation split counted as "not improved"
+    settings = TrainSettings(lr=0.05, max_epochs=4, patience=1, evaluate="final", progress=False, device="cpu")
+    result = fit(model, data, settings)
+    assert len(result.history) == 4 and not result.stopped_early and result.best_epoch == 4
+    assert not any(key.startswith("val.") or key.startswith("mem.val") for key in result.history[-1])
+    with pytest.raises(ConfigError, match="train.evaluate=best"):
+        check_validation_split(False, "best", None, False)
+    with pytest.raises(ConfigError, match="objective=best_val_loss.*pruner"):
+        check_validation_split(False, "final", "best_val_loss", True)
+    check_validation_split(False, "final", "test_acc", False)  # what "ResNet After All" did
+    check_validation_split(True, "best", "best_val_loss", True)
+
+
 def test_evaluate_best_restores_the_best_epoch_while_the_path_ends_at_the_last_iterate():
     from runner.experiment.parameter_path import ParameterPath, flat_parameters
 
