@@ -106,6 +106,7 @@ class Run:
     words: tuple[str, ...] | None = None
     reason: str = ""
     before: str | None = None
+    refused_when_dirty: str = ""  # what it says when it refuses a checkout with uncommitted changes (exit 2)
 
 
 @dataclass(frozen=True)
@@ -254,7 +255,7 @@ COMMANDS: dict[str, Run | Make | Skip] = {
     'runs export --where "config.model.channels = 64" --sort -metrics.val.acc --out best.csv': Run(),
     "report --where \"experiment = 'thesis_fmnist_odenet_simple'\"": Run(),
     ".venv/bin/python -m runner reproduce 3": Run(),
-    ".venv/bin/python -m runner reproduce 3 --strict": Run(),
+    ".venv/bin/python -m runner reproduce 3 --strict": Run(refused_when_dirty="the logged run had uncommitted changes"),
     ".venv/bin/python -m runner reevaluate 3": Run(),
     ".venv/bin/python -m runner reevaluate 3 --grid euler:1,0.5,0.25 rk4:1,0.25 dopri5:1e-1,1e-3": Run(),
     ".venv/bin/python -m runner resume 7": Run(
@@ -329,6 +330,7 @@ PYTHON_BLOCKS: dict[str, Python] = {
 }
 
 TEXT = README.read_text()
+PROSE = FENCE.sub("", TEXT)  # the text around the code blocks, where `names` are quoted
 SHELL = shell_commands(TEXT)
 PYTHON = python_blocks(TEXT)
 
@@ -379,7 +381,7 @@ def drive(todo: list[dict], runs: Path) -> list[dict]:
     """Run each step in this process (cwd: the runs folder's parent), as `python -m runner` would."""
     results = []
     for step in todo:
-        started, out, code = time.perf_counter(), io.StringIO(), 0
+        started, cpu, out, code = time.perf_counter(), time.process_time(), io.StringIO(), 0
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
                 if step["before"]:
@@ -397,7 +399,13 @@ def drive(todo: list[dict], runs: Path) -> list[dict]:
 
             code, _ = 1, out.write(traceback.format_exc())
         results.append(
-            {"key": step["key"], "exit": code, "output": out.getvalue(), "seconds": time.perf_counter() - started}
+            {
+                "key": step["key"],
+                "exit": code,
+                "output": out.getvalue(),
+                "seconds": time.perf_counter() - started,
+                "cpu_seconds": time.process_time() - cpu,
+            }
         )
     return results
 
@@ -451,9 +459,17 @@ def test_each_readme_command_runs_or_is_checked(command: str, readme_run_or_none
     if isinstance(plan, Skip):
         plan.check()
         return
+    dirty = isinstance(plan, Run) and plan.refused_when_dirty and git_dirty()
     for result in readme_run_or_none["results"][command]:
+        if dirty:  # a development checkout, not CI's clean one
+            assert result["exit"] == 2 and plan.refused_when_dirty in result["output"], result["output"][-4000:]
+            continue
         assert result["exit"] == 0, f"{command} ended with {result['exit']}:\n{result['output'][-4000:]}"
         assert "Traceback" not in result["output"], result["output"][-4000:]
+
+
+def git_dirty() -> bool:
+    return bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout)
 
 
 @pytest.fixture
@@ -499,8 +515,9 @@ def markdown_table(header: str) -> list[list[str]]:
     ]
 
 
-def ticked(cell: str) -> list[str]:
-    return re.findall(r"`([^`]+)`", cell)
+def ticked(text: str) -> list[str]:
+    """The `quoted` names of a piece of prose (a name wrapped over two lines joined by one space)."""
+    return [" ".join(t.split()) for t in re.findall(r"`([^`]+)`", text)]
 
 
 def test_the_config_table_has_every_group_and_option_and_only_real_keys() -> None:
@@ -547,10 +564,10 @@ FILE_NAME = re.compile(r"^[\w.*/-]+\.(png|json|jsonl|csv|md|pt|txt|yaml|sqlite|p
 # Files the README names that no command run here writes (their commands are skipped above, or need what the
 # test's runs lack), with the module whose code writes them (None: the README's example of a name).
 NOT_MADE_HERE: dict[str, str | None] = {
-    "parameter_path.pt": "runner/experiment/parameter_path.py",  # train.record_parameters > 0
+    "parameter_path.pt": "runner/experiment/app.py",  # train.record_parameters > 0
     "importance.png": "runner/sweeps/report.py",  # 5 trials with a value
     "hyperopt_state.pkl": "runner/sweeps/state.py",  # an old sweep's state, migrated
-    "slurm_jobs.json": "hydra_plugins/odeflow_slurm_launcher/__init__.py",
+    "slurm_jobs.json": "runner/sweeps/slurm.py",
     "study.md": "runner/research/study.py",
     "bnfe_per_epoch.png": "runner/research/study.py",
     "critical_step.png": "runner/research/critical_step.py",
@@ -558,8 +575,8 @@ NOT_MADE_HERE: dict[str, str | None] = {
     "adaptation.md": "runner/research/critical_step.py",
     "deep_limit.md": "runner/research/deep_limit.py",
     "deep_limit.png": "runner/research/deep_limit.py",
-    "raa_critical_step.md": "runner/research/raa_studies.py",
-    "raa_critical_step_*d_*.png": "runner/research/raa_studies.py",
+    "raa_critical_step.md": "runner/research/raa_critical_step.py",
+    "raa_critical_step_*d_*.png": "runner/research/raa_critical_step.py",
     "plots/val.acc.png": None,
     "plots/runs.csv": None,
 }
@@ -589,14 +606,15 @@ def test_every_file_the_readme_names_is_in_the_repository_or_made_by_its_command
 
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     made = [str(p.relative_to(readme_run["home"])) for p in readme_run["home"].rglob("*") if p.is_file()]
-    names = {re.sub(r"<[^>]*>", "*", t) for t in ticked(TEXT)} | set(re.findall(r"\]\(([^)#:]+)\)", TEXT))
+    names = {re.sub(r"<[^>]*>", "*", t) for t in ticked(PROSE)} | set(re.findall(r"\]\(([^)#:]+)\)", TEXT))
     unknown = []
     for name in sorted(n for n in names if FILE_NAME.match(n)):
         pattern = name.lstrip("./") if name.startswith("./") else name
         if any(fnmatch(path, pattern) or fnmatch(path, "*/" + pattern) for path in [*tracked, *made]):
             continue
-        if name in NOT_MADE_HERE:
-            writer = NOT_MADE_HERE[name]
+        listed = name if name in NOT_MADE_HERE else name.split("/")[-1]
+        if listed in NOT_MADE_HERE:
+            writer = NOT_MADE_HERE[listed]
             if writer is not None:
                 literals = string_constants(ROOT / writer)
                 assert any(fnmatch(line, "*" + pattern.split("/")[-1]) for line in literals.splitlines()), (
@@ -606,7 +624,7 @@ def test_every_file_the_readme_names_is_in_the_repository_or_made_by_its_command
         unknown.append(name)
     assert not unknown, (
         f"README.md names files that neither the repository has nor its commands made: {unknown}\n"
-        f"  (made here: {sorted(Path(m).name for m in made)})\n"
+        f"  (made here: {sorted({Path(m).name for m in made if FILE_NAME.match(Path(m).name)})})\n"
         "  fix: the README's name, or NOT_MADE_HERE in tests/test_readme.py with the module that writes it"
     )
 
@@ -618,9 +636,13 @@ def output_of(readme_run: dict, command: str, index: int = 0) -> str:
 def test_the_columns_the_readme_gives_runs_list_and_runs_show_are_theirs(readme_run) -> None:
     listing = output_of(readme_run, ".venv/bin/python -m runner runs list")
     header = next(line for line in listing.splitlines() if line.split()[:1] == ["id"]).split()
+    from runner.tracking.listing import summary_columns
+
     shown = output_of(readme_run, ".venv/bin/python -m runner runs show 3")
-    summary = shown.split("summary:")[1].split("\n\n")[0].split()
-    claims = re.findall(r"`runs (list|show)`(/`show`)?\s*\(([^)]*)\)", TEXT)
+    printed = [line.split()[0] for line in shown.split("summary:")[1].split("\n\n")[0].strip().splitlines()]
+    summary = summary_columns()  # runs show prints those a run has a value for (this CPU run: no CUDA figures)
+    assert set(printed) <= set(summary) and "val_rss_mb" in printed, printed
+    claims = re.findall(r"`runs (list|show)`(/`show`)?\s*\(([^)]*)\)", PROSE)
     assert claims, "the README no longer says which columns runs list shows"
     for command, and_show, cell in claims:
         names = {n for n in ticked(cell) if re.fullmatch(r"[a-z_]+", n)}
@@ -633,10 +655,12 @@ def test_the_columns_the_readme_gives_runs_list_and_runs_show_are_theirs(readme_
 
 def test_the_epoch_line_and_bnfe_look_as_the_readme_says(readme_run) -> None:
     output = output_of(readme_run, ".venv/bin/python -m runner")  # dopri5, direct backpropagation
-    (example,) = [t for t in ticked(TEXT) if t.startswith("NFE fwd ")]
+    (example,) = [t for t in ticked(PROSE) if t.startswith("NFE fwd ")]
     pattern = re.sub(r"\d+\\\.\d+", r"\\d+\\.\\d+", re.escape(example))  # any numbers, in the same form
     assert re.search(pattern, output), f"README shows the epoch line's NFE as `{example}`; the run printed:\n{output}"
-    (shown,) = re.findall(r"Direct backpropagation [^.]* show its BNFE as `([^`]+)`", TEXT)
+    (shown,) = re.findall(
+        r"Direct backpropagation evaluates f\s+only forwards:.*? show its BNFE as `([^`]+)`", PROSE, re.S
+    )
     lines = output.splitlines()
     at = next(i for i, line in enumerate(lines) if " BNFE " in line)
     end = lines[at].index(" BNFE ") + len(" BNFE")  # the summary's columns are right-aligned
@@ -670,7 +694,7 @@ def test_the_readmes_time_estimates_agree_with_make_help() -> None:
             words = line.split("#", 1)
             if words[0].startswith("make ") and len(words) == 2 and estimates(words[1]):
                 said.setdefault(words[0].split()[1], set()).update(estimates(words[1]))
-    for target, note in re.findall(r"`make ([\w-]+)[^`]*` \(([^)]*)\)", TEXT):
+    for target, note in re.findall(r"`make ([\w-]+)[^`]*` \(([^)]*)\)", PROSE):
         if estimates(note):
             said.setdefault(target, set()).update(estimates(note))
     assert said, "the README gives no time for any make target"
