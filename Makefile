@@ -54,14 +54,14 @@ lock: ## Resolve requirements/*.lock from pyproject.toml after a pin changed (ab
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) $(LOCKTOOL) write requirements/default.lock=dev,dashboard requirements/ray.lock=dev,dashboard,ray $(if $(UPGRADE),--upgrade)
 
-sweep: $(INSTALLED) ## A small hyperopt TPE search on spheres (offline, a few minutes); re-run to resume
+sweep: $(INSTALLED) ## A small hyperopt TPE search on spheres (offline, ~1 min on 2 CPU cores); re-run to resume
 	$(PY) -m runner -m search=quickstart
 
-run: $(INSTALLED) ## Quickstart: simple ODEnet and small ResNet on digits (offline, a few minutes on CPU)
+run: $(INSTALLED) ## Quickstart: simple ODEnet and small ResNet on digits (offline, ~1 min on CPU; creating .venv first: ~3.5 min, once)
 	$(PY) -m runner -m experiment=quickstart model=odenet_simple,resnet_simple_small
 
 TEST_WORKERS ?= 2
-test: $(INSTALLED) ## Run the default test suite (offline, CPU; starts its own database server, Omniboard and Chromium)
+test: $(INSTALLED) ## Run the default test suite (offline, CPU, ~19 min on 2 cores; starts its own database server, Omniboard and Chromium)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: gpu-check

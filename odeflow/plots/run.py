@@ -120,19 +120,20 @@ def learning_curves_png(
 
 
 def nfe_figure(history: list[dict[str, float]], best_epoch: int | None = None, title: str | None = None) -> plt.Figure:
-    """Mean function evaluations per batch: training forward, validation forward, and the backward solve's
-    only when there is one (the adjoint; direct backpropagation logs BNFE 0 throughout)."""
+    """Mean function evaluations per batch: training forward, validation forward, and backward only when f
+    was evaluated backwards (the adjoint's backward solve, the checkpointed gradient's re-run steps; direct
+    backpropagation logs BNFE 0 throughout)."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     names = {"nfe.forward": "train forward (FNFE)", "val.nfe.forward": "validation forward"}
     backward = finite(series(history, "nfe.backward")[1])
     has_backward = bool((backward > 0).any())
     if has_backward:
-        names["nfe.backward"] = "backward (BNFE, adjoint)"
+        names["nfe.backward"] = "backward (BNFE)"
     curves = {label: series(history, name) for name, label in names.items() if has_values(history, name)}
     draw_series(ax, curves)
     mark_best_epoch(ax, best_epoch)
     ax.set(xlabel="epoch", ylabel="function evaluations per batch")
-    note = "" if has_backward else "\nno backward solve (direct backpropagation): no BNFE line"
+    note = "" if has_backward else "\nno backward evaluations (direct backpropagation): no BNFE line"
     ax.set_title("NFE per epoch" + (f": {title}" if title else "") + note, fontsize=9)
     if curves:
         ax.legend(fontsize=8)
@@ -208,8 +209,8 @@ def extra_epoch_figures(
     title: str | None = None,
     skip: frozenset[str] = frozenset(),
 ) -> dict[str, Path]:
-    """`<family>.png` in `out_dir` for each family of extra per-epoch series (e.g. memory.png for
-    memory.train.peak_bytes, adaptation.png for adaptation.value), by file name; not for the families in
+    """`<family>.png` in `out_dir` for each family of extra per-epoch series (e.g. mem.png for mem.train.rss_mb,
+    adaptation.png for adaptation.value), by file name; not for the families in
     `skip` (drawn by a figure of their own)."""
     paths = {}
     for family, names in extra_families(history).items():
