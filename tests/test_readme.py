@@ -267,7 +267,8 @@ COMMANDS: dict[str, Run | Make | Skip] = {
     "adaptation=step_size adaptation.initial=config adaptation.interval=10 train.max_epochs=20 train.lr=0.01": Run(
         (*TINY_SPHERES, "adaptation.interval=1"), reason=SMALL + "; a check every iteration, so some happen"
     ),
-    ".venv/bin/python -m runner data=raa_spheres data.dim=3 model=raa_odenet solver=euler solver.step_size=0.25": Run(
+    ".venv/bin/python -m runner data=raa_spheres data.dim=3 model=raa_odenet solver=euler solver.step_size=0.25 "
+    "train.evaluate=final objective=test_acc": Run(
         TINY_SPHERES, reason=SMALL
     ),
     **{
