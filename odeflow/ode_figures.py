@@ -109,3 +109,27 @@ def deep_limit_png(
         ax.legend(fontsize=8)
     fig.suptitle("weight-tied ResNet against its ODE limit; the theorem predicts slope -1 for euler", fontsize=9)
     return save_figure(fig, path)
+
+
+def param_efficiency_png(curves: dict[str, list[dict[str, Any]]], targets: list[float], path: Path, title: str) -> Path:
+    """Test accuracy against parameter count (log x): one line per architecture through its widths, error bars
+    of the seeds' standard deviation, the target accuracies as dotted lines."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for target in targets:
+        ax.axhline(target, color="grey", linestyle=":", linewidth=0.8)
+    for architecture, rows in curves.items():
+        rows = sorted(rows, key=lambda r: r["params"])
+        ax.errorbar(
+            [r["params"] for r in rows],
+            [r["acc_mean"] for r in rows],
+            yerr=[r["acc_std"] or 0.0 for r in rows],
+            marker="s" if architecture.startswith("ResNet") else "o",
+            markersize=4,
+            capsize=3,
+            label=architecture,
+        )
+    ax.set_xscale("log")
+    ax.set(xlabel="parameters (log)", ylabel="test accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
