@@ -5,15 +5,20 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from statistics import mean, stdev
+from typing import Any
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
+from odeflow.errors import UserError
 from runner.experiment.checkpoint import build_model, model_recipe
 from runner.experiment.factories import to_plain
-from runner.research.param_efficiency import params_to_reach
-from runner.tracking.runstore import read_file_store, summary_row
+from runner.research.param_efficiency import architecture, params_to_reach, write_param_efficiency
+from runner.tracking.runstore import RunRecord, read_file_store, summary_row
 from tests.conftest import CONF, compose_config, run_cli
+
+ARCHITECTURES = sorted(p.stem for p in (CONF / "arch").glob("*.yaml"))
 
 
 def test_the_parameters_to_reach_a_target_are_interpolated_on_log_params():
@@ -27,12 +32,31 @@ def test_the_parameters_to_reach_a_target_are_interpolated_on_log_params():
     assert params_to_reach([(100, 0.5), (1_000, 0.8), (10_000, 0.7)], 0.75) == pytest.approx(10 ** (2 + 25 / 30))
 
 
-@pytest.mark.parametrize("arch", sorted(p.stem for p in (CONF / "arch").glob("*.yaml")))
-def test_every_architecture_of_the_study_builds_under_its_preset(arch: str, runs_dir: Path):
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_every_architecture_of_the_study_builds_under_its_preset_and_has_its_own_name(arch: str, runs_dir: Path):
     cfg = compose_config(["experiment=study_param_efficiency", f"arch={arch}", "model.channels=4"], runs_dir)
     assert cfg.model.block == ("residual" if arch.startswith("resnet") else "ode") and cfg.model.stride == 1
     model = build_model(model_recipe(to_plain(cfg.model), to_plain(cfg.solver), (1, 8, 8), 10))
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def name_of(arch: str, runs_dir: Path) -> str:
+    """The name the report gives a run of `arch` (its summary names the model by its config file)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"arch={arch}", f"paths.runs={runs_dir}"], return_hydra_config=True)
+    return architecture({"model": cfg.hydra.runtime.choices.model}, to_plain(cfg.model))
+
+
+def test_the_architectures_are_named_apart(runs_dir: Path):
+    names = {arch: name_of(arch, runs_dir) for arch in ARCHITECTURES}
+    assert names["odenet_basis5"] == "ODEnet basis (fourier, K=5)" and names["odenet_concat"] == "ODEnet concat"
+    assert names["odenet"] == "ODEnet" and names["resnet_small"] == "ResNet small"
+    assert len(set(names.values())) == len(names)
+
+
+def test_a_folder_without_finished_jobs_is_one_clear_error(tmp_path: Path):
+    with pytest.raises(UserError, match="make study STUDY=param_efficiency"):
+        write_param_efficiency(tmp_path)
 
 
 def table_rows(text: str, heading: str) -> list[list[str]]:
@@ -43,62 +67,72 @@ def table_rows(text: str, heading: str) -> list[list[str]]:
     return body[: next((i for i, r in enumerate(body) if r[0] == "architecture"), len(body))]
 
 
-def test_the_study_trains_each_architecture_per_width_and_seed_and_reports_it(tmp_path: Path, runs_dir: Path):
-    study = tmp_path / "param_efficiency"
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> dict[str, Any]:
+    """A tiny run of the study (ResNet small and the Fourier-basis ODEnet, 4 and 8 channels, 2 seeds, one
+    epoch) and its report: the folder, the runs by (architecture, width), and param_efficiency.md."""
+    root = tmp_path_factory.mktemp("param_efficiency")
+    runs_dir, folder = root / "runs", root / "study"
+    runs_dir.mkdir()
     proc = run_cli(
-        ["-m", "experiment=study_param_efficiency", "arch=resnet_small,odenet", "model.channels=4,8", "seed=0,1"]
-        + ["train.max_epochs=1", "data.subset=300", f"hydra.sweep.dir={study}"],
+        ["-m", "experiment=study_param_efficiency", "arch=resnet_small,odenet_basis3", "model.channels=4,8"]
+        + ["seed=0,1", "train.max_epochs=1", "data.subset=300", f"hydra.sweep.dir={folder}"],
         runs_dir,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = read_file_store(runs_dir / "store")
-    assert len(runs) == 8
-    report = run_cli(["study", str(study)], runs_dir)
+    report = run_cli(["study", str(folder)], runs_dir)
     assert report.returncode == 0, report.stderr
-    text = (study / "param_efficiency.md").read_text()
+    runs: dict[tuple[str, int], list[RunRecord]] = {}
+    for run in read_file_store(runs_dir / "store"):
+        model = run.config["model"]
+        arch = "ResNet small" if model["block"] == "residual" else f"ODEnet basis (fourier, K={model['basis_size']})"
+        runs.setdefault((arch, model["channels"]), []).append(run)
+    return {"folder": folder, "runs": runs, "text": (folder / "param_efficiency.md").read_text()}
 
-    # per architecture and width: the runs' parameters, mean and spread of test accuracy over the two seeds
-    expected = {}
-    for run in runs:
-        arch = "ResNet small" if run.config["model"]["block"] == "residual" else "ODEnet"
-        expected.setdefault((arch, run.config["model"]["channels"]), []).append(run)
-    rows = {(r[0], int(r[1])): r for r in table_rows(text, "")}
-    assert set(rows) == set(expected)
-    for key, mine in expected.items():
+
+def epoch_time(run: RunRecord) -> float:
+    return mean(run.metrics["epoch.time"]["values"])
+
+
+def test_the_table_gives_each_architecture_and_width_its_runs_parameters_accuracy_and_cost(study: dict[str, Any]):
+    runs = study["runs"]
+    rows = {(r[0], int(r[1])): r for r in table_rows(study["text"], "")}
+    assert set(rows) == set(runs) and len(runs) == 4
+    for key, mine in runs.items():
         row = rows[key]
         accuracies = [summary_row(r)["test_acc"] for r in mine]
-        assert {r.config["seed"] for r in mine} == {0, 1}
+        assert sorted(r.config["seed"] for r in mine) == [0, 1] and int(row[3]) == 2
         assert int(row[2].replace(",", "")) == mine[0].info["parameters"]["total"]
-        assert int(row[3]) == 2
         assert float(row[4]) == pytest.approx(mean(accuracies), abs=5e-5)
         assert float(row[5]) == pytest.approx(stdev(accuracies), abs=5e-5)
-        epoch_time = mean(mean(r.metrics["epoch.time"]["values"]) for r in mine)
-        assert float(row[8]) == pytest.approx(epoch_time, abs=5e-3)
-        if key[0] == "ODEnet":
+        assert float(row[8]) == pytest.approx(mean(epoch_time(r) for r in mine), abs=5e-3)
+        if key[0] == "ResNet small":
+            assert row[6] == "-" and row[9] == "1.0x"  # no FNFE; the baseline of the time ratio
+        else:
             assert float(row[6]) == pytest.approx(mean(r.final("nfe.forward") for r in mine), abs=0.05)
             assert row[7] == "-"  # direct backpropagation: no BNFE
-            baseline = mean(mean(r.metrics["epoch.time"]["values"]) for r in expected["ResNet small", key[1]])
-            assert float(row[9].rstrip("x")) == pytest.approx(epoch_time / baseline, rel=0.05)
-        else:
-            assert row[6] == "-" and row[9] == "1.0x"  # the baseline of the time ratio
-    # the threshold table: targets below the best mean, each architecture's first crossing on log params
+            baseline = mean(epoch_time(r) for r in runs["ResNet small", key[1]])
+            assert float(row[9].rstrip("x")) == pytest.approx(mean(epoch_time(r) for r in mine) / baseline, rel=0.05)
+
+
+def test_the_threshold_table_gives_each_architectures_first_crossing_on_log_params(study: dict[str, Any]):
     curves = {
         arch: sorted(
             (mine[0].info["parameters"]["total"], width, mean(summary_row(r)["test_acc"] for r in mine))
-            for (a, width), mine in expected.items()
+            for (a, width), mine in study["runs"].items()
             if a == arch
         )
-        for arch in ("ResNet small", "ODEnet")
+        for arch in dict.fromkeys(a for a, _ in study["runs"])
     }
     best = max(acc for curve in curves.values() for _, _, acc in curve)
-    thresholds = table_rows(text, "## Parameters needed")
-    assert len(thresholds) == 6
+    thresholds = table_rows(study["text"], "## Parameters needed")
+    assert len(thresholds) == 6  # three targets per architecture
     assert [float(r[1]) for r in thresholds[:3]] == [math.floor((best - g) * 1000) / 1000 for g in (0.01, 0.02, 0.05)]
     for arch, target, interpolated, smallest in thresholds:
         curve = curves[arch]
         reaching = [point for point in curve if point[2] >= float(target)]
         if not reaching:
-            assert interpolated.startswith("not reached") and smallest == "-"
+            assert interpolated == f"not reached (best {max(p[2] for p in curve):.4f})" and smallest == "-"
             continue
         params, width, acc = reaching[0]
         assert smallest == f"{width} ({params:,})"
@@ -107,7 +141,9 @@ def test_the_study_trains_each_architecture_per_width_and_seed_and_reports_it(tm
         else:
             below_params, _, below_acc = curve[curve.index(reaching[0]) - 1]
             share = (float(target) - below_acc) / (acc - below_acc)
-            assert int(interpolated.replace(",", "")) == pytest.approx(
-                below_params * (params / below_params) ** share, abs=1
-            )
-    assert (study / "param_efficiency.png").read_bytes()[:4] == b"\x89PNG"
+            expected = below_params * (params / below_params) ** share
+            assert int(interpolated.replace(",", "")) == pytest.approx(expected, abs=1)
+
+
+def test_the_figure_is_written(study: dict[str, Any]):
+    assert (study["folder"] / "param_efficiency.png").read_bytes()[:4] == b"\x89PNG"
