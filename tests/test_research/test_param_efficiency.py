@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from odeflow.errors import UserError
 from runner.experiment.checkpoint import build_model, model_recipe
 from runner.experiment.factories import to_plain
-from runner.research.param_efficiency import architecture, params_to_reach, write_param_efficiency
+from runner.research.param_efficiency import architecture, params_to_reach, threshold_rows, write_param_efficiency
 from runner.tracking.runstore import RunRecord, read_file_store, summary_row
 from tests.conftest import CONF, compose_config, run_cli
 
@@ -30,6 +30,25 @@ def test_the_parameters_to_reach_a_target_are_interpolated_on_log_params():
     assert params_to_reach(curve, 0.99) is None
     # the first crossing counts: a later dip below the target does not move it
     assert params_to_reach([(100, 0.5), (1_000, 0.8), (10_000, 0.7)], 0.75) == pytest.approx(10 ** (2 + 25 / 30))
+
+
+def test_each_architecture_needs_the_parameters_of_its_first_width_reaching_each_target():
+    def curve(arch: str, params: list[int], accuracies: list[float]) -> list[dict[str, Any]]:
+        return [
+            {"architecture": arch, "width": w, "params": p, "acc_mean": a}
+            for w, p, a in zip((4, 8, 16), params, accuracies, strict=True)
+        ]
+
+    rows = curve("A", [100, 1_000, 10_000], [0.5, 0.95, 0.91]) + curve("B", [200, 2_000, 20_000], [0.92, 0.6, 0.93])
+    table = [(r["architecture"], r["target"], r["interpolated"], r["smallest"]) for r in threshold_rows(rows)]
+    assert table == [  # targets 0.01, 0.02 and 0.05 below the best mean accuracy (0.95)
+        ("A", 0.94, f"{10 ** (2 + 0.44 / 0.45):,.0f}", "8 (1,000)"),  # between 100 and 1,000 on log params
+        ("A", 0.93, f"{10 ** (2 + 0.43 / 0.45):,.0f}", "8 (1,000)"),
+        ("A", 0.9, f"{10 ** (2 + 0.40 / 0.45):,.0f}", "8 (1,000)"),  # not the widest, which also reaches it
+        ("B", 0.94, "not reached (best 0.9300)", "-"),
+        ("B", 0.93, "20,000", "16 (20,000)"),  # the dip at 2,000 parameters: reached only at the widest
+        ("B", 0.9, "<= 200 (reached at the smallest width)", "4 (200)"),
+    ]
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
