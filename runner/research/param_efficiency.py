@@ -100,8 +100,10 @@ def read_jobs(folder: Path) -> list[dict[str, Any]]:
     return jobs
 
 
-def _job_number(result: Path) -> int:
-    return int(result.parent.name) if result.parent.name.isdigit() else -1
+def _job_number(result: Path) -> tuple[str, int]:
+    """Jobs in the order they ran: folders `<n>` or `<dataset>_<n>` (the preset's, to keep datasets apart)."""
+    prefix, _, number = result.parent.name.rpartition("_")
+    return (prefix, int(number)) if number.isdigit() else (result.parent.name, -1)
 
 
 def _mean_of(jobs: list[dict[str, Any]], key: str) -> float | None:
@@ -187,40 +189,41 @@ def threshold_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_param_efficiency(folder: Path) -> dict[str, Path]:
-    """param_efficiency.md (per architecture and width: parameters, test accuracy over seeds, FNFE/BNFE and time
-    per epoch; then the parameters each architecture needs to reach the target accuracies) and
-    param_efficiency.png (test accuracy against parameters, log x, one line per architecture) in `folder`."""
+    """param_efficiency.md (per dataset, per architecture and width: parameters, test accuracy over seeds,
+    FNFE/BNFE and time per epoch; then the parameters each architecture needs to reach the target accuracies)
+    and param_efficiency.png (per dataset, test accuracy against parameters on a log axis, one line per
+    architecture) in `folder`."""
     jobs = read_jobs(folder)
-    rows = per_width(jobs)
-    first = jobs[0]["summary"]
-    title = (
-        f"test accuracy against parameters on {first.get('dataset')} "
-        f"(mean and standard deviation over {max(r['seeds'] for r in rows)} seeds);\ndotted: the target accuracies"
-    )
-    png = param_efficiency_png(
-        {
+    sections, panels = [], {}
+    for dataset in dict.fromkeys(j["summary"].get("dataset") for j in jobs):
+        mine = [j for j in jobs if j["summary"].get("dataset") == dataset]
+        rows = per_width(mine)
+        curves = {
             arch: [r for r in rows if r["architecture"] == arch]
             for arch in dict.fromkeys(r["architecture"] for r in rows)
-        },
-        targets(rows),
-        folder / "param_efficiency.png",
-        title,
-    )
-    solvers = sorted({j["summary"]["solver"] for j in jobs if j["summary"].get("solver")})
+        }
+        seeds = max(r["seeds"] for r in rows)
+        panels[f"{dataset}: mean and standard deviation over {seeds} seed{'s' * (seeds != 1)}"] = (
+            curves,
+            targets(rows),
+        )
+        solvers = sorted({j["summary"]["solver"] for j in mine if j["summary"].get("solver")})
+        sections.append(
+            f"## {dataset}\n\n"
+            f"{len(mine)} runs; ODEnets solved with {', '.join(solvers) or '-'}. Per architecture and width: the "
+            "parameter count, the test accuracy's mean and sample standard deviation over the seeds, the last "
+            "epoch's mean function evaluations per batch (FNFE forward, BNFE backward: '-' for ResNets and direct "
+            f"backpropagation) and the mean seconds per epoch, also as a multiple of the {BASELINE}'s at the same "
+            "width.\n\n"
+            f"{markdown_table(rows, FORMATS, HEADERS)}\n\n"
+            "### Parameters needed to reach a target accuracy\n\n"
+            f"Targets: {', '.join(f'{g:g}' for g in TARGET_GAPS)} below the best mean test accuracy of any "
+            "architecture on this dataset. The parameter count is interpolated linearly in log(parameters) between "
+            "the last width whose mean accuracy is below the target and the first at or above it; the last column "
+            "is that first width.\n\n"
+            f"{markdown_table(threshold_rows(rows), {'target': '{:.3f}'}, TARGET_HEADERS)}\n"
+        )
+    png = param_efficiency_png(panels, folder / "param_efficiency.png")
     md = folder / "param_efficiency.md"
-    write_atomic(
-        md,
-        "# Parameter efficiency: test accuracy against parameter count\n\n"
-        f"{len(jobs)} runs on {first.get('dataset')}; ODEnets solved with {', '.join(solvers) or '-'}. Per "
-        "architecture and width: the parameter count, the test accuracy's mean and sample standard deviation over "
-        "the seeds, the last epoch's mean function evaluations per batch (FNFE forward, BNFE backward: '-' for "
-        f"ResNets and direct backpropagation) and the mean seconds per epoch, also as a multiple of the {BASELINE}'s "
-        "at the same width.\n\n"
-        f"{markdown_table(rows, FORMATS, HEADERS)}\n\n"
-        "## Parameters needed to reach a target accuracy\n\n"
-        f"Targets: {', '.join(f'{g:g}' for g in TARGET_GAPS)} below the best mean test accuracy of any architecture. "
-        "The parameter count is interpolated linearly in log(parameters) between the last width whose mean "
-        "accuracy is below the target and the first at or above it; the last column is that first width.\n\n"
-        f"{markdown_table(threshold_rows(rows), {'target': '{:.3f}'}, TARGET_HEADERS)}\n",
-    )
+    write_atomic(md, "# Parameter efficiency: test accuracy against parameter count\n\n" + "\n".join(sections))
     return {"param_efficiency.md": md, "param_efficiency.png": png}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
@@ -144,7 +146,7 @@ def test_the_threshold_table_gives_each_architectures_first_crossing_on_log_para
         for arch in dict.fromkeys(a for a, _ in study["runs"])
     }
     best = max(acc for curve in curves.values() for _, _, acc in curve)
-    thresholds = table_rows(study["text"], "## Parameters needed")
+    thresholds = table_rows(study["text"], "### Parameters needed")
     assert len(thresholds) == 6  # three targets per architecture
     assert [float(r[1]) for r in thresholds[:3]] == [math.floor((best - g) * 1000) / 1000 for g in (0.01, 0.02, 0.05)]
     for arch, target, interpolated, smallest in thresholds:
@@ -166,3 +168,18 @@ def test_the_threshold_table_gives_each_architectures_first_crossing_on_log_para
 
 def test_the_figure_is_written(study: dict[str, Any]):
     assert (study["folder"] / "param_efficiency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_each_dataset_has_its_own_section_in_one_folder(study: dict[str, Any], tmp_path: Path):
+    jobs = sorted(p.parent.name for p in study["folder"].glob("*/result.json"))
+    assert jobs == sorted(f"digits_{n}" for n in range(8))  # the preset names job folders by dataset
+    folder = tmp_path / "both"
+    for job in jobs:  # the same runs again, as if on another dataset
+        shutil.copytree(study["folder"] / job, folder / job)
+        other = shutil.copytree(study["folder"] / job, folder / job.replace("digits", "other"))
+        summary = json.loads((other / "result.json").read_text())
+        (other / "result.json").write_text(json.dumps(summary | {"dataset": "other"}))
+    text = write_param_efficiency(folder)["param_efficiency.md"].read_text()
+    digits, other = text.split("## digits", 1)[1].split("## other")
+    assert table_rows(digits, "") == table_rows(other, "") == table_rows(study["text"], "")
+    assert table_rows(digits, "### Parameters needed") == table_rows(study["text"], "### Parameters needed")
