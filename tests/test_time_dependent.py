@@ -331,3 +331,24 @@ def test_trajectories_follow_the_time_dependent_solution():
     )
     expected = Z0 * torch.exp(integral)[None, :]
     assert torch.allclose(torch.from_numpy(path[:, :, 0]), expected, rtol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["concat", "basis"])
+def test_a_checkpoint_rebuilds_the_time_dependent_model(kind, tmp_path):
+    from runner.experiment.checkpoint import build_model, load_checkpoint, model_recipe, save_checkpoint
+
+    model_cfg = {
+        "_target_": "models.state.StateODENet",
+        "hidden": 8,
+        "time_dependence": kind,
+        "basis": "fourier",
+        "basis_size": 3,
+    }
+    recipe = model_recipe(model_cfg, {"_target_": "models.SolverSpec", "method": "rk4", "step_size": 0.25}, (2,), 2)
+    model = build_model(recipe)
+    with torch.no_grad():  # coefficients away from their zero start, so a lost one would show
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    rebuilt, _ = load_checkpoint(save_checkpoint(tmp_path / "model.pt", model, recipe, {}))
+    x = torch.randn(5, 2)
+    assert torch.equal(rebuilt(x), model(x))
