@@ -73,12 +73,11 @@ class FourierBasis(nn.Module):
     def __init__(self, size: int, t_final: float) -> None:
         super().__init__()
         self.size, self.t_final = size, t_final
-        k = torch.arange(1, size)
-        # phi_k = cos(2 pi j t / T + shift): j = ceil(k / 2), shift -pi/2 (a sine) for odd k
-        self.register_buffer(
-            "angular", (2 * math.pi / t_final) * torch.div(k + 1, 2, rounding_mode="floor").float(), persistent=False
-        )
-        self.register_buffer("shift", torch.where(k % 2 == 1, -math.pi / 2, 0.0).float(), persistent=False)
+        k = torch.arange(1, size, dtype=torch.float64)
+        # phi_k = cos(2 pi j t / T + shift): j = ceil(k / 2), shift -pi/2 (a sine) for odd k. Kept in float64 (a
+        # float64 model gets float64 values) and cast to t's dtype on use.
+        self.register_buffer("angular", (2 * math.pi / t_final) * torch.ceil(k / 2), persistent=False)
+        self.register_buffer("shift", (-math.pi / 2) * (k % 2), persistent=False)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         one = torch.ones(1, dtype=t.dtype, device=t.device)
