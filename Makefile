@@ -78,8 +78,8 @@ table: $(INSTALLED) ## Thesis table 8.1 for DATA=fmnist or DATA=cifar10: the fiv
 	$(PY) -m runner report --out runs/report/$(DATA)
 
 STUDY ?= t_final
-study: $(INSTALLED) ## A study: STUDY=t_final (table 7.3), activation_inside (7.2), activation_before (7.1); ResNet After All: critical_step, adaptation, raa_critical_step, raa_adaptation; deep limit: deep_limit, deep_limit_digits
-	$(PY) -m runner -m experiment=study_$(STUDY)
+study: $(INSTALLED) ## A study: STUDY=t_final (table 7.3), activation_inside (7.2), activation_before (7.1); ResNet After All: critical_step, adaptation, raa_critical_step, raa_adaptation; deep limit: deep_limit, deep_limit_digits; param_efficiency (ARGS=data=fashion_mnist: any overrides)
+	$(PY) -m runner -m experiment=study_$(STUDY) $(ARGS)
 	$(PY) -m runner study $(STUDY)
 
 bench: $(INSTALLED) ## Run every benchmark in bench/ (ratios measured in one run; ~20 min) and write bench/RESULTS.md

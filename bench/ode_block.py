@@ -8,7 +8,10 @@ evaluation forward    FNFE x f forward without grad
 Each configuration runs in a fresh process (allocator state changes CPU timings), all in one run, and
 keeps freed host memory for reuse as the runner does (`train.reuse_host_memory`; BENCH_REUSE=0 measures
 glibc's default, where every new state-sized tensor pays page faults, f alone included).
-Usage: .venv/bin/python bench/ode_block.py [--quick]
+--time-dependence concat or basis (K = 4, piecewise) measures a time-dependent f instead (t as an extra input
+channel, or theta(t) from 4 coefficient sets; the limit is then NFE x that f alone, called at one time), and
+--short keeps dopri5 1e-3 direct and rk4 0.25 direct only.
+Usage: .venv/bin/python bench/ode_block.py [--quick] [--short] [--time-dependence none|concat|basis]
 """
 
 from __future__ import annotations
@@ -51,14 +54,26 @@ def fastest_time(fn, reps: int, warmup: int = 1) -> float:
 REFERENCE_FILE = Path(os.environ.get("TMPDIR", "/tmp")) / "odeflow-bench-reference-gradients.pt"
 
 
-def block_setup():
+def block_setup(time_dependence: str = "none"):
     """The benchmark's f (seeded) and input."""
     import torch
 
     from models.simple import dynamics
+    from models.time_dependent import TimeDependence
 
     torch.manual_seed(0)
-    return dynamics(66, True, "relu", "group"), torch.randn(128, 66, 14, 14)
+    time = TimeDependence(time_dependence, "piecewise", 4)
+    return dynamics(66, True, "relu", "group", time), torch.randn(128, 66, 14, 14)
+
+
+def f_alone(net, time_dependence: str):
+    """f as a function of the state: a time-dependent f at one fixed time (what one evaluation costs)."""
+    import torch
+
+    if time_dependence == "none":
+        return net
+    t = torch.tensor(0.3)
+    return lambda z: net(t, z)
 
 
 def reference_gradients() -> None:
@@ -79,7 +94,9 @@ def reference_gradients() -> None:
     torch.save(torch.cat([p.grad.reshape(-1) for p in net.parameters()]), REFERENCE_FILE)
 
 
-def measure_one(backend: str, method: str, value: float, adjoint: bool, norm: str, reps: int) -> dict:
+def measure_one(
+    backend: str, method: str, value: float, adjoint: bool, norm: str, reps: int, time_dependence: str = "none"
+) -> dict:
     import torch
 
     from models.ode_block import ODEBlock
@@ -87,7 +104,8 @@ def measure_one(backend: str, method: str, value: float, adjoint: bool, norm: st
     from runner.experiment.settings import reuse_freed_host_memory
 
     reuse_freed_host_memory(os.environ.get("BENCH_REUSE", "1") == "1")  # as the runner does by default
-    net, x = block_setup()
+    net, x = block_setup(time_dependence)
+    f = f_alone(net, time_dependence)
     fixed = method in ("rk4", "euler")
     spec = SolverSpec(
         method,
@@ -103,14 +121,14 @@ def measure_one(backend: str, method: str, value: float, adjoint: bool, norm: st
     def f_forward_backward():
         xi = x.clone().requires_grad_(True)
         start = time.perf_counter()
-        y = net(xi)
+        y = f(xi)
         mid = time.perf_counter()
         y.backward(torch.ones_like(y))
         return mid - start, time.perf_counter() - mid
 
     def f_without_grad():
         with torch.no_grad():
-            net(x)
+            f(x)
 
     pairs, nograd = [], []
 
@@ -157,7 +175,7 @@ def measure_one(backend: str, method: str, value: float, adjoint: bool, norm: st
     limit_train = fnfe * f_nograd + bnfe * (f_fwd + f_bwd) if adjoint else fnfe * (f_fwd + f_bwd)
     limit_eval = counts["eval_fnfe"] * f_nograd
     grad_error = None
-    if method == "dopri5" and value == 1e-3 and REFERENCE_FILE.exists():
+    if method == "dopri5" and value == 1e-3 and time_dependence == "none" and REFERENCE_FILE.exists():
         block.zero_grad(set_to_none=True)
         out = block(x)
         out.backward(torch.ones_like(out))
@@ -183,12 +201,13 @@ def measure_one(backend: str, method: str, value: float, adjoint: bool, norm: st
         "f_fwd_s": f_fwd,
         "f_bwd_s": f_bwd,
         "f_nograd_s": f_nograd,
+        "time_dependence": time_dependence,
     }
 
 
-def run_fresh(config: tuple, reps: int) -> dict:
+def run_fresh(config: tuple, reps: int, time_dependence: str = "none") -> dict:
     proc = subprocess.run(
-        [sys.executable, __file__, "--one", json.dumps(config), "--reps", str(reps)],
+        [sys.executable, __file__, "--one", json.dumps([*config, time_dependence]), "--reps", str(reps)],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -210,23 +229,30 @@ def main() -> None:
     parser.add_argument("--one")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="dopri5 only, 2 repetitions")
+    parser.add_argument("--short", action="store_true", help="dopri5 1e-3 and rk4 0.25, direct only")
+    parser.add_argument("--time-dependence", default="none", choices=["none", "concat", "basis"])
     parser.add_argument("--reference", action="store_true", help="(internal) write the reference gradients")
     args = parser.parse_args()
     if args.reference:
         reference_gradients()
         return
     if args.one:
-        print(json.dumps(measure_one(*json.loads(args.one), args.reps)))
+        config = json.loads(args.one)
+        print(json.dumps(measure_one(*config[:5], args.reps, *config[5:])))
         return
     configs = [c for c in CONFIGS if c[1] == "dopri5" and c[4] == "mixed"] if args.quick else CONFIGS
-    reps = 2 if args.quick else args.reps
-    subprocess.run(
-        [sys.executable, __file__, "--reference"], check=True, cwd=ROOT
-    )  # in its own process: its memory goes with it
-    rows = [run_fresh(c, reps) for c in configs]
+    if args.short:
+        configs = [c for c in CONFIGS if c[1] in ("dopri5", "rk4") and not c[3]]
+    reps = 2 if args.quick or args.short else args.reps
+    if args.time_dependence == "none" and not args.short:
+        subprocess.run(
+            [sys.executable, __file__, "--reference"], check=True, cwd=ROOT
+        )  # in its own process: its memory goes with it
+    rows = [run_fresh(c, reps, args.time_dependence) for c in configs]
     f = rows[0]
     print(
-        f"\nODE block, batch 128, 66 ch 14x14 (f alone, fastest of 12: fwd {f['f_fwd_s']:.3f}s, bwd "
+        f"\nODE block, f time dependence {args.time_dependence}, batch 128, 66 ch 14x14 (f alone, fastest of 12: "
+        f"fwd {f['f_fwd_s']:.3f}s, bwd "
         f"{f['f_bwd_s']:.3f}s, "
         f"fwd without grad {f['f_nograd_s']:.3f}s), fastest of {reps} training steps and of {max(reps, 5)} "
         "evaluations, fresh process each"
@@ -259,7 +285,7 @@ def main() -> None:
                 f"  {label(r):<28} {r['backend']:<12} BNFE {r['bnfe']:>4}  backward {r['bwd_s']:7.3f} s  gradient "
                 f"error {r['grad_error']:.2e}"
             )
-    if not args.quick:
+    if not args.quick and not args.short:
         print("\npeak memory against NFE (fused dopri5): direct backpropagation grows with NFE, the adjoint stays flat")
         for r in [run_fresh(c, 1) for c in MEMORY_VS_NFE]:
             print(f"  {label(r):<28} FNFE {r['fnfe']:>4} BNFE {r['bnfe']:>5}  peak rise {r['peak_rise_mb']:>7.0f} MB")

@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.layers import ZeroPadChannels, make_activation, normalization, zero_pad_channels
-from models.simple import BLOCK_KINDS, make_body
+from models.simple import BLOCK_KINDS, check_time_dependence, make_body
 from models.solvers import SolverSpec
+from models.time_dependent import TimeDependence, TimeDependent
 from odeflow.errors import ConfigError, check_choice, check_positive
 
 POOL = 2
@@ -36,18 +37,28 @@ class Stage(nn.Module):
     """conv3x3 -> [+ zero-padded input] -> max-pool -> norm -> activation."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, residual: bool, kernel_size: int, act: str, norm: str
+        self,
+        in_channels: int,
+        out_channels: int,
+        residual: bool,
+        kernel_size: int,
+        act: str,
+        norm: str,
+        time: TimeDependence | None = None,
     ) -> None:
         super().__init__()
         self.out_channels = out_channels
         self.residual = residual
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        self.conv = (time or TimeDependence()).layer(
+            lambda c: nn.Conv2d(c, out_channels, kernel_size, padding=kernel_size // 2), in_channels
+        )
         self.post = nn.Sequential(
             nn.MaxPool2d(POOL, ceil_mode=True), normalization(norm, out_channels), make_activation(act)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        """t: the time, for a stage of a time-dependent f."""
+        y = self.conv(x) if t is None else self.conv(t, x)
         if self.residual:
             y = y + zero_pad_channels(x, self.out_channels)
         return self.post(y)
@@ -62,12 +73,29 @@ class PaddedStages(nn.Module):
         self.read_channels = read_channels
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        y = self.stages(z[:, : self.read_channels])
+        return self.padded(self.stages(z[:, : self.read_channels]), z)
+
+    @staticmethod
+    def padded(y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return F.pad(y, (0, z.shape[-1] - y.shape[-1], 0, z.shape[-2] - y.shape[-2]))
 
 
+class TimePaddedStages(PaddedStages, TimeDependent):
+    """PaddedStages whose stages' convolutions depend on t."""
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        y = z[:, : self.read_channels]
+        for stage in self.stages:
+            y = stage(y, t)
+        return self.padded(y, z)
+
+
 class ComplexNet(nn.Module):
-    """Thesis 7.3.2 complex ResNet (block="residual") or ODEnet (block="ode"), for (C, H, W) images."""
+    """Thesis 7.3.2 complex ResNet (block="residual") or ODEnet (block="ode"), for (C, H, W) images.
+
+    time_dependence, basis and basis_size make the ODEnet's three convolutions depend on t
+    (models.time_dependent); a ResNet takes none only.
+    """
 
     def __init__(
         self,
@@ -81,8 +109,12 @@ class ComplexNet(nn.Module):
         norm: str = "group",
         t_final: float = 1.0,
         solver: SolverSpec | None = None,
+        time_dependence: str = "none",
+        basis: str = "piecewise",
+        basis_size: int = 4,
     ) -> None:
         super().__init__()
+        time = TimeDependence(time_dependence, basis, basis_size, t_final)
         if len(input_shape) != 3:
             raise ConfigError(
                 "model",
@@ -101,6 +133,7 @@ class ComplexNet(nn.Module):
         out_channels = stage_channels[-1]
         self.out_size = (pooled_size(height, len(stage_channels)), pooled_size(width, len(stage_channels)))
         residual = check_choice("block", block, BLOCK_KINDS) == "residual"
+        check_time_dependence(block, time)
         first = in_channels if residual else in_channels + keep_zero_channels
         if not residual and first > out_channels:
             raise ConfigError(
@@ -110,7 +143,7 @@ class ComplexNet(nn.Module):
             )
         widths = [first, *stage_channels]
         stages = nn.Sequential(
-            *(Stage(i, o, residual, kernel_size, activation, norm) for i, o in itertools.pairwise(widths))
+            *(Stage(i, o, residual, kernel_size, activation, norm, time) for i, o in itertools.pairwise(widths))
         )
         if residual:
             # The complex ResNet's shortcuts live inside its stages (before pooling), not around them.
@@ -118,7 +151,8 @@ class ComplexNet(nn.Module):
             self.body: nn.Module = stages
         else:
             self.stem = ZeroPadChannels(out_channels)
-            self.body = make_body(block, [PaddedStages(stages, first)], solver, t_final)
+            padded = TimePaddedStages if time.active else PaddedStages
+            self.body = make_body(block, [padded(stages, first)], solver, t_final)
         features = out_channels * self.out_size[0] * self.out_size[1]
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(features, num_classes))
 

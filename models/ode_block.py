@@ -9,6 +9,7 @@ from torchdiffeq import odeint, odeint_adjoint
 from models.checkpointed import solve_checkpointed
 from models.fused_rk import StepRecorder, rms_norm, solve_adaptive, solve_fixed
 from models.solvers import SolverSpec
+from models.time_dependent import TimeDependent, as_time
 from odeflow.errors import (
     MAX_STEPS_CAUSE,
     NONFINITE_FIX,
@@ -29,22 +30,30 @@ _SOLVER_FIXES = {"non-finite values in state": NONFINITE_FIX, "underflow in dt 0
 
 
 class CountingODEFunc(nn.Module):
-    """Wraps f(z) as f(t, z) for torchdiffeq and counts every evaluation."""
+    """Wraps f as f(t, z) for torchdiffeq and counts every evaluation. An autonomous f is called as f(z), a
+    time-dependent one (models.time_dependent.TimeDependent) as f(t, z)."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
+        self.time_dependent = isinstance(net, TimeDependent)
         self.nfe = 0
 
     def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
         # Under autocast f computes in bfloat16; the solver's stages, state and error control stay in the
         # state's precision.
-        return self.net(z).to(z.dtype)
+        return (self.net(t, z) if self.time_dependent else self.net(z)).to(z.dtype)
+
+    def uncounted(self, t: float, z: torch.Tensor) -> torch.Tensor:
+        """f(t, z) without counting an evaluation (step-size heuristics that are not part of a solve)."""
+        return (self.net(as_time(t, z), z) if self.time_dependent else self.net(z)).to(z.dtype)
 
 
 class ODEBlock(nn.Module):
-    """z(T) = z(0) + integral_0^T f(z(t)) dt, solved numerically with the given SolverSpec.
+    """z(T) = z(0) + integral_0^T f(z(t)) dt (or f(t, z(t)) for a time-dependent f), solved numerically with
+    the given SolverSpec. The fused solvers hand an autonomous f one time tensor for every stage and a
+    time-dependent one each stage's own time.
 
     Counting follows torchdiffeq's odenet_mnist example: `forward_nfe` holds the evaluations of the last
     forward pass; evaluations made after it (the adjoint's backward pass) accumulate in `func.nfe` until
@@ -63,6 +72,10 @@ class ODEBlock(nn.Module):
         self._time_tensors: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 
     @property
+    def time_dependent(self) -> bool:
+        return self.func.time_dependent
+
+    @property
     def backward_nfe(self) -> int:
         return self.func.nfe
 
@@ -76,7 +89,12 @@ class ODEBlock(nn.Module):
             # the same RMS norm), taken directly, without torchdiffeq's wrapping and per-stage time tensors.
             if spec.gradient == "checkpoint":
                 z = solve_checkpointed(
-                    self.func, z0, self._fused_direct, spec.method, checkpoints=spec.checkpoints, autonomous=True
+                    self.func,
+                    z0,
+                    self._fused_direct,
+                    spec.method,
+                    checkpoints=spec.checkpoints,
+                    autonomous=not self.time_dependent,
                 )
             elif spec.fused and (not spec.adjoint or not torch.is_grad_enabled()):
                 z = self._fused_direct(z0)
@@ -108,7 +126,14 @@ class ODEBlock(nn.Module):
         spec = self.solver
         if spec.is_fixed_step:
             return solve_fixed(
-                self.func, z0, 0.0, self.t_final, spec.step_size, spec.method, autonomous=True, record=record
+                self.func,
+                z0,
+                0.0,
+                self.t_final,
+                spec.step_size,
+                spec.method,
+                autonomous=not self.time_dependent,
+                record=record,
             )
         return solve_adaptive(
             self.func,
@@ -121,7 +146,7 @@ class ODEBlock(nn.Module):
             spec.max_steps,
             spec.min_step,
             spec.step_size,
-            autonomous=True,
+            autonomous=not self.time_dependent,
             record=record,
             **spec.extra_options,
         )

@@ -15,6 +15,7 @@ from torch import nn
 from models.layers import ZeroPadChannels, make_activation, normalization
 from models.ode_block import ODEBlock
 from models.solvers import SolverSpec
+from models.time_dependent import TimeDependence
 from odeflow.errors import ConfigError, check_choice, check_positive
 
 BLOCK_KINDS = ("ode", "residual")
@@ -31,10 +32,25 @@ class ResidualBlock(nn.Module):
         return z + self.net(z)
 
 
-def dynamics(width: int, image: bool, act: str, norm: str) -> nn.Sequential:
-    """f of the simple models: conv3x3 (or linear) -> norm -> activation, width preserved."""
-    layer = nn.Conv2d(width, width, 3, padding=1) if image else nn.Linear(width, width)
-    return nn.Sequential(layer, normalization(norm, width, image=image), make_activation(act))
+def dynamics(width: int, image: bool, act: str, norm: str, time: TimeDependence | None = None) -> nn.Sequential:
+    """f of the simple models: conv3x3 (or linear) -> norm -> activation, width preserved; with `time`, the
+    conv (or linear) layer depends on t."""
+    time = time or TimeDependence()
+    layer = time.layer(
+        (lambda c: nn.Conv2d(c, width, 3, padding=1)) if image else (lambda c: nn.Linear(c, width)), width
+    )
+    return time.sequential(layer, normalization(norm, width, image=image), make_activation(act))
+
+
+def check_time_dependence(block: str, time: TimeDependence) -> None:
+    """A ResNet's blocks are steps, not an ODE: they have no time to depend on."""
+    if block == "residual" and time.active:
+        raise ConfigError(
+            "time_dependence",
+            time.kind,
+            "none for a ResNet (time-dependent weights belong to an ODE block)",
+            "leave model.time_dependence unset, or use an ODEnet (model=odenet_simple, odenet_complex, odenet_state)",
+        )
 
 
 def make_body(kind: str, nets: Sequence[nn.Module], solver: SolverSpec | None, t_final: float) -> nn.Module:
@@ -50,7 +66,11 @@ def make_body(kind: str, nets: Sequence[nn.Module], solver: SolverSpec | None, t
 
 
 class SimpleNet(nn.Module):
-    """Thesis 7.3.1 simple ODEnet / small ResNet / large ResNet, for images (C, H, W) or vectors (D,)."""
+    """Thesis 7.3.1 simple ODEnet / small ResNet / large ResNet, for images (C, H, W) or vectors (D,).
+
+    time_dependence (none, concat or basis), basis (piecewise or fourier) and basis_size (K) make the ODE
+    block's f depend on t (models.time_dependent); a ResNet takes none only.
+    """
 
     def __init__(
         self,
@@ -66,8 +86,13 @@ class SimpleNet(nn.Module):
         norm: str = "group",
         t_final: float = 1.0,
         solver: SolverSpec | None = None,
+        time_dependence: str = "none",
+        basis: str = "piecewise",
+        basis_size: int = 4,
     ) -> None:
         super().__init__()
+        time = TimeDependence(time_dependence, basis, basis_size, t_final)
+        check_time_dependence(block, time)
         check_positive("channels", channels)
         check_positive("augment_dims", augment_dims, allow_zero=True)
         check_positive("stride", stride)
@@ -88,7 +113,7 @@ class SimpleNet(nn.Module):
             features = width
         self.stem = nn.Sequential(stem, make_activation(activation_before, "activation_before"), ZeroPadChannels(width))
         self.body = make_body(
-            block, [dynamics(width, image, activation, norm) for _ in range(num_blocks)], solver, t_final
+            block, [dynamics(width, image, activation, norm, time) for _ in range(num_blocks)], solver, t_final
         )
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(features, num_classes))
 

@@ -15,11 +15,15 @@ from torch import nn
 from models.layers import ZeroPadChannels, make_activation
 from models.ode_block import ODEBlock
 from models.solvers import SolverSpec
+from models.time_dependent import TimeDependence
 from odeflow.errors import ConfigError, check_positive
 
 
 class StateODENet(nn.Module):
-    """x -> zero-augment to len(x) + augment_dims -> ODE block over f = MLP(hidden) -> linear classifier."""
+    """x -> zero-augment to len(x) + augment_dims -> ODE block over f = MLP(hidden) -> linear classifier.
+
+    time_dependence, basis and basis_size make both linear layers of f depend on t (models.time_dependent).
+    """
 
     def __init__(
         self,
@@ -30,8 +34,12 @@ class StateODENet(nn.Module):
         activation: str = "tanh",
         t_final: float = 1.0,
         solver: SolverSpec | None = None,
+        time_dependence: str = "none",
+        basis: str = "piecewise",
+        basis_size: int = 4,
     ) -> None:
         super().__init__()
+        time = TimeDependence(time_dependence, basis, basis_size, t_final)
         if len(input_shape) != 1:
             raise ConfigError("input_shape", tuple(input_shape), "(features,) vectors: this model integrates its input")
         if solver is None:
@@ -40,7 +48,11 @@ class StateODENet(nn.Module):
         check_positive("augment_dims", augment_dims, allow_zero=True)
         width = input_shape[0] + augment_dims
         self.augment = ZeroPadChannels(width)
-        net = nn.Sequential(nn.Linear(width, hidden), make_activation(activation), nn.Linear(hidden, width))
+        net = time.sequential(
+            time.layer(lambda n: nn.Linear(n, hidden), width),
+            make_activation(activation),
+            time.layer(lambda n: nn.Linear(n, width), hidden),
+        )
         self.body = ODEBlock(net, solver, t_final)
         self.classifier = nn.Linear(width, num_classes)
 

@@ -109,3 +109,29 @@ def deep_limit_png(
         ax.legend(fontsize=8)
     fig.suptitle("weight-tied ResNet against its ODE limit; the theorem predicts slope -1 for euler", fontsize=9)
     return save_figure(fig, path)
+
+
+def param_efficiency_png(panels: dict[str, tuple[dict[str, list[dict[str, Any]]], list[float]]], path: Path) -> Path:
+    """One panel per title (a dataset): test accuracy against parameter count on a log axis, one line per
+    architecture through its widths with error bars of the seeds' standard deviation, and the panel's target
+    accuracies as dotted lines. `panels[title]` is ({architecture: rows of params, acc_mean, acc_std}, targets)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(8 * len(panels), 5), squeeze=False)
+    for ax, (title, (curves, targets)) in zip(axes[0], panels.items(), strict=True):
+        for target in targets:
+            ax.axhline(target, color="grey", linestyle=":", linewidth=0.8)
+        for architecture, rows in curves.items():
+            rows = sorted(rows, key=lambda r: r["params"])
+            ax.errorbar(
+                [r["params"] for r in rows],
+                [r["acc_mean"] for r in rows],
+                yerr=[r["acc_std"] or 0.0 for r in rows],
+                marker="s" if architecture.startswith("ResNet") else "o",
+                markersize=4,
+                capsize=3,
+                label=architecture,
+            )
+        ax.set_xscale("log")
+        ax.set(xlabel="parameters (log)", ylabel="test accuracy")
+        ax.set_title(f"{title}; dotted: the target accuracies", fontsize=9)
+        ax.legend(fontsize=8)
+    return save_figure(fig, path)

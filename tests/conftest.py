@@ -62,6 +62,7 @@ LONG_FILES_FIRST = [
     "tests/test_experiment/test_adaptation.py",
     "tests/test_research/test_deep_limit.py",
     "tests/test_research/test_raa_studies.py",
+    "tests/test_research/test_param_efficiency.py",
     "tests/test_tracking/test_query_index.py",
 ]
 

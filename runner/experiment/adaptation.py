@@ -10,6 +10,7 @@ effect is part of the training state (resumed with it, replayed by the same seed
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -211,7 +212,8 @@ class SolverAdapter:
             else:
                 block, z0 = block_input(model, first_batch)
                 order, scaled = METHOD_ORDERS[solver.method], self.settings.initial == "hairer"
-                h = hairer_initial_step(block.func.net, z0, order, solver.rtol, solver.atol, scaled=scaled)
+                f = functools.partial(block.func.uncounted, 0.0)  # f at t = 0, where the solve starts
+                h = hairer_initial_step(f, z0, order, solver.rtol, solver.atol, scaled=scaled)
             self.value = self._clamp_step(h)
         else:
             self.value = float(solver.rtol) if self.settings.initial == "config" else self.settings.initial_tol

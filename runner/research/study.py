@@ -75,6 +75,7 @@ def study_writers() -> dict[str, Callable[[Path], dict[str, Path]]]:
     as they load models and data."""
     from runner.research.critical_step import write_adaptation_study, write_critical_step
     from runner.research.deep_limit import write_deep_limit
+    from runner.research.param_efficiency import write_param_efficiency
     from runner.research.raa_critical_step import write_raa_critical_step
 
     return {
@@ -84,6 +85,7 @@ def study_writers() -> dict[str, Callable[[Path], dict[str, Path]]]:
         "study_raa_adaptation": write_adaptation_study,
         "study_deep_limit": write_deep_limit,
         "study_deep_limit_digits": write_deep_limit,
+        "study_param_efficiency": write_param_efficiency,
     }
 
 

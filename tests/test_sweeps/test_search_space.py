@@ -136,3 +136,38 @@ def test_command_line_search_mistakes_end_in_one_message(tmp_path, argument, wor
     assert len(proc.stderr.strip().splitlines()) <= 2, proc.stderr  # the error line and its fix
     for word in words:
         assert word in proc.stderr, proc.stderr
+
+
+def test_a_search_over_time_dependence_samples_models_that_build(runs_dir):
+    """search=digits_odenet_time: its choices and whole-number K reach the model as the sweeper passes them."""
+    import torch
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from runner.experiment.checkpoint import build_model, model_recipe
+    from runner.experiment.factories import to_plain
+    from runner.sweeps.search_space import format_value
+    from tests.conftest import CONF, compose_config
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "config", overrides=["search=digits_odenet_time", f"paths.runs={runs_dir}"], return_hydra_config=True
+        )
+    searched, _ = build_space(OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True), [])
+    drawn = {name: samples(parameter, 60) for name, parameter in searched.items()}
+    assert set(drawn["model.time_dependence"]) == {"none", "concat", "basis"}
+    assert set(drawn["model.basis"]) == {"piecewise", "fourier"}
+    assert set(drawn["model.basis_size"]) == {1, 2, 3, 4, 5, 6}
+    counts = {}
+    for i in range(12):
+        trial = {name: values[i] for name, values in drawn.items()}
+        overrides = [f"{k}={format_value(v)}" for k, v in trial.items()]
+        trial_cfg = compose_config(["search=digits_odenet_time", *overrides], runs_dir)
+        model = build_model(model_recipe(to_plain(trial_cfg.model), to_plain(trial_cfg.solver), (1, 8, 8), 10))
+        assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+        f = model.body.func.net[0]
+        weights = sum(p.numel() for p in f.parameters())
+        counts[(trial["model.time_dependence"], trial["model.basis_size"])] = weights
+    base = 18 * 18 * 9 + 18  # f's conv3x3 over 16 + 2 augmented channels
+    for (kind, k), weights in counts.items():
+        assert weights == {"none": base, "concat": base + 18 * 9, "basis": k * base}[kind]
