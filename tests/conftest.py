@@ -19,6 +19,13 @@ from omegaconf import DictConfig
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
+# One torch thread for the suite and every process it starts (read when torch loads, so set before any test
+# imports it). The suite's models are tiny: torch's default of a thread per core has two workers (and the runs
+# they start) contend for the same cores, their OpenMP threads spinning while they wait, which on this 2-core
+# machine took 10-30 times the CPU of one thread for the same adjoint solve. A run's own `train.num_threads`
+# still sets its count (the Slurm tests check that).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def compose_config(overrides: list[str], runs_dir: Path) -> DictConfig:
     """The config `python -m runner <overrides>` would get, with CPU, no progress output and runs in tmp."""
