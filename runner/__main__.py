@@ -6,6 +6,7 @@ MongoDB (see runner/cli.py).
 
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
@@ -24,7 +25,7 @@ def main() -> None:
 
     from odeflow.errors import UserError
     from runner.cli import SUBCOMMANDS
-    from runner.command_line import check_command, check_overrides
+    from runner.command_line import as_user_error, check_command, check_overrides
     from runner.tracking.stores import env_file
 
     # MONGO_URL for tracking=mongo, as `make` and docker compose read it; the environment wins.
@@ -34,15 +35,25 @@ def main() -> None:
         from runner.cli import main as cli_main
 
         raise SystemExit(cli_main(sys.argv[1:]))
+    runs_folder = None
     try:
         if len(sys.argv) > 1:
             check_command(sys.argv[1], SUBCOMMANDS)
-        check_overrides(sys.argv[1:])
+        runs_folder = check_overrides(sys.argv[1:])
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    # Hydra prints what it raises as a traceback (some of it, e.g. a YAML error of a --config-dir folder, not
+    # even shortened) and exits; with this it raises instead, and the lines below say the cause and the fix.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         hydra_main()
+    except Exception as exc:
+        error = as_user_error(exc, sys.argv[1:], runs_folder)
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: one line (what was kept, how to continue), no traceback
         from odeflow.interrupts import as_interrupted
 

@@ -1,0 +1,77 @@
+"""Inputs that fail in Hydra, before the runner's own checks (its flags, its override grammar, its config
+folders, its files): one line naming the cause and one naming the fix, no traceback, nothing recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+def one_error(proc, runs_dir: Path) -> tuple[str, str]:
+    """The (cause, fix) lines of a command that failed as a user error, after checking it recorded nothing."""
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("error: ") and lines[1].startswith("  fix: "), proc.stderr
+    assert not (runs_dir / "store").exists() or not any((runs_dir / "store").iterdir())
+    return lines[0], lines[1]
+
+
+def users_config_folder(tmp_path: Path) -> Path:
+    conf = tmp_path / "conf"
+    (conf / "experiment").mkdir(parents=True)
+    (conf / "experiment" / "mine.yaml").write_text("# @package _global_\ntrain:\n  lr: [0.1\n  max_epochs: 2\n")
+    return conf
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [["--config-dir", "{}"], ["-cd", "{}"], ["--config-dir={}"], ["hydra.searchpath=[file://{}]"]],
+    ids=["--config-dir", "-cd", "--config-dir=", "hydra.searchpath"],
+)
+def test_a_yaml_error_in_a_users_config_folder_is_one_line_however_the_folder_is_added(runs_dir, tmp_path, spelling):
+    conf = users_config_folder(tmp_path)
+    proc = run_cli([*(word.format(conf) for word in spelling), "experiment=mine"], runs_dir)
+    cause, fix = one_error(proc, runs_dir)
+    assert cause.startswith(f"error: {conf / 'experiment' / 'mine.yaml'}, line 4, column 13 is not valid YAML")
+    assert fix.startswith("  fix: correct the file there")
+
+
+def test_a_config_folder_that_does_not_exist(runs_dir, tmp_path):
+    cause, fix = one_error(run_cli(["--config-dir", str(tmp_path / "nope"), "experiment=mine"], runs_dir), runs_dir)
+    assert str(tmp_path / "nope") in cause and "--config-dir" in fix
+
+
+def test_config_path_replaces_the_projects_folder_and_says_how_to_add_one(runs_dir, tmp_path):
+    conf = users_config_folder(tmp_path)
+    cause, fix = one_error(run_cli(["--config-path", str(conf), "experiment=mine"], runs_dir), runs_dir)
+    assert "'config'" in cause and "--config-dir" in fix and "replaces" in fix
+
+
+@pytest.mark.parametrize(
+    "overrides,cause_has,fix_has",
+    [
+        # Hydra's override grammar: what to quote, and how
+        (["train.lr=1e-3,"], ["train.lr=1e-3,"], ["comma", "-m"]),
+        (["name='abc"], ["name='abc", "quote"], ["quote"]),
+        (["name=a=b"], ["name=a=b"], ["name='\"a=b\"'"]),
+        (["train.lr=[1"], ["train.lr=[1"], ["bracket"]),
+        # +/~ prefixes
+        (["+train.lr=1"], ["train.lr", "already"], ["drop the +"]),
+        (["~train.nope"], ["train.nope"], ["--cfg job"]),
+        # an unknown option, however the command starts: the project's form, with the nearest option
+        (["model=odenet_simplee"], ["model=odenet_simplee", "model/odenet_simplee"], ["did you mean odenet_simple?"]),
+        (["-m", "model=odenet_simplee"], ["model=odenet_simplee"], ["did you mean odenet_simple?", "resnet_simple"]),
+        (["--config-name", "nope"], ["'nope'"], ["--config-name"]),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) and value and "=" in value[0] else None,
+)
+def test_a_command_line_hydra_cannot_read_is_one_line(runs_dir, overrides, cause_has, fix_has):
+    cause, fix = one_error(run_cli(overrides, runs_dir), runs_dir)
+    for fragment in cause_has:
+        assert fragment in cause, cause
+    for fragment in fix_has:
+        assert fragment in fix, fix
+    assert "hydra.cc" not in cause + fix and "HYDRA_FULL_ERROR" not in cause + fix
