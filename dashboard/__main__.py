@@ -41,7 +41,7 @@ TUNNEL_FIX = (
 def credentials() -> dict[str, str]:
     """MONGO_USER, MONGO_PASSWORD, MONGO_PORT, OMNIBOARD_PORT from the environment, else .env (created from
     .env.example with a random password when there is none)."""
-    from dotenv import dotenv_values
+    from runner.tracking.env_file import read_env_file
 
     path = env_file()
     if not path.exists():
@@ -52,7 +52,7 @@ def credentials() -> dict[str, str]:
         path.chmod(0o600)
         print(f"made {path} readable by you only (mode 0600): it holds the database password")
     values = {
-        **dotenv_values(path),
+        **read_env_file(path),
         **{k: v for k, v in os.environ.items() if k.startswith(("MONGO_", "OMNIBOARD_", "DASHBOARD_"))},
     }
     missing = [k for k in ("MONGO_USER", "MONGO_PASSWORD") if not values.get(k)]

@@ -21,15 +21,17 @@ def hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    from dotenv import load_dotenv
-
     from odeflow.errors import UserError
     from runner.cli import SUBCOMMANDS
     from runner.command_line import as_user_error, check_command, check_overrides
+    from runner.tracking.env_file import load_env_file
     from runner.tracking.stores import env_file
 
-    # MONGO_URL for tracking=mongo, as `make` and docker compose read it; the environment wins.
-    load_dotenv(env_file(), override=False)
+    try:  # MONGO_URL for tracking=mongo, as docker compose reads it; the environment wins
+        load_env_file(env_file())
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         from runner.cli import main as cli_main

@@ -75,3 +75,32 @@ def test_a_command_line_hydra_cannot_read_is_one_line(runs_dir, overrides, cause
     for fragment in fix_has:
         assert fragment in fix, fix
     assert "hydra.cc" not in cause + fix and "HYDRA_FULL_ERROR" not in cause + fix
+
+
+@pytest.mark.parametrize(
+    "content,cause_has,fix_has",
+    [
+        (b"MONGO_USER=odeflow\nMONGO_PASSWORD secret\n", ["line 2 of", "not KEY=VALUE"], ["KEY=VALUE", "#"]),
+        (b"MONGO_ULR=mongodb://127.0.0.1:27017/\n", ["MONGO_ULR", "not a setting"], ["did you mean MONGO_URL?"]),
+        (b"MONGO_URL=\xff\xfe\n", ["cannot be read", "UTF-8"], ["save it as UTF-8"]),
+        (None, ["is a folder"], ["ODEFLOW_ENV_FILE"]),
+    ],
+    ids=["malformed line", "misspelt key", "not UTF-8", "a folder"],
+)
+@pytest.mark.parametrize("command", [["runs", "list"], ["train.max_epochs=0"]], ids=["runs list", "a run"])
+def test_a_env_file_odeflow_cannot_use_is_one_line(runs_dir, tmp_path, content, cause_has, fix_has, command):
+    env_file = tmp_path / "odeflow.env"
+    env_file.mkdir() if content is None else env_file.write_bytes(content)
+    cause, fix = one_error(run_cli(command, runs_dir, env={"ODEFLOW_ENV_FILE": str(env_file)}), runs_dir)
+    assert str(env_file) in cause and "secret" not in cause + fix  # a line that is not KEY=VALUE is not shown
+    for fragment in cause_has:
+        assert fragment in cause, cause
+    for fragment in fix_has:
+        assert fragment in fix, fix
+
+
+def test_a_env_file_with_settings_of_ones_own_is_read(runs_dir, tmp_path):
+    env_file = tmp_path / "odeflow.env"
+    env_file.write_text("# a comment\n\nCUDA_LAUNCH_BLOCKING=1\nexport MONGO_DB=odeflow\nMONGO_URL='mongodb://h:1/'\n")
+    proc = run_cli(["runs", "list"], runs_dir, env={"ODEFLOW_ENV_FILE": str(env_file)})
+    assert proc.returncode == 0 and "error" not in proc.stderr, proc.stderr
