@@ -3,11 +3,13 @@ folders, its files): one line naming the cause and one naming the fix, no traceb
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 
 def one_error(proc, runs_dir: Path) -> tuple[str, str]:
@@ -104,3 +106,14 @@ def test_a_env_file_with_settings_of_ones_own_is_read(runs_dir, tmp_path):
     env_file.write_text("# a comment\n\nCUDA_LAUNCH_BLOCKING=1\nexport MONGO_DB=odeflow\nMONGO_URL='mongodb://h:1/'\n")
     proc = run_cli(["runs", "list"], runs_dir, env={"ODEFLOW_ENV_FILE": str(env_file)})
     assert proc.returncode == 0 and "error" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_leaves_the_env_file_to_the_programs_that_read_it(runs_dir, tmp_path):
+    # make read .env as a makefile: a line that is not KEY=VALUE stopped every target ("missing separator"), and
+    # a password with '$' or '#' reached the commands cut short, ahead of the .env the runner reads itself.
+    (tmp_path / ".env").write_text("MONGO_PASSWORD=ab$cd#ef\nMONGO_USER odeflow\n")
+    done = subprocess.run(
+        ["make", "-C", str(tmp_path), "-f", str(ROOT / "Makefile"), "help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "make run" in done.stdout, done.stderr
