@@ -83,7 +83,7 @@ def port_is_free(port: int) -> bool:
 def mongo_url(port: int, user: str | None = None, password: str | None = None) -> str:
     if user is None:
         return f"mongodb://127.0.0.1:{port}/"
-    quoted = f"{urllib.parse.quote_plus(user)}:{urllib.parse.quote_plus(password or '')}"
+    quoted = f"{urllib.parse.quote(user, safe='')}:{urllib.parse.quote(password or '', safe='')}"  # no '+': see masking
     return f"mongodb://{quoted}@127.0.0.1:{port}/?authSource=admin"
 
 

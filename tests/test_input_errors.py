@@ -117,3 +117,14 @@ def test_make_leaves_the_env_file_to_the_programs_that_read_it(runs_dir, tmp_pat
         ["make", "-C", str(tmp_path), "-f", str(ROOT / "Makefile"), "help"], capture_output=True, text=True
     )
     assert done.returncode == 0 and "make run" in done.stdout, done.stderr
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_up_refuses_a_password_docker_compose_would_put_into_a_url_unescaped(tmp_path):
+    (tmp_path / ".env").write_text("MONGO_USER=odeflow\nMONGO_PASSWORD=p@ss/word\n")
+    done = subprocess.run(
+        ["make", "-s", "-C", str(tmp_path), "-f", str(ROOT / "Makefile"), "up"], capture_output=True, text=True
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    cause, fix = done.stdout.strip().splitlines()
+    assert cause.startswith("error: MONGO_USER or MONGO_PASSWORD in .env") and "secrets.token_urlsafe" in fix
