@@ -20,7 +20,7 @@ from torch import nn
 from models.layers import ZeroPadChannels, make_activation, normalization, zero_pad_channels
 from models.simple import BLOCK_KINDS, make_body
 from models.solvers import SolverSpec
-from odeflow.errors import ConfigError, check_choice, check_positive
+from odeflow.errors import ConfigError, ModelDataMismatch, check_choice, check_positive
 
 POOL = 2
 
@@ -84,12 +84,11 @@ class ComplexNet(nn.Module):
     ) -> None:
         super().__init__()
         if len(input_shape) != 3:
-            raise ConfigError(
-                "model",
-                "complex",
-                "an image dataset: the complex models need (channels, height, width) inputs",
-                fix=f"this dataset gives vectors of shape {tuple(input_shape)}; "
-                "use model=odenet_simple or a resnet_simple_* model",
+            raise ModelDataMismatch(
+                "(channels, height, width) images",
+                input_shape,
+                "train it on an image dataset (data=digits, data=fashion_mnist, data=cifar10), or this dataset with "
+                "model=odenet_simple or a resnet_simple_* model",
             )
         if not stage_channels:
             raise ConfigError("stage_channels", stage_channels, "a non-empty list of channel counts")

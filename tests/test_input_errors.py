@@ -128,3 +128,17 @@ def test_make_up_refuses_a_password_docker_compose_would_put_into_a_url_unescape
     assert done.returncode == 2, done.stdout + done.stderr
     cause, fix = done.stdout.strip().splitlines()
     assert cause.startswith("error: MONGO_USER or MONGO_PASSWORD in .env") and "secrets.token_urlsafe" in fix
+
+
+@pytest.mark.parametrize(
+    "model,data,takes,fix_has",
+    [
+        ("odenet_state", "digits", "(features,) vectors", "data=spheres"),
+        ("odenet_complex", "spheres", "(channels, height, width) images", "data=digits"),
+        ("raa_odenet", "digits", "vector dataset", "data=raa_spheres"),
+    ],
+)
+def test_a_model_and_a_dataset_that_do_not_fit_are_named_as_the_user_chose_them(runs_dir, model, data, takes, fix_has):
+    cause, fix = one_error(run_cli([f"model={model}", f"data={data}"], runs_dir), runs_dir)
+    assert cause.startswith(f"error: model={model} does not fit data={data}: the model takes ") and takes in cause
+    assert "input_shape" not in cause + fix and "model.model" not in cause and fix_has in fix

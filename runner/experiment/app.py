@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from models.ode_block import ode_blocks
 from models.parameters import count_parameters, residual_block_count
-from odeflow.errors import check_choice, out_of_memory
+from odeflow.errors import ModelDataMismatch, check_choice, out_of_memory
 from odeflow.files import disk_full_error, is_disk_full, write_atomic
 from odeflow.interrupts import Interrupted, as_interrupted, sigterm_as_interrupt
 from odeflow.objectives import OBJECTIVE_DIRECTIONS
@@ -80,6 +80,9 @@ def run_experiment(
         raise out_of_memory(
             str(device), "loading the data and building the model", data.batch_size, describe_peak(device)
         ) from None
+    except ModelDataMismatch as exc:  # named as the user chose them, not by the shape the model was given
+        names = choices or {}
+        raise exc.naming(names.get("model", cfg.model.get("_target_")), names.get("data", data.name)) from None
     is_ode = bool(ode_blocks(model))
     adaptation.check_solver(solver, is_ode)
     adapter = SolverAdapter(adaptation, ode_blocks(model)[0].t_final) if adaptation.enabled else None
