@@ -58,6 +58,8 @@ def check_overrides(argv: list[str]) -> str | None:
         check_distribution_syntax(words)
         return None
     changed = [o for o in overrides if o.type == OverrideType.CHANGE and not o.key_or_group.startswith("hydra")]
+    search_path = [o for o in overrides if o.key_or_group == "hydra.searchpath"]
+    check_globs(changed, search_path[-1].value() if search_path else [])
     groups = [o.input_line for o in changed if "." not in o.key_or_group and o.package is None]
     groups += [o.input_line for o in overrides if o.key_or_group == "hydra.searchpath"]  # the user's config folders
     cfg = _compose(groups)
@@ -79,6 +81,29 @@ def check_overrides(argv: list[str]) -> str | None:
     folder = str(runs[-1].value()) if runs else cfg.paths.runs
     _check_writable_folder("paths.runs", folder)
     return folder
+
+
+def check_globs(overrides: list[Any], search_path: list[str]) -> None:
+    """A group's glob(...) that matches none of its options (`make table DATA=nope`): Hydra launches no job and
+    the command succeeds, having done nothing."""
+    from hydra.core.override_parser.types import ValueType
+
+    from runner.tracking.stores import PROJECT_ROOT
+
+    folders = [
+        PROJECT_ROOT / "conf",
+        *(Path(p.removeprefix("file://")) for p in search_path if "://" not in p or p.startswith("file://")),
+    ]
+    for o in overrides:
+        if o.value_type != ValueType.GLOB_CHOICE_SWEEP or "." in o.key_or_group:
+            continue
+        group = o.key_or_group
+        options = sorted({f.stem for folder in folders for f in (folder / group).glob("*.yaml")})
+        if options and not o.value().filter(options):
+            raise UserError(
+                f"{o.input_line} matches no option of {group}: it would launch no run",
+                f"the options of {group}: {', '.join(options)}",
+            )
 
 
 def check_distribution_syntax(words: list[str]) -> None:

@@ -142,3 +142,28 @@ def test_a_model_and_a_dataset_that_do_not_fit_are_named_as_the_user_chose_them(
     cause, fix = one_error(run_cli([f"model={model}", f"data={data}"], runs_dir), runs_dir)
     assert cause.startswith(f"error: model={model} does not fit data={data}: the model takes ") and takes in cause
     assert "input_shape" not in cause + fix and "model.model" not in cause and fix_has in fix
+
+
+@pytest.mark.parametrize(
+    "command,cause_has,fix_has",
+    [
+        (["runs", "list", "--limit", "abc"], ["runs list", "--limit", "'abc'"], ["python -m runner runs list --help"]),
+        (["report", "--out"], ["report", "--out", "expected one argument"], ["python -m runner report --help"]),
+        (["runs", "list", "--bogus"], ["unrecognized arguments: --bogus"], ["python -m runner runs list --help"]),
+        (["runs"], ["runs", "required"], ["python -m runner runs --help"]),
+    ],
+    ids=["bad value", "missing value", "unknown option", "missing action"],
+)
+def test_a_subcommand_argparse_refuses_is_one_line(runs_dir, command, cause_has, fix_has):
+    cause, fix = one_error(run_cli(command, runs_dir), runs_dir)
+    for fragment in cause_has:
+        assert fragment in cause, cause
+    for fragment in fix_has:
+        assert fragment in fix, fix
+
+
+def test_a_glob_that_matches_no_option_is_refused_not_an_empty_sweep(runs_dir):
+    # `make table DATA=nope` runs experiment=glob(thesis_nope_*): Hydra launched 0 jobs and the command succeeded
+    cause, fix = one_error(run_cli(["-m", "experiment=glob(thesis_nope_*)"], runs_dir), runs_dir)
+    assert "experiment=glob(thesis_nope_*)" in cause and "matches no option" in cause
+    assert "thesis_fmnist_odenet_simple" in fix
