@@ -12,11 +12,14 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+RUNS_STARTED = [0]  # jobs this process began: an error Hydra raises after one is not "before the run started"
+
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
     from runner.cli import run_from_hydra  # torch loads only when a job runs, not for --help
 
+    RUNS_STARTED[0] += 1
     return run_from_hydra(cfg)
 
 
@@ -51,7 +54,7 @@ def main() -> None:
     try:
         hydra_main()
     except Exception as exc:
-        error = as_user_error(exc, sys.argv[1:], runs_folder)
+        error = as_user_error(exc, sys.argv[1:], runs_folder, RUNS_STARTED[0])
         if error is None:
             raise
         print(f"error: {error}", file=sys.stderr, flush=True)

@@ -60,21 +60,23 @@ def check_overrides(argv: list[str]) -> str | None:
     changed = [o for o in overrides if o.type == OverrideType.CHANGE and not o.key_or_group.startswith("hydra")]
     search_path = [o for o in overrides if o.key_or_group == "hydra.searchpath"]
     check_globs(changed, search_path[-1].value() if search_path else [])
-    groups = [o.input_line for o in changed if "." not in o.key_or_group and o.package is None]
+    top_level = [o for o in changed if "." not in o.key_or_group and o.package is None]
+    groups = [o.input_line for o in top_level if not o.is_sweep_override()]
     groups += [o.input_line for o in overrides if o.key_or_group == "hydra.searchpath"]  # the user's config folders
     cfg = _compose(groups)
     if cfg is None:
         return None  # an unknown group option, say: Hydra raises it again (as_user_error)
-    keys = leaf_keys(cfg)
-    for o in changed:
-        key = o.key_or_group
-        if "." in key and not _has_key(cfg, key):
-            close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
-            raise UserError(
-                f"{key} is not a config key",
-                (f"did you mean {close[0]}? " if close else "")
-                + f"python -m runner --cfg job lists every key; to add a key of your own write +{key}=...",
-            )
+    if not any(o.is_sweep_override() for o in top_level):  # a group swept over may add keys its default lacks
+        keys = leaf_keys(cfg)
+        for o in changed:
+            key = o.key_or_group
+            if "." in key and not _has_key(cfg, key):
+                close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+                raise UserError(
+                    f"{key} is not a config key",
+                    (f"did you mean {close[0]}? " if close else "")
+                    + f"python -m runner --cfg job lists every key; to add a key of your own write +{key}=...",
+                )
     runs = [o for o in changed if o.key_or_group == "paths.runs"]
     if runs and runs[-1].is_sweep_override():
         return None
@@ -177,10 +179,12 @@ QUOTING_FIX = (
 )
 
 
-def as_user_error(exc: BaseException, argv: list[str], runs_folder: str | None = None) -> UserError | None:
+def as_user_error(
+    exc: BaseException, argv: list[str], runs_folder: str | None = None, runs_started: int = 0
+) -> UserError | None:
     """What Hydra raises for the command line `argv` (its grammar, its flags, the config folders, a full disk
-    while it writes the run's .hydra/ files), as one line naming the cause and the fix; None for anything else
-    (a bug shows its traceback)."""
+    while it writes its own files), as one line naming the cause and the fix; None for anything else (a bug
+    shows its traceback). `runs_started`: how many runs this process began before Hydra raised."""
     from hydra.errors import (
         ConfigCompositionException,
         HydraException,
@@ -198,11 +202,16 @@ def as_user_error(exc: BaseException, argv: list[str], runs_folder: str | None =
         return error
     if is_disk_full(exc):
         folder = runs_folder or "the runs folder"
+        before_the_run = not runs_started and _raised_in(exc, "_save_config")  # Hydra writing a job's .hydra/
+        when = (
+            "before the run started (writing its first files): nothing was recorded"
+            if before_the_run
+            else "while Hydra wrote its own files: every run keeps what it recorded"
+        )
         return UserError(
-            f"no space left on the disk of {folder} before the run started (writing its first files): "
-            "nothing was recorded",
+            f"no space left on the disk of {folder} {when}",
             f"free space there (df -h {folder}), or move the runs to a disk with room (ODEFLOW_RUNS or "
-            "paths.runs); then run it again",
+            "paths.runs); then run it again" + ("" if before_the_run else " (a sweep goes on from its saved state)"),
         )
     if isinstance(exc, OverrideParseException):
         return override_parse_error(exc.override, exc.message)
@@ -212,9 +221,16 @@ def as_user_error(exc: BaseException, argv: list[str], runs_folder: str | None =
         return UserError(
             str(exc), "give --config-dir (-cd) a folder that exists (absolute, or relative to where you run)"
         )
-    if isinstance(exc, (ConfigCompositionException, HydraException)):
+    if isinstance(exc, ConfigCompositionException) or type(exc) is HydraException:
         return composition_error(str(exc))
     return None
+
+
+def _raised_in(exc: BaseException, function: str) -> bool:
+    """Whether `exc`, or an exception it was raised from, passed through a function of that name."""
+    import traceback
+
+    return any(frame.f_code.co_name == function for e in _chain(exc) for frame, _ in traceback.walk_tb(e.__traceback__))
 
 
 def override_parse_error(override: str, message: str) -> UserError:

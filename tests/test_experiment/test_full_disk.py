@@ -109,3 +109,13 @@ def test_a_disk_already_full_ends_in_one_message_before_the_run_starts(small_dis
     assert fix.startswith(f"  fix: free space there (df -h {small_disk})") and fix.endswith("then run it again")
     filler.unlink()
     assert run_cli(["runs", "list"], small_disk).returncode == 0
+
+
+def test_a_sweep_on_a_disk_already_full_ends_in_one_message(small_disk: Path):
+    filler = fill(small_disk)
+    proc = run_cli(["-m", *TINY, "train.device=cpu", "seed=1,2"], small_disk)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    cause, fix = proc.stderr.strip().splitlines()[-2:]
+    assert cause.startswith(f"error: no space left on the disk of {small_disk}"), proc.stderr
+    assert fix.startswith(f"  fix: free space there (df -h {small_disk})")
+    filler.unlink()
