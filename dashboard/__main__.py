@@ -7,7 +7,6 @@ nothing is lost), and the next start shows the same runs. Overrides such as `pat
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import os
 import re
@@ -116,10 +115,16 @@ def say(line: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dashboard", description=__doc__.splitlines()[0])
+    from runner.cli import CommandParser  # argparse's refusals in one line with the fix
+
+    parser = CommandParser(prog="python -m dashboard", description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. paths.runs=DIR tracking.db_name=NAME")
     parser.add_argument("--no-omniboard", action="store_true", help="only the database (runs copied), no Omniboard")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     stop, starting = threading.Event(), threading.Event()
     starting.set()
 

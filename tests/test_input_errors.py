@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,11 @@ def test_a_glob_that_matches_no_option_is_refused_not_an_empty_sweep(runs_dir):
     cause, fix = one_error(run_cli(["-m", "experiment=glob(thesis_nope_*)"], runs_dir), runs_dir)
     assert "experiment=glob(thesis_nope_*)" in cause and "matches no option" in cause
     assert "thesis_fmnist_odenet_simple" in fix
+
+
+def test_a_dashboard_option_argparse_refuses_is_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "dashboard", "--no-omniborad"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    cause, fix = one_error(proc, tmp_path)
+    assert "--no-omniborad" in cause and "python -m dashboard --help" in fix
