@@ -1,5 +1,5 @@
 """The .env file (MONGO_URL, the dashboard's credentials), read strictly: a line that is not KEY=VALUE, a
-misspelt setting or a file that cannot be read ends in one line naming it and the fix, where python-dotenv
+misspelt setting (close to one of SETTINGS) or a file that cannot be read ends in one line naming it and the fix, where python-dotenv
 would skip it with a warning (or a traceback) and the run would go on without the setting."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from odeflow.errors import UserError
 
-# The settings odeflow reads from .env (.env.example lists them); other keys are the user's own, exported by make.
+# The settings odeflow reads from .env (.env.example lists them); other keys are the user's own (docker compose's).
 SETTINGS = (
     "MONGO_USER",
     "MONGO_PASSWORD",
@@ -59,11 +59,11 @@ def read_env_file(path: Path) -> dict[str, str]:
                 "to keep it as a comment",
             )
         key = binding.key
-        if key and key.startswith(PREFIXES) and key not in SETTINGS:
-            close = difflib.get_close_matches(key, SETTINGS, n=1, cutoff=0.7)
+        close = difflib.get_close_matches(key, SETTINGS, n=1, cutoff=0.8) if key and key not in SETTINGS else []
+        if close and key.startswith(PREFIXES):  # a misspelt setting; a key far from all of them is the user's own
             raise UserError(
                 f"{key} (line {binding.original.line} of {path}) is not a setting odeflow reads",
-                (f"did you mean {close[0]}? " if close else "") + f"the settings: {', '.join(SETTINGS)}",
+                f"did you mean {close[0]}? the settings: {', '.join(SETTINGS)}",
             )
     return {key: value or "" for key, value in dotenv_values(stream=io.StringIO(text)).items()}
 
