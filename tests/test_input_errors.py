@@ -104,7 +104,9 @@ def test_a_env_file_odeflow_cannot_use_is_one_line(runs_dir, tmp_path, content, 
 
 def test_a_env_file_with_settings_of_ones_own_is_read(runs_dir, tmp_path):
     env_file = tmp_path / "odeflow.env"
-    env_file.write_text("# a comment\n\nCUDA_LAUNCH_BLOCKING=1\nMONGO_INITDB_DATABASE=x\nexport MONGO_DB=odeflow\nMONGO_URL='mongodb://h:1/'\n")
+    env_file.write_text(
+        "# a comment\n\nCUDA_LAUNCH_BLOCKING=1\nMONGO_INITDB_DATABASE=x\nexport MONGO_DB=odeflow\nMONGO_URL='mongodb://h:1/'\n"
+    )
     proc = run_cli(["runs", "list"], runs_dir, env={"ODEFLOW_ENV_FILE": str(env_file)})
     assert proc.returncode == 0 and "error" not in proc.stderr, proc.stderr
 

@@ -1,6 +1,6 @@
 """The .env file (MONGO_URL, the dashboard's credentials), read strictly: a line that is not KEY=VALUE, a
-misspelt setting (close to one of SETTINGS) or a file that cannot be read ends in one line naming it and the fix, where python-dotenv
-would skip it with a warning (or a traceback) and the run would go on without the setting."""
+misspelt setting (close to one of SETTINGS) or a file that cannot be read ends in one line naming it and the
+fix, where python-dotenv would skip it with a warning (or a traceback) and the run would go on without it."""
 
 from __future__ import annotations
 
