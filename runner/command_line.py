@@ -59,7 +59,15 @@ def check_overrides(argv: list[str]) -> str | None:
         return None
     changed = [o for o in overrides if o.type == OverrideType.CHANGE and not o.key_or_group.startswith("hydra")]
     search_path = [o for o in overrides if o.key_or_group == "hydra.searchpath"]
-    check_globs(changed, search_path[-1].value() if search_path else [])
+    folders = search_path[-1].value() if search_path else []
+    for folder in folders:  # Hydra warns (two lines) and goes on without it
+        path = Path(str(folder).removeprefix("file://"))
+        if ("://" not in str(folder) or str(folder).startswith("file://")) and not path.is_dir():
+            raise UserError(
+                f"hydra.searchpath names {path}, which is not a folder",
+                "give the folder that holds your config groups, as hydra.searchpath=[file:///abs/path/conf]",
+            )
+    check_globs(changed, folders)
     top_level = [o for o in changed if "." not in o.key_or_group and o.package is None]
     groups = [o.input_line for o in top_level if not o.is_sweep_override()]
     groups += [o.input_line for o in overrides if o.key_or_group == "hydra.searchpath"]  # the user's config folders

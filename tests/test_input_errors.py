@@ -178,3 +178,11 @@ def test_a_dashboard_option_argparse_refuses_is_one_line(tmp_path):
     )
     cause, fix = one_error(proc, tmp_path)
     assert "--no-omniborad" in cause and "python -m dashboard --help" in fix
+
+
+@pytest.mark.parametrize("form", ["file://{}", "{}"], ids=["file://", "plain path"])
+def test_a_searchpath_folder_that_does_not_exist(runs_dir, tmp_path, form):
+    missing = tmp_path / "nope"
+    proc = run_cli([f"hydra.searchpath=[{form.format(missing)}]", "train.max_epochs=0"], runs_dir)  # fails fast
+    cause, fix = one_error(proc, runs_dir)
+    assert cause == f"error: hydra.searchpath names {missing}, which is not a folder" and "file:///" in fix
