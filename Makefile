@@ -7,8 +7,9 @@ PY := $(VENV)/bin/python
 .DEFAULT_GOAL := help
 .PHONY: help install install-ray sweep table study run test lint bench up down dashboard clean
 
-# .env (from .env.example) holds the MongoDB credentials and MONGO_URL; exported to every command.
--include .env
+# .env (from .env.example) holds the MongoDB credentials and MONGO_URL. make does not read it: as a makefile it
+# would stop every target at a line that is not KEY=VALUE, and cut a password at '$' or '#' ahead of the real
+# one. The runner, the dashboard and docker compose read it themselves.
 export
 
 help: ## List the targets
@@ -86,11 +87,12 @@ bench: $(INSTALLED) ## Run every benchmark in bench/ (ratios measured in one run
 	$(PY) bench/run_all.py
 
 up: ## Start MongoDB and Omniboard (docker compose, ports on 127.0.0.1)
-	@docker compose version >/dev/null 2>&1 || { echo "docker compose is not available here: install Docker with the compose plugin, or use make dashboard (no Docker)"; exit 2; }
 	@test -f .env || { pw=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(24))') && (umask 077; sed "s/change-me/$$pw/g" .env.example > .env) && echo "created .env from .env.example with a random MongoDB password"; }
 	@! grep -q '^MONGO_PASSWORD=change-me$$' .env || { echo "error: MONGO_PASSWORD in .env is still the example password change-me"; echo "  fix: generate one with python -c \"import secrets; print(secrets.token_urlsafe(24))\" and set it in .env (MONGO_PASSWORD and the password in MONGO_URL)"; exit 2; }
+	@! grep -qE '^MONGO_(USER|PASSWORD)=.*[^A-Za-z0-9._~-]' .env || { echo "error: MONGO_USER or MONGO_PASSWORD in .env holds a character other than letters, digits and . _ ~ -, which docker-compose.yml would put into Omniboard's MongoDB URL unescaped (read as another password, or as a host)"; echo "  fix: generate one with python -c \"import secrets; print(secrets.token_urlsafe(24))\" and set it in .env (MONGO_PASSWORD and the password in MONGO_URL)"; exit 2; }
+	@docker compose version >/dev/null 2>&1 || { echo "error: docker compose is not available here"; echo "  fix: install Docker with the compose plugin, or use make dashboard (no Docker)"; exit 2; }
 	docker compose up -d
-	@echo "Omniboard: http://127.0.0.1:$${OMNIBOARD_PORT:-9000}  (log runs there with: .venv/bin/python -m runner tracking=mongo)"
+	@port=$$(sed -n 's/^OMNIBOARD_PORT=//p' .env | tail -n 1); echo "Omniboard: http://127.0.0.1:$${OMNIBOARD_PORT:-$${port:-9000}}  (log runs there with: .venv/bin/python -m runner tracking=mongo)"
 
 down: ## Stop MongoDB and Omniboard (the data volume is kept)
 	docker compose down

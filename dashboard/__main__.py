@@ -7,7 +7,6 @@ nothing is lost), and the next start shows the same runs. Overrides such as `pat
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import os
 import re
@@ -41,7 +40,7 @@ TUNNEL_FIX = (
 def credentials() -> dict[str, str]:
     """MONGO_USER, MONGO_PASSWORD, MONGO_PORT, OMNIBOARD_PORT from the environment, else .env (created from
     .env.example with a random password when there is none)."""
-    from dotenv import dotenv_values
+    from runner.tracking.env_file import read_env_file
 
     path = env_file()
     if not path.exists():
@@ -52,7 +51,7 @@ def credentials() -> dict[str, str]:
         path.chmod(0o600)
         print(f"made {path} readable by you only (mode 0600): it holds the database password")
     values = {
-        **dotenv_values(path),
+        **read_env_file(path),
         **{k: v for k, v in os.environ.items() if k.startswith(("MONGO_", "OMNIBOARD_", "DASHBOARD_"))},
     }
     missing = [k for k in ("MONGO_USER", "MONGO_PASSWORD") if not values.get(k)]
@@ -116,10 +115,16 @@ def say(line: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dashboard", description=__doc__.splitlines()[0])
+    from runner.cli import CommandParser  # argparse's refusals in one line with the fix
+
+    parser = CommandParser(prog="python -m dashboard", description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. paths.runs=DIR tracking.db_name=NAME")
     parser.add_argument("--no-omniboard", action="store_true", help="only the database (runs copied), no Omniboard")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     stop, starting = threading.Event(), threading.Event()
     starting.set()
 

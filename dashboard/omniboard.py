@@ -134,7 +134,7 @@ class Omniboard:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=stop_with_parent,
+                preexec_fn=stop_with_parent(owner=os.getpid()),
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.process.poll() is None:

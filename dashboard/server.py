@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 from odeflow.errors import UserError
@@ -82,7 +83,7 @@ def port_is_free(port: int) -> bool:
 def mongo_url(port: int, user: str | None = None, password: str | None = None) -> str:
     if user is None:
         return f"mongodb://127.0.0.1:{port}/"
-    quoted = f"{urllib.parse.quote_plus(user)}:{urllib.parse.quote_plus(password or '')}"
+    quoted = f"{urllib.parse.quote(user, safe='')}:{urllib.parse.quote(password or '', safe='')}"  # no '+': see masking
     return f"mongodb://{quoted}@127.0.0.1:{port}/?authSource=admin"
 
 
@@ -223,7 +224,7 @@ class DatabaseServer:
             stderr=log,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in a terminal reaches the parent only; it stops us in order
-            preexec_fn=stop_with_parent,
+            preexec_fn=stop_with_parent(owner=os.getpid()),
             # WiredTiger checkpoints this often (SecantusDB's default: 60 s), so that a stop writes at most a
             # few seconds of changes, and the log a restart after a kill replays is as short
             env={**os.environ, "SECANTUS_CHECKPOINT_SECONDS": str(CHECKPOINT_SECONDS)},
@@ -308,14 +309,22 @@ def alive(pid: int, command_words: list[str] = ()) -> bool:
     return True
 
 
-def stop_with_parent() -> None:
-    """In a child between fork and exec: SIGTERM when the parent dies, however it dies (kill -9 included),
-    so the database closes cleanly and frees its port. Linux only; elsewhere children outlive a killed parent."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+def stop_with_parent(owner: int) -> Callable[[], None]:
+    """For Popen's preexec_fn, in the child between fork and exec: SIGTERM when `owner` (the process starting it)
+    dies, however it dies (kill -9 included), so the database closes cleanly and frees its port. An owner that
+    died before the child asked (a signal that ended it in that moment) leaves the child to init: it stops at
+    once. Linux only; elsewhere children outlive a killed owner."""
 
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    def in_child() -> None:
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            PR_SET_PDEATHSIG = 1
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != owner:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    return in_child
 
 
 def terminate(process: subprocess.Popen, timeout: float) -> None:

@@ -21,7 +21,7 @@ from models.layers import ZeroPadChannels, make_activation, normalization, zero_
 from models.simple import BLOCK_KINDS, check_time_dependence, make_body
 from models.solvers import SolverSpec
 from models.time_dependent import TimeDependence, TimeDependent
-from odeflow.errors import ConfigError, check_choice, check_positive
+from odeflow.errors import ConfigError, ModelDataMismatch, check_choice, check_positive
 
 POOL = 2
 
@@ -116,12 +116,11 @@ class ComplexNet(nn.Module):
         super().__init__()
         time = TimeDependence(time_dependence, basis, basis_size, t_final)
         if len(input_shape) != 3:
-            raise ConfigError(
-                "model",
-                "complex",
-                "an image dataset: the complex models need (channels, height, width) inputs",
-                fix=f"this dataset gives vectors of shape {tuple(input_shape)}; "
-                "use model=odenet_simple or a resnet_simple_* model",
+            raise ModelDataMismatch(
+                "(channels, height, width) images",
+                input_shape,
+                "train it on an image dataset (data=digits, data=fashion_mnist, data=cifar10), or this dataset with "
+                "model=odenet_simple or a resnet_simple_* model",
             )
         if not stage_channels:
             raise ConfigError("stage_channels", stage_channels, "a non-empty list of channel counts")

@@ -16,7 +16,7 @@ from torch import nn
 from models.layers import make_activation
 from models.ode_block import ODEBlock
 from models.solvers import SolverSpec
-from odeflow.errors import ConfigError, check_choice, check_positive
+from odeflow.errors import ConfigError, ModelDataMismatch, check_choice, check_positive
 
 INITIALISATIONS = ("kaiming", "default")
 
@@ -55,12 +55,11 @@ class RAAODENet(nn.Module):
     ) -> None:
         super().__init__()
         if len(input_shape) != 1:
-            raise ConfigError(
-                "model",
-                "raa_odenet",
-                "a vector dataset: this model reads its input as one channel of d coordinates",
-                fix=f"this dataset gives inputs of shape {tuple(input_shape)}; use data=raa_spheres or data=spheres, "
-                "or an image model such as model=odenet_simple",
+            raise ModelDataMismatch(
+                "a vector dataset's (d,) inputs (it reads them as one channel of d coordinates)",
+                input_shape,
+                "train it on data=raa_spheres or data=spheres, or this dataset with an image model such as "
+                "model=odenet_simple",
             )
         if solver is None:
             raise ConfigError("solver", None, "a solver for an ODE model")

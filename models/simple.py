@@ -16,7 +16,7 @@ from models.layers import ZeroPadChannels, make_activation, normalization
 from models.ode_block import ODEBlock
 from models.solvers import SolverSpec
 from models.time_dependent import TimeDependence
-from odeflow.errors import ConfigError, check_choice, check_positive
+from odeflow.errors import ConfigError, ModelDataMismatch, check_choice, check_positive
 
 BLOCK_KINDS = ("ode", "residual")
 
@@ -99,8 +99,10 @@ class SimpleNet(nn.Module):
         check_positive("num_blocks", num_blocks)
         image = len(input_shape) == 3
         if len(input_shape) not in (1, 3):
-            raise ConfigError(
-                "input_shape", tuple(input_shape), "(channels, height, width) images or (features,) vectors"
+            raise ModelDataMismatch(
+                "(channels, height, width) images or (features,) vectors",
+                input_shape,
+                "train it on one of the datasets of conf/data",
             )
         width = channels + augment_dims
         if image:

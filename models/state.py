@@ -16,7 +16,7 @@ from models.layers import ZeroPadChannels, make_activation
 from models.ode_block import ODEBlock
 from models.solvers import SolverSpec
 from models.time_dependent import TimeDependence
-from odeflow.errors import ConfigError, check_positive
+from odeflow.errors import ConfigError, ModelDataMismatch, check_positive
 
 
 class StateODENet(nn.Module):
@@ -41,7 +41,12 @@ class StateODENet(nn.Module):
         super().__init__()
         time = TimeDependence(time_dependence, basis, basis_size, t_final)
         if len(input_shape) != 1:
-            raise ConfigError("input_shape", tuple(input_shape), "(features,) vectors: this model integrates its input")
+            raise ModelDataMismatch(
+                "(features,) vectors (it integrates its input)",
+                input_shape,
+                "train it on a vector dataset (data=spheres or data=raa_spheres), or this dataset with "
+                "model=odenet_simple",
+            )
         if solver is None:
             raise ConfigError("solver", None, "a solver for an ODE model")
         check_positive("hidden", hidden)

@@ -50,6 +50,23 @@ class ConfigError(UserError, ValueError):
         return ConfigError(f"{group}.{self.key}", self.value, self.expected, fix)
 
 
+class ModelDataMismatch(UserError, ValueError):
+    """A model that does not take the dataset's inputs. Models know neither the config options the user chose
+    nor their names: the runner names them (`naming`), so the message speaks of model=... and data=..., the keys
+    the user sets, not of the input_shape the model was given."""
+
+    def __init__(self, takes: str, shape: Iterable[int], fix: str) -> None:
+        self.takes, self.shape = takes, tuple(shape)
+        super().__init__(f"the model takes {takes}; the dataset gives inputs of shape {self.shape}", fix)
+
+    def naming(self, model: str, data: str) -> UserError:
+        return UserError(
+            f"model={model} does not fit data={data}: the model takes {self.takes}, the dataset gives inputs of "
+            f"shape {self.shape}",
+            self.fix,
+        )
+
+
 class DatasetNotFoundError(UserError):
     """Dataset files are missing and could not be downloaded."""
 

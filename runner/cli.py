@@ -11,6 +11,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from odeflow.errors import UserError
 
@@ -399,10 +400,16 @@ def add_query_options(parser: argparse.ArgumentParser, default_limit: int, page:
         parser.add_argument("--columns", help="more columns, e.g. metrics.val.acc,config.train.lr,max(metrics.val.acc)")
 
 
+class CommandParser(argparse.ArgumentParser):
+    """argparse's refusals (an option's value missing or malformed, an unknown option, a missing action) as one
+    line with the fix, where argparse printed its usage and a line without one. Subparsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{self.prog}: {message}", f"{self.prog} --help lists its options and arguments")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m runner", description="odeflow subcommands (without one: run an experiment)"
-    )
+    parser = CommandParser(prog="python -m runner", description="odeflow subcommands (without one: run an experiment)")
     sub = parser.add_subparsers(dest="command", required=True)
     words_help = "run ids and/or config overrides such as tracking=mongo or paths.runs=DIR"
     sync = sub.add_parser("sync", help="push journalled runs into MongoDB (idempotent)")
@@ -482,17 +489,21 @@ def _glued_values(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> int:
     parser = build_parser()
     argv = _glued_values(argv)
-    # Run ids may follow options (`plot val.acc --out f.png 1 2`); argparse leaves those over.
-    args, extra = parser.parse_known_args(argv)
-    unknown = [e for e in extra if e.startswith("-")]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.words = [*getattr(args, "words", []), *extra]
-    if getattr(args, "grid", None):
-        # `--grid` takes every word after it; run ids and key=value overrides are not grid settings.
-        args.words += [w for w in args.grid if ":" not in w or "=" in w]
-        args.grid = [w for w in args.grid if ":" in w and "=" not in w]
     try:
+        # Run ids may follow options (`plot val.acc --out f.png 1 2`); argparse leaves those over.
+        args, extra = parser.parse_known_args(argv)
+        unknown = [e for e in extra if e.startswith("-")]
+        if unknown:
+            command = " ".join(w for w in (args.command, getattr(args, "action", None)) if w)
+            raise UserError(
+                f"python -m runner {command}: unrecognized arguments: {' '.join(unknown)}",
+                f"python -m runner {command} --help lists its options and arguments",
+            )
+        args.words = [*getattr(args, "words", []), *extra]
+        if getattr(args, "grid", None):
+            # `--grid` takes every word after it; run ids and key=value overrides are not grid settings.
+            args.words += [w for w in args.grid if ":" not in w or "=" in w]
+            args.grid = [w for w in args.grid if ":" in w and "=" not in w]
         return args.handler(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

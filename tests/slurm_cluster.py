@@ -107,7 +107,8 @@ class Cluster:
         return _run(list(args), timeout=timeout, env={**os.environ, **self.env()})
 
     # -- start --
-    def start(self, timeout: float = 60) -> Cluster:
+    def start(self, timeout: float = 60, with_owner: bool = True) -> Cluster:
+        """Start the daemons; `with_owner`: they stop when this process ends, however it ends (kill -9 included)."""
         install_packages()
         if os.geteuid() != 0:
             raise ClusterUnavailable("the test cluster runs its daemons as root (munge, MariaDB and Slurm users)")
@@ -124,10 +125,26 @@ class Cluster:
             self._daemon("slurmctld", "slurmctld.pid", ["slurmctld", "-f", str(self.conf)])
             self._daemon("slurmd", "slurmd.pid", ["slurmd", "-f", str(self.conf), "-N", NODE_NAME])
             _wait("the Slurm node", self._node_idle, timeout, self.root / "log" / "slurmctld.log")
+            if with_owner:
+                self._guard()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _guard(self) -> None:
+        """A process that stops the cluster when this one dies: the daemons fork away from their starter, so no
+        parent-death signal of theirs can be tied to it; the guard's is (see guard())."""
+        owner = os.getpid()
+        with (self.root / "log" / "guard.log").open("ab") as log:
+            subprocess.Popen(
+                [sys.executable, __file__, "guard", str(self.root), str(owner)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=lambda: _signal_when_parent_dies(owner),
+            )
+        _wait("the cluster's guard", (self.root / "run" / "guard.pid").exists, 30)
 
     def _start_munge(self) -> None:
         munge = self.root / "munge"
@@ -217,6 +234,9 @@ class Cluster:
                     "ReturnToService=2",
                     "MpiDefault=none",
                     "JobAcctGatherType=jobacct_gather/none",
+                    # Each daemon binds to the address the host name resolves to, not to every interface: on a
+                    # machine whose name resolves to 127.0.0.1 (see loopback_host) that is loopback only.
+                    "CommunicationParameters=NoInAddrAny,NoCtldInAddrAny",
                     "AccountingStorageType=accounting_storage/slurmdbd",
                     "AccountingStorageHost=127.0.0.1",
                     f"AccountingStoragePort={ports['dbd']}",
@@ -244,6 +264,7 @@ class Cluster:
                     auth,
                     "DbdHost=localhost",
                     "DbdAddr=127.0.0.1",
+                    "CommunicationParameters=NoInAddrAny",
                     f"DbdPort={ports['dbd']}",
                     "SlurmUser=root",
                     f"PidFile={self.root / 'run' / 'slurmdbd.pid'}",
@@ -316,6 +337,7 @@ class Cluster:
     def stop(self) -> None:
         """Stop every daemon by the pid in its pid file (Slurm first, then its database and munge)."""
         for pid_file in (
+            "run/guard.pid",  # first: stopped by its owner, it leaves the rest to this
             "run/slurmd.pid",
             "run/slurmctld.pid",
             "run/slurmdbd.pid",
@@ -356,14 +378,41 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").exists() and " Z " not in Path(f"/proc/{pid}/stat").read_text()
 
 
+def _signal_when_parent_dies(owner: int) -> None:
+    """In a child between fork and exec: SIGTERM when `owner` dies (now, if it died before this)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != owner:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def guard(root: Path, owner: int) -> None:
+    """Wait; on SIGTERM, stop the cluster if its owner is gone (the parent-death signal), else just exit."""
+
+    def on_sigterm(*_) -> None:
+        if os.getppid() != owner:
+            print(f"owner {owner} gone: stopping the cluster in {root}", flush=True)
+            (root / "run" / "guard.pid").unlink(missing_ok=True)  # stop() signals the guard: not itself
+            Cluster(root).stop()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    (root / "run" / "guard.pid").write_text(str(os.getpid()))
+    while True:
+        signal.pause()
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["install"]:
         install_packages()
         return 0
+    if len(argv) == 3 and argv[0] == "guard":
+        guard(Path(argv[1]), int(argv[2]))
     if len(argv) == 2 and argv[0] in ("start", "stop"):
         cluster = Cluster(Path(argv[1]).resolve())
         if argv[0] == "start":
-            cluster.start()
+            cluster.start(with_owner=False)  # it outlives this command, until `stop`
             print(f"export SLURM_CONF={cluster.conf}")
         else:
             cluster.stop()

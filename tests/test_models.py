@@ -8,7 +8,7 @@ from torch import nn
 
 from models import ComplexNet, ODEBlock, SimpleNet, SolverSpec, backward_nfe, count_parameters, forward_nfe, set_solver
 from models.layers import group_count
-from odeflow.errors import SOLVER_FAILURE_FIX, ConfigError, SolverError
+from odeflow.errors import SOLVER_FAILURE_FIX, ConfigError, ModelDataMismatch, SolverError
 
 FMNIST, CIFAR = (1, 28, 28), (3, 32, 32)
 DOPRI5 = SolverSpec("dopri5")
@@ -132,7 +132,7 @@ def test_unknown_solver_lists_valid_choices():
 
 
 def test_complex_model_rejects_vector_inputs():
-    with pytest.raises(ConfigError, match="image"):
+    with pytest.raises(ModelDataMismatch, match="image"):
         ComplexNet((2,), 2, "residual")
 
 

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from models.ode_block import ode_blocks
 from models.parameters import count_parameters, residual_block_count
-from odeflow.errors import check_choice, out_of_memory
+from odeflow.errors import ModelDataMismatch, check_choice, out_of_memory
 from odeflow.files import disk_full_error, is_disk_full, write_atomic
 from odeflow.interrupts import Interrupted, as_interrupted, sigterm_as_interrupt
 from odeflow.objectives import OBJECTIVE_DIRECTIONS
@@ -86,6 +86,9 @@ def run_experiment(
         raise out_of_memory(
             str(device), "loading the data and building the model", data.batch_size, describe_peak(device)
         ) from None
+    except ModelDataMismatch as exc:  # named as the user chose them, not by the shape the model was given
+        names = choices or {}
+        raise exc.naming(names.get("model", cfg.model.get("_target_")), names.get("data", data.name)) from None
     # A hyperopt sweep (it sets sweep_trial) reads the objective back; other runs only print it.
     searched = cfg.get("sweep_trial") is not None
     check_validation_split(

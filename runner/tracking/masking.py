@@ -15,12 +15,14 @@ _HEAD = r"(?P<head>[a-z][a-z0-9+.-]*://[^:/?#@\s'\"]+:)"
 _URL_PASSWORD = re.compile(_HEAD + r"(?P<password>(?:[^@\r\n]|@(?=[^\s'\"]*@))*)(?P<tail>@)", re.IGNORECASE)
 # In one value (a config entry, an override) the password runs to the value's last '@', spaces and all.
 _VALUE_PASSWORD = re.compile(_HEAD + r"(?P<password>(?:[^@\r\n]|@(?=[^\r\n]*@))*)(?P<tail>@)", re.IGNORECASE)
-# What pymongo reads as the end of the password ('@', ':') or of the hosts ('/', '?'), or refuses ('%' not
-# starting an escape): unescaped, part of the password would be taken for a host, port or option.
-_UNESCAPED = re.compile(r"[@/?:]|%(?![0-9A-Fa-f]{2})")
+# What pymongo reads as the end of the password ('@', ':') or of the hosts ('/', '?'), refuses ('%' not
+# starting an escape) or reads as another character ('+', unquote_plus's space): unescaped, part of the password
+# would be taken for a host, port or option, or the password used would not be the one typed.
+_UNESCAPED = re.compile(r"[@/?:+]|%(?![0-9A-Fa-f]{2})")
+# quote, not quote_plus: its escape of a space ('+') would be read back as a plus sign typed as is.
 ESCAPE_FIX = (
-    "escape the password in the URL: "
-    "python -c \"import urllib.parse, getpass; print(urllib.parse.quote_plus(getpass.getpass('password: ')))\""
+    'escape the password in the URL (a plus sign is %2B, a space %20): python -c "import urllib.parse, getpass; '
+    "print(urllib.parse.quote(getpass.getpass('password: '), safe=''))\""
 )
 
 
@@ -53,6 +55,6 @@ def check_url_escaped(url: str, name: str) -> None:
     if found and _UNESCAPED.search(found["password"]):
         raise UserError(
             f"the password in {name} ({mask_secrets(url)}) contains a character that must be escaped in a URL "
-            "('@', '/', ':', '?' or '%')",
+            "('@', '/', ':', '?' or '%'), or one pymongo reads as another ('+' reads as a space)",
             ESCAPE_FIX,
         )

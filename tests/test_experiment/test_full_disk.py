@@ -97,3 +97,25 @@ def test_a_disk_that_fills_up_mid_run_ends_in_one_message_and_loses_nothing(smal
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     continued = max(read_file_store(runs / "store"), key=lambda r: r.id)
     assert continued.meta["resumed_from"] == 2 and continued.metrics["val.loss"]["steps"] == list(range(1, EPOCHS + 1))
+
+
+def test_a_disk_already_full_ends_in_one_message_before_the_run_starts(small_disk: Path):
+    filler = fill(small_disk)
+    proc = run_cli([*TINY, "train.device=cpu"], small_disk)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    cause, fix = proc.stderr.strip().splitlines()
+    assert cause.startswith(f"error: no space left on the disk of {small_disk} before the run started")
+    assert cause.endswith("nothing was recorded")
+    assert fix.startswith(f"  fix: free space there (df -h {small_disk})") and fix.endswith("then run it again")
+    filler.unlink()
+    assert run_cli(["runs", "list"], small_disk).returncode == 0
+
+
+def test_a_sweep_on_a_disk_already_full_ends_in_one_message(small_disk: Path):
+    filler = fill(small_disk)
+    proc = run_cli(["-m", *TINY, "train.device=cpu", "seed=1,2"], small_disk)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    cause, fix = proc.stderr.strip().splitlines()[-2:]
+    assert cause.startswith(f"error: no space left on the disk of {small_disk}"), proc.stderr
+    assert fix.startswith(f"  fix: free space there (df -h {small_disk})")
+    filler.unlink()

@@ -351,7 +351,7 @@ def test_truncate_output_keeps_head_and_tail():
 
 
 def test_the_runner_reads_mongo_url_from_dot_env(runs_dir, tmp_path, mongo_db):
-    """`python -m runner tracking=mongo` finds MONGO_URL in .env, as make and docker compose do.
+    """`python -m runner tracking=mongo` finds MONGO_URL in .env, as docker compose does.
 
     The environment wins."""
     client, name = mongo_db

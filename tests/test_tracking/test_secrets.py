@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import quote_plus
+from urllib.parse import quote, quote_plus
 
 import pymongo.uri_parser
 import pytest
@@ -40,19 +40,26 @@ def test_masking_hides_any_password_in_text_and_in_config_values(password, escap
     }
 
 
+def escaped(password: str) -> str:
+    """What the fix's command prints (urllib.parse.quote with safe=''): every reserved character, '+' and space
+    included, as %XX."""
+    return quote(password, safe="")
+
+
 @pytest.mark.parametrize("password", PASSWORDS)
 def test_an_escaped_password_is_accepted_and_reaches_pymongo_whole(password):
-    url = f"mongodb://alice:{quote_plus(password)}@{HOSTS}"
+    url = f"mongodb://alice:{escaped(password)}@{HOSTS}"
     check_url_escaped(url, "MONGO_URL")
     assert url_password(url) == password == pymongo.uri_parser.parse_uri(url)["password"]
 
 
-@pytest.mark.parametrize("password", ["p@ss", "pa/ss", "pa?ss", "pa:ss", "100%sure"])
+# '+' too: pymongo reads it as a space (quote_plus's escape of one), so "pa+ss" typed as is would be "pa ss".
+@pytest.mark.parametrize("password", ["p@ss", "pa/ss", "pa?ss", "pa:ss", "100%sure", "pa+ss", "a+b c"])
 def test_an_unescaped_password_is_refused_with_the_fix_and_not_shown(password):
     with pytest.raises(UserError) as refused:
         check_url_escaped(f"mongodb://alice:{password}@{HOSTS}", "MONGO_URL")
-    assert "must be escaped" in str(refused.value) and "quote_plus" in refused.value.fix
-    assert "\n" not in refused.value.fix and not leaked(password, str(refused.value).replace("quote_plus", ""))
+    assert "must be escaped" in str(refused.value) and "quote(" in refused.value.fix
+    assert "\n" not in refused.value.fix and not leaked(password, str(refused.value).replace("quote(", ""))
 
 
 def all_text(folder: Path) -> str:
@@ -76,8 +83,8 @@ def test_a_password_on_the_command_line_never_reaches_disk(runs_dir, mode):
 def test_an_unescaped_password_on_the_command_line_is_refused_before_use(runs_dir):
     proc = run_cli([*FAST, "tracking.url='mongodb://alice:pa/ss@w0rd@127.0.0.1:9/'"], runs_dir)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "must be escaped" in proc.stderr and "quote_plus" in proc.stderr
-    assert not leaked("pa/ss@w0rd", proc.stdout + proc.stderr.replace("quote_plus", "") + all_text(runs_dir))
+    assert "must be escaped" in proc.stderr and "quote(" in proc.stderr
+    assert not leaked("pa/ss@w0rd", proc.stdout + proc.stderr.replace("quote(", "") + all_text(runs_dir))
     assert not list((runs_dir / "journal").glob("*/run.json"))  # no run started with it
 
 
