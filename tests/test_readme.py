@@ -268,9 +268,7 @@ COMMANDS: dict[str, Run | Make | Skip] = {
         (*TINY_SPHERES, "adaptation.interval=1"), reason=SMALL + "; a check every iteration, so some happen"
     ),
     ".venv/bin/python -m runner data=raa_spheres data.dim=3 model=raa_odenet solver=euler solver.step_size=0.25 "
-    "train.evaluate=final objective=test_acc": Run(
-        TINY_SPHERES, reason=SMALL
-    ),
+    "train.evaluate=final objective=test_acc": Run(TINY_SPHERES, reason=SMALL),
     **{
         f"make study STUDY={name}": Skip(
             "dozens of runs; tests/test_research runs each study's command on a small multirun", check_study(name)
