@@ -333,3 +333,48 @@ def test_python_matching_agrees_with_the_index(synthetic):
         tree = q.parse_where(where)
         by_python = [r.id for r in records if q.matches(tree, lambda f, r=r: record_value(r, f))]
         assert sorted(listed(store, where)) == by_python, where
+
+
+def index_content(store: Path) -> list[list[tuple]]:
+    """Every row the index holds of the runs (key ids by name, so two builds compare)."""
+    index = RunIndex(store)
+    try:
+        keys = dict(index.conn.execute("SELECT id, scope || ':' || name FROM keys"))
+        runs = index.conn.execute("SELECT * FROM runs ORDER BY id").fetchall()
+        fields = [(r, keys[k], v) for r, k, v in index.conn.execute("SELECT * FROM fields")]
+        metrics = [(r, keys[k], *rest) for r, k, *rest in index.conn.execute("SELECT * FROM metrics")]
+    finally:
+        index.close()
+    return [[tuple(row) for row in runs], sorted(fields, key=repr), sorted(metrics, key=repr)]
+
+
+def test_a_big_build_on_a_process_pool_indexes_what_run_by_run_indexing_does(synthetic, monkeypatch):
+    from runner.tracking import index as index_module
+
+    store, _ = synthetic
+    (store / "3" / "metrics.json").write_text("{truncated")  # a damaged run is kept as such by both
+    using_index(store, warn=lambda line: None).close()  # run by run: fewer runs than BIG_BUILD
+    one_by_one = index_content(store)
+    monkeypatch.setattr(index_module, "BIG_BUILD", 100)
+    using_index(store, warn=lambda line: None, rebuild=True).close()
+    assert index_content(store) == one_by_one
+    assert len(one_by_one[0]) == RUNS and any(row[2] == "damaged" for row in one_by_one[0])
+
+
+@pytest.mark.parametrize(
+    "timestamps", [["2026-01-01T10:00:00"], ["x]y"], []], ids=["iso", "bracket-in-a-string", "none"]
+)
+def test_a_listing_reads_the_values_a_full_read_does(tmp_path: Path, timestamps):
+    """The index's reader skips steps and timestamps unparsed; where it cannot (a "]" in a string) it reads all."""
+    from runner.tracking.runstore import _read_run_folder
+
+    write_run(tmp_path, 1, random.Random(3))
+    metrics = {
+        "val.acc": {"steps": [1, 2], "timestamps": timestamps, "values": [0.5, 0.75]},
+        "odd]name": {"steps": [1], "timestamps": ["]"], "values": [2.0]},
+    }
+    (tmp_path / "1" / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    full, listing = _read_run_folder(tmp_path / "1"), _read_run_folder(tmp_path / "1", histories=False)
+    assert {k: v["values"] for k, v in listing.metrics.items()} == {"val.acc": [0.5, 0.75], "odd]name": [2.0]}
+    assert {k: v["values"] for k, v in full.metrics.items()} == {k: v["values"] for k, v in listing.metrics.items()}
+    assert full.metrics["val.acc"]["steps"] == [1, 2]
