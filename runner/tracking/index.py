@@ -343,11 +343,19 @@ class RunIndex:
     # --- answering
 
     def select(
-        self, where: Any = None, sort: list[q.SortKey] | None = None, limit: int = 50, offset: int = 0
+        self,
+        where: Any = None,
+        sort: list[q.SortKey] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        after: int | None = None,
     ) -> tuple[list[int], int]:
-        """(the ids of one page of runs that match, in order; how many match in all)."""
+        """(the ids of one page of runs that match, in order; how many match in all). `after` (newest first
+        only): the page starts below that id, in place of the offset."""
         condition, params = self._sql_where(where)
         total = self.conn.execute(f"SELECT count(*) FROM runs WHERE {condition}", params).fetchone()[0]
+        if after is not None and not sort:
+            condition, params, offset = f"runs.id < ? AND {condition}", [int(after), *params], 0
         order, joins, join_params = self._sql_order(sort or [])
         page = f" LIMIT {int(limit)} OFFSET {int(offset)}" if limit else f" LIMIT -1 OFFSET {int(offset)}"
         sql = f"SELECT runs.id FROM runs {joins} WHERE {condition} ORDER BY {order}{page}"

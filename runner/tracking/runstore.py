@@ -179,16 +179,23 @@ def read_mongo_page(
     lazy: bool = False,
     count: bool = True,
     newest_first: bool = True,
+    after: Any = None,
 ) -> tuple[list[RunRecord], int]:
     """(the runs a query matches, filtered, sorted and paged on the server; how many match in all).
 
     A run document carries its metrics' summaries (`metric_summary`), so a listing (lazy) reads no metric
     history; documents written before that are filtered here, their summaries made from the metrics collection.
-    Without lazy every run comes with its per-epoch histories.
+    Without lazy every run comes with its per-epoch histories. `after` (newest first only): the page starts below
+    that run id, in place of the offset.
     """
     from runner.tracking import query as q
     from runner.tracking.mongo import COST_METRICS_COLLECTION
 
+    if after is not None and not sort and newest_first:  # the page below a token's last run; the total of all
+        keyset = q.Compare(q.Field("column", "id"), "<", after)
+        page_where = keyset if where is None else q.Logical("and", (keyset, where))
+        records, _ = read_mongo_page(client, db_name, page_where, None, limit, 0, lazy, count=False)
+        return records, read_mongo_page(client, db_name, where, None, 1, 0, True, count=count)[1]
     db = client[db_name]
     condition = q.to_mongo(where)
     order = q.mongo_sort(sort or []) if newest_first or sort else [("_id", 1)]

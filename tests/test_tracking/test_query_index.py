@@ -94,10 +94,55 @@ def test_default_listing_is_the_newest_50_and_the_footer_counts_all(synthetic):
     assert len(listed(store)) == RUNS  # --limit 0
     proc = run_cli(["runs", "list"], store.parent)
     lines = proc.stdout.splitlines()
-    assert (
-        len(lines) == 52
-        and lines[-1] == f"runs 1-50 of {RUNS} matched; --limit 0 for all, --offset 50 for the next page"
-    )
+    assert len(lines) == 52 and lines[-1].startswith(f"runs 1-50 of {RUNS} matched; --limit 0 for all, --page-token ")
+    token = lines[-1].split("--page-token ")[1].split()[0]
+    proc = run_cli(["runs", "list", "--page-token", token], store.parent)
+    lines = proc.stdout.splitlines()
+    assert [int(line.split()[0]) for line in lines[1:-1]] == list(range(RUNS - 50, RUNS - 100, -1))
+    assert lines[-1].startswith(f"runs 51-100 of {RUNS} matched;")
+
+
+def pages(source, where: str | None = None, sort: str | None = None, limit: int = 7) -> list[list[int]]:
+    """Every page of a query, each from the token of the page before."""
+    found, query = [], Query.parse(where, sort, limit)
+    while True:
+        page = source.page(query)
+        found.append([row["id"] for row in page.rows])
+        token = query.next_page_token(page)
+        if token is None:
+            return found
+        query = Query.parse(where, sort, limit, page_token=token)
+
+
+@pytest.mark.parametrize(
+    "where, sort", [(None, None), (ISSUE_QUERY, "-metrics.val.acc"), ("id > 590", "config.train.lr")]
+)
+def test_page_tokens_walk_every_match_once_in_order(synthetic, where, sort):
+    store, _ = synthetic
+    walked = pages(FileSource(store), where, sort, limit=7)
+    assert [i for page in walked for i in page] == listed(store, where, sort)
+    assert all(len(page) == 7 for page in walked[:-1]) and 0 < len(walked[-1]) <= 7
+
+
+def test_a_page_token_goes_on_below_its_last_run_when_new_runs_came(synthetic):
+    store, _ = synthetic
+    first = Query.parse(limit=10)
+    page = FileSource(store).page(first)
+    write_run(store, RUNS + 1, random.Random(2))  # a run started between the two pages
+    following = FileSource(store).page(Query.parse(limit=10, page_token=first.next_page_token(page)))
+    assert [row["id"] for row in following.rows] == list(range(RUNS - 10, RUNS - 20, -1))  # no run twice
+
+
+def test_a_page_token_of_another_query_or_none_at_all_is_one_clear_error(synthetic):
+    store, _ = synthetic
+    query = Query.parse("status = 'FAILED'", limit=5)
+    token = query.next_page_token(FileSource(store).page(query))
+    with pytest.raises(UserError, match="belongs to another query"):
+        Query.parse("status = 'COMPLETED'", limit=5, page_token=token)
+    with pytest.raises(UserError, match="not a page token"):
+        Query.parse(limit=5, page_token="bogus!")
+    proc = run_cli(["runs", "list", "--page-token", "bogus"], store.parent)
+    assert proc.returncode != 0 and "not a page token" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -262,6 +307,8 @@ def test_the_python_api_returns_a_frame_of_the_same_rows(synthetic):
     assert list(frame.id) == listed(store, ISSUE_QUERY, "-metrics.val.acc", 10)
     assert (frame["metrics.val.acc"] > 0.9).all() and (frame["config.train.lr"] < 1e-3).all()
     assert frame.attrs["matched"] >= len(frame)
+    more = runs(ISSUE_QUERY, sort="-metrics.val.acc", limit=10, store=store, page_token=frame.attrs["next_page_token"])
+    assert list(more.id) == listed(store, ISSUE_QUERY, "-metrics.val.acc", 10, offset=10)
     assert len(run(frame.id[0], store=store).metrics["val.acc"]["values"]) == frame["epochs(metrics.val.acc)"][0]
 
 
@@ -309,6 +356,8 @@ def test_mongo_answers_every_query_as_the_index_does(synthetic, mongo_db, old_do
         shown = ("id", "metrics.val.acc", "epochs(metrics.val.acc)")  # old documents' from their metrics
         assert [[r.get(c) for c in shown] for r in page.rows] == [[r.get(c) for c in shown] for r in expected.rows]
         assert page.total == expected.total, where
+    for where, sort in [(None, None), (ISSUE_QUERY, "-metrics.val.acc")]:
+        assert pages(source, where, sort, limit=40) == pages(FileSource(store), where, sort, limit=40)
 
 
 def test_python_matching_agrees_with_the_index(synthetic):
