@@ -239,6 +239,8 @@ def _server_page(runs: Any, condition: dict, projection: dict, order: list, offs
     """One page, sorted on the server. MongoDB sorts a missing value first when ascending; the index (and so
     every backend) puts it last: an ascending first key reads the runs that have it, then those that lack it."""
     path, direction = order[0]
+    if order == [("_id", -1)] and limit:
+        return _newest_page(runs, condition, projection, offset, limit)
     if direction == -1 or path == "_id":
         cursor = runs.find(condition, projection).sort(order).skip(offset)
         return list(cursor.limit(limit) if limit else cursor)
@@ -251,6 +253,31 @@ def _server_page(runs: Any, condition: dict, projection: dict, order: list, offs
     skip = max(0, offset - runs.count_documents(has)) if not page else 0
     cursor = runs.find(lacks, projection).sort(order[1:] or [("_id", -1)]).skip(skip)
     return page + list(cursor.limit(limit - len(page)) if limit else cursor)
+
+
+def _newest_page(runs: Any, condition: dict, projection: dict, offset: int, limit: int) -> list[dict]:
+    """One page of the newest runs (by id), read from a window of the highest ids (`_id > low`), widened until it
+    holds the page. A window holds every run above `low`, so a full page from it is the page on any server; it
+    spares a server that reads every document for a sort with a limit (SecantusDB, which answers a range from
+    an index: the observer's index on `_id`) all but the window's. Run ids are Sacred's integers; a database
+    with string or ObjectId ids (which sort above numbers) is read whole."""
+    from bson import ObjectId
+
+    from runner.tracking import query as q
+
+    wanted, top = offset + limit, runs.estimated_document_count()
+    for first_of_type in ("", ObjectId("0" * 24)):  # ranges, which the index answers (a $type test reads all)
+        if runs.find_one({"_id": {"$gte": first_of_type}}, {"_id": 1}) is not None:
+            top = 0
+    width = 2 * wanted
+    while top - width > 0:
+        window = {"_id": {"$gt": top - width}}
+        narrowed = q.mongo_and(window, condition)
+        page = list(runs.find(narrowed, projection).sort([("_id", -1)]).limit(wanted))
+        if len(page) >= wanted:
+            return page[offset:]
+        width *= 8
+    return list(runs.find(condition, projection).sort([("_id", -1)]).skip(offset).limit(limit))
 
 
 def _mongo_metrics(db: Any, run_ids: list, collections: tuple[str, ...]) -> dict[Any, dict[str, dict[str, list]]]:

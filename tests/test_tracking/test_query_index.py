@@ -427,3 +427,22 @@ def test_a_listing_reads_the_values_a_full_read_does(tmp_path: Path, timestamps)
     assert {k: v["values"] for k, v in listing.metrics.items()} == {"val.acc": [0.5, 0.75], "odd]name": [2.0]}
     assert {k: v["values"] for k, v in full.metrics.items()} == {k: v["values"] for k, v in listing.metrics.items()}
     assert full.metrics["val.acc"]["steps"] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "ids", [list(range(1, 301)), [*range(1, 200, 3), 5000, 90000]], ids=["dense", "gaps-and-ids-above-the-count"]
+)
+def test_mongo_newest_pages_from_an_id_window_are_the_servers_sorted_pages(mongo_db, ids):
+    """The newest runs read from a window of the highest ids (what SecantusDB answers from an index), against
+    the server's own sort of the whole collection, on every page, with and without a filter."""
+    from runner.tracking.mongo import ensure_indexes
+    from runner.tracking.runstore import _newest_page
+
+    client, name = mongo_db
+    runs = client[name]["runs"]
+    runs.insert_many([{"_id": i, "status": "FAILED" if n % 4 == 0 else "COMPLETED"} for n, i in enumerate(ids)])
+    ensure_indexes(client[name])
+    for condition in ({}, {"status": "FAILED"}):
+        for offset, limit in ((0, 50), (50, 50), (10, 7), (0, 1000)):
+            expected = [d["_id"] for d in runs.find(condition).sort("_id", -1).skip(offset).limit(limit)]
+            assert [d["_id"] for d in _newest_page(runs, condition, {}, offset, limit)] == expected
