@@ -1,7 +1,7 @@
 """The run browser at scale: synthetic stores of N runs shaped like a real one, each command timed, on the file
 store (through its index) and on MongoDB (SecantusDB, the no-Docker dashboard's server).
 
-    .venv/bin/python bench/run_store.py --template runs/store/1 --sizes 1000 10000 [--keep DIR]
+    .venv/bin/python bench/run_store.py --template runs/store/1 --sizes 1000 20000 [--keep DIR]
 
 The template is one real run folder (`python -m runner experiment=quickstart train.max_epochs=3` makes one).
 Each synthetic run copies its run.json, config.json and info.json and varies what a sweep varies (solver,
@@ -239,6 +239,10 @@ def main() -> None:
         table[size] = measure(store.parent, size)
         log_full[size] = log_epoch_seconds(store)
     print_table("File store (with its index)", table, startup)
+    if len(table) > 1:  # the issue's done-when: `runs list` on 20,000 runs within 1.5x of the same on 1,000
+        small, large = min(table), max(table)
+        ratio = table[large]["first page"][0] / table[small]["first page"][0]
+        print(f"\nfirst page, {large:,} runs / {small:,} runs: {ratio:.2f}x (target at 20,000/1,000: 1.5x at most)")
     log_cells = [f"{log_full[s][0] * 1e3:.2f} ms (one-run store {log_empty * 1e3:.2f} ms)" for s in table]
     print("| log one epoch's metrics | " + " | ".join(log_cells) + (" | |" if len(table) > 1 else " |"))
     event_cells = [f"{log_full[s][1] * 1e3:.1f} ms (one-run store {events_empty * 1e3:.1f} ms)" for s in table]
