@@ -175,7 +175,8 @@ def bench_env(tmp: Path) -> dict[str, str]:
 
 
 def replicate(run_dir: Path, count: int) -> None:
-    """`count` more runs beside `run_dir`: its files hard-linked, its run.json with a run uid of its own."""
+    """`count` more runs beside `run_dir`: its files hard-linked, its run.json with a run uid of its own (the
+    dashboard's tests make their stores with it too)."""
     record = json.loads((run_dir / "run.json").read_text())
     for n in range(1, count + 1):
         target = run_dir.parent / str(int(run_dir.name) + n)

@@ -1,7 +1,7 @@
 """The run browser at scale: synthetic stores of N runs shaped like a real one, each command timed, on the file
 store (through its index) and on MongoDB (SecantusDB, the no-Docker dashboard's server).
 
-    .venv/bin/python bench/run_store.py --template runs/store/1 --sizes 1000 10000 [--keep DIR]
+    .venv/bin/python bench/run_store.py --template runs/store/1 --sizes 1000 20000 [--keep DIR]
 
 The template is one real run folder (`python -m runner experiment=quickstart train.max_epochs=3` makes one).
 Each synthetic run copies its run.json, config.json and info.json and varies what a sweep varies (solver,
@@ -220,7 +220,7 @@ def print_table(title: str, table: dict[int, dict[str, tuple[float, float]]], st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--template", type=Path, required=True, help="one real run folder")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 20000])
     parser.add_argument("--keep", type=Path, help="keep the stores here (reused by a later run of the same size)")
     parser.add_argument("--no-mongo", action="store_true", help="the file store only")
     args = parser.parse_args()
@@ -247,6 +247,10 @@ def main() -> None:
         + " | ".join(event_cells)
         + (" | |" if len(table) > 1 else " |")
     )
+    if len(table) > 1:  # the issue's done-when: `runs list` on 20,000 runs within 1.5x of the same on 1,000
+        small, large = min(table), max(table)
+        ratio = table[large]["first page"][0] / table[small]["first page"][0]
+        print(f"\nfirst page, {large:,} runs / {small:,} runs: {ratio:.2f}x (target at 20,000/1,000: 1.5x at most)")
     print(
         "\nstart-up (the same commands on a store of one run): "
         + ", ".join(f"{k} {v:.2f} s" for k, v in startup.items())

@@ -46,19 +46,23 @@ def runs(
     offset: int = 0,
     columns: str | list[str] | None = None,
     store: Any = None,
+    page_token: str | None = None,
 ) -> pd.DataFrame:
     """One row per matching run (newest first unless `sort` says otherwise; `limit=0` for every match) with the
     columns of `runs list` and any `columns` asked for (e.g. "config.train.lr", "min(metrics.val.loss)").
-    `where` and `sort` are README's query language; a wrong one raises a UserError with a caret under the fault."""
+    `where` and `sort` are README's query language; a wrong one raises a UserError with a caret under the fault.
+    `frame.attrs["matched"]` counts every match; `frame.attrs["next_page_token"]`, where more match, is what
+    `page_token` takes (with the same `where` and `sort`) for the next page."""
     sort_text = ",".join(sort) if isinstance(sort, list) else sort
-    query = Query.parse(where, sort_text, limit, offset, columns)
+    query = Query.parse(where, sort_text, limit, offset, columns, page_token=page_token)
     page = _source(store).page(query)
-    return _frame(page.rows, page.total)
+    return _frame(page.rows, page.total, query.next_page_token(page))
 
 
-def _frame(rows: list[dict], total: int) -> pd.DataFrame:
+def _frame(rows: list[dict], total: int, next_page_token: str | None = None) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     frame.attrs["matched"] = total  # how many runs matched in all (the frame may hold one page of them)
+    frame.attrs["next_page_token"] = next_page_token
     return frame
 
 

@@ -171,12 +171,13 @@ def _query_of(args: argparse.Namespace, words: list[str]):
         getattr(args, "offset", 0) or 0,
         getattr(args, "columns", None),
         shorthands,
+        getattr(args, "page_token", None),
     )
     if words:
         ids = tuple(int(w) if w.isdigit() else w for w in words)
         chosen = q.Compare(q.Field("column", "id"), "in", ids)
         where = chosen if query.where is None else q.Logical("and", (chosen, query.where))
-        query = Query(where, query.sort, query.limit, query.offset, query.columns)
+        query = Query(where, query.sort, query.limit, query.offset, query.columns, query.after)
     return query, shorthands
 
 
@@ -205,7 +206,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
             return 0
         print(browse.format_rows(page.rows, page.dead, [f.name for f in query.columns]))
         filtered = query.where is not None
-        print(browse.footer(len(page.rows), page.total, query.offset, page.store_size, filtered))
+        print(
+            browse.footer(
+                len(page.rows), page.total, query.offset, page.store_size, filtered, query.next_page_token(page)
+            )
+        )
     elif args.action == "compare":
         print(browse.compare_runs(records))
     elif args.action == "export":
@@ -396,7 +401,8 @@ def add_query_options(parser: argparse.ArgumentParser, default_limit: int, page:
         "--limit", type=int, default=None, help=f"at most this many runs (default {default_limit or 'all'}; 0: all)"
     )
     if page:
-        parser.add_argument("--offset", type=int, default=0, help="skip this many matching runs (the next page)")
+        parser.add_argument("--offset", type=int, default=0, help="skip this many matching runs")
+        parser.add_argument("--page-token", help="the next page: the token the previous page's footer printed")
         parser.add_argument("--columns", help="more columns, e.g. metrics.val.acc,config.train.lr,max(metrics.val.acc)")
 
 

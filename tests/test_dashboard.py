@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import gridfs
@@ -19,6 +18,7 @@ import psutil
 import pymongo
 import pytest
 
+from bench.dashboard import replicate
 from dashboard.columns import CUSTOM_COLUMNS
 from dashboard.copy import COPIED
 from dashboard.server import DatabaseServer, alive, free_port, mongo_url
@@ -169,19 +169,6 @@ def test_a_killed_dashboard_leaves_no_server_behind(dashboard_env):
     )  # the port and the data folder are free again
     assert "copy done: 0 runs copied" in wait_for(proc, "copy done")
     stop_dashboard(proc)
-
-
-def replicate(run_dir: Path, count: int) -> None:
-    """`count` more runs in the store beside `run_dir`: copies of it (files hard-linked), each its own run uid."""
-    record = json.loads((run_dir / "run.json").read_text())
-    for n in range(1, count + 1):
-        target = run_dir.parent / str(int(run_dir.name) + n)
-        target.mkdir()
-        for file in run_dir.iterdir():
-            if file.name != "run.json":
-                os.link(file, target / file.name)
-        record["meta"]["run_uid"] = uuid.uuid4().hex
-        (target / "run.json").write_text(json.dumps(record))
 
 
 def a_store_of(env: dict[str, str], runs: int) -> Path:

@@ -96,17 +96,15 @@ def format_rows(rows: list[dict], dead: list, extra_columns: list[str] | None = 
     return table
 
 
-def footer(shown: int, total: int, offset: int, store_size: int, filtered: bool) -> str:
-    """How many runs matched, and how to see the rest."""
+def footer(shown: int, total: int, offset: int, store_size: int, filtered: bool, token: str | None = None) -> str:
+    """How many runs matched, and how to see the rest (`token`: the next page's, where more runs match)."""
     of_store = f" ({store_size:,} in the store)" if filtered else ""
     if shown == total and not offset:
         return f"{total:,} run{'s' * (total != 1)} matched{of_store}"
     if shown == 0:
-        return f"no runs after --offset {offset}: {total:,} matched{of_store}"
-    return (
-        f"runs {offset + 1:,}-{offset + shown:,} of {total:,} matched{of_store}; "
-        f"--limit 0 for all, --offset {offset + shown} for the next page"
-    )
+        return f"no runs after the first {offset:,}: {total:,} matched{of_store}"
+    more = f"; --limit 0 for all, --page-token {token} for the next page" if token else ""
+    return f"runs {offset + 1:,}-{offset + shown:,} of {total:,} matched{of_store}{more}"
 
 
 def no_match_note_of(source, size: int, **criteria: str | None) -> str:

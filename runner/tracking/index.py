@@ -32,7 +32,7 @@ INDEX_FILE = ".odeflow-index.sqlite"  # in the store's folder; Sacred and the re
 SIGNATURE_FILES = ("run.json", "metrics.json", "info.json")  # Sacred rewrites these as a run goes on
 SCHEMA_VERSION = 1
 FINISHED = ("COMPLETED", "FAILED", "INTERRUPTED", "TIMEOUT")  # Sacred writes nothing more into such a run
-BATCH = 500  # runs per transaction while (re)building: an interrupted build keeps what it did
+BATCH = 2000  # runs per transaction while (re)building: an interrupted build keeps what it did
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
@@ -54,6 +54,7 @@ CREATE INDEX IF NOT EXISTS fields_by_value ON fields (key_id, value);
 CREATE INDEX IF NOT EXISTS metrics_by_last ON metrics (key_id, last);
 """
 BIG_BUILD = 2000  # runs to (re)read at once from which a build drops the indexes and reads with a process pool
+BUILD_CACHE_KB = 64_000  # SQLite's page cache while building (2 MB otherwise): the secondary indexes' sort
 
 
 def _version() -> str:
@@ -147,7 +148,7 @@ def read_for_index(run_dir: str) -> tuple:
         return ("gone",)
     files = signature(run_dir)
     try:
-        record = _read_run_folder(Path(run_dir))
+        record = _read_run_folder(Path(run_dir), histories=False)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         damaged = getattr(exc, "damaged_file", run_dir)
         return (
@@ -172,6 +173,9 @@ def read_for_index(run_dir: str) -> tuple:
     fields = [("config", k, v) for k, v in flatten(record.config)] + [("info", k, v) for k, v in flatten(record.info)]
     metrics = [(n, m["last"], m["min"], m["max"], m["epochs"]) for n, m in metric_summaries(record.metrics).items()]
     return ("ok", sig + "|racy" if _racy(sig) else sig, row, fields, metrics)  # racy: read again next time
+
+
+_NO_ROW = (None,) * 11  # the runs row of a damaged or empty folder: no status, times, result or summary
 
 
 def _time(value: Any) -> str | None:
@@ -253,36 +257,41 @@ class RunIndex:
         if removed:
             self._write(lambda: self._forget(removed))
         if len(changed) >= BIG_BUILD:
-            self._build(changed)
+            self._build(changed, fresh=not known)
         for start in range(0, len(changed) if len(changed) < BIG_BUILD else 0, BATCH):
             batch = changed[start : start + BATCH]
-            self._write(lambda batch=batch: [self._put(i) for i in batch])
+            self._write(lambda batch=batch: self._insert([(i, read_for_index(str(self.root / str(i)))) for i in batch]))
         for run_id, problem in self.conn.execute("SELECT id, problem FROM runs WHERE state = 'damaged' ORDER BY id"):
             self.warn(f"warning: skipping run {run_id}: {problem}; restore or delete that run folder")
 
-    def _build(self, changed: list[int]) -> None:
-        """Many runs at once (a new index): folders read by a process pool, rows inserted without the
-        secondary indexes, which are made again at the end."""
+    def _build(self, changed: list[int], fresh: bool = False) -> None:
+        """Many runs at once (a new index): folders read by a process pool, rows inserted in large transactions
+        without the secondary indexes, which are made once at the end (sorting once is cheaper than keeping a
+        B-tree in order row by row). Durability is relaxed meanwhile: a build cut short by a crash is a cache
+        lost, read again from the folders; each batch's commit still leaves a consistent index."""
         import multiprocessing
 
         for name in ("runs_by_status", "runs_by_start", "fields_by_value", "metrics_by_last"):
             self.conn.execute(f"DROP INDEX IF EXISTS {name}")
+        self.conn.execute("PRAGMA synchronous = OFF")
+        self.conn.execute(f"PRAGMA cache_size = -{BUILD_CACHE_KB}")
         paths = [str(self.root / str(i)) for i in changed]
         workers = max(1, min(4, (os.cpu_count() or 1)))
         context = multiprocessing.get_context("fork") if sys.platform != "win32" else None
-        with context.Pool(workers) if context and workers > 1 else _SerialPool() as pool:
-            reads = pool.imap(read_for_index, paths, chunksize=64)
-            for start in range(0, len(changed), BATCH):
-                batch = changed[start : start + BATCH]
-                results = [next(reads) for _ in batch]
-                self._write(
-                    lambda batch=batch, results=results: [self._put(i, r) for i, r in zip(batch, results, strict=True)]
-                )
-        self.conn.executescript(SECONDARY_INDEXES)
+        try:
+            with context.Pool(workers) if context and workers > 1 else _SerialPool() as pool:
+                reads = pool.imap(read_for_index, paths, chunksize=64)
+                for start in range(0, len(changed), BATCH):
+                    batch = [(i, next(reads)) for i in changed[start : start + BATCH]]
+                    self._write(lambda batch=batch: self._insert(batch, fresh))
+            self.conn.executescript(SECONDARY_INDEXES)
+        finally:
+            self.conn.execute("PRAGMA synchronous = NORMAL")
+            self.conn.execute("PRAGMA cache_size = -2000")  # SQLite's default
 
     def note(self, run_id: int) -> None:
         """Index one run now (the file observer calls this as a run starts and ends)."""
-        self._write(lambda: self._put(run_id))
+        self._write(lambda: self._insert([(run_id, read_for_index(str(self.root / str(run_id))))]))
 
     def _write(self, work: Callable[[], Any]) -> None:
         self.conn.execute("BEGIN IMMEDIATE")
@@ -308,37 +317,45 @@ class RunIndex:
             self._keys[(scope, name)] = row[0]
         return row[0] if row else None
 
-    def _put(self, run_id: int, read: tuple | None = None) -> None:
-        """Store what read_for_index read of a run folder (reading it now without `read`)."""
-        self._forget([run_id])
-        read = read or read_for_index(str(self.root / str(run_id)))
-        if read[0] in ("damaged", "empty"):
-            self.conn.execute(
-                "INSERT INTO runs (id, sig, state, problem) VALUES (?, ?, ?, ?)",
-                (run_id, read[1], read[0], read[2] if read[0] == "damaged" else None),
-            )
-        elif read[0] == "ok":
-            _, sig, row, fields, metrics = read
-            self.conn.execute(
-                "INSERT INTO runs VALUES (?, ?, 'ok', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (run_id, sig, *row)
-            )
-            self.conn.executemany(
-                "INSERT OR REPLACE INTO fields VALUES (?, ?, ?)",
-                [(run_id, self.key_id(scope, key, create=True), value) for scope, key, value in fields],
-            )
-            self.conn.executemany(
-                "INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?)",
-                [(run_id, self.key_id("metrics", name, create=True), *summary) for name, *summary in metrics],
-            )
+    def _insert(self, reads: list[tuple[int, tuple]], fresh: bool = False) -> None:
+        """Store what read_for_index read of run folders, replacing what the index held of them (nothing, when
+        `fresh`: a new index). One statement per table for the whole batch."""
+        if not fresh:
+            self._forget([run_id for run_id, _ in reads])
+        keys, key_id = self._keys, self.key_id
+        runs, fields, metrics = [], [], []
+        for run_id, read in reads:
+            if read[0] in ("damaged", "empty"):
+                runs.append((run_id, read[1], read[0], read[2] if read[0] == "damaged" else None, *_NO_ROW))
+            elif read[0] == "ok":
+                _, sig, row, run_fields, run_metrics = read
+                runs.append((run_id, sig, "ok", None, *row))
+                for scope, key, value in run_fields:
+                    fields.append((run_id, keys.get((scope, key)) or key_id(scope, key, create=True), value))
+                for name, *summary in run_metrics:
+                    key = keys.get(("metrics", name)) or key_id("metrics", name, create=True)
+                    metrics.append((run_id, key, *summary))
+        self.conn.executemany(f"INSERT INTO runs VALUES ({','.join('?' * (4 + len(_NO_ROW)))})", runs)
+        # OR REPLACE: a dotted key can come twice ({"a.b": 1, "a": {"b": 2}}); the last one stays
+        self.conn.executemany("INSERT OR REPLACE INTO fields VALUES (?, ?, ?)", fields)
+        self.conn.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?)", metrics)
 
     # --- answering
 
     def select(
-        self, where: Any = None, sort: list[q.SortKey] | None = None, limit: int = 50, offset: int = 0
+        self,
+        where: Any = None,
+        sort: list[q.SortKey] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        after: int | None = None,
     ) -> tuple[list[int], int]:
-        """(the ids of one page of runs that match, in order; how many match in all)."""
+        """(the ids of one page of runs that match, in order; how many match in all). `after` (newest first
+        only): the page starts below that id, in place of the offset."""
         condition, params = self._sql_where(where)
         total = self.conn.execute(f"SELECT count(*) FROM runs WHERE {condition}", params).fetchone()[0]
+        if after is not None and not sort:
+            condition, params, offset = f"runs.id < ? AND {condition}", [int(after), *params], 0
         order, joins, join_params = self._sql_order(sort or [])
         page = f" LIMIT {int(limit)} OFFSET {int(offset)}" if limit else f" LIMIT -1 OFFSET {int(offset)}"
         sql = f"SELECT runs.id FROM runs {joins} WHERE {condition} ORDER BY {order}{page}"

@@ -6,6 +6,9 @@ both take the same query tree (runner.tracking.query) and give rows with the sam
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,7 @@ class Query:
     limit: int = DEFAULT_LIMIT  # 0: every match
     offset: int = 0
     columns: list[q.Field] = field(default_factory=list)
+    after: Any = None  # newest first: the page starts below this run id (a page token's last run)
 
     @staticmethod
     def parse(
@@ -37,9 +41,10 @@ class Query:
         offset: int = 0,
         columns: str | list[str] | None = None,
         shorthands: dict[str, str | None] | None = None,
+        page_token: str | None = None,
     ) -> Query:
         """A query from the command line's strings; shorthands (--model X ...) join the filter with `and` and,
-        as before, ignore case (they compare with `like`)."""
+        as before, ignore case (they compare with `like`). A page token (a footer's) continues the page before."""
         if limit < 0 or offset < 0:
             raise UserError(f"--limit {limit} --offset {offset}: both must be 0 or more", "--limit 0 lists every run")
         parts = [q.parse_where(where)] + [
@@ -49,7 +54,37 @@ class Query:
         ]
         parts = [p for p in parts if p is not None]
         tree = None if not parts else parts[0] if len(parts) == 1 else q.Logical("and", tuple(parts))
-        return Query(tree, q.parse_sort(sort), limit, offset, parse_columns(columns))
+        query = Query(tree, q.parse_sort(sort), limit, offset, parse_columns(columns))
+        return query.continued(page_token) if page_token else query
+
+    def fingerprint(self) -> str:
+        """What a page token is valid for: the filter and the order (not the page size or the columns)."""
+        return hashlib.sha1(repr((self.where, self.sort)).encode()).hexdigest()[:10]
+
+    def next_page_token(self, page: Page) -> str | None:
+        """The token of the page after `page` (None when it was the last): the position after it, and its last
+        run, from which a newest-first listing goes on exactly, even when new runs came meanwhile."""
+        shown = len(page.rows)
+        if not shown or not self.limit or self.offset + shown >= page.total:
+            return None
+        state = {"q": self.fingerprint(), "o": self.offset + shown, "a": page.rows[-1]["id"]}
+        return base64.urlsafe_b64encode(json.dumps(state, separators=(",", ":")).encode()).decode().rstrip("=")
+
+    def continued(self, token: str) -> Query:
+        """This query from where the page that gave `token` ended."""
+        try:
+            state = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+            fingerprint, offset, after = state["q"], int(state["o"]), state["a"]
+        except (ValueError, TypeError, KeyError, AttributeError):  # binascii.Error is a ValueError
+            raise UserError(
+                f"--page-token {token[:40]}: not a page token", "copy the token a listing's footer printed"
+            ) from None
+        if fingerprint != self.fingerprint():
+            raise UserError(
+                "--page-token: that token belongs to another query (a different --where or --sort)",
+                "repeat the --where and --sort of the listing whose footer printed it",
+            )
+        return Query(self.where, self.sort, self.limit, offset, self.columns, after if not self.sort else None)
 
 
 def parse_columns(columns: str | list[str] | None) -> list[q.Field]:
@@ -86,7 +121,7 @@ class FileSource:
         from runner.tracking.index import using_index
 
         def work(index) -> Page:
-            ids, total = index.select(query.where, query.sort, query.limit, query.offset)
+            ids, total = index.select(query.where, query.sort, query.limit, query.offset, query.after)
             summaries = index.summaries(ids)
             extra = index.values(ids, query.columns) if query.columns else {}
             rows = [{**summaries[i], **extra.get(i, {})} for i in ids]
@@ -182,7 +217,7 @@ class MongoSource:
 
     def page(self, query: Query) -> Page:
         records, total = read_mongo_page(
-            self.client, self.db_name, query.where, query.sort, query.limit, query.offset, lazy=True
+            self.client, self.db_name, query.where, query.sort, query.limit, query.offset, lazy=True, after=query.after
         )
         rows = [_record_row(r, query.columns) for r in records]
         dead = sorted(r.id for r in records if r.liveness == "dead")

@@ -76,6 +76,9 @@ RUN_INDEXES = [
 ]
 
 
+ID_INDEX = [("_id", -1)]
+
+
 def run_indexes() -> list[list[tuple[str, int]]]:
     return [*RUN_INDEXES, *([(column, 1)] for column in table_fields({}, {}))]
 
@@ -83,9 +86,14 @@ def run_indexes() -> list[list[tuple[str, int]]]:
 def ensure_indexes(db: Any) -> None:
     """Create the indexes the observer, sync, the run browser and Omniboard query by (a no-op when present)."""
     from pymongo import IndexModel
+    from pymongo.errors import OperationFailure
 
     db["metrics"].create_indexes([IndexModel(keys) for keys in METRIC_INDEXES])
     db["runs"].create_indexes([IndexModel(keys) for keys in run_indexes()])
+    try:  # the run browser's newest runs: a range of ids (SecantusDB's own _id index answers points only)
+        db["runs"].create_indexes([IndexModel(ID_INDEX)])
+    except OperationFailure:  # a server that refuses a second index on _id has one that answers ranges
+        pass
 
 
 def _rounded(value: Any, digits: int) -> Any:

@@ -364,7 +364,8 @@ def to_mongo(tree: Any) -> dict:
     if tree is None:
         return {}
     if isinstance(tree, Logical):
-        return {f"${tree.op}": [to_mongo(t) for t in tree.operands]}
+        parts = [to_mongo(t) for t in tree.operands]
+        return (_merged(parts) if tree.op == "and" else None) or {f"${tree.op}": parts}
     if isinstance(tree, Not):
         return {"$nor": [to_mongo(tree.operand)]}
     path = mongo_path(tree.field)
@@ -380,6 +381,25 @@ def to_mongo(tree: Any) -> dict:
     if tree.op == "!=":  # $ne alone matches documents without the field, and values of another type
         condition["$type"] = "date" if isinstance(value, datetime) else _mongo_type(value)
     return {path: condition}
+
+
+def mongo_and(first: dict, second: dict) -> dict:
+    """Both filters (as one document where they name different fields)."""
+    if not second or not first:
+        return first or second
+    return _merged([first, second]) or {"$and": [first, second]}
+
+
+def _merged(parts: list[dict]) -> dict | None:
+    """`and` of conditions on different fields as one filter document ({a: .., b: ..}, which means the same as
+    {$and: [..]}): a server picks an index for one of its fields (SecantusDB reads every document for a
+    top-level $and). None where two parts share a field or one is itself an operator."""
+    merged: dict = {}
+    for part in parts:
+        if any(key.startswith("$") or key in merged for key in part):
+            return None
+        merged.update(part)
+    return merged
 
 
 def mongo_sort(keys: list[SortKey]) -> list[tuple[str, int]]:

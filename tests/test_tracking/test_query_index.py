@@ -94,10 +94,55 @@ def test_default_listing_is_the_newest_50_and_the_footer_counts_all(synthetic):
     assert len(listed(store)) == RUNS  # --limit 0
     proc = run_cli(["runs", "list"], store.parent)
     lines = proc.stdout.splitlines()
-    assert (
-        len(lines) == 52
-        and lines[-1] == f"runs 1-50 of {RUNS} matched; --limit 0 for all, --offset 50 for the next page"
-    )
+    assert len(lines) == 52 and lines[-1].startswith(f"runs 1-50 of {RUNS} matched; --limit 0 for all, --page-token ")
+    token = lines[-1].split("--page-token ")[1].split()[0]
+    proc = run_cli(["runs", "list", "--page-token", token], store.parent)
+    lines = proc.stdout.splitlines()
+    assert [int(line.split()[0]) for line in lines[1:-1]] == list(range(RUNS - 50, RUNS - 100, -1))
+    assert lines[-1].startswith(f"runs 51-100 of {RUNS} matched;")
+
+
+def pages(source, where: str | None = None, sort: str | None = None, limit: int = 7) -> list[list[int]]:
+    """Every page of a query, each from the token of the page before."""
+    found, query = [], Query.parse(where, sort, limit)
+    while True:
+        page = source.page(query)
+        found.append([row["id"] for row in page.rows])
+        token = query.next_page_token(page)
+        if token is None:
+            return found
+        query = Query.parse(where, sort, limit, page_token=token)
+
+
+@pytest.mark.parametrize(
+    "where, sort", [(None, None), (ISSUE_QUERY, "-metrics.val.acc"), ("id > 590", "config.train.lr")]
+)
+def test_page_tokens_walk_every_match_once_in_order(synthetic, where, sort):
+    store, _ = synthetic
+    walked = pages(FileSource(store), where, sort, limit=7)
+    assert [i for page in walked for i in page] == listed(store, where, sort)
+    assert all(len(page) == 7 for page in walked[:-1]) and 0 < len(walked[-1]) <= 7
+
+
+def test_a_page_token_goes_on_below_its_last_run_when_new_runs_came(synthetic):
+    store, _ = synthetic
+    first = Query.parse(limit=10)
+    page = FileSource(store).page(first)
+    write_run(store, RUNS + 1, random.Random(2))  # a run started between the two pages
+    following = FileSource(store).page(Query.parse(limit=10, page_token=first.next_page_token(page)))
+    assert [row["id"] for row in following.rows] == list(range(RUNS - 10, RUNS - 20, -1))  # no run twice
+
+
+def test_a_page_token_of_another_query_or_none_at_all_is_one_clear_error(synthetic):
+    store, _ = synthetic
+    query = Query.parse("status = 'FAILED'", limit=5)
+    token = query.next_page_token(FileSource(store).page(query))
+    with pytest.raises(UserError, match="belongs to another query"):
+        Query.parse("status = 'COMPLETED'", limit=5, page_token=token)
+    with pytest.raises(UserError, match="not a page token"):
+        Query.parse(limit=5, page_token="bogus!")
+    proc = run_cli(["runs", "list", "--page-token", "bogus"], store.parent)
+    assert proc.returncode != 0 and "not a page token" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -262,6 +307,8 @@ def test_the_python_api_returns_a_frame_of_the_same_rows(synthetic):
     assert list(frame.id) == listed(store, ISSUE_QUERY, "-metrics.val.acc", 10)
     assert (frame["metrics.val.acc"] > 0.9).all() and (frame["config.train.lr"] < 1e-3).all()
     assert frame.attrs["matched"] >= len(frame)
+    more = runs(ISSUE_QUERY, sort="-metrics.val.acc", limit=10, store=store, page_token=frame.attrs["next_page_token"])
+    assert list(more.id) == listed(store, ISSUE_QUERY, "-metrics.val.acc", 10, offset=10)
     assert len(run(frame.id[0], store=store).metrics["val.acc"]["values"]) == frame["epochs(metrics.val.acc)"][0]
 
 
@@ -309,6 +356,8 @@ def test_mongo_answers_every_query_as_the_index_does(synthetic, mongo_db, old_do
         shown = ("id", "metrics.val.acc", "epochs(metrics.val.acc)")  # old documents' from their metrics
         assert [[r.get(c) for c in shown] for r in page.rows] == [[r.get(c) for c in shown] for r in expected.rows]
         assert page.total == expected.total, where
+    for where, sort in [(None, None), (ISSUE_QUERY, "-metrics.val.acc")]:
+        assert pages(source, where, sort, limit=40) == pages(FileSource(store), where, sort, limit=40)
 
 
 def test_python_matching_agrees_with_the_index(synthetic):
@@ -333,3 +382,67 @@ def test_python_matching_agrees_with_the_index(synthetic):
         tree = q.parse_where(where)
         by_python = [r.id for r in records if q.matches(tree, lambda f, r=r: record_value(r, f))]
         assert sorted(listed(store, where)) == by_python, where
+
+
+def index_content(store: Path) -> list[list[tuple]]:
+    """Every row the index holds of the runs (key ids by name, so two builds compare)."""
+    index = RunIndex(store)
+    try:
+        keys = dict(index.conn.execute("SELECT id, scope || ':' || name FROM keys"))
+        runs = index.conn.execute("SELECT * FROM runs ORDER BY id").fetchall()
+        fields = [(r, keys[k], v) for r, k, v in index.conn.execute("SELECT * FROM fields")]
+        metrics = [(r, keys[k], *rest) for r, k, *rest in index.conn.execute("SELECT * FROM metrics")]
+    finally:
+        index.close()
+    return [[tuple(row) for row in runs], sorted(fields, key=repr), sorted(metrics, key=repr)]
+
+
+def test_a_big_build_on_a_process_pool_indexes_what_run_by_run_indexing_does(synthetic, monkeypatch):
+    from runner.tracking import index as index_module
+
+    store, _ = synthetic
+    (store / "3" / "metrics.json").write_text("{truncated")  # a damaged run is kept as such by both
+    using_index(store, warn=lambda line: None).close()  # run by run: fewer runs than BIG_BUILD
+    one_by_one = index_content(store)
+    monkeypatch.setattr(index_module, "BIG_BUILD", 100)
+    using_index(store, warn=lambda line: None, rebuild=True).close()
+    assert index_content(store) == one_by_one
+    assert len(one_by_one[0]) == RUNS and any(row[2] == "damaged" for row in one_by_one[0])
+
+
+@pytest.mark.parametrize(
+    "timestamps", [["2026-01-01T10:00:00"], ["x]y"], []], ids=["iso", "bracket-in-a-string", "none"]
+)
+def test_a_listing_reads_the_values_a_full_read_does(tmp_path: Path, timestamps):
+    """The index's reader skips steps and timestamps unparsed; where it cannot (a "]" in a string) it reads all."""
+    from runner.tracking.runstore import _read_run_folder
+
+    write_run(tmp_path, 1, random.Random(3))
+    metrics = {
+        "val.acc": {"steps": [1, 2], "timestamps": timestamps, "values": [0.5, 0.75]},
+        "odd]name": {"steps": [1], "timestamps": ["]"], "values": [2.0]},
+    }
+    (tmp_path / "1" / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    full, listing = _read_run_folder(tmp_path / "1"), _read_run_folder(tmp_path / "1", histories=False)
+    assert {k: v["values"] for k, v in listing.metrics.items()} == {"val.acc": [0.5, 0.75], "odd]name": [2.0]}
+    assert {k: v["values"] for k, v in full.metrics.items()} == {k: v["values"] for k, v in listing.metrics.items()}
+    assert full.metrics["val.acc"]["steps"] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "ids", [list(range(1, 301)), [*range(1, 200, 3), 5000, 90000]], ids=["dense", "gaps-and-ids-above-the-count"]
+)
+def test_mongo_newest_pages_from_an_id_window_are_the_servers_sorted_pages(mongo_db, ids):
+    """The newest runs read from a window of the highest ids (what SecantusDB answers from an index), against
+    the server's own sort of the whole collection, on every page, with and without a filter."""
+    from runner.tracking.mongo import ensure_indexes
+    from runner.tracking.runstore import _newest_page
+
+    client, name = mongo_db
+    runs = client[name]["runs"]
+    runs.insert_many([{"_id": i, "status": "FAILED" if n % 4 == 0 else "COMPLETED"} for n, i in enumerate(ids)])
+    ensure_indexes(client[name])
+    for condition in ({}, {"status": "FAILED"}):
+        for offset, limit in ((0, 50), (50, 50), (10, 7), (0, 1000)):
+            expected = [d["_id"] for d in runs.find(condition).sort("_id", -1).skip(offset).limit(limit)]
+            assert [d["_id"] for d in _newest_page(runs, condition, {}, offset, limit)] == expected
