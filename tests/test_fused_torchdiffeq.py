@@ -79,9 +79,10 @@ def test_several_output_times_are_one_solve_with_torchdiffeqs_steps_nfe_values_a
     assert {name for name, _, _ in log_f} == {"callback_step", "callback_accept_step", "callback_reject_step"}
 
 
-def test_with_the_initial_step_given_every_gradient_is_torchdiffeqs():
+@pytest.mark.parametrize("times", [OUTPUT_TIMES, OUTPUT_TIMES[::-1]], ids=["forward", "backward_in_time"])
+def test_with_the_initial_step_given_every_gradient_is_torchdiffeqs(times):
     options = {"rtol": 1e-6, "atol": 1e-7, "options": {"first_step": 0.05}}
-    assert_same(solve("fused_dopri5", OUTPUT_TIMES, **options), solve("dopri5", OUTPUT_TIMES, **options), 1e-9)
+    assert_same(solve("fused_dopri5", times, **options), solve("dopri5", times, **options), 1e-9)
 
 
 @pytest.mark.parametrize("method", ["rk4", "midpoint", "euler"])
