@@ -1,0 +1,60 @@
+"""Settings the chosen model does not use: a ResNet (a model without an ODE block) solves no ODE, so the solver
+group and the model's integration time do nothing for it. Such a setting given on purpose is named in one
+warning line, and the run's record holds no solver (solver: null), never one that did not run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+ODE_ONLY_MODEL_KEYS = ("t_final",)  # a model option's keys that only an ODE block reads
+
+
+def default_choice(group: str) -> str | None:
+    """The option conf/config.yaml's defaults list picks for `group`."""
+    for entry in OmegaConf.to_container(OmegaConf.load(CONF / "config.yaml")).get("defaults", []):
+        if isinstance(entry, dict) and group in entry:
+            return entry[group]
+    return None
+
+
+def _option(group: str, name: str | None) -> dict[str, Any] | None:
+    path = CONF / group / f"{name}.yaml"
+    if not name or not path.is_file():
+        return None  # an option from a user's config folder: only its choice is compared
+    return OmegaConf.to_container(OmegaConf.load(path))
+
+
+def _changed(given: dict[str, Any], option: dict[str, Any] | None, group: str, keys: Any = None) -> list[str]:
+    if option is None:
+        return []
+    return [
+        f"{group}.{key}={value}"
+        for key, value in given.items()
+        if key != "_target_" and (keys is None or key in keys) and key in option and option[key] != value
+    ]
+
+
+def settings_unused_by_plain_model(config: dict[str, Any], choices: dict[str, str]) -> list[str]:
+    """The solver and ODE-only model settings that differ from what the chosen options say by default (given on
+    the command line or by a preset), for a model without an ODE block: `solver=rk4`, `solver.step_size=0.1` ..."""
+    unused = []
+    solver = choices.get("solver")
+    if config.get("solver") is not None:
+        if solver and solver != default_choice("solver"):
+            unused.append(f"solver={solver}")
+        unused += _changed(config["solver"], _option("solver", solver or default_choice("solver")), "solver")
+    model = choices.get("model")
+    unused += _changed(config.get("model") or {}, _option("model", model), "model", ODE_ONLY_MODEL_KEYS)
+    return unused
+
+
+def describe_unused(unused: list[str], model: str) -> str:
+    verb = "does" if len(unused) == 1 else "do"
+    return (
+        f"warning: {' '.join(unused)} {verb} nothing for model={model} (it has no ODE block): the run records "
+        "solver: null; drop them, or pick an ODE model (e.g. model=odenet_simple)"
+    )

@@ -1,0 +1,37 @@
+"""A setting the chosen model does not use: named in one warning line, and never recorded as if it had run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runner.experiment.app import run_experiment
+from runner.research.rerun import config_from_record
+from runner.tracking.runstore import read_file_store, summary_row
+from tests.conftest import compose_config
+from tests.test_tracking.conftest import TINY
+
+BASE = [o for o in TINY if not o.startswith("solver")]
+RESNET = {"data": "spheres", "model": "resnet_simple_small", "solver": "rk4"}
+
+
+def test_a_solver_given_for_a_resnet_is_named_once_and_its_record_claims_no_solver(runs_dir: Path, capsys):
+    overrides = [*BASE, "model=resnet_simple_small", "solver=rk4", "solver.step_size=0.1", "model.t_final=2.0"]
+    run_experiment(compose_config(overrides, runs_dir), runs_dir / "out", RESNET)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: solver=rk4 solver.step_size=0.1 model.t_final=2.0 do nothing for model=resnet_simple_small (it "
+        "has no ODE block): the run records solver: null; drop them, or pick an ODE model (e.g. model=odenet_simple)"
+    ]
+    (record,) = read_file_store(runs_dir / "store")
+    assert record.config["solver"] is None and summary_row(record)["solver"] is None
+
+    # Its record reruns as it is (reproduce, resume): no solver, and nothing to warn about.
+    run_experiment(config_from_record(record, compose_config([], runs_dir)), runs_dir / "again", record.choices)
+    assert "warning:" not in capsys.readouterr().err
+    assert read_file_store(runs_dir / "store")[-1].config["solver"] is None
+
+
+def test_an_ode_model_records_the_solver_it_ran_and_warns_of_nothing(runs_dir: Path, capsys):
+    run_experiment(compose_config([*BASE, "solver=rk4"], runs_dir), runs_dir / "out", {**RESNET, "model": "odenet"})
+    assert "warning:" not in capsys.readouterr().err
+    assert read_file_store(runs_dir / "store")[0].config["solver"]["method"] == "rk4"
