@@ -55,6 +55,6 @@ def settings_unused_by_plain_model(config: dict[str, Any], choices: dict[str, st
 def describe_unused(unused: list[str], model: str) -> str:
     verb = "does" if len(unused) == 1 else "do"
     return (
-        f"warning: {' '.join(unused)} {verb} nothing for model={model} (it has no ODE block): the run records "
-        "solver: null; drop them, or pick an ODE model (e.g. model=odenet_simple)"
+        f"warning: {' '.join(unused)} {verb} nothing for model={model}: it has no ODE block (its record holds "
+        "solver: null); drop them, or pick an ODE model (e.g. model=odenet_simple)"
     )

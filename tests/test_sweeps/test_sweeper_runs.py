@@ -372,6 +372,8 @@ def test_a_sweep_stopped_by_sigterm_interrupts_its_trial_and_resumes(runs_dir: P
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "trial 1 (job 1) was lost in an interruption: it runs again under a new job number" in resumed.stdout
     assert [t["status"] for t in results(sweep_dir)["trials"]] == ["ok", "ok", "ok"]
+    interrupted = next(r for r in read_file_store(runs_dir / "store") if r.id == 2)
+    assert interrupted.meta["superseded_by"] == results(sweep_dir)["trials"][1]["run_id"]  # never resumed
 
 
 def test_a_trial_killed_with_sigkill_runs_again_and_its_lost_attempt_points_to_the_rerun(
