@@ -423,6 +423,23 @@ def test_links_between_runs_name_the_runs_ids_in_the_database_they_were_pushed_t
         assert meta["uid-c"]["reevaluates"] == by_uid["uid-b"]
         assert meta["uid-d"]["reproduces"] is None and meta["uid-d"]["reproduces_uid"] == "uid-not-pushed"
 
+    # Copied by the dashboard into a database of its own (other ids again): the links follow there too.
+    import threading
+
+    from dashboard.copy import Copier
+
+    copy_db = client[f"{name}_copy"]
+    copy_db["runs"].insert_one({"_id": 1, "meta": {"run_uid": "other-1"}})
+    try:
+        copier = Copier(copy_db, [journal], threading.Event(), log=lambda *_: None)
+        copier.run()
+        assert copier.error is None and copier.finished
+        copied = {doc["meta"]["run_uid"]: doc for doc in copy_db["runs"].find({}, {"meta": 1})}
+        assert copied["uid-b"]["meta"]["resumed_from"] == copied["uid-a"]["_id"] != by_uid["uid-a"]
+        assert copied["uid-a"]["meta"]["continued_as"] == copied["uid-b"]["_id"]
+    finally:
+        client.drop_database(f"{name}_copy")
+
     listing = run_cli(["runs", "list", "tracking=mongo", f"tracking.db_name={name}"], tmp_path)
     assert f"run {by_uid['uid-a']} FAILED (the disk was full): nothing to do: continued as run {by_uid['uid-b']}" in (
         listing.stdout
