@@ -30,7 +30,12 @@ from runner.experiment.precision import apply_precision
 from runner.experiment.settings import check_seed, configure_threads, reuse_freed_host_memory, seed_everything
 from runner.experiment.slurm_job import slurm_job_info
 from runner.experiment.trajectories import trace_trajectories
-from runner.experiment.unused import describe_unused, settings_unused_by_plain_model
+from runner.experiment.unused import (
+    describe_ignored,
+    describe_unused,
+    settings_unused_by_plain_model,
+    solver_settings_unused,
+)
 from runner.tracking.masking import mask_secrets
 from runner.tracking.stores import FileStore, RunLog, run_tracked
 
@@ -91,6 +96,8 @@ def run_experiment(
         if unused := settings_unused_by_plain_model(config, choices or {}):
             print(describe_unused(unused, model_name), file=sys.stderr, flush=True)
         logged_config = {**logged_config, "solver": None}
+    elif ignored := solver_settings_unused(config, choices or {}, solver):
+        print(describe_ignored(ignored, solver), file=sys.stderr, flush=True)
     print(
         f"{cfg.name}: {model_name} on {data.name} {data.sizes()} | solver {solver.describe() if is_ode else '-'} | "
         f"{'adapting ' + adaptation.kind + ' | ' if adapter else ''}device {device} {settings.precision} | "

@@ -1,6 +1,7 @@
 """Settings the chosen model does not use: a ResNet (a model without an ODE block) solves no ODE, so the solver
 group and the model's integration time do nothing for it. Such a setting given on purpose is named in one
-warning line, and the run's record holds no solver (solver: null), never one that did not run."""
+warning line, and the run's record holds no solver (solver: null), never one that did not run. For an ODE
+model, the solver settings its gradient method or its method ignores are named the same way."""
 
 from __future__ import annotations
 
@@ -50,6 +51,32 @@ def settings_unused_by_plain_model(config: dict[str, Any], choices: dict[str, st
     model = choices.get("model")
     unused += _changed(config.get("model") or {}, _option("model", model), "model", ODE_ONLY_MODEL_KEYS)
     return unused
+
+
+ADAMS_CORRECTORS = ("fixed_adams", "implicit_adams")  # the fixed-step methods that read rtol and atol
+
+
+def solver_settings_unused(config: dict[str, Any], choices: dict[str, str], solver: Any) -> list[str]:
+    """The solver settings given (differing from the chosen option's file) that this solver ignores:
+    `checkpoints` without gradient=checkpoint, `adjoint_norm` without the adjoint, tolerances of a fixed-step
+    method that has no corrector."""
+    ignored = {
+        "checkpoints": solver.gradient != "checkpoint",
+        "adjoint_norm": solver.gradient != "adjoint",
+        "rtol": solver.is_fixed_step and solver.method not in ADAMS_CORRECTORS,
+        "atol": solver.is_fixed_step and solver.method not in ADAMS_CORRECTORS,
+    }
+    option = _option("solver", choices.get("solver") or default_choice("solver"))
+    return _changed(config.get("solver") or {}, option, "solver", [key for key, yes in ignored.items() if yes])
+
+
+def describe_ignored(unused: list[str], solver: Any) -> str:
+    verb = "does" if len(unused) == 1 else "do"
+    return (
+        f"warning: {' '.join(unused)} {verb} nothing for {solver.method} with gradient={solver.gradient} "
+        "(checkpoints: gradient=checkpoint only; adjoint_norm: gradient=adjoint only; rtol, atol: adaptive and Adams "
+        "methods only); drop them"
+    )
 
 
 def describe_unused(unused: list[str], model: str) -> str:

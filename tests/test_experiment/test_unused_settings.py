@@ -36,3 +36,25 @@ def test_an_ode_model_records_the_solver_it_ran_and_warns_of_nothing(runs_dir: P
     run_experiment(compose_config([*BASE, "solver=rk4"], runs_dir), runs_dir / "out", {**RESNET, "model": "odenet"})
     assert "warning:" not in capsys.readouterr().err
     assert read_file_store(runs_dir / "store")[0].config["solver"]["method"] == "rk4"
+
+
+def test_solver_settings_the_chosen_solver_ignores_are_named(runs_dir: Path):
+    from runner.experiment.factories import instantiate_group, to_plain
+    from runner.experiment.unused import describe_ignored, solver_settings_unused
+
+    def ignored(*overrides: str) -> list[str]:
+        config = to_plain(compose_config(list(overrides), runs_dir))
+        solver = instantiate_group("solver", config["solver"])
+        return solver_settings_unused(config, {"solver": overrides[0].split("=")[1]}, solver)
+
+    assert ignored("solver=rk4", "solver.rtol=1e-6", "solver.checkpoints=8", "solver.step_size=0.1") == [
+        "solver.rtol=1e-06",
+        "solver.checkpoints=8",
+    ]
+    assert ignored("solver=dopri5", "solver.rtol=1e-6", "solver.gradient=checkpoint", "solver.checkpoints=8") == []
+    assert ignored("solver=dopri5", "solver.adjoint_norm=seminorm") == ["solver.adjoint_norm=seminorm"]
+    assert ignored("solver=dopri5", "solver.adjoint_norm=seminorm", "solver.gradient=adjoint") == []
+    solver = instantiate_group("solver", to_plain(compose_config(["solver=rk4"], runs_dir))["solver"])
+    assert describe_ignored(["solver.rtol=1e-06"], solver).startswith(
+        "warning: solver.rtol=1e-06 does nothing for rk4 with gradient=direct ("
+    )
