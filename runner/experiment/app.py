@@ -96,7 +96,7 @@ def run_experiment(
         if unused := settings_unused_by_plain_model(config, choices or {}):
             print(describe_unused(unused, model_name), file=sys.stderr, flush=True)
         logged_config = {**logged_config, "solver": None}
-    elif ignored := solver_settings_unused(config, choices or {}, solver):
+    elif ignored := solver_settings_unused(config, choices or {}, solver, adapting=adapter is not None):
         print(describe_ignored(ignored, solver), file=sys.stderr, flush=True)
     print(
         f"{cfg.name}: {model_name} on {data.name} {data.sizes()} | solver {solver.describe() if is_ode else '-'} | "

@@ -56,15 +56,18 @@ def settings_unused_by_plain_model(config: dict[str, Any], choices: dict[str, st
 ADAMS_CORRECTORS = ("fixed_adams", "implicit_adams")  # the fixed-step methods that read rtol and atol
 
 
-def solver_settings_unused(config: dict[str, Any], choices: dict[str, str], solver: Any) -> list[str]:
+def solver_settings_unused(
+    config: dict[str, Any], choices: dict[str, str], solver: Any, adapting: bool = False
+) -> list[str]:
     """The solver settings given (differing from the chosen option's file) that this solver ignores:
     `checkpoints` without gradient=checkpoint, `adjoint_norm` without the adjoint, tolerances of a fixed-step
-    method that has no corrector."""
+    method that has no corrector (unless an adaptation reads them: step-size adaptation's Hairer start)."""
+    tolerances_unused = solver.is_fixed_step and solver.method not in ADAMS_CORRECTORS and not adapting
     ignored = {
         "checkpoints": solver.gradient != "checkpoint",
         "adjoint_norm": solver.gradient != "adjoint",
-        "rtol": solver.is_fixed_step and solver.method not in ADAMS_CORRECTORS,
-        "atol": solver.is_fixed_step and solver.method not in ADAMS_CORRECTORS,
+        "rtol": tolerances_unused,
+        "atol": tolerances_unused,
     }
     option = _option("solver", choices.get("solver") or default_choice("solver"))
     return _changed(config.get("solver") or {}, option, "solver", [key for key, yes in ignored.items() if yes])

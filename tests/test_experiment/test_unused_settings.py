@@ -51,6 +51,9 @@ def test_solver_settings_the_chosen_solver_ignores_are_named(runs_dir: Path):
         "solver.rtol=1e-06",
         "solver.checkpoints=8",
     ]
+    config = to_plain(compose_config(["solver=rk4", "solver.rtol=1e-6"], runs_dir))
+    rk4 = instantiate_group("solver", config["solver"])
+    assert solver_settings_unused(config, {"solver": "rk4"}, rk4, adapting=True) == []  # step-size adaptation reads it
     assert ignored("solver=dopri5", "solver.rtol=1e-6", "solver.gradient=checkpoint", "solver.checkpoints=8") == []
     assert ignored("solver=dopri5", "solver.adjoint_norm=seminorm") == ["solver.adjoint_norm=seminorm"]
     assert ignored("solver=dopri5", "solver.adjoint_norm=seminorm", "solver.gradient=adjoint") == []
