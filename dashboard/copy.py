@@ -32,6 +32,7 @@ from runner.tracking.mongo import (
     MARKER,
     SUMMARY_FIELD,
     metric_summaries,
+    relink,
     replay,
     run_uid_of,
     table_fields,
@@ -186,6 +187,8 @@ class Copier:
         if failed:
             raise failed[0]
         if not self.stop.is_set():
+            if self.counts["copied"]:
+                relink(self.db)  # the copied runs' links name the ids their runs have here
             self.finished = True
             self.log(
                 f"copy done: {self.counts['copied']} runs copied, {self.counts['already_there']} already there"

@@ -101,9 +101,11 @@ def disk_full_error(folder: Path, run_id: Any, epochs: int) -> UserError:
     """A run stopped by a full disk: what it kept and how to continue it."""
     stopped = f"run {run_id} stopped after {epochs} finished epochs" if run_id is not None else "the run stopped"
     resume = f"continue it from its last saved epoch: python -m runner resume {run_id}" if run_id is not None else ""
-    return UserError(
+    error = UserError(
         f"no space left on the disk of {folder}: {stopped}; its files keep their last complete state (the epochs "
         "saved before the disk filled)",
         f"free space there (df -h {folder}), or move the runs to a disk with room (ODEFLOW_RUNS or paths.runs); "
         f"then {resume or 'run it again'}",
     )
+    error.run_id = run_id  # the run it stopped (a resume links the run it continued to it)
+    return error

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import NoReturn
 
@@ -285,26 +286,41 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from runner.experiment.app import run_experiment
     from runner.research.rerun import check_rerun_device, config_from_record, device_override, load_training_state
+    from runner.tracking.links import link_run
 
-    record, cfg, _ = _one_run(args)
+    record, cfg, store = _one_run(args)
     if record.status == "COMPLETED":
         raise UserError(
             f"run {record.id} is COMPLETED: it trained to the end (or stopped early), so there is nothing to resume",
             f"resume continues crashed or killed runs (status RUNNING, FAILED or INTERRUPTED); "
             f"to train it again use: python -m runner reproduce {record.id}",
         )
+    for key, what in (("continued_as", "was continued as run"), ("superseded_by", "was replaced by run")):
+        if record.meta.get(key) is not None:
+            raise UserError(
+                f"run {record.id} {what} {record.meta[key]} already: resuming it again would train its epochs twice",
+                f"see that run: python -m runner runs show {record.meta[key]}",
+            )
     describe_unfinished(record)
     config = config_from_record(record, cfg, device_override(_split(args.words)[1]))
     check_rerun_device(record, config, "resume")
     state, out_dir = load_training_state(record)
     print(f"resuming run {record.id} after epoch {state['epoch']} (from {out_dir / 'last_checkpoint.pt'})", flush=True)
     meta = {
+        "run_uid": uuid.uuid4().hex,
         "resumed_from": record.id,
         "resumed_from_uid": record.meta.get("run_uid"),
         "resumed_after_epoch": state["epoch"],
         **{k: v for k, v in record.meta.items() if k in ("sweep_id", "trial")},
     }
-    summary = run_experiment(config, out_dir, record.choices, meta, resume=state)
+    try:
+        summary = run_experiment(config, out_dir, record.choices, meta, resume=state)
+    except BaseException as exc:  # stopped too (Ctrl-C, a full disk): its continuation is where to go on from
+        if getattr(exc, "run_id", None) is not None:
+            link_run(store, record, "continued_as", exc.run_id, meta["run_uid"])
+        raise
+    if summary["run_id"] is not None:  # the run it continues points to it, so it is never resumed twice
+        link_run(store, record, "continued_as", summary["run_id"], meta["run_uid"])
     print(
         f"run {record.id} continued as run {summary['run_id']}: epochs 1-{summary['epochs']}, "
         f"test acc {summary['test_acc']:.4f}"

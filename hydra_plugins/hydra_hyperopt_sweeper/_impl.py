@@ -313,6 +313,8 @@ class HyperoptSweeperImpl(Sweeper):
             returns = self.launcher.launch(overrides, initial_job_idx=first_job)
             for trial, ret in zip(batch, returns, strict=True):
                 self._record(trial, ret)
+                if trial in lost and trial.run_id is not None:
+                    self._supersede_lost_attempts(record, trial)
             record.save(self.sweep_dir)
         self._check_failure_rate(record)
         self._finish(record, searched)
@@ -361,6 +363,22 @@ class HyperoptSweeperImpl(Sweeper):
             "pruned": lambda: f"{trial.value:.6g} (pruned after epoch {trial.pruned['epoch']})",
         }[trial.status]()
         print(f"[hyperopt] trial {trial.number}: {shown}  {trial.params}", flush=True)
+
+    def _supersede_lost_attempts(self, record: SweepRecord, trial: TrialRecord) -> None:
+        """The attempts a kill or an interruption lost point to the run that replaced them (never resumed)."""
+        from runner.cli import source_of, store_of
+        from runner.tracking.links import supersede_lost_attempts
+
+        store = store_of(self.config)
+        if not hasattr(store, "local_dir"):  # tracking=none: no runs to mark
+            return
+        replaced = supersede_lost_attempts(store, source_of(store), record.sweep_id, trial.number, trial.run_id)
+        if replaced:
+            print(
+                f"[hyperopt] trial {trial.number}: run {trial.run_id} replaces the lost attempt (run "
+                f"{', '.join(map(str, replaced))}), now marked superseded",
+                flush=True,
+            )
 
     def _record_value(self, trial: TrialRecord, value: Any, summary: dict | None) -> None:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,6 +36,12 @@ from runner.experiment.settings import (
 )
 from runner.experiment.slurm_job import slurm_job_info
 from runner.experiment.trajectories import trace_trajectories
+from runner.experiment.unused import (
+    describe_ignored,
+    describe_unused,
+    settings_unused_by_plain_model,
+    solver_settings_unused,
+)
 from runner.tracking.masking import mask_secrets
 from runner.tracking.stores import FileStore, RunLog, run_tracked
 
@@ -67,7 +74,8 @@ def run_experiment(
     check_seed("seed", cfg.seed)  # before the groups that copy it (train.seed, data.seed) name it their way
     config = to_plain(cfg)
     logged_config = mask_secrets(config)
-    solver = instantiate_group("solver", cfg.solver)
+    # A ResNet's record holds solver: null (runner/experiment/unused.py); rerun from it, it has none.
+    solver = instantiate_group("solver", cfg.solver) if cfg.get("solver") is not None else None
     # Runs logged before adaptation existed have no such group: they trained without it.
     adaptation = instantiate_group("adaptation", cfg.adaptation) if "adaptation" in cfg else AdaptationSettings()
     settings = instantiate_group("train", cfg.train)
@@ -98,6 +106,12 @@ def run_experiment(
     adaptation.check_solver(solver, is_ode)
     adapter = SolverAdapter(adaptation, ode_blocks(model)[0].t_final) if adaptation.enabled else None
     model_name = (choices or {}).get("model", recipe["_target_"])
+    if not is_ode:  # no ODE is solved: the record claims no solver, and settings given for one are named
+        if unused := settings_unused_by_plain_model(config, choices or {}):
+            print(describe_unused(unused, model_name), file=sys.stderr, flush=True)
+        logged_config = {**logged_config, "solver": None}
+    elif ignored := solver_settings_unused(config, choices or {}, solver, adapting=adapter is not None):
+        print(describe_ignored(ignored, solver), file=sys.stderr, flush=True)
     print(
         f"{cfg.name}: {model_name} on {data.name} {data.sizes()} | solver {solver.describe() if is_ode else '-'} | "
         f"{'adapting ' + adaptation.kind + ' | ' if adapter else ''}device {device} {settings.precision} | "

@@ -14,10 +14,11 @@ from runner.experiment.factories import instantiate_group
 
 
 def model_recipe(
-    model_cfg: dict[str, Any], solver_cfg: dict[str, Any], input_shape: tuple[int, ...], num_classes: int
+    model_cfg: dict[str, Any], solver_cfg: dict[str, Any] | None, input_shape: tuple[int, ...], num_classes: int
 ) -> dict[str, Any]:
     """A plain, Hydra-instantiable description of a model: its config plus the data-derived arguments."""
-    return {**model_cfg, "input_shape": list(input_shape), "num_classes": int(num_classes), "solver": dict(solver_cfg)}
+    solver = dict(solver_cfg) if solver_cfg is not None else None  # None: a ResNet's record (no solver ran)
+    return {**model_cfg, "input_shape": list(input_shape), "num_classes": int(num_classes), "solver": solver}
 
 
 def build_model(recipe: dict[str, Any]) -> nn.Module:

@@ -11,7 +11,10 @@ trial that would squash the rest left off the chart and marked with its value.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -375,11 +378,23 @@ def write_and_log_report(sweep_dir: Path, cfg: Any, out_dir: Path | None = None)
         return summary
 
     store = instantiate_group("tracking", cfg.tracking)
-    run_id, _ = run_tracked(
-        "sweep_report", summary, store, body, {"sweep_report_of": record.sweep_id}, command="sweep_report"
-    )
+    trials = json.dumps([asdict(t) for t in record.trials], sort_keys=True, default=str)
+    reported = {"store": store.describe(), "trials": hashlib.sha1(trials.encode()).hexdigest()}
+    earlier = record.report_run or {}
+    if earlier.get("run_id") is not None and all(earlier.get(k) == v for k, v in reported.items()):
+        # the same trials reported to the same store: the command is repeated, not the record
+        run_id, logged = earlier["run_id"], "logged already as run {} (the sweep has not changed since)"
+    else:
+        run_id, _ = run_tracked(
+            "sweep_report", summary, store, body, {"sweep_report_of": record.sweep_id}, command="sweep_report"
+        )
+        logged = "logged as run {}"
+        if run_id is not None:
+            record.report_run = {"run_id": run_id, **reported}
+            record.save(sweep_dir)
     print(
-        f"sweep report: {paths['report.md']}" + (f" (logged as run {run_id})" if run_id is not None else ""), flush=True
+        f"sweep report: {paths['report.md']}" + (f" ({logged.format(run_id)})" if run_id is not None else ""),
+        flush=True,
     )
     print(
         f"  {record.count('ok')} finished, {record.count('pruned')} pruned, {record.count('failed')} failed; "

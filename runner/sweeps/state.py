@@ -51,6 +51,8 @@ class SweepRecord:
     trials: list[TrialRecord] = field(default_factory=list)
     next_job: int = 0
     warm_start: list[str] = field(default_factory=list)  # sweep ids whose trials seed TPE
+    # the run its report was logged as: {"run_id", "store", "trials"} (the store, a digest of the trials reported)
+    report_run: dict[str, Any] | None = None
 
     def count(self, *statuses: str) -> int:
         return sum(t.status in statuses for t in self.trials)

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from odeflow.errors import UserError
-from runner.tracking.liveness import DEAD
+from runner.tracking.outcome import LINKS, advice, describe_links, links_of, shown_status
 from runner.tracking.runstore import RunRecord, runs_frame, summary_row
 
 FILTERS = ("status", "dataset", "model", "solver", "sweep", "experiment")
@@ -83,17 +83,31 @@ def list_runs(records: list[RunRecord]) -> str:
 
 
 def format_rows(rows: list[dict], dead: list, extra_columns: list[str] | None = None) -> str:
-    """A run list: one line per row (summary_row's columns, then any extra ones), killed runs marked."""
+    """A run list: one line per row (summary_row's columns, then any extra ones), its status as the browser
+    shows it (DEAD, SUPERSEDED); below it, one line per run that ended early: what became of it, what to do."""
     frame = pd.DataFrame(rows, columns=[*LIST_COLUMNS, *(extra_columns or [])])
-    if dead:
-        frame.loc[frame["id"].isin(dead), "status"] = DEAD
-    table = _table(frame)
-    if dead:
-        table += (
-            f"\n{DEAD}: RUNNING in the store, but its process is gone (killed, or the machine went down) - "
-            f"run {', '.join(map(str, dead))}; continue with: python -m runner resume <id>"
-        )
-    return table
+    notes = []
+    for i, row in enumerate(rows):
+        links = links_of(row)
+        frame.loc[i, "status"] = shown_status(str(row.get("status")), links, row.get("id") in dead)
+        note = run_note(row, row.get("id") in dead)
+        if note:
+            notes.append(note)
+    return "\n".join([_table(frame), *notes])
+
+
+def run_note(row: dict[str, Any], dead: bool) -> str | None:
+    """ "run 2 FAILED (the disk was full), continued as run 3: nothing to do" for a run that did not complete
+    (or that links to one); None for a run that completed on its own."""
+    links = links_of(row)
+    status = shown_status(str(row.get("status")), links, dead)
+    todo = advice(row.get("id"), str(row.get("status")), links, row.get("cause"), dead)
+    if todo is None and status == "COMPLETED":
+        return None
+    if todo is None and status == "RUNNING":
+        return None
+    said = f"run {row.get('id')} {status}" + (f" ({row['cause']})" if row.get("cause") else "")
+    return f"{said}: {todo}" if todo else said
 
 
 def footer(shown: int, total: int, offset: int, store_size: int, filtered: bool, token: str | None = None) -> str:
@@ -136,8 +150,16 @@ def find_run(records: list[RunRecord], run_id: str) -> RunRecord:
 def show_run(r: RunRecord) -> str:
     summary = {k: v for k, v in summary_row(r).items() if v is not None}
     final = {name: m["values"][-1] for name, m in sorted(r.metrics.items()) if m["values"]}
+    row = summary_row(r)
+    dead = r.liveness == "dead"
+    summary["status"] = shown_status(r.status, links_of(row), dead)
     lines = [f"run {r.id} ({r.location})", "", "summary:"]
     lines += [f"  {k:<14} {v}" for k, v in summary.items()]
+    links = {key: r.meta[key] for key in LINKS if r.meta.get(key) is not None}
+    if links:
+        lines += ["", "links: " + describe_links(links)]
+    if (note := run_note(row, dead)) is not None:
+        lines += ["", note]
     lines += ["", "final metrics:"] + [f"  {k:<18} {v:.6g}" for k, v in final.items()]
     if r.info.get("adaptation"):
         lines += ["", "adaptation: " + ", ".join(f"{k} {v}" for k, v in r.info["adaptation"].items())]

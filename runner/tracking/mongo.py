@@ -470,6 +470,39 @@ def _files_of(document: dict[str, Any]) -> list[tuple[str, Any]]:
     ]
 
 
+def relink(db: Any) -> int:
+    """Set every run's links (runner.tracking.outcome.LINKS) to the ids the linked runs have in this database,
+    found by their uids: runs copied or pushed here took new ids, and the ids their links carried named runs of
+    the store they came from. A link to a run not (yet) here gets no id; its uid stays for a later pass.
+    Returns how many run documents changed."""
+    from runner.tracking.outcome import LINKS
+
+    uid_keys = [f"meta.{key}_uid" for key in LINKS]
+    linking = list(
+        db["runs"].find(
+            {"$or": [{key: {"$exists": True}} for key in uid_keys]},
+            {"_id": 1, **{f"meta.{key}": 1 for key in LINKS}, **dict.fromkeys(uid_keys, 1)},
+        )
+    )
+    uids = {doc["meta"].get(f"{key}_uid") for doc in linking for key in LINKS} - {None}
+    ids = {
+        doc["meta"]["run_uid"]: doc["_id"]
+        for doc in db["runs"].find({"meta.run_uid": {"$in": sorted(uids)}}, {"meta.run_uid": 1})
+    }
+    changed = 0
+    for doc in linking:
+        meta = doc.get("meta", {})
+        fix = {
+            f"meta.{key}": ids.get(meta[f"{key}_uid"])
+            for key in LINKS
+            if meta.get(f"{key}_uid") is not None and meta.get(key) != ids.get(meta[f"{key}_uid"])
+        }
+        if fix:
+            db["runs"].update_one({"_id": doc["_id"]}, {"$set": fix})
+            changed += 1
+    return changed
+
+
 def sync(journal_dir: Path, client: Any, db_name: str, include_running: bool = False, log=print) -> dict[str, int]:
     """Push every journalled run that is not completely in MongoDB. Idempotent: run it as often as you like.
 
@@ -503,4 +536,5 @@ def sync(journal_dir: Path, client: Any, db_name: str, include_running: bool = F
         write_marker(run_dir, uid, mongo_id, True)
         counts["pushed"] += 1
         log(f"pushed journal run {run_dir.name} -> MongoDB run {mongo_id}")
+    relink(db)  # the pushed runs' links name the ids their runs have here
     return counts

@@ -13,6 +13,8 @@ from typing import Any
 
 import pandas as pd
 
+from runner.tracking.outcome import failure_cause
+
 
 @dataclass
 class RunRecord:
@@ -34,6 +36,7 @@ class RunRecord:
     heartbeat: Any = None  # Sacred's last sign of life of the run (every 10 s while it runs)
     # name -> {"last", "min", "max", "epochs"}: what a listing knows of a metric without reading its history
     metric_summary: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fail_trace: Any = None  # a FAILED run's traceback (Sacred's), read for its cause (runner.tracking.outcome)
 
     @property
     def liveness(self) -> str | None:
@@ -151,6 +154,7 @@ def _read_run_folder(run_dir: Path, histories: bool = True) -> RunRecord | None:
         experiment_info=run.get("experiment", {}),
         artifact_refs={name: run_dir / name for name in run.get("artifacts", [])},
         heartbeat=run.get("heartbeat"),
+        fail_trace=run.get("fail_trace"),
     )
 
 
@@ -332,6 +336,7 @@ def _mongo_record(doc: dict, db_name: str, metrics: dict[str, dict[str, list]]) 
         artifact_refs={a["name"]: a["file_id"] for a in doc.get("artifacts", [])},
         heartbeat=doc.get("heartbeat"),
         metric_summary={k.replace("__", "."): v for k, v in (doc.get("metric_summary") or {}).items()},
+        fail_trace=doc.get("fail_trace"),
     )
 
 
@@ -422,6 +427,8 @@ def summary_row(r: RunRecord) -> dict[str, Any]:
         "id": r.id,
         "experiment": r.experiment,
         "status": r.status,
+        "cause": failure_cause(r.fail_trace) if r.status == "FAILED" else None,  # why it failed, where known
+        **{key: r.meta.get(key) for key in ("resumed_from", "continued_as", "superseded_by")},
         "dataset": choices.get("data", str(r.config.get("data", {}).get("_target_", ""))),
         "model": choices.get("model", str(r.config.get("model", {}).get("_target_", ""))),
         "solver": r.config.get("solver", {}).get("method") if is_ode else None,

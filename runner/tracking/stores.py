@@ -45,6 +45,8 @@ def env_file() -> Path:
 
 
 FILE_STORE_PRIORITY = 40  # Sacred calls observers by priority; the first to return an id names the run
+RESERVE_FILE = ".odeflow-reserve"  # in a running run's folder; readers look at run.json, metrics.json, info.json
+RESERVE_BYTES = 512 * 1024  # a run's status, its unsaved epochs and its index entry fit in this
 
 
 def _file_observer(directory: str):
@@ -57,8 +59,39 @@ def _file_observer(directory: str):
 
         def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
             run_id = super().started_event(ex_info, command, host_info, start_time, config, meta_info, None)
+            self._reserve()
             self._note_in_index()
             return run_id
+
+        # A full disk must not keep the run from saying how it ended: room for its last writes (its status, the
+        # epochs not yet written, the index) is held from its start, and given back for those writes.
+        def _reserve(self) -> None:
+            try:
+                with open(os.path.join(self.dir, RESERVE_FILE), "wb") as f:  # written, the blocks are taken
+                    f.write(bytes(RESERVE_BYTES))  # (no fsync: a run's start waits on no disk)
+            except OSError:  # the disk already full: the run will say so when it writes
+                self._release_reserve()
+
+        def _release_reserve(self) -> None:
+            try:
+                os.unlink(os.path.join(self.dir, RESERVE_FILE))
+            except OSError:
+                pass
+
+        def _final(self, event) -> None:
+            """The run's last write (its status); on a full disk, with the reserved room and what earlier writes
+            could not save (the epochs since, the last heartbeat) written first."""
+            if not self._unless_disk_full(event):
+                self._release_reserve()
+                if getattr(self, "_unsaved_metrics", None) and self._unless_disk_full(
+                    super().log_metrics, self._unsaved_metrics, {}
+                ):
+                    self._unsaved_metrics = {}
+                self._unless_disk_full(event)
+                if getattr(self, "_unsaved_beat", None):
+                    self._unless_disk_full(lambda: super(LocalRunFolder, self).heartbeat_event(*self._unsaved_beat))
+            self._release_reserve()
+            self._note_in_index()
 
         def _note_in_index(self) -> None:
             """The store's index (runner.tracking.index) learns of the run as it starts and ends."""
@@ -103,20 +136,19 @@ def _file_observer(directory: str):
                     )
                 return False
 
-        def heartbeat_event(self, *args, **kwargs):
-            self._unless_disk_full(lambda: super(LocalRunFolder, self).heartbeat_event(*args, **kwargs))
+        def heartbeat_event(self, info, captured_out, beat_time, result):
+            beat = (info, captured_out, beat_time, result)
+            saved = self._unless_disk_full(lambda: super(LocalRunFolder, self).heartbeat_event(*beat))
+            self._unsaved_beat = None if saved else beat
 
         def completed_event(self, *args, **kwargs):
-            self._unless_disk_full(lambda: super(LocalRunFolder, self).completed_event(*args, **kwargs))
-            self._note_in_index()
+            self._final(lambda: super(LocalRunFolder, self).completed_event(*args, **kwargs))
 
         def interrupted_event(self, *args, **kwargs):
-            self._unless_disk_full(lambda: super(LocalRunFolder, self).interrupted_event(*args, **kwargs))
-            self._note_in_index()
+            self._final(lambda: super(LocalRunFolder, self).interrupted_event(*args, **kwargs))
 
         def failed_event(self, *args, **kwargs):
-            self._unless_disk_full(lambda: super(LocalRunFolder, self).failed_event(*args, **kwargs))
-            self._note_in_index()
+            self._final(lambda: super(LocalRunFolder, self).failed_event(*args, **kwargs))
 
         def artifact_event(self, *args, **kwargs):
             self._unless_disk_full(lambda: super(LocalRunFolder, self).artifact_event(*args, **kwargs))

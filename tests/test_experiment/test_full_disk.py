@@ -84,19 +84,35 @@ def test_a_disk_that_fills_up_mid_run_ends_in_one_message_and_loses_nothing(smal
     assert len(error) == 2 and error[0].startswith("error: no space left on the disk of ")
     assert "run 2 stopped after" in error[0] and error[1].endswith("python -m runner resume 2")
 
-    # Nothing earlier lost: the other run untouched, this run's record whole (its last complete state).
+    # Nothing earlier lost: the other run untouched, this run's record whole: every epoch that finished, and
+    # how it ended (FAILED, the disk full), written into the room the run held back from its start.
     assert snapshot(runs / "store" / "1") == before
-    kept = json.loads(metrics.read_text())["val.loss"]["steps"]
-    assert kept and kept == list(range(1, len(kept) + 1))
+    finished = int(error[0].split("run 2 stopped after ")[1].split()[0])
+    assert json.loads(metrics.read_text())["val.loss"]["steps"] == list(range(1, finished + 1))
+    assert json.loads((runs / "store" / "2" / "run.json").read_text())["status"] == "FAILED"
     listing = run_cli(["runs", "list"], runs)
     assert listing.returncode == 0 and "skipping" not in listing.stderr
-    assert [line.split()[0] for line in listing.stdout.splitlines()[1:3]] == ["2", "1"]  # newest first
+    rows = listing.stdout.splitlines()
+    assert [line.split()[0] for line in rows[1:3]] == ["2", "1"]  # newest first
+    assert rows[1].split()[2] == "FAILED" and f" {finished} " in rows[1]  # its status and its epochs
+    assert "run 2 FAILED (the disk was full): free space on that disk, then continue it: python -m runner resume 2" in (
+        listing.stdout
+    )
 
     filler.unlink()
     resumed = run_cli(["resume", "2"], runs)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     continued = max(read_file_store(runs / "store"), key=lambda r: r.id)
     assert continued.meta["resumed_from"] == 2 and continued.metrics["val.loss"]["steps"] == list(range(1, EPOCHS + 1))
+    # The run it continued points to it, and no longer advises a resume (it would train those epochs twice).
+    original = next(r for r in read_file_store(runs / "store") if r.id == 2)
+    assert original.meta["continued_as"] == continued.id
+    assert original.meta["continued_as_uid"] == continued.meta["run_uid"]
+    shown = run_cli(["runs", "show", "2"], runs).stdout  # the line `runs list` prints for it too
+    assert f"run 2 FAILED (the disk was full): nothing to do: continued as run {continued.id}" in shown
+    assert "resume 2" not in shown
+    again = run_cli(["resume", "2"], runs)
+    assert again.returncode == 2 and f"was continued as run {continued.id} already" in again.stderr
 
 
 def test_a_disk_already_full_ends_in_one_message_before_the_run_starts(small_disk: Path):

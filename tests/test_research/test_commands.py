@@ -179,7 +179,11 @@ def test_run_killed_with_sigkill_resumes_with_continuous_epochs(runs_dir: Path):
     assert 2 <= saved_epoch < 6
 
     listing = run_cli(["runs", "list"], runs_dir)
-    assert listing.stdout.splitlines()[1].split()[2] == "DEAD" and "python -m runner resume <id>" in listing.stdout
+    assert listing.stdout.splitlines()[1].split()[2] == "DEAD"
+    assert (
+        "run 1 DEAD: its process is gone (killed, or the machine went down); continue it: python -m runner resume 1"
+        in (listing.stdout)
+    )
 
     resumed_proc = run_cli(["resume", "1"], runs_dir)
     assert resumed_proc.returncode == 0, resumed_proc.stderr[-3000:]
@@ -187,6 +191,7 @@ def test_run_killed_with_sigkill_resumes_with_continuous_epochs(runs_dir: Path):
     assert f"resuming run 1 after epoch {saved_epoch}" in resumed_proc.stdout
     resumed = record(runs_dir, 2)
     assert resumed.status == "COMPLETED" and resumed.meta["resumed_from"] == 1
+    assert record(runs_dir, 1).meta["continued_as"] == 2  # and back: it is never resumed twice
     assert resumed.metrics["val.loss"]["steps"] == [1, 2, 3, 4, 5, 6]
 
     # Continuing is exact: the same run without the kill (a reproduction of the resumed one) gives the

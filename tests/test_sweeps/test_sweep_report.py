@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -95,3 +96,23 @@ def test_axes_of_log_distributed_and_categorical_parameters():
 def test_a_folder_without_a_sweep_state_is_named(tmp_path):
     with pytest.raises(UserError, match="holds no sweep_state.json"):
         write_report(tmp_path)
+
+
+def test_a_report_asked_for_again_of_an_unchanged_sweep_logs_no_second_run(tmp_path):
+    from runner.cli import current_config
+    from runner.sweeps.report import write_and_log_report
+    from runner.tracking.runstore import read_file_store
+
+    sweep_dir = tmp_path / "sweep"
+    record = record_where_only_lr_matters(6)
+    record.save(sweep_dir)
+    cfg = current_config([f"paths.runs={tmp_path / 'runs'}", f"tracking.dir={tmp_path / 'runs' / 'store'}"])
+    first, _ = write_and_log_report(sweep_dir, cfg)
+    again, _ = write_and_log_report(sweep_dir, cfg)  # a finished sweep's command run again
+    assert again == first and len(read_file_store(tmp_path / "runs" / "store")) == 1
+
+    record = record_where_only_lr_matters(7)  # one more trial: a new report, logged as a run of its own
+    record.report_run = json.loads((sweep_dir / "sweep_state.json").read_text())["report_run"]
+    record.save(sweep_dir)
+    newer, _ = write_and_log_report(sweep_dir, cfg)
+    assert newer != first and len(read_file_store(tmp_path / "runs" / "store")) == 2

@@ -372,3 +372,42 @@ def test_a_sweep_stopped_by_sigterm_interrupts_its_trial_and_resumes(runs_dir: P
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "trial 1 (job 1) was lost in an interruption: it runs again under a new job number" in resumed.stdout
     assert [t["status"] for t in results(sweep_dir)["trials"]] == ["ok", "ok", "ok"]
+    interrupted = next(r for r in read_file_store(runs_dir / "store") if r.id == 2)
+    assert interrupted.meta["superseded_by"] == results(sweep_dir)["trials"][1]["run_id"]  # never resumed
+
+
+def test_a_trial_killed_with_sigkill_runs_again_and_its_lost_attempt_points_to_the_rerun(
+    runs_dir: Path, tmp_path: Path
+):
+    import signal
+
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", *TINY, f"hydra.sweep.dir={sweep_dir}", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1"]
+    args += ["train.max_epochs=15", "train.patience=15"]  # trials of several seconds
+    env = {**os.environ, "ODEFLOW_RUNS": str(runs_dir)}
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "runner", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert any('Started run with ID "2"' in line for line in victim.stdout)  # trial 1 is a tracked run
+        victim.send_signal(signal.SIGKILL)
+        victim.communicate(timeout=120)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    assert [r.status for r in read_file_store(runs_dir / "store")] == ["COMPLETED", "RUNNING"]
+    assert "run 2 DEAD: its process is gone" in run_cli(["runs", "list"], runs_dir).stdout
+
+    resumed = run_cli(args, runs_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rerun = results(sweep_dir)["trials"][1]["run_id"]
+    assert rerun == 3 and "run 3 replaces the lost attempt (run 2), now marked superseded" in resumed.stdout
+    runs = {r.id: r for r in read_file_store(runs_dir / "store")}
+    assert runs[2].meta["superseded_by"] == 3 and runs[2].meta["superseded_by_uid"] == runs[3].meta["run_uid"]
+    assert runs[3].meta["supersedes"] == 2 and runs[3].meta["supersedes_uid"] == runs[2].meta["run_uid"]
+    listing = run_cli(["runs", "list"], runs_dir).stdout
+    assert "run 2 SUPERSEDED: nothing to do: its sweep trial ran again as run 3" in listing
+    assert "resume" not in listing
+    refused = run_cli(["resume", "2"], runs_dir)
+    assert refused.returncode == 2 and "was replaced by run 3 already" in refused.stderr

@@ -227,8 +227,12 @@ def test_a_killed_running_run_is_told_from_a_live_one(filled_store: Path, tmp_pa
         listing = run_cli(["runs", "list"], tmp_path / "runs")
         statuses = [line.split()[2] for line in listing.stdout.splitlines()[1:4]]  # newest first: 3, 2, 1
         assert statuses == ["DEAD", "DEAD", "RUNNING"], listing.stdout
-        assert "DEAD: RUNNING in the store, but its process is gone" in listing.stdout
-        assert "run 2, 3; continue with: python -m runner resume <id>" in listing.stdout
+        for dead in (3, 2):  # one line each: what became of it, what to do
+            assert (
+                f"run {dead} DEAD: its process is gone (killed, or the machine went down); continue it: "
+                f"python -m runner resume {dead}"
+            ) in listing.stdout
+        assert "run 1 " not in listing.stdout  # a live run needs nothing
         live = run_cli(["resume", "1"], tmp_path / "runs")
         assert live.returncode == 2 and f"run 1 is still running (pid {sleeper.pid} on" in live.stderr
         assert f"kill -TERM {sleeper.pid}" in live.stderr and "Traceback" not in live.stderr

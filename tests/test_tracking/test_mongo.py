@@ -374,3 +374,73 @@ def test_the_runner_reads_mongo_url_from_dot_env(runs_dir, tmp_path, mongo_db):
         env={"ODEFLOW_ENV_FILE": str(dot_env), "MONGO_URL": DOWN_URL},
     )
     assert "is unreachable" in proc.stderr  # MONGO_URL in the environment wins over .env
+
+
+def _journalled(journal: Path, folder: int, uid: str, status: str, **links) -> None:
+    """A journal run folder as the file observer writes it, its meta holding `links` (key: (id, uid))."""
+    run_dir = journal / str(folder)
+    run_dir.mkdir(parents=True)
+    meta = {"run_uid": uid, **{k: v[0] for k, v in links.items()}, **{f"{k}_uid": v[1] for k, v in links.items()}}
+    record = {
+        "experiment": {"name": "odeflow", "sources": []},
+        "command": "train",
+        "host": {"hostname": "h"},
+        "start_time": "2026-01-01T00:00:00",
+        "stop_time": "2026-01-01T00:01:00",
+        "heartbeat": "2026-01-01T00:01:00",
+        "status": status,
+        "meta": meta,
+        "artifacts": [],
+        **({"fail_trace": ["OSError: [Errno 28] No space left on device\n"]} if status == "FAILED" else {}),
+    }
+    (run_dir / "run.json").write_text(json.dumps(record))
+    (run_dir / "config.json").write_text(json.dumps({"seed": 0}))
+    (run_dir / "metrics.json").write_text(json.dumps({"val.loss": {"values": [1.0], "steps": [1], "timestamps": [
+        "2026-01-01T00:00:30"]}}))  # fmt: skip
+
+
+def test_links_between_runs_name_the_runs_ids_in_the_database_they_were_pushed_to(tmp_path, mongo_db):
+    client, name = mongo_db
+    db = client[name]
+    db["runs"].insert_many([{"_id": 1, "meta": {"run_uid": "other-1"}}, {"_id": 2, "meta": {"run_uid": "other-2"}}])
+    journal = tmp_path / "journal"
+    # Run 1 filled the disk, run 2 resumed it; run 3 re-evaluates run 2; in the journal's own numbering.
+    _journalled(journal, 1, "uid-a", "FAILED", continued_as=(2, "uid-b"))
+    _journalled(journal, 2, "uid-b", "COMPLETED", resumed_from=(1, "uid-a"))
+    _journalled(journal, 3, "uid-c", "COMPLETED", reevaluates=(2, "uid-b"))
+    _journalled(journal, 4, "uid-d", "COMPLETED", reproduces=(9, "uid-not-pushed"))
+
+    def ids() -> dict[str, int]:
+        return {doc["meta"]["run_uid"]: doc["_id"] for doc in db["runs"].find({}, {"meta.run_uid": 1})}
+
+    for _ in range(2):  # synced twice: the second changes nothing
+        quiet_sync(journal, client, name)
+        by_uid = ids()
+        assert by_uid["uid-a"] != 1 and len(by_uid) == 6  # new ids there, none of the journal's
+        meta = {uid: db["runs"].find_one({"_id": i})["meta"] for uid, i in by_uid.items()}
+        assert meta["uid-a"]["continued_as"] == by_uid["uid-b"]
+        assert meta["uid-b"]["resumed_from"] == by_uid["uid-a"]
+        assert meta["uid-c"]["reevaluates"] == by_uid["uid-b"]
+        assert meta["uid-d"]["reproduces"] is None and meta["uid-d"]["reproduces_uid"] == "uid-not-pushed"
+
+    # Copied by the dashboard into a database of its own (other ids again): the links follow there too.
+    import threading
+
+    from dashboard.copy import Copier
+
+    copy_db = client[f"{name}_copy"]
+    copy_db["runs"].insert_one({"_id": 1, "meta": {"run_uid": "other-1"}})
+    try:
+        copier = Copier(copy_db, [journal], threading.Event(), log=lambda *_: None)
+        copier.run()
+        assert copier.error is None and copier.finished
+        copied = {doc["meta"]["run_uid"]: doc for doc in copy_db["runs"].find({}, {"meta": 1})}
+        assert copied["uid-b"]["meta"]["resumed_from"] == copied["uid-a"]["_id"] != by_uid["uid-a"]
+        assert copied["uid-a"]["meta"]["continued_as"] == copied["uid-b"]["_id"]
+    finally:
+        client.drop_database(f"{name}_copy")
+
+    listing = run_cli(["runs", "list", "tracking=mongo", f"tracking.db_name={name}"], tmp_path)
+    assert f"run {by_uid['uid-a']} FAILED (the disk was full): nothing to do: continued as run {by_uid['uid-b']}" in (
+        listing.stdout
+    ), listing.stdout + listing.stderr

@@ -82,7 +82,8 @@ def test_the_issues_query_gives_exactly_the_brute_force_runs_in_order(synthetic)
         ["runs", "list", "--where", ISSUE_QUERY, "--sort", "-metrics.val.acc", "--limit", "10"], store.parent
     )
     assert proc.returncode == 0, proc.stderr
-    ids = [int(line.split()[0]) for line in proc.stdout.splitlines()[1:-1]]
+    table = [line for line in proc.stdout.splitlines()[1:-1] if not line.startswith("run ")]  # notes under it
+    ids = [int(line.split()[0]) for line in table]
     assert ids == expected
     assert proc.stdout.splitlines()[-1].startswith(f"runs 1-10 of {len(chosen)} matched ({RUNS} in the store)")
 
@@ -93,11 +94,11 @@ def test_default_listing_is_the_newest_50_and_the_footer_counts_all(synthetic):
     assert listed(store, limit=5, offset=10) == list(range(RUNS - 10, RUNS - 15, -1))
     assert len(listed(store)) == RUNS  # --limit 0
     proc = run_cli(["runs", "list"], store.parent)
-    lines = proc.stdout.splitlines()
+    lines = [line for line in proc.stdout.splitlines() if not line.startswith("run ")]  # less the runs' notes
     assert len(lines) == 52 and lines[-1].startswith(f"runs 1-50 of {RUNS} matched; --limit 0 for all, --page-token ")
     token = lines[-1].split("--page-token ")[1].split()[0]
     proc = run_cli(["runs", "list", "--page-token", token], store.parent)
-    lines = proc.stdout.splitlines()
+    lines = [line for line in proc.stdout.splitlines() if not line.startswith("run ")]  # less the runs' notes
     assert [int(line.split()[0]) for line in lines[1:-1]] == list(range(RUNS - 50, RUNS - 100, -1))
     assert lines[-1].startswith(f"runs 51-100 of {RUNS} matched;")
 
