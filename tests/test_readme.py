@@ -275,6 +275,24 @@ COMMANDS: dict[str, Run | Make | Skip] = {
         )
         for name in ("raa_critical_step", "raa_adaptation", "critical_step", "adaptation", "deep_limit")
     },
+    ".venv/bin/python -m runner data=digits model=odenet_simple model.time_dependence=basis model.basis=fourier "
+    "model.basis_size=3": Run(TINY_DIGITS, reason=SMALL),
+    ".venv/bin/python -m runner data=spheres model=odenet_state model.time_dependence=concat "
+    "solver.backend=torchdiffeq": Run(TINY_SPHERES, reason=SMALL),
+    ".venv/bin/python -m runner -m search=digits_odenet_time": Skip(
+        "16 trials; make sweep ran the same sweeper above", check_composes("search=digits_odenet_time")
+    ),
+    ".venv/bin/python -m runner runs list --page-token <token>": Skip(
+        "<token> is the footer's; tests/test_tracking/test_query_index.py walks the pages",
+        check_composes(),
+    ),
+    "make study STUDY=param_efficiency": Skip(
+        "72 runs; tests/test_research/test_param_efficiency.py runs the study small", check_study("param_efficiency")
+    ),
+    "make study STUDY=param_efficiency ARGS=data=fashion_mnist": Skip(
+        "downloads FashionMNIST and trains for hours",
+        check_composes("experiment=study_param_efficiency", "data=fashion_mnist"),
+    ),
     "make study STUDY=deep_limit_digits": Skip(
         "14 runs; tests/test_research/test_deep_limit.py", check_study("deep_limit_digits")
     ),
