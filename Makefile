@@ -62,7 +62,7 @@ run: $(INSTALLED) ## Quickstart: simple ODEnet and small ResNet on digits (offli
 	$(PY) -m runner -m experiment=quickstart model=odenet_simple,resnet_simple_small
 
 TEST_WORKERS ?= 2
-test: $(INSTALLED) ## Run the default test suite (offline, CPU, ~19 min on 2 cores; starts its own database server, Omniboard and Chromium)
+test: $(INSTALLED) ## Run the default test suite (offline, CPU, ~14 min on 2 cores; starts its own database server, Omniboard and Chromium)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: gpu-check
