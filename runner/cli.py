@@ -353,8 +353,11 @@ def cmd_reevaluate(args: argparse.Namespace) -> int:
     from runner.research.reevaluate import reevaluate_run
 
     record, cfg, store = _one_run(args)
-    run_id, out_dir = reevaluate_run(record, cfg, store, args.grid, args.collapse_threshold, args.device)
-    print(f"re-evaluation logged as run {run_id}; table and figure (reevaluation.png) in {out_dir}")
+    run_id, out_dir, new = reevaluate_run(
+        record, cfg, store, source_of(store), args.grid, args.collapse_threshold, args.device
+    )
+    where = f"; table and figure (reevaluation.png) in {out_dir}" if out_dir else ""
+    print(f"re-evaluation {'logged' if new else 'logged before'} as run {run_id}{where}")
     return 0
 
 

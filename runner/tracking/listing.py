@@ -19,6 +19,7 @@ from runner.tracking import query as q
 from runner.tracking.runstore import RunRecord, _read_run_folder, read_mongo_page, record_value, summary_row
 
 DEFAULT_LIMIT = 50
+REQUEST_KEY = "request"  # in a derived run's config (a re-evaluation): the digest of what it was made from
 DAMAGE = (OSError, ValueError, KeyError, TypeError, AttributeError)  # what a damaged run folder raises
 
 
@@ -267,6 +268,20 @@ class MongoSource:
                 f"no run with id {run_id} in {self.describe()}", "list the ids with: python -m runner runs list"
             )
         return records[0]
+
+
+def logged_request(source: FileSource | MongoSource, digest: str) -> RunRecord | None:
+    """The newest completed run made from the same request (its config's `request`: stores.request_digest of what
+    it was made from), or None: what a repeated command shows instead of logging the same record again."""
+    where = q.Logical(
+        "and",
+        (
+            q.Compare(q.Field("config", REQUEST_KEY), "=", digest),
+            q.Compare(q.Field("column", "status"), "=", "COMPLETED"),
+        ),
+    )
+    found = source.records(Query(where, limit=1))
+    return found[0] if found else None
 
 
 def _record_row(record: RunRecord, columns: list[q.Field]) -> dict[str, Any]:
