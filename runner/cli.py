@@ -184,6 +184,7 @@ def _query_of(args: argparse.Namespace, words: list[str]):
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from runner.tracking import browse
+    from runner.tracking.outcome import link_uids
 
     words, overrides = _split(args.words)
     store = load_store(overrides)
@@ -193,7 +194,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.action == "show":
         if len(words) != 1:
             raise UserError("show takes one run id", "python -m runner runs show 3")
-        print(browse.show_run(source.run(words[0])))
+        record = source.run(words[0])
+        print(browse.show_run(record, source.ids_by_uid(link_uids(record.meta))))
         return 0
     if args.action in ("compare", "plot") and words:
         records = [source.run(w) for w in words]  # in the order given
@@ -205,7 +207,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         if not page.rows and page.total == 0 and any(v is not None for v in shorthands.values()) and not args.where:
             print(browse.no_match_note_of(source, page.store_size, **shorthands))
             return 0
-        print(browse.format_rows(page.rows, page.dead, [f.name for f in query.columns]))
+        print(browse.format_rows(page.rows, page.dead, [f.name for f in query.columns], page.ids_by_uid))
         filtered = query.where is not None
         print(
             browse.footer(
@@ -287,6 +289,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from runner.experiment.app import run_experiment
     from runner.research.rerun import check_rerun_device, config_from_record, device_override, load_training_state
     from runner.tracking.links import link_run
+    from runner.tracking.outcome import Elsewhere, link_uids, links_of, named
 
     record, cfg, store = _one_run(args)
     if record.status == "COMPLETED":
@@ -295,11 +298,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
             f"resume continues crashed or killed runs (status RUNNING, FAILED or INTERRUPTED); "
             f"to train it again use: python -m runner reproduce {record.id}",
         )
-    for key, what in (("continued_as", "was continued as run"), ("superseded_by", "was replaced by run")):
-        if record.meta.get(key) is not None:
+    links = links_of(record.meta, source_of(store).ids_by_uid(link_uids(record.meta)))
+    for key, what in (("continued_as", "was continued as"), ("superseded_by", "was replaced by")):
+        if links.get(key) is not None:
             raise UserError(
-                f"run {record.id} {what} {record.meta[key]} already: resuming it again would train its epochs twice",
-                f"see that run: python -m runner runs show {record.meta[key]}",
+                f"run {record.id} {what} {named(links[key])} already: resuming it again would train its epochs twice",
+                f"see that run: python -m runner runs show {links[key]}"
+                if not isinstance(links[key], Elsewhere)
+                else "resume that run where it is (it has the later epochs)",
             )
     describe_unfinished(record)
     config = config_from_record(record, cfg, device_override(_split(args.words)[1]))

@@ -30,7 +30,7 @@ from runner.tracking.runstore import _read_run_folder, summary_row
 
 INDEX_FILE = ".odeflow-index.sqlite"  # in the store's folder; Sacred and the readers only look at numbered folders
 SIGNATURE_FILES = ("run.json", "metrics.json", "info.json")  # Sacred rewrites these as a run goes on
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: each run's uid (a field of scope 'meta'), by which links are resolved
 FINISHED = ("COMPLETED", "FAILED", "INTERRUPTED", "TIMEOUT")  # Sacred writes nothing more into such a run
 BATCH = 2000  # runs per transaction while (re)building: an interrupted build keeps what it did
 
@@ -171,6 +171,8 @@ def read_for_index(run_dir: str) -> tuple:
         json.dumps(summary, default=str),
     )
     fields = [("config", k, v) for k, v in flatten(record.config)] + [("info", k, v) for k, v in flatten(record.info)]
+    if isinstance(record.meta.get("run_uid"), str):  # what a link to this run carries, whatever its id here
+        fields.append(("meta", "run_uid", record.meta["run_uid"]))
     metrics = [(n, m["last"], m["min"], m["max"], m["epochs"]) for n, m in metric_summaries(record.metrics).items()]
     return ("ok", sig + "|racy" if _racy(sig) else sig, row, fields, metrics)  # racy: read again next time
 
@@ -402,6 +404,17 @@ class RunIndex:
                 for run_id, value in rows:
                     table[run_id][f.name] = value
         return table
+
+    def ids_by_uid(self, uids: list[str]) -> dict[str, list[int]]:
+        """The ids of the runs with these uids (by the fields' value index, not by reading folders)."""
+        key = self.key_id("meta", "run_uid")
+        found: dict[str, list[int]] = {}
+        for chunk in _chunks(sorted(set(uids))) if key is not None else ():
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT value, run_id FROM fields WHERE key_id = ? AND value IN ({marks}) ORDER BY run_id"
+            for uid, run_id in self.conn.execute(sql, [key, *chunk]):
+                found.setdefault(uid, []).append(run_id)
+        return found
 
     def config_columns(self) -> list[str]:
         """Every config key any indexed run has, as `config.<key>` columns."""

@@ -16,6 +16,7 @@ from typing import Any
 
 from odeflow.errors import UserError
 from runner.tracking import query as q
+from runner.tracking.outcome import link_uids
 from runner.tracking.runstore import RunRecord, _read_run_folder, read_mongo_page, record_value, summary_row
 
 DEFAULT_LIMIT = 50
@@ -102,6 +103,7 @@ class Page:
     total: int  # how many runs match in all
     dead: list[Any]  # ids on the page that are RUNNING in the store with their process gone
     store_size: int  # how many runs the store holds
+    ids_by_uid: dict[str, list[Any]] = field(default_factory=dict)  # the ids here of the runs the rows link to
 
 
 def summary_columns() -> list[str]:
@@ -126,9 +128,16 @@ class FileSource:
             summaries = index.summaries(ids)
             extra = index.values(ids, query.columns) if query.columns else {}
             rows = [{**summaries[i], **extra.get(i, {})} for i in ids]
-            return Page(rows, total, self._dead(rows), index.count())
+            linked = index.ids_by_uid([uid for row in rows for uid in link_uids(row)])
+            return Page(rows, total, self._dead(rows), index.count(), linked)
 
         return using_index(self.dir, work, self.warn)
+
+    def ids_by_uid(self, uids: list[str]) -> dict[str, list[Any]]:
+        """The ids of the runs with these uids in this store (links are resolved by them: outcome.link_target)."""
+        from runner.tracking.index import using_index
+
+        return using_index(self.dir, lambda index: index.ids_by_uid(uids), self.warn) if uids else {}
 
     def _dead(self, rows: list[dict[str, Any]]) -> list[Any]:
         """RUNNING runs whose process is gone, read from their folders (the index knows no processes)."""
@@ -222,7 +231,13 @@ class MongoSource:
         )
         rows = [_record_row(r, query.columns) for r in records]
         dead = sorted(r.id for r in records if r.liveness == "dead")
-        return Page(rows, total, dead, self.client[self.db_name]["runs"].estimated_document_count())
+        linked = self.ids_by_uid([uid for row in rows for uid in link_uids(row)])
+        return Page(rows, total, dead, self.client[self.db_name]["runs"].estimated_document_count(), linked)
+
+    def ids_by_uid(self, uids: list[str]) -> dict[str, list[Any]]:
+        from runner.tracking.mongo import ids_by_uid
+
+        return ids_by_uid(self.client[self.db_name], uids) if uids else {}
 
     def distinct(self, column: str) -> list[str]:
         path = q.mongo_path(q.Field("column", column))

@@ -429,6 +429,7 @@ def summary_row(r: RunRecord) -> dict[str, Any]:
         "status": r.status,
         "cause": failure_cause(r.fail_trace) if r.status == "FAILED" else None,  # why it failed, where known
         **{key: r.meta.get(key) for key in ("resumed_from", "continued_as", "superseded_by")},
+        **{f"{key}_uid": r.meta.get(f"{key}_uid") for key in ("resumed_from", "continued_as", "superseded_by")},
         "dataset": choices.get("data", str(r.config.get("data", {}).get("_target_", ""))),
         "model": choices.get("model", str(r.config.get("model", {}).get("_target_", ""))),
         "solver": r.config.get("solver", {}).get("method") if is_ode else None,
