@@ -156,14 +156,15 @@ def source_of(store):
     return FileSource(store.local_dir)
 
 
-def _query_of(args: argparse.Namespace, words: list[str]):
+def _query_of(args: argparse.Namespace, words: list[str], source):
     """The query a `runs` command's options and run ids ask for (ids: exactly those runs, in the order given)."""
     from runner.tracking import query as q
     from runner.tracking.browse import FILTERS, check_status
-    from runner.tracking.listing import DEFAULT_LIMIT, Query
+    from runner.tracking.listing import DEFAULT_LIMIT, Query, status_condition
 
     shorthands = {f: getattr(args, f, None) for f in FILTERS}
-    check_status(shorthands.get("status"))
+    status = shorthands.get("status")
+    check_status(status)
     default_limit = DEFAULT_LIMIT if args.action == "list" else 0
     query = Query.parse(
         getattr(args, "where", None),
@@ -171,15 +172,14 @@ def _query_of(args: argparse.Namespace, words: list[str]):
         default_limit if getattr(args, "limit", None) is None else args.limit,
         getattr(args, "offset", 0) or 0,
         getattr(args, "columns", None),
-        shorthands,
-        getattr(args, "page_token", None),
+        {**shorthands, "status": None},
     )
-    if words:
-        ids = tuple(int(w) if w.isdigit() else w for w in words)
-        chosen = q.Compare(q.Field("column", "id"), "in", ids)
-        where = chosen if query.where is None else q.Logical("and", (chosen, query.where))
-        query = Query(where, query.sort, query.limit, query.offset, query.columns, query.after)
-    return query, shorthands
+    chosen = [q.Compare(q.Field("column", "id"), "in", tuple(int(w) if w.isdigit() else w for w in words))]
+    for part in [*(chosen if words else []), *([status_condition(source, status)] if status else [])]:
+        where = part if query.where is None else q.Logical("and", (part, query.where))
+        query = Query(where, query.sort, query.limit, query.offset, query.columns)
+    token = getattr(args, "page_token", None)
+    return (query.continued(token) if token else query), shorthands
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -200,9 +200,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.action in ("compare", "plot") and words:
         records = [source.run(w) for w in words]  # in the order given
     elif args.action in ("compare", "plot"):
-        records = source.records(_query_of(args, words)[0])
+        records = source.records(_query_of(args, words, source)[0])
     if args.action == "list":
-        query, shorthands = _query_of(args, words)
+        query, shorthands = _query_of(args, words, source)
         page = source.page(query)
         if not page.rows and page.total == 0 and any(v is not None for v in shorthands.values()) and not args.where:
             print(browse.no_match_note_of(source, page.store_size, **shorthands))
@@ -217,7 +217,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     elif args.action == "compare":
         print(browse.compare_runs(records))
     elif args.action == "export":
-        query, _ = _query_of(args, words)
+        query, _ = _query_of(args, words, source)
         columns, rows = source.rows(query)
         path, count = browse.export_rows(columns, rows, browse.output_file(args.out, "runs.csv"))
         print(f"wrote {count} runs to {path}")

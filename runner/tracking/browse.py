@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from odeflow.errors import UserError
-from runner.tracking.outcome import LINKS, advice, describe_links, links_of, shown_status
+from runner.tracking.outcome import DEAD, LINKS, SUPERSEDED, advice, describe_links, links_of, shown_status
 from runner.tracking.runstore import RunRecord, runs_frame, summary_row
 
 FILTERS = ("status", "dataset", "model", "solver", "sweep", "experiment")
@@ -17,6 +17,7 @@ FILTERS = ("status", "dataset", "model", "solver", "sweep", "experiment")
 
 # Sacred's run statuses (QUEUED runs are never made here, but a shared database may hold them).
 STATUSES = ("RUNNING", "COMPLETED", "FAILED", "INTERRUPTED", "TIMEOUT", "QUEUED")
+SHOWN_STATUSES = (*STATUSES, DEAD, SUPERSEDED)  # what a listing's status column shows, and --status filters on
 
 
 def filter_runs(records: list[RunRecord], **criteria: str | None) -> list[RunRecord]:
@@ -140,8 +141,8 @@ def no_match_note_of(source, size: int, **criteria: str | None) -> str:
 
 
 def check_status(status: str | None) -> None:
-    if status is not None and status.upper() not in STATUSES:
-        raise UserError(f"--status {status} is not a run status", "use one of " + ", ".join(STATUSES))
+    if status is not None and status.upper() not in SHOWN_STATUSES:
+        raise UserError(f"--status {status} is not a run status", "use one of " + ", ".join(SHOWN_STATUSES))
 
 
 def find_run(records: list[RunRecord], run_id: str) -> RunRecord:

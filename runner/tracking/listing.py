@@ -16,7 +16,7 @@ from typing import Any
 
 from odeflow.errors import UserError
 from runner.tracking import query as q
-from runner.tracking.outcome import link_uids
+from runner.tracking.outcome import DEAD, SUPERSEDED, link_uids
 from runner.tracking.runstore import RunRecord, _read_run_folder, read_mongo_page, record_value, summary_row
 
 DEFAULT_LIMIT = 50
@@ -283,6 +283,21 @@ class MongoSource:
                 f"no run with id {run_id} in {self.describe()}", "list the ids with: python -m runner runs list"
             )
         return records[0]
+
+
+def status_condition(source: FileSource | MongoSource, status: str) -> Any:
+    """`--status` as the status column shows it (outcome.shown_status), not only as Sacred recorded it: a run a later
+    one replaced is SUPERSEDED, a RUNNING one whose process is gone DEAD (found among the RUNNING ones)."""
+    wanted = status.upper()
+    superseded = q.Compare(q.Field("meta", "superseded_by_uid"), "like", "%")
+    if wanted == SUPERSEDED:
+        return superseded
+    recorded = "RUNNING" if wanted == DEAD else wanted
+    tree: Any = q.Logical("and", (q.Compare(q.Field("column", "status"), "like", recorded), q.Not(superseded)))
+    if recorded == "RUNNING":
+        dead = q.Compare(q.Field("column", "id"), "in", tuple(source.page(Query(tree, limit=0)).dead))
+        tree = q.Logical("and", (tree, dead if wanted == DEAD else q.Not(dead)))
+    return tree
 
 
 def logged_request(source: FileSource | MongoSource, digest: str) -> RunRecord | None:

@@ -364,6 +364,8 @@ def record_value(record: RunRecord, field: Any) -> Any:
         return _dig(record.config, field.key)
     if field.scope == "info":
         return _dig(record.info, field.key)
+    if field.scope == "meta":  # not for users' queries: what the run browser filters on (its run_uid, its links)
+        return _dig(record.meta, field.key)
     if field.scope == "metrics":
         if field.key not in record.metrics:
             return record.metric_summary.get(field.key, {}).get(field.aggregate)

@@ -4,6 +4,7 @@ and the runs its links name, wherever the runs were copied."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -95,3 +96,38 @@ def test_links_name_the_right_run_in_a_store_the_runs_were_copied_into_under_oth
     # In store A, where the ids were written, they name the same runs.
     assert main(["runs", "show", "3", f"paths.runs={a.parent}"]) == 0
     assert "links: re-evaluates run 2" in capsys.readouterr().out
+
+
+def test_status_filters_on_the_status_the_listing_shows(tmp_path: Path, capsys):
+    import socket
+    import subprocess
+    import sys
+
+    from runner.cli import main
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    store = tmp_path / "store"
+    _run_folder(store, 1, "uid-1", "INTERRUPTED", superseded_by=(2, "uid-2"))  # a sweep's trial ran again as run 2
+    _run_folder(store, 2, "uid-2", "COMPLETED", supersedes=(1, "uid-1"))
+    _run_folder(store, 3, "uid-3", "RUNNING")  # killed: its process is gone
+    _run_folder(store, 4, "uid-4", "RUNNING")  # alive: this process
+    _run_folder(store, 5, "uid-5", "INTERRUPTED")
+    for run_id, pid in ((3, gone.pid), (4, os.getpid())):
+        run_json = store / str(run_id) / "run.json"
+        record = json.loads(run_json.read_text())
+        record["meta"]["pid"], record["host"]["hostname"] = pid, socket.gethostname()
+        run_json.write_text(json.dumps(record))
+
+    def listed(status: str) -> list[tuple[str, str]]:
+        assert main(["runs", "list", "--status", status, f"paths.runs={tmp_path}"]) == 0
+        rows = capsys.readouterr().out.splitlines()[1:]
+        return [tuple(row.split()[:3:2]) for row in rows if row.split()[1:2] == ["odeflow"]]
+
+    assert listed("SUPERSEDED") == [("1", "SUPERSEDED")]
+    assert listed("dead") == [("3", "DEAD")]
+    assert listed("RUNNING") == [("4", "RUNNING")]
+    assert listed("interrupted") == [("5", "INTERRUPTED")]  # run 1 is shown SUPERSEDED, not INTERRUPTED
+    assert listed("COMPLETED") == [("2", "COMPLETED")]
+    assert main(["runs", "list", "--status", "gone", f"paths.runs={tmp_path}"]) == 2
+    assert "DEAD, SUPERSEDED" in capsys.readouterr().err
