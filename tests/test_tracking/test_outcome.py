@@ -93,6 +93,17 @@ def test_links_name_the_right_run_in_a_store_the_runs_were_copied_into_under_oth
     assert "links: reproduces a run not in this store (run_uid uid-c)" in cli("runs", "show", "9")
     assert main(["resume", "7", f"paths.runs={b.parent}"]) == 2  # it would train run 8's epochs again
     assert "run 7 was continued as run 8 already" in capsys.readouterr().err
+    # A link written onto a run known by the id it had elsewhere (a journal's run under its MongoDB id) lands on the
+    # folder with its uid.
+    from runner.tracking.links import link_run
+    from runner.tracking.runstore import RunRecord
+    from runner.tracking.stores import FileStore
+
+    link_run(
+        FileStore(str(b)), RunRecord(2, "", "", {}, {}, {"run_uid": "uid-b"}, None, None, None), "supersedes", 3, "c"
+    )
+    assert json.loads((b / "8" / "run.json").read_text())["meta"]["supersedes_uid"] == "c"
+    assert "supersedes" not in json.loads((b / "2" / "run.json").read_text())["meta"]
     # In store A, where the ids were written, they name the same runs.
     assert main(["runs", "show", "3", f"paths.runs={a.parent}"]) == 0
     assert "links: re-evaluates run 2" in capsys.readouterr().out
