@@ -454,3 +454,17 @@ def test_links_between_runs_name_the_runs_ids_in_the_database_they_were_pushed_t
         shown = capsys.readouterr().out
         rows = [line.split() for line in shown.splitlines()[1:] if line.split()[1:2] == ["odeflow"]]
         assert [row[0] for row in rows] == [str(run_id)] and "1 run matched" in shown, shown
+
+
+def test_the_same_reevaluation_asked_for_again_in_mongodb_logs_no_second_run(runs_dir, tmp_path, mongo_db, capsys):
+    from runner.cli import main
+
+    client, name = mongo_db
+    tiny_run(runs_dir, tmp_path / "out", *MONGO, f"tracking.db_name={name}")
+    command = ["reevaluate", "1", "--grid", "euler:0.5", *MONGO, f"tracking.db_name={name}", f"paths.runs={runs_dir}"]
+    assert main(command) == 0
+    capsys.readouterr()
+    assert main(command) == 0
+    again = capsys.readouterr().out
+    assert client[name]["runs"].count_documents({}) == 2, again  # the training run and one re-evaluation
+    assert "as run 2: nothing new is logged" in again and "ODE-ness gap" in again  # its table, out of GridFS
