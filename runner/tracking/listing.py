@@ -16,10 +16,11 @@ from typing import Any
 
 from odeflow.errors import UserError
 from runner.tracking import query as q
-from runner.tracking.outcome import DEAD, SUPERSEDED, link_uids
+from runner.tracking.outcome import DEAD, SUPERSEDED, link_target, link_uids
 from runner.tracking.runstore import RunRecord, _read_run_folder, read_mongo_page, record_value, summary_row
 
 DEFAULT_LIMIT = 50
+LINK_COLUMNS = ("resumed_from", "continued_as", "superseded_by")  # summary_row's links (and <link>_uid)
 REQUEST_KEY = "request"  # in a derived run's config (a re-evaluation): the digest of what it was made from
 DAMAGE = (OSError, ValueError, KeyError, TypeError, AttributeError)  # what a damaged run folder raises
 
@@ -106,6 +107,17 @@ class Page:
     ids_by_uid: dict[str, list[Any]] = field(default_factory=dict)  # the ids here of the runs the rows link to
 
 
+def with_links_here(rows: list[dict[str, Any]], ids_by_uid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """The rows with their link columns naming the linked runs' ids in this store, found by their uids (None: no
+    run here has it; outcome.link_target): a listing, an export or the API's frame of runs copied in under other
+    ids name the right runs."""
+    for row in rows:
+        for key in LINK_COLUMNS:
+            if row.get(f"{key}_uid") is not None:
+                row[key] = link_target(row.get(key), row[f"{key}_uid"], ids_by_uid)
+    return rows
+
+
 def summary_columns() -> list[str]:
     return list(summary_row(RunRecord(0, "", "", {}, {}, {}, None, None, None)))
 
@@ -129,7 +141,7 @@ class FileSource:
             extra = index.values(ids, query.columns) if query.columns else {}
             rows = [{**summaries[i], **extra.get(i, {})} for i in ids]
             linked = index.ids_by_uid([uid for row in rows for uid in link_uids(row)])
-            return Page(rows, total, self._dead(rows), index.count(), linked)
+            return Page(with_links_here(rows, linked), total, self._dead(rows), index.count(), linked)
 
         return using_index(self.dir, work, self.warn)
 
@@ -212,8 +224,8 @@ def _index_rows(index, ids: list[int], extra: list[q.Field]) -> Iterator[dict[st
         return
     summaries = index.summaries(ids)
     values = index.values(ids, extra)
-    for run_id in ids:
-        yield {**summaries[run_id], **values.get(run_id, {})}
+    rows = [{**summaries[run_id], **values.get(run_id, {})} for run_id in ids]
+    yield from with_links_here(rows, index.ids_by_uid([uid for row in rows for uid in link_uids(row)]))
 
 
 class MongoSource:
@@ -232,7 +244,8 @@ class MongoSource:
         rows = [_record_row(r, query.columns) for r in records]
         dead = sorted(r.id for r in records if r.liveness == "dead")
         linked = self.ids_by_uid([uid for row in rows for uid in link_uids(row)])
-        return Page(rows, total, dead, self.client[self.db_name]["runs"].estimated_document_count(), linked)
+        size = self.client[self.db_name]["runs"].estimated_document_count()
+        return Page(with_links_here(rows, linked), total, dead, size, linked)
 
     def ids_by_uid(self, uids: list[str]) -> dict[str, list[Any]]:
         from runner.tracking.mongo import ids_by_uid
@@ -261,7 +274,8 @@ class MongoSource:
                 records, _ = read_mongo_page(
                     self.client, self.db_name, query.where, query.sort, size, offset, lazy=True, count=False
                 )
-                yield from (_record_row(r, extra) for r in records)
+                rows = [_record_row(r, extra) for r in records]
+                yield from with_links_here(rows, self.ids_by_uid([uid for row in rows for uid in link_uids(row)]))
                 if len(records) < size:
                     return
                 offset += size

@@ -430,7 +430,7 @@ def summary_row(r: RunRecord) -> dict[str, Any]:
         "experiment": r.experiment,
         "status": r.status,
         "cause": failure_cause(r.fail_trace) if r.status == "FAILED" else None,  # why it failed, where known
-        **{key: r.meta.get(key) for key in ("resumed_from", "continued_as", "superseded_by")},
+        **{key: r.meta.get(key) for key in ("resumed_from", "continued_as", "superseded_by")},  # listing.LINK_COLUMNS
         **{f"{key}_uid": r.meta.get(f"{key}_uid") for key in ("resumed_from", "continued_as", "superseded_by")},
         "dataset": choices.get("data", str(r.config.get("data", {}).get("_target_", ""))),
         "model": choices.get("model", str(r.config.get("model", {}).get("_target_", ""))),

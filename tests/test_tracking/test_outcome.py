@@ -3,6 +3,7 @@ and the runs its links name, wherever the runs were copied."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -90,6 +91,9 @@ def test_links_name_the_right_run_in_a_store_the_runs_were_copied_into_under_oth
     assert "run 7 FAILED (the disk was full): nothing to do: continued as run 8" in listing, listing
     assert "links: resumed from run 7" in cli("runs", "show", "8")
     assert "links: continued as run 8" in cli("runs", "show", "7")
+    cli("runs", "export", "--out", str(tmp_path / "runs.csv"))  # its link columns name the runs here too
+    exported = {row["id"]: row for row in csv.DictReader((tmp_path / "runs.csv").open())}
+    assert (exported["7"]["continued_as"], exported["8"]["resumed_from"]) == ("8", "7")
     assert "links: reproduces a run not in this store (run_uid uid-c)" in cli("runs", "show", "9")
     assert main(["resume", "7", f"paths.runs={b.parent}"]) == 2  # it would train run 8's epochs again
     assert "run 7 was continued as run 8 already" in capsys.readouterr().err
