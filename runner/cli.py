@@ -239,14 +239,15 @@ def _reindex(store) -> int:
 
 
 def _one_run(args: argparse.Namespace):
-    """(the run named by the one id among the words, the current config, the store)."""
+    """(the run named by the one id among the words, the current config, the store, where it was read from)."""
 
     words, overrides = _split(args.words)
     if len(words) != 1:
         raise UserError(f"{args.command} takes one run id", f"python -m runner {args.command} 3 [tracking=mongo ...]")
     cfg = current_config(overrides)
     store = store_of(cfg)
-    return source_of(store).run(words[0]), cfg, store
+    source = source_of(store)
+    return source.run(words[0]), cfg, store, source
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -262,7 +263,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         nondeterminism_note,
     )
 
-    record, cfg, store = _one_run(args)
+    record, cfg, store, _ = _one_run(args)
     config = config_from_record(record, cfg, device_override(_split(args.words)[1]))
     check_rerun_device(record, config, "reproduce")
     differences = check_environment(record, args.strict)
@@ -291,14 +292,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from runner.tracking.links import link_run
     from runner.tracking.outcome import Elsewhere, link_uids, links_of, named
 
-    record, cfg, store = _one_run(args)
+    record, cfg, store, source = _one_run(args)
     if record.status == "COMPLETED":
         raise UserError(
             f"run {record.id} is COMPLETED: it trained to the end (or stopped early), so there is nothing to resume",
             f"resume continues crashed or killed runs (status RUNNING, FAILED or INTERRUPTED); "
             f"to train it again use: python -m runner reproduce {record.id}",
         )
-    links = links_of(record.meta, source_of(store).ids_by_uid(link_uids(record.meta)))
+    links = links_of(record.meta, source.ids_by_uid(link_uids(record.meta)))
     for key, what in (("continued_as", "was continued as"), ("superseded_by", "was replaced by")):
         if links.get(key) is not None:
             raise UserError(
@@ -358,10 +359,8 @@ def describe_unfinished(record) -> None:
 def cmd_reevaluate(args: argparse.Namespace) -> int:
     from runner.research.reevaluate import reevaluate_run
 
-    record, cfg, store = _one_run(args)
-    run_id, out_dir, new = reevaluate_run(
-        record, cfg, store, source_of(store), args.grid, args.collapse_threshold, args.device
-    )
+    record, cfg, store, source = _one_run(args)
+    run_id, out_dir, new = reevaluate_run(record, cfg, store, source, args.grid, args.collapse_threshold, args.device)
     where = f"; table and figure (reevaluation.png) in {out_dir}" if out_dir else ""
     print(f"re-evaluation {'logged' if new else 'logged before'} as run {run_id}{where}")
     return 0
