@@ -156,14 +156,15 @@ def source_of(store):
     return FileSource(store.local_dir)
 
 
-def _query_of(args: argparse.Namespace, words: list[str]):
+def _query_of(args: argparse.Namespace, words: list[str], source):
     """The query a `runs` command's options and run ids ask for (ids: exactly those runs, in the order given)."""
     from runner.tracking import query as q
     from runner.tracking.browse import FILTERS, check_status
-    from runner.tracking.listing import DEFAULT_LIMIT, Query
+    from runner.tracking.listing import DEFAULT_LIMIT, Query, status_condition
 
     shorthands = {f: getattr(args, f, None) for f in FILTERS}
-    check_status(shorthands.get("status"))
+    status = shorthands.get("status")
+    check_status(status)
     default_limit = DEFAULT_LIMIT if args.action == "list" else 0
     query = Query.parse(
         getattr(args, "where", None),
@@ -171,19 +172,19 @@ def _query_of(args: argparse.Namespace, words: list[str]):
         default_limit if getattr(args, "limit", None) is None else args.limit,
         getattr(args, "offset", 0) or 0,
         getattr(args, "columns", None),
-        shorthands,
-        getattr(args, "page_token", None),
+        {**shorthands, "status": None},
     )
-    if words:
-        ids = tuple(int(w) if w.isdigit() else w for w in words)
-        chosen = q.Compare(q.Field("column", "id"), "in", ids)
-        where = chosen if query.where is None else q.Logical("and", (chosen, query.where))
-        query = Query(where, query.sort, query.limit, query.offset, query.columns, query.after)
-    return query, shorthands
+    chosen = [q.Compare(q.Field("column", "id"), "in", tuple(int(w) if w.isdigit() else w for w in words))]
+    for part in [*(chosen if words else []), *([status_condition(source, status)] if status else [])]:
+        where = part if query.where is None else q.Logical("and", (part, query.where))
+        query = Query(where, query.sort, query.limit, query.offset, query.columns)
+    token = getattr(args, "page_token", None)
+    return (query.continued(token) if token else query), shorthands
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from runner.tracking import browse
+    from runner.tracking.outcome import link_uids
 
     words, overrides = _split(args.words)
     store = load_store(overrides)
@@ -193,19 +194,20 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.action == "show":
         if len(words) != 1:
             raise UserError("show takes one run id", "python -m runner runs show 3")
-        print(browse.show_run(source.run(words[0])))
+        record = source.run(words[0])
+        print(browse.show_run(record, source.ids_by_uid(link_uids(record.meta))))
         return 0
     if args.action in ("compare", "plot") and words:
         records = [source.run(w) for w in words]  # in the order given
     elif args.action in ("compare", "plot"):
-        records = source.records(_query_of(args, words)[0])
+        records = source.records(_query_of(args, words, source)[0])
     if args.action == "list":
-        query, shorthands = _query_of(args, words)
+        query, shorthands = _query_of(args, words, source)
         page = source.page(query)
         if not page.rows and page.total == 0 and any(v is not None for v in shorthands.values()) and not args.where:
             print(browse.no_match_note_of(source, page.store_size, **shorthands))
             return 0
-        print(browse.format_rows(page.rows, page.dead, [f.name for f in query.columns]))
+        print(browse.format_rows(page.rows, page.dead, [f.name for f in query.columns], page.ids_by_uid))
         filtered = query.where is not None
         print(
             browse.footer(
@@ -215,7 +217,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     elif args.action == "compare":
         print(browse.compare_runs(records))
     elif args.action == "export":
-        query, _ = _query_of(args, words)
+        query, _ = _query_of(args, words, source)
         columns, rows = source.rows(query)
         path, count = browse.export_rows(columns, rows, browse.output_file(args.out, "runs.csv"))
         print(f"wrote {count} runs to {path}")
@@ -237,14 +239,15 @@ def _reindex(store) -> int:
 
 
 def _one_run(args: argparse.Namespace):
-    """(the run named by the one id among the words, the current config, the store)."""
+    """(the run named by the one id among the words, the current config, the store, where it was read from)."""
 
     words, overrides = _split(args.words)
     if len(words) != 1:
         raise UserError(f"{args.command} takes one run id", f"python -m runner {args.command} 3 [tracking=mongo ...]")
     cfg = current_config(overrides)
     store = store_of(cfg)
-    return source_of(store).run(words[0]), cfg, store
+    source = source_of(store)
+    return source.run(words[0]), cfg, store, source
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -260,7 +263,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         nondeterminism_note,
     )
 
-    record, cfg, store = _one_run(args)
+    record, cfg, store, _ = _one_run(args)
     config = config_from_record(record, cfg, device_override(_split(args.words)[1]))
     check_rerun_device(record, config, "reproduce")
     differences = check_environment(record, args.strict)
@@ -287,19 +290,23 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from runner.experiment.app import run_experiment
     from runner.research.rerun import check_rerun_device, config_from_record, device_override, load_training_state
     from runner.tracking.links import link_run
+    from runner.tracking.outcome import Elsewhere, link_uids, links_of, named
 
-    record, cfg, store = _one_run(args)
+    record, cfg, store, source = _one_run(args)
     if record.status == "COMPLETED":
         raise UserError(
             f"run {record.id} is COMPLETED: it trained to the end (or stopped early), so there is nothing to resume",
             f"resume continues crashed or killed runs (status RUNNING, FAILED or INTERRUPTED); "
             f"to train it again use: python -m runner reproduce {record.id}",
         )
-    for key, what in (("continued_as", "was continued as run"), ("superseded_by", "was replaced by run")):
-        if record.meta.get(key) is not None:
+    links = links_of(record.meta, source.ids_by_uid(link_uids(record.meta)))
+    for key, what in (("continued_as", "was continued as"), ("superseded_by", "was replaced by")):
+        if links.get(key) is not None:
             raise UserError(
-                f"run {record.id} {what} {record.meta[key]} already: resuming it again would train its epochs twice",
-                f"see that run: python -m runner runs show {record.meta[key]}",
+                f"run {record.id} {what} {named(links[key])} already: resuming it again would train its epochs twice",
+                f"see that run: python -m runner runs show {links[key]}"
+                if not isinstance(links[key], Elsewhere)
+                else "resume that run where it is (it has the later epochs)",
             )
     describe_unfinished(record)
     config = config_from_record(record, cfg, device_override(_split(args.words)[1]))
@@ -352,9 +359,10 @@ def describe_unfinished(record) -> None:
 def cmd_reevaluate(args: argparse.Namespace) -> int:
     from runner.research.reevaluate import reevaluate_run
 
-    record, cfg, store = _one_run(args)
-    run_id, out_dir = reevaluate_run(record, cfg, store, args.grid, args.collapse_threshold, args.device)
-    print(f"re-evaluation logged as run {run_id}; table and figure (reevaluation.png) in {out_dir}")
+    record, cfg, store, source = _one_run(args)
+    run_id, out_dir, new = reevaluate_run(record, cfg, store, source, args.grid, args.collapse_threshold, args.device)
+    where = f"; table and figure (reevaluation.png) in {out_dir}" if out_dir else ""
+    print(f"re-evaluation {'logged' if new else 'logged before'} as run {run_id}{where}")
     return 0
 
 

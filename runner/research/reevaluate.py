@@ -200,9 +200,17 @@ def write_reports(
 
 
 def reevaluate_run(
-    record: Any, cfg: Any, store: Any, grid_items: list[str] | None, collapse_threshold: float, device_name: str
-) -> tuple[Any, Path]:
-    """Re-evaluate a logged run as a tracked run of its own (linked to it); returns (run id, output folder).
+    record: Any,
+    cfg: Any,
+    store: Any,
+    source: Any,
+    grid_items: list[str] | None,
+    collapse_threshold: float,
+    device_name: str,
+) -> tuple[Any, Path | None, bool]:
+    """Re-evaluate a logged run as a tracked run of its own (linked to it); returns (run id, output folder, whether
+    it was logged now). The same re-evaluation asked for again (the same finished run, grid, threshold and kind of
+    device) logs nothing: the run that `source` holds of it already is named and its table shown.
 
     Everything a user can get wrong (the grid, a run without a checkpoint, a ResNet run) is checked before
     the tracked run starts, so a mistake records nothing.
@@ -212,15 +220,28 @@ def reevaluate_run(
     from runner.experiment.device import resolve_device
     from runner.experiment.factories import instantiate_group, to_plain
     from runner.research.rerun import new_output_dir
+    from runner.tracking.listing import REQUEST_KEY, logged_request
     from runner.tracking.masking import mask_secrets
     from runner.tracking.runstore import artifact_ref, fetch_artifact
-    from runner.tracking.stores import MongoStore, run_tracked
+    from runner.tracking.stores import MongoStore, request_digest, run_tracked
 
     grid = parse_grid(grid_items) if grid_items else DEFAULT_GRID
     artifact_ref(record, "best_checkpoint.pt")
     device = resolve_device(device_name)
-    out_dir = new_output_dir(Path(cfg.paths.runs), "reevaluate")
     client = store.client() if isinstance(store, MongoStore) else None
+    request = request_digest(
+        {
+            "reevaluates": record.meta.get("run_uid") or record.id,
+            "grid": with_reference(grid),
+            "collapse_threshold": collapse_threshold,
+            "device": device.type,
+        }
+    )
+    # A run still training has a best checkpoint that may change: only a finished one's re-evaluation is kept.
+    earlier = logged_request(source, request) if record.status != "RUNNING" else None
+    if earlier is not None:
+        return earlier.id, _show_earlier(record, earlier, client, getattr(store, "db_name", None)), False
+    out_dir = new_output_dir(Path(cfg.paths.runs), "reevaluate")
     checkpoint_path = fetch_artifact(record, "best_checkpoint.pt", out_dir, client, getattr(store, "db_name", None))
     model, checkpoint = load_checkpoint(checkpoint_path, device)
     check_is_odenet(model)
@@ -265,6 +286,7 @@ def reevaluate_run(
         "grid": [list(g) for g in with_reference(grid)],
         "collapse_threshold": collapse_threshold,
         "tracking": mask_secrets(to_plain(cfg.tracking)),
+        REQUEST_KEY: request,
     }
     run_id, _ = run_tracked(
         "reevaluate",
@@ -274,4 +296,22 @@ def reevaluate_run(
         {"reevaluates": record.id, "reevaluates_uid": record.meta.get("run_uid")},
         command="reevaluate",
     )
-    return run_id, out_dir
+    return run_id, out_dir, True
+
+
+def _show_earlier(record: Any, earlier: Any, client: Any, db_name: str | None) -> Path | None:
+    """Say in one line that this re-evaluation exists already, and show its table; returns its folder (None: it is
+    in MongoDB only)."""
+    import tempfile
+
+    from runner.tracking.runstore import fetch_artifact
+
+    print(
+        f"run {record.id} was re-evaluated with this grid already, as run {earlier.id}: nothing new is logged "
+        "(another --grid, --collapse-threshold or --device makes a new re-evaluation)",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        table = fetch_artifact(earlier, "reevaluation.md", Path(scratch), client, db_name)
+        print(table.read_text(), flush=True)
+        return table.parent if table.parent != Path(scratch) else None

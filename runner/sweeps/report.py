@@ -11,8 +11,6 @@ trial that would squash the rest left off the chart and marked with its value.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -356,7 +354,7 @@ def write_and_log_report(sweep_dir: Path, cfg: Any, out_dir: Path | None = None)
     files as artifacts and the sweep's id in its meta data, so it shows in Omniboard beside the trials."""
     from runner.experiment.factories import instantiate_group
     from runner.experiment.figures import wait_for_figures
-    from runner.tracking.stores import run_tracked
+    from runner.tracking.stores import request_digest, run_tracked
 
     wait_for_figures()  # the trials' own figures, drawn after their results (pyplot: one drawer at a time)
     paths, record, importance = _write(sweep_dir, out_dir)
@@ -378,8 +376,7 @@ def write_and_log_report(sweep_dir: Path, cfg: Any, out_dir: Path | None = None)
         return summary
 
     store = instantiate_group("tracking", cfg.tracking)
-    trials = json.dumps([asdict(t) for t in record.trials], sort_keys=True, default=str)
-    reported = {"store": store.describe(), "trials": hashlib.sha1(trials.encode()).hexdigest()}
+    reported = {"store": store.describe(), "trials": request_digest([asdict(t) for t in record.trials])}
     earlier = record.report_run or {}
     if earlier.get("run_id") is not None and all(earlier.get(k) == v for k, v in reported.items()):
         # the same trials reported to the same store: the command is repeated, not the record

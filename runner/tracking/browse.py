@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from odeflow.errors import UserError
-from runner.tracking.outcome import LINKS, advice, describe_links, links_of, shown_status
+from runner.tracking.outcome import DEAD, LINKS, SUPERSEDED, advice, describe_links, links_of, shown_status
 from runner.tracking.runstore import RunRecord, runs_frame, summary_row
 
 FILTERS = ("status", "dataset", "model", "solver", "sweep", "experiment")
@@ -17,6 +17,7 @@ FILTERS = ("status", "dataset", "model", "solver", "sweep", "experiment")
 
 # Sacred's run statuses (QUEUED runs are never made here, but a shared database may hold them).
 STATUSES = ("RUNNING", "COMPLETED", "FAILED", "INTERRUPTED", "TIMEOUT", "QUEUED")
+SHOWN_STATUSES = (*STATUSES, DEAD, SUPERSEDED)  # what a listing's status column shows, and --status filters on
 
 
 def filter_runs(records: list[RunRecord], **criteria: str | None) -> list[RunRecord]:
@@ -82,24 +83,30 @@ def list_runs(records: list[RunRecord]) -> str:
     return format_rows(rows, [r.id for r in records if r.liveness == "dead"])
 
 
-def format_rows(rows: list[dict], dead: list, extra_columns: list[str] | None = None) -> str:
+def format_rows(
+    rows: list[dict],
+    dead: list,
+    extra_columns: list[str] | None = None,
+    ids_by_uid: dict[str, list[Any]] | None = None,
+) -> str:
     """A run list: one line per row (summary_row's columns, then any extra ones), its status as the browser
-    shows it (DEAD, SUPERSEDED); below it, one line per run that ended early: what became of it, what to do."""
+    shows it (DEAD, SUPERSEDED); below it, one line per run that ended early: what became of it, what to do.
+    `ids_by_uid`: the ids this store has of the runs the rows link to (a link names the run with its uid)."""
     frame = pd.DataFrame(rows, columns=[*LIST_COLUMNS, *(extra_columns or [])])
     notes = []
     for i, row in enumerate(rows):
-        links = links_of(row)
+        links = links_of(row, ids_by_uid)
         frame.loc[i, "status"] = shown_status(str(row.get("status")), links, row.get("id") in dead)
-        note = run_note(row, row.get("id") in dead)
+        note = run_note(row, row.get("id") in dead, ids_by_uid)
         if note:
             notes.append(note)
     return "\n".join([_table(frame), *notes])
 
 
-def run_note(row: dict[str, Any], dead: bool) -> str | None:
+def run_note(row: dict[str, Any], dead: bool, ids_by_uid: dict[str, list[Any]] | None = None) -> str | None:
     """ "run 2 FAILED (the disk was full), continued as run 3: nothing to do" for a run that did not complete
     (or that links to one); None for a run that completed on its own."""
-    links = links_of(row)
+    links = links_of(row, ids_by_uid)
     status = shown_status(str(row.get("status")), links, dead)
     todo = advice(row.get("id"), str(row.get("status")), links, row.get("cause"), dead)
     if todo is None and status == "COMPLETED":
@@ -134,8 +141,8 @@ def no_match_note_of(source, size: int, **criteria: str | None) -> str:
 
 
 def check_status(status: str | None) -> None:
-    if status is not None and status.upper() not in STATUSES:
-        raise UserError(f"--status {status} is not a run status", "use one of " + ", ".join(STATUSES))
+    if status is not None and status.upper() not in SHOWN_STATUSES:
+        raise UserError(f"--status {status} is not a run status", "use one of " + ", ".join(SHOWN_STATUSES))
 
 
 def find_run(records: list[RunRecord], run_id: str) -> RunRecord:
@@ -147,18 +154,19 @@ def find_run(records: list[RunRecord], run_id: str) -> RunRecord:
     )
 
 
-def show_run(r: RunRecord) -> str:
-    summary = {k: v for k, v in summary_row(r).items() if v is not None}
-    final = {name: m["values"][-1] for name, m in sorted(r.metrics.items()) if m["values"]}
+def show_run(r: RunRecord, ids_by_uid: dict[str, list[Any]] | None = None) -> str:
+    """One run in full; `ids_by_uid`: the ids this store has of the runs it links to (found by their uids)."""
     row = summary_row(r)
+    links = links_of(r.meta, ids_by_uid)
+    summary = {k: v for k, v in row.items() if v is not None and k.removesuffix("_uid") not in LINKS}
+    final = {name: m["values"][-1] for name, m in sorted(r.metrics.items()) if m["values"]}
     dead = r.liveness == "dead"
-    summary["status"] = shown_status(r.status, links_of(row), dead)
+    summary["status"] = shown_status(r.status, links, dead)
     lines = [f"run {r.id} ({r.location})", "", "summary:"]
     lines += [f"  {k:<14} {v}" for k, v in summary.items()]
-    links = {key: r.meta[key] for key in LINKS if r.meta.get(key) is not None}
     if links:
         lines += ["", "links: " + describe_links(links)]
-    if (note := run_note(row, dead)) is not None:
+    if (note := run_note(row, dead, ids_by_uid)) is not None:
         lines += ["", note]
     lines += ["", "final metrics:"] + [f"  {k:<18} {v:.6g}" for k, v in final.items()]
     if r.info.get("adaptation"):

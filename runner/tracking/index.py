@@ -26,11 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from runner.tracking import query as q
+from runner.tracking.outcome import LINKS
 from runner.tracking.runstore import _read_run_folder, summary_row
 
 INDEX_FILE = ".odeflow-index.sqlite"  # in the store's folder; Sacred and the readers only look at numbered folders
 SIGNATURE_FILES = ("run.json", "metrics.json", "info.json")  # Sacred rewrites these as a run goes on
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: each run's uid and its links' (fields of scope 'meta'), by which links are resolved
+INDEXED_META = ("run_uid", *(f"{key}_uid" for key in LINKS))
 FINISHED = ("COMPLETED", "FAILED", "INTERRUPTED", "TIMEOUT")  # Sacred writes nothing more into such a run
 BATCH = 2000  # runs per transaction while (re)building: an interrupted build keeps what it did
 
@@ -172,6 +174,8 @@ def read_for_index(run_dir: str) -> tuple:
         json.dumps(summary, default=str),
     )
     fields = [("config", k, v) for k, v in flatten(record.config)] + [("info", k, v) for k, v in flatten(record.info)]
+    # Its uid (what a link to it carries, whatever its id here) and its links' uids (SUPERSEDED: superseded_by_uid).
+    fields += [("meta", key, record.meta[key]) for key in INDEXED_META if isinstance(record.meta.get(key), str)]
     metrics = [(n, m["last"], m["min"], m["max"], m["epochs"]) for n, m in metric_summaries(record.metrics).items()]
     return ("ok", sig + "|racy" if _racy(sig) else sig, row, fields, metrics)  # racy: read again next time
 
@@ -409,6 +413,17 @@ class RunIndex:
                     table[run_id][f.name] = value
         return table
 
+    def ids_by_uid(self, uids: list[str]) -> dict[str, list[int]]:
+        """The ids of the runs with these uids (by the fields' value index, not by reading folders)."""
+        key = self.key_id("meta", "run_uid")
+        found: dict[str, list[int]] = {}
+        for chunk in _chunks(sorted(set(uids))) if key is not None else ():
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT value, run_id FROM fields WHERE key_id = ? AND value IN ({marks}) ORDER BY run_id"
+            for uid, run_id in self.conn.execute(sql, [key, *chunk]):
+                found.setdefault(uid, []).append(run_id)
+        return found
+
     def config_columns(self) -> list[str]:
         """Every config key any indexed run has, as `config.<key>` columns."""
         rows = self.conn.execute("SELECT name FROM keys WHERE scope = 'config' ORDER BY name")
@@ -478,6 +493,8 @@ def _sql_test(column: str, c: q.Compare) -> tuple[str, list]:
     if c.op == "like":
         return f"(typeof({column}) = 'text' AND {column} LIKE ?)", [c.value]
     values = c.value if c.op == "in" else (c.value,)
+    if not values:  # `in ()`: nothing is in it
+        return "0", []
     numeric = [int(v) if isinstance(v, bool) else v for v in values if not isinstance(v, str)]
     text = [v for v in values if isinstance(v, str)]
     if c.op == "in":

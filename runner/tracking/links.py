@@ -23,21 +23,26 @@ def _set_in_folder(run_dir: Path, fields: dict[str, Any]) -> bool:
     return True
 
 
+def _uid_in(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "run.json").read_text()).get("meta", {}).get("run_uid")
+    except (OSError, ValueError):
+        return None
+
+
 def _folder_of(root: Path, run_id: Any, run_uid: str | None) -> Path | None:
-    """The folder of a run in a file store or journal: by id when its uid agrees, else found by uid."""
+    """The folder of a run in a file store or journal: by id when its uid agrees, else found by uid in the store's
+    index (the same rule as a link's: outcome.link_target)."""
+    from runner.tracking.index import using_index
+    from runner.tracking.outcome import link_target
+
     direct = root / str(run_id)
-    if run_uid is None:
+    if run_uid is None or _uid_in(direct) == run_uid:
         return direct if direct.is_dir() else None
-    candidates = (
-        [direct] + sorted(p for p in root.iterdir() if p.name.isdigit() and p != direct) if root.is_dir() else []
-    )
-    for run_dir in candidates:
-        try:
-            if json.loads((run_dir / "run.json").read_text()).get("meta", {}).get("run_uid") == run_uid:
-                return run_dir
-        except (OSError, ValueError):
-            continue
-    return None
+    if not root.is_dir():
+        return None
+    found = link_target(run_id, run_uid, using_index(root, lambda index: index.ids_by_uid([run_uid])))
+    return None if found is None else root / str(found)
 
 
 def link_run(store: Any, run: RunRecord, key: str, other_id: Any, other_uid: str | None) -> None:

@@ -16,9 +16,12 @@ from typing import Any
 
 from odeflow.errors import UserError
 from runner.tracking import query as q
+from runner.tracking.outcome import DEAD, SUPERSEDED, link_target, link_uids
 from runner.tracking.runstore import RunRecord, _read_run_folder, read_mongo_page, record_value, summary_row
 
 DEFAULT_LIMIT = 50
+LINK_COLUMNS = ("resumed_from", "continued_as", "superseded_by")  # summary_row's links (and <link>_uid)
+REQUEST_KEY = "request"  # in a derived run's config (a re-evaluation): the digest of what it was made from
 DAMAGE = (OSError, ValueError, KeyError, TypeError, AttributeError)  # what a damaged run folder raises
 
 
@@ -101,6 +104,18 @@ class Page:
     total: int  # how many runs match in all
     dead: list[Any]  # ids on the page that are RUNNING in the store with their process gone
     store_size: int  # how many runs the store holds
+    ids_by_uid: dict[str, list[Any]] = field(default_factory=dict)  # the ids here of the runs the rows link to
+
+
+def with_links_here(rows: list[dict[str, Any]], ids_by_uid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """The rows with their link columns naming the linked runs' ids in this store, found by their uids (None: no
+    run here has it; outcome.link_target): a listing, an export or the API's frame of runs copied in under other
+    ids name the right runs."""
+    for row in rows:
+        for key in LINK_COLUMNS:
+            if row.get(f"{key}_uid") is not None:
+                row[key] = link_target(row.get(key), row[f"{key}_uid"], ids_by_uid)
+    return rows
 
 
 def summary_columns() -> list[str]:
@@ -125,9 +140,16 @@ class FileSource:
             summaries = index.summaries(ids)
             extra = index.values(ids, query.columns) if query.columns else {}
             rows = [{**summaries[i], **extra.get(i, {})} for i in ids]
-            return Page(rows, total, self._dead(rows), index.count())
+            linked = index.ids_by_uid([uid for row in rows for uid in link_uids(row)])
+            return Page(with_links_here(rows, linked), total, self._dead(rows), index.count(), linked)
 
         return using_index(self.dir, work, self.warn)
+
+    def ids_by_uid(self, uids: list[str]) -> dict[str, list[Any]]:
+        """The ids of the runs with these uids in this store (links are resolved by them: outcome.link_target)."""
+        from runner.tracking.index import using_index
+
+        return using_index(self.dir, lambda index: index.ids_by_uid(uids), self.warn) if uids else {}
 
     def _dead(self, rows: list[dict[str, Any]]) -> list[Any]:
         """RUNNING runs whose process is gone, read from their folders (the index knows no processes)."""
@@ -202,8 +224,8 @@ def _index_rows(index, ids: list[int], extra: list[q.Field]) -> Iterator[dict[st
         return
     summaries = index.summaries(ids)
     values = index.values(ids, extra)
-    for run_id in ids:
-        yield {**summaries[run_id], **values.get(run_id, {})}
+    rows = [{**summaries[run_id], **values.get(run_id, {})} for run_id in ids]
+    yield from with_links_here(rows, index.ids_by_uid([uid for row in rows for uid in link_uids(row)]))
 
 
 class MongoSource:
@@ -221,7 +243,14 @@ class MongoSource:
         )
         rows = [_record_row(r, query.columns) for r in records]
         dead = sorted(r.id for r in records if r.liveness == "dead")
-        return Page(rows, total, dead, self.client[self.db_name]["runs"].estimated_document_count())
+        linked = self.ids_by_uid([uid for row in rows for uid in link_uids(row)])
+        size = self.client[self.db_name]["runs"].estimated_document_count()
+        return Page(with_links_here(rows, linked), total, dead, size, linked)
+
+    def ids_by_uid(self, uids: list[str]) -> dict[str, list[Any]]:
+        from runner.tracking.mongo import ids_by_uid
+
+        return ids_by_uid(self.client[self.db_name], uids) if uids else {}
 
     def distinct(self, column: str) -> list[str]:
         path = q.mongo_path(q.Field("column", column))
@@ -245,7 +274,8 @@ class MongoSource:
                 records, _ = read_mongo_page(
                     self.client, self.db_name, query.where, query.sort, size, offset, lazy=True, count=False
                 )
-                yield from (_record_row(r, extra) for r in records)
+                rows = [_record_row(r, extra) for r in records]
+                yield from with_links_here(rows, self.ids_by_uid([uid for row in rows for uid in link_uids(row)]))
                 if len(records) < size:
                     return
                 offset += size
@@ -267,6 +297,35 @@ class MongoSource:
                 f"no run with id {run_id} in {self.describe()}", "list the ids with: python -m runner runs list"
             )
         return records[0]
+
+
+def status_condition(source: FileSource | MongoSource, status: str) -> Any:
+    """`--status` as the status column shows it (outcome.shown_status), not only as Sacred recorded it: a run a later
+    one replaced is SUPERSEDED, a RUNNING one whose process is gone DEAD (found among the RUNNING ones)."""
+    wanted = status.upper()
+    superseded = q.Compare(q.Field("meta", "superseded_by_uid"), "like", "%")
+    if wanted == SUPERSEDED:
+        return superseded
+    recorded = "RUNNING" if wanted == DEAD else wanted
+    tree: Any = q.Logical("and", (q.Compare(q.Field("column", "status"), "like", recorded), q.Not(superseded)))
+    if recorded == "RUNNING":
+        dead = q.Compare(q.Field("column", "id"), "in", tuple(source.page(Query(tree, limit=0)).dead))
+        tree = q.Logical("and", (tree, dead if wanted == DEAD else q.Not(dead)))
+    return tree
+
+
+def logged_request(source: FileSource | MongoSource, digest: str) -> RunRecord | None:
+    """The newest completed run made from the same request (its config's `request`: stores.request_digest of what
+    it was made from), or None: what a repeated command shows instead of logging the same record again."""
+    where = q.Logical(
+        "and",
+        (
+            q.Compare(q.Field("config", REQUEST_KEY), "=", digest),
+            q.Compare(q.Field("column", "status"), "=", "COMPLETED"),
+        ),
+    )
+    found = source.records(Query(where, limit=1))
+    return found[0] if found else None
 
 
 def _record_row(record: RunRecord, columns: list[q.Field]) -> dict[str, Any]:

@@ -470,12 +470,20 @@ def _files_of(document: dict[str, Any]) -> list[tuple[str, Any]]:
     ]
 
 
+def ids_by_uid(db: Any, uids: Any) -> dict[str, list[Any]]:
+    """The ids of the runs with these uids in a database (by its index on meta.run_uid)."""
+    found: dict[str, list[Any]] = {}
+    for doc in db["runs"].find({"meta.run_uid": {"$in": sorted(set(uids))}}, {"meta.run_uid": 1}):
+        found.setdefault(doc["meta"]["run_uid"], []).append(doc["_id"])
+    return found
+
+
 def relink(db: Any) -> int:
     """Set every run's links (runner.tracking.outcome.LINKS) to the ids the linked runs have in this database,
     found by their uids: runs copied or pushed here took new ids, and the ids their links carried named runs of
     the store they came from. A link to a run not (yet) here gets no id; its uid stays for a later pass.
     Returns how many run documents changed."""
-    from runner.tracking.outcome import LINKS
+    from runner.tracking.outcome import LINKS, link_target
 
     uid_keys = [f"meta.{key}_uid" for key in LINKS]
     linking = list(
@@ -485,17 +493,15 @@ def relink(db: Any) -> int:
         )
     )
     uids = {doc["meta"].get(f"{key}_uid") for doc in linking for key in LINKS} - {None}
-    ids = {
-        doc["meta"]["run_uid"]: doc["_id"]
-        for doc in db["runs"].find({"meta.run_uid": {"$in": sorted(uids)}}, {"meta.run_uid": 1})
-    }
+    ids = ids_by_uid(db, uids)
     changed = 0
     for doc in linking:
         meta = doc.get("meta", {})
+        targets = {key: link_target(meta.get(key), meta.get(f"{key}_uid"), ids) for key in LINKS}
         fix = {
-            f"meta.{key}": ids.get(meta[f"{key}_uid"])
+            f"meta.{key}": targets[key]
             for key in LINKS
-            if meta.get(f"{key}_uid") is not None and meta.get(key) != ids.get(meta[f"{key}_uid"])
+            if meta.get(f"{key}_uid") is not None and meta.get(key) != targets[key]
         }
         if fix:
             db["runs"].update_one({"_id": doc["_id"]}, {"$set": fix})

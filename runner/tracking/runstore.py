@@ -364,6 +364,8 @@ def record_value(record: RunRecord, field: Any) -> Any:
         return _dig(record.config, field.key)
     if field.scope == "info":
         return _dig(record.info, field.key)
+    if field.scope == "meta":  # not for users' queries: what the run browser filters on (its run_uid, its links)
+        return _dig(record.meta, field.key)
     if field.scope == "metrics":
         if field.key not in record.metrics:
             return record.metric_summary.get(field.key, {}).get(field.aggregate)
@@ -428,7 +430,8 @@ def summary_row(r: RunRecord) -> dict[str, Any]:
         "experiment": r.experiment,
         "status": r.status,
         "cause": failure_cause(r.fail_trace) if r.status == "FAILED" else None,  # why it failed, where known
-        **{key: r.meta.get(key) for key in ("resumed_from", "continued_as", "superseded_by")},
+        **{key: r.meta.get(key) for key in ("resumed_from", "continued_as", "superseded_by")},  # listing.LINK_COLUMNS
+        **{f"{key}_uid": r.meta.get(f"{key}_uid") for key in ("resumed_from", "continued_as", "superseded_by")},
         "dataset": choices.get("data", str(r.config.get("data", {}).get("_target_", ""))),
         "model": choices.get("model", str(r.config.get("model", {}).get("_target_", ""))),
         "solver": r.config.get("solver", {}).get("method") if is_ode else None,

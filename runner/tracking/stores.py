@@ -8,6 +8,7 @@ holds the whole run, so a run is never lost when the database is down or goes aw
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -270,6 +271,12 @@ class _UntrackedRun:
 
     def add_artifact(self, filename: str, name: str | None = None) -> None:
         pass
+
+
+def request_digest(request: Any) -> str:
+    """A fingerprint of what a derived record (a sweep's report, a re-evaluation) is made from: the same inputs give
+    the same digest, so a command repeated with them finds the record it made before and logs no second one."""
+    return hashlib.sha1(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def run_tracked(

@@ -356,3 +356,19 @@ def test_a_run_logged_before_runner_was_split_reproduces_and_reevaluates(tmp_pat
     proc = run_cli(["reevaluate", "1", "--grid", "euler:0.5"], runs_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert record(runs_dir, 3).meta["reevaluates"] == 1
+
+
+def test_the_same_reevaluation_asked_for_again_logs_no_second_run(tmp_path: Path, runs_dir: Path, monkeypatch, capsys):
+    from runner.cli import main
+
+    monkeypatch.setenv("ODEFLOW_RUNS", str(runs_dir))
+    tiny_run(runs_dir, tmp_path / "out")
+    assert main(["reevaluate", "1", "--grid", "euler:0.5"]) == 0
+    capsys.readouterr()
+    assert main(["reevaluate", "1", "--grid", "euler:0.5"]) == 0  # in this process: a CLI call costs seconds more
+    again = capsys.readouterr().out
+    assert [r.id for r in read_file_store(runs_dir / "store")] == [1, 2]  # no second record of the same thing
+    assert "run 1 was re-evaluated with this grid already, as run 2: nothing new is logged" in again
+    assert "ODE-ness gap" in again and "re-evaluation logged before as run 2" in again
+    assert main(["reevaluate", "1", "--grid", "euler:0.25"]) == 0  # another grid: a new re-evaluation
+    assert "already" not in capsys.readouterr().out and record(runs_dir, 3).meta["reevaluates"] == 1

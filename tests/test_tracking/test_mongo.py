@@ -399,7 +399,9 @@ def _journalled(journal: Path, folder: int, uid: str, status: str, **links) -> N
         "2026-01-01T00:00:30"]}}))  # fmt: skip
 
 
-def test_links_between_runs_name_the_runs_ids_in_the_database_they_were_pushed_to(tmp_path, mongo_db):
+def test_links_between_runs_name_the_runs_ids_in_the_database_they_were_pushed_to(tmp_path, mongo_db, capsys):
+    from runner.cli import main
+
     client, name = mongo_db
     db = client[name]
     db["runs"].insert_many([{"_id": 1, "meta": {"run_uid": "other-1"}}, {"_id": 2, "meta": {"run_uid": "other-2"}}])
@@ -444,3 +446,25 @@ def test_links_between_runs_name_the_runs_ids_in_the_database_they_were_pushed_t
     assert f"run {by_uid['uid-a']} FAILED (the disk was full): nothing to do: continued as run {by_uid['uid-b']}" in (
         listing.stdout
     ), listing.stdout + listing.stderr
+    # --status on the database's runs too (the server filters): FAILED as recorded, SUPERSEDED as linked.
+    db["runs"].update_one({"_id": by_uid["uid-c"]}, {"$set": {"meta.superseded_by_uid": "uid-d"}})
+    capsys.readouterr()
+    for status, run_id in (("failed", by_uid["uid-a"]), ("SUPERSEDED", by_uid["uid-c"])):
+        assert main(["runs", "list", "tracking=mongo", f"tracking.db_name={name}", "--status", status]) == 0
+        shown = capsys.readouterr().out
+        rows = [line.split() for line in shown.splitlines()[1:] if line.split()[1:2] == ["odeflow"]]
+        assert [row[0] for row in rows] == [str(run_id)] and "1 run matched" in shown, shown
+
+
+def test_the_same_reevaluation_asked_for_again_in_mongodb_logs_no_second_run(runs_dir, tmp_path, mongo_db, capsys):
+    from runner.cli import main
+
+    client, name = mongo_db
+    tiny_run(runs_dir, tmp_path / "out", *MONGO, f"tracking.db_name={name}")
+    command = ["reevaluate", "1", "--grid", "euler:0.5", *MONGO, f"tracking.db_name={name}", f"paths.runs={runs_dir}"]
+    assert main(command) == 0
+    capsys.readouterr()
+    assert main(command) == 0
+    again = capsys.readouterr().out
+    assert client[name]["runs"].count_documents({}) == 2, again  # the training run and one re-evaluation
+    assert "as run 2: nothing new is logged" in again and "ODE-ness gap" in again  # its table, out of GridFS
