@@ -269,19 +269,23 @@ def _newest_page(runs: Any, condition: dict, projection: dict, offset: int, limi
     holds the page. A window holds every run above `low`, so a full page from it is the page on any server; it
     spares a server that reads every document for a sort with a limit (SecantusDB, which answers a range from
     an index: the observer's index on `_id`) all but the window's. Run ids are Sacred's integers; a database
-    with string or ObjectId ids (which sort above numbers) is read whole."""
+    with string or ObjectId ids (which sort above numbers) is read whole, and so are ids the condition names
+    (`runs show`, `id in (...)`: points the server looks up); a range of ids in the condition (a page token's)
+    narrows the window."""
     from bson import ObjectId
-
-    from runner.tracking import query as q
 
     wanted, top = offset + limit, runs.estimated_document_count()
     for first_of_type in ("", ObjectId("0" * 24)):  # ranges, which the index answers (a $type test reads all)
         if runs.find_one({"_id": {"$gte": first_of_type}}, {"_id": 1}) is not None:
             top = 0
+    named = condition.get("_id")
+    if named is not None and not (isinstance(named, dict) and set(named) <= set(_TIGHTER)):
+        top = 0
+    elif named is not None:
+        top = min([top, *(v for k, v in named.items() if k in ("$lt", "$lte") and _is_number(v))])
     width = 2 * wanted
     while top - width > 0:
-        window = {"_id": {"$gt": top - width}}
-        narrowed = q.mongo_and(window, condition)
+        narrowed = _narrowed(condition, "_id", {"$gt": top - width})
         page = list(runs.find(narrowed, projection).sort([("_id", -1)]).limit(wanted))
         if len(page) >= wanted:
             return page[offset:]
@@ -344,9 +348,20 @@ def _narrowed(condition: dict, path: str, clause: dict) -> dict:
     if path not in condition:
         return {path: clause, **rest}
     existing = condition[path]
-    if isinstance(existing, dict) and all(k.startswith("$") for k in existing) and not set(existing) & set(clause):
-        return {path: {**existing, **clause}, **rest}
-    return {"$and": [{path: clause}, condition]}
+    if not isinstance(existing, dict) or not all(k.startswith("$") for k in existing):
+        return {"$and": [{path: clause}, condition]}
+    merged = dict(existing)
+    for op, bound in clause.items():
+        if op not in merged:
+            merged[op] = bound
+        elif op in _TIGHTER and _is_number(bound) and _is_number(merged[op]):  # numbers: the tighter bound
+            merged[op] = _TIGHTER[op](merged[op], bound)
+        else:
+            return {"$and": [{path: clause}, condition]}
+    return {path: merged, **rest}
+
+
+_TIGHTER = {"$gt": max, "$gte": max, "$lt": min, "$lte": min}
 
 
 def _mongo_metrics(db: Any, run_ids: list, collections: tuple[str, ...]) -> dict[Any, dict[str, dict[str, list]]]:

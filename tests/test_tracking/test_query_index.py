@@ -444,8 +444,15 @@ def test_mongo_newest_pages_from_an_id_window_are_the_servers_sorted_pages(mongo
     runs = client[name]["runs"]
     runs.insert_many([{"_id": i, "status": "FAILED" if n % 4 == 0 else "COMPLETED"} for n, i in enumerate(ids)])
     ensure_indexes(client[name])
-    for condition in ({}, {"status": "FAILED"}):
-        for offset, limit in ((0, 50), (50, 50), (10, 7), (0, 1000)):
+    named = [
+        {"_id": ids[5]},  # runs show
+        {"_id": {"$in": ids[3:9]}, "status": "COMPLETED"},
+        {"_id": {"$lt": ids[-40]}},  # a page token's range, and one on the window's own operator
+        {"_id": {"$gt": ids[50], "$lte": ids[-3]}, "status": "FAILED"},
+        {"_id": {"$gt": ids[-30]}, "status": "FAILED"},  # fewer than some pages: the window crosses the bound
+    ]
+    for condition in ({}, {"status": "FAILED"}, *named):
+        for offset, limit in ((0, 50), (50, 50), (10, 7), (0, 1000), (0, 1)):
             expected = [d["_id"] for d in runs.find(condition).sort("_id", -1).skip(offset).limit(limit)]
             assert [d["_id"] for d in _newest_page(runs, condition, {}, offset, limit)] == expected
 
@@ -496,6 +503,8 @@ def test_mongo_sorted_pages_from_a_threshold_range_are_the_servers_sorted_pages(
         {},
         {"config.solver.method": "rk4"},
         {acc: {"$gt": 0.8}},
+        {acc: {"$gte": 0.95}},  # the range's own operator, both ways: the tighter bound of the two
+        {acc: {"$lte": 0.55}},
         {acc: {"$lt": 0.6}, "config.train.lr": 2},
         {"config.solver.method": "rare"},
     ]
@@ -510,4 +519,4 @@ def test_mongo_sorted_pages_from_a_threshold_range_are_the_servers_sorted_pages(
                 assert from_range is None or [d["_id"] for d in from_range] == expected
                 windowed += from_range is not None
     # the range answers most pages; a string sorts before every number descending, so those go to the full sort
-    assert windowed >= (60 if odd_value is None else 30)
+    assert windowed >= (70 if odd_value is None else 35)
