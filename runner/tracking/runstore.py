@@ -205,11 +205,7 @@ def read_mongo_page(
     condition = q.to_mongo(where)
     order = q.mongo_sort(sort or []) if newest_first or sort else [("_id", 1)]
     projection = LISTING_PROJECTION if lazy else {"captured_out": 0}
-    summarized = (
-        {"$and": [{"metric_summary": {"$exists": True}}, condition]}
-        if condition
-        else {"metric_summary": {"$exists": True}}
-    )
+    summarized = _narrowed(condition, "metric_summary", {"$exists": True})
     # Only a query on metrics needs the old documents apart (the server cannot compare their summaries): such a
     # search costs a scan of the collection, which SecantusDB makes for any query it cannot answer from an index.
     on_metrics = any(f.scope == "metrics" for f in [*q.fields_of(where), *(k.field for k in sort or [])])
@@ -278,6 +274,8 @@ def _newest_page(runs: Any, condition: dict, projection: dict, offset: int, limi
     for first_of_type in ("", ObjectId("0" * 24)):  # ranges, which the index answers (a $type test reads all)
         if runs.find_one({"_id": {"$gte": first_of_type}}, {"_id": 1}) is not None:
             top = 0
+    if any(k.startswith("$") for k in condition):  # an `or` at the top: SecantusDB reads every run for each window
+        top = 0
     named = condition.get("_id")
     if named is not None and not (isinstance(named, dict) and set(named) <= set(_TIGHTER)):
         top = 0
@@ -311,6 +309,8 @@ def _threshold_page(
     the key, the sample holds no number, a value of another type sorts before the numbers, or the sample's
     last value leaves the page short."""
     path, direction = order[0]
+    if any(k.startswith("$") for k in condition):  # SecantusDB reads every run for each range of such a filter
+        return None
     if not any(spec["key"][0][0] == path for spec in runs.index_information().values()):
         return None
     descending, wanted = direction == -1, offset + limit

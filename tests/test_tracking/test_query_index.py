@@ -450,6 +450,7 @@ def test_mongo_newest_pages_from_an_id_window_are_the_servers_sorted_pages(mongo
         {"_id": {"$lt": ids[-40]}},  # a page token's range, and one on the window's own operator
         {"_id": {"$gt": ids[50], "$lte": ids[-3]}, "status": "FAILED"},
         {"_id": {"$gt": ids[-30]}, "status": "FAILED"},  # fewer than some pages: the window crosses the bound
+        {"$or": [{"_id": {"$lt": ids[9]}}, {"status": "FAILED"}]},
     ]
     for condition in ({}, {"status": "FAILED"}, *named):
         for offset, limit in ((0, 50), (50, 50), (10, 7), (0, 1000), (0, 1)):
@@ -507,6 +508,7 @@ def test_mongo_sorted_pages_from_a_threshold_range_are_the_servers_sorted_pages(
         {acc: {"$lte": 0.55}},
         {acc: {"$lt": 0.6}, "config.train.lr": 2},
         {"config.solver.method": "rare"},
+        {"$or": [{"config.solver.method": "rk4"}, {acc: {"$lt": 0.6}}]},
     ]
     windowed = 0
     for order in orders:
