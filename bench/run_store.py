@@ -1,7 +1,7 @@
 """The run browser at scale: synthetic stores of N runs shaped like a real one, each command timed, on the file
 store (through its index) and on MongoDB (SecantusDB, the no-Docker dashboard's server).
 
-    .venv/bin/python bench/run_store.py --template runs/store/1 --sizes 1000 20000 [--keep DIR]
+    .venv/bin/python bench/run_store.py --template runs/store/1 --sizes 1000 20000 [--keep DIR] [--mongo-only]
 
 The template is one real run folder (`python -m runner experiment=quickstart train.max_epochs=3` makes one).
 Each synthetic run copies its run.json, config.json and info.json and varies what a sweep varies (solver,
@@ -117,11 +117,14 @@ def load_mongo(client, db_name: str, store: Path, size: int) -> None:
 
     sys.path.insert(0, str(ROOT))
     from runner.tracking.index import metric_summaries
+    from runner.tracking.mongo import ensure_indexes
 
     db = client[db_name]
     if db["runs"].estimated_document_count() == size:
+        ensure_indexes(db)  # what this version's observer adds when it opens an older database
         return
     client.drop_database(db_name)
+    ensure_indexes(db)  # as the observer and the dashboard's copy: the indexes first
     for first in range(1, size + 1, 1000):
         runs, series = [], []
         for run_id in range(first, min(size, first + 999) + 1):
@@ -229,10 +232,18 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 20000])
     parser.add_argument("--keep", type=Path, help="keep the stores here (reused by a later run of the same size)")
     parser.add_argument("--no-mongo", action="store_true", help="the file store only")
+    parser.add_argument("--mongo-only", action="store_true", help="MongoDB only (the stores are made to load it)")
     args = parser.parse_args()
     base = args.keep or Path(tempfile.mkdtemp(prefix="run_store_"))
     one = base / "n1"  # start-up: the same commands on a store of one run
     make_store(args.template, one / "store", 1)
+    if args.mongo_only:
+        for size in args.sizes:
+            make_store(args.template, base / f"n{size}" / "store", size)
+        measure_mongo(args, base, one)
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+        return
     startup = {name: t for name, (t, _) in measure(one, 1).items()}
     log_empty, events_empty = log_epoch_seconds(one / "store")
     table: dict[int, dict[str, tuple[float, float]]] = {}

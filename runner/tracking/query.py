@@ -383,13 +383,6 @@ def to_mongo(tree: Any) -> dict:
     return {path: condition}
 
 
-def mongo_and(first: dict, second: dict) -> dict:
-    """Both filters (as one document where they name different fields)."""
-    if not second or not first:
-        return first or second
-    return _merged([first, second]) or {"$and": [first, second]}
-
-
 def _merged(parts: list[dict]) -> dict | None:
     """`and` of conditions on different fields as one filter document ({a: .., b: ..}, which means the same as
     {$and: [..]}): a server picks an index for one of its fields (SecantusDB reads every document for a

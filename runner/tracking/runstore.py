@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
 import sys
 from collections.abc import Callable
@@ -193,7 +194,7 @@ def read_mongo_page(
     that run id, in place of the offset.
     """
     from runner.tracking import query as q
-    from runner.tracking.mongo import COST_METRICS_COLLECTION
+    from runner.tracking.mongo import COST_METRICS_COLLECTION, UNSUMMARIZED
 
     if after is not None and not sort and newest_first:  # the page below a token's last run; the total of all
         keyset = q.Compare(q.Field("column", "id"), "<", after)
@@ -204,15 +205,11 @@ def read_mongo_page(
     condition = q.to_mongo(where)
     order = q.mongo_sort(sort or []) if newest_first or sort else [("_id", 1)]
     projection = LISTING_PROJECTION if lazy else {"captured_out": 0}
-    summarized = (
-        {"$and": [{"metric_summary": {"$exists": True}}, condition]}
-        if condition
-        else {"metric_summary": {"$exists": True}}
-    )
+    summarized = _narrowed(condition, "metric_summary", {"$exists": True})
     # Only a query on metrics needs the old documents apart (the server cannot compare their summaries): such a
     # search costs a scan of the collection, which SecantusDB makes for any query it cannot answer from an index.
     on_metrics = any(f.scope == "metrics" for f in [*q.fields_of(where), *(k.field for k in sort or [])])
-    old_docs = list(db["runs"].find({"metric_summary": {"$exists": False}}, projection)) if on_metrics else []
+    old_docs = list(db["runs"].find(UNSUMMARIZED, projection)) if on_metrics else []
     if old_docs:  # written before run documents carried summaries: read their metrics, filter them here
         histories = _mongo_metrics(db, [d["_id"] for d in old_docs], (COST_METRICS_COLLECTION,))
         old = [_mongo_record(d, db_name, histories.get(d["_id"], {})) for d in old_docs]
@@ -245,6 +242,10 @@ def _server_page(runs: Any, condition: dict, projection: dict, order: list, offs
     path, direction = order[0]
     if order == [("_id", -1)] and limit:
         return _newest_page(runs, condition, projection, offset, limit)
+    if limit and path != "_id":
+        page = _threshold_page(runs, condition, projection, order, offset, limit)
+        if page is not None:
+            return page
     if direction == -1 or path == "_id":
         cursor = runs.find(condition, projection).sort(order).skip(offset)
         return list(cursor.limit(limit) if limit else cursor)
@@ -264,24 +265,103 @@ def _newest_page(runs: Any, condition: dict, projection: dict, offset: int, limi
     holds the page. A window holds every run above `low`, so a full page from it is the page on any server; it
     spares a server that reads every document for a sort with a limit (SecantusDB, which answers a range from
     an index: the observer's index on `_id`) all but the window's. Run ids are Sacred's integers; a database
-    with string or ObjectId ids (which sort above numbers) is read whole."""
+    with string or ObjectId ids (which sort above numbers) is read whole, and so are ids the condition names
+    (`runs show`, `id in (...)`: points the server looks up); a range of ids in the condition (a page token's)
+    narrows the window."""
     from bson import ObjectId
-
-    from runner.tracking import query as q
 
     wanted, top = offset + limit, runs.estimated_document_count()
     for first_of_type in ("", ObjectId("0" * 24)):  # ranges, which the index answers (a $type test reads all)
         if runs.find_one({"_id": {"$gte": first_of_type}}, {"_id": 1}) is not None:
             top = 0
+    if any(k.startswith("$") for k in condition):  # an `or` at the top: SecantusDB reads every run for each window
+        top = 0
+    named = condition.get("_id")
+    if named is not None and not (isinstance(named, dict) and set(named) <= set(_TIGHTER)):
+        top = 0
+    elif named is not None:
+        top = min([top, *(v for k, v in named.items() if k in ("$lt", "$lte") and _is_number(v))])
     width = 2 * wanted
     while top - width > 0:
-        window = {"_id": {"$gt": top - width}}
-        narrowed = q.mongo_and(window, condition)
+        narrowed = _narrowed(condition, "_id", {"$gt": top - width})
         page = list(runs.find(narrowed, projection).sort([("_id", -1)]).limit(wanted))
         if len(page) >= wanted:
             return page[offset:]
         width *= 8
     return list(runs.find(condition, projection).sort([("_id", -1)]).skip(offset).limit(limit))
+
+
+# Values of the types MongoDB sorts above numbers that a metric's summary can hold (strings, booleans, dates), as
+# ranges an index answers: a descending sort puts them before every number.
+_ABOVE_NUMBERS = ({"$gte": ""}, {"$in": [False, True]}, {"$gte": dt.datetime.min})
+
+
+def _threshold_page(
+    runs: Any, condition: dict, projection: dict, order: list, offset: int, limit: int
+) -> list[dict] | None:
+    """One page of a sort whose first key has an index, read from a range of its best values: `key >= t` when
+    descending (`key <= t` ascending) with the condition, t widened until the range holds the page. The range holds
+    every run that sorts before t, ties at t included, so a full page from it is the page of a sort of every run,
+    on any server; it spares a server that reads every document for a sort with a limit (SecantusDB, which
+    answers a range from an index) all but the range's. Ascending, NaN sorts before every number: those runs
+    come first. The first t: of a sample of the key's values (√N runs read by id, evenly spread over Sacred's
+    integer ids), the one about two pages of runs pass. None (the caller sorts every run) where no index leads with
+    the key, the sample holds no number, a value of another type sorts before the numbers, or the sample's
+    last value leaves the page short."""
+    path, direction = order[0]
+    if any(k.startswith("$") for k in condition):  # SecantusDB reads every run for each range of such a filter
+        return None
+    if not any(spec["key"][0][0] == path for spec in runs.index_information().values()):
+        return None
+    descending, wanted = direction == -1, offset + limit
+    if descending and any(runs.find_one({path: probe}, {"_id": 1}) for probe in _ABOVE_NUMBERS):
+        return None
+    total = runs.estimated_document_count()
+    count = min(total, max(16, math.isqrt(total)))
+    ids = sorted({1 + n * total // count for n in range(count)})
+    sample = (_dig(doc, path) for doc in runs.find({"_id": {"$in": ids}}, {path: 1}))
+    values = sorted((v for v in sample if _is_number(v)), reverse=descending)
+    if not values:
+        return None
+    nan = _narrowed(condition, path, {"$eq": math.nan})
+    first = [] if descending else list(runs.find(nan, projection).sort(order).limit(wanted))
+    rank = max(1, math.ceil(2 * wanted * len(ids) / total))
+    while len(first) < wanted:
+        bound = {"$gte" if descending else "$lte": values[min(rank, len(values)) - 1]}
+        page = list(runs.find(_narrowed(condition, path, bound), projection).sort(order).limit(wanted - len(first)))
+        if len(first) + len(page) >= wanted:
+            return (first + page)[offset:]
+        if rank >= len(values):
+            return None
+        rank *= 4
+    return first[offset:wanted]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _narrowed(condition: dict, path: str, clause: dict) -> dict:
+    """The condition and `{path: clause}` as one filter document, the path first: SecantusDB answers a filter from
+    the index of its first indexed field (and reads every document for a top-level $and, kept for clashes)."""
+    rest = {k: v for k, v in condition.items() if k != path}
+    if path not in condition:
+        return {path: clause, **rest}
+    existing = condition[path]
+    if not isinstance(existing, dict) or not all(k.startswith("$") for k in existing):
+        return {"$and": [{path: clause}, condition]}
+    merged = dict(existing)
+    for op, bound in clause.items():
+        if op not in merged:
+            merged[op] = bound
+        elif op in _TIGHTER and _is_number(bound) and _is_number(merged[op]):  # numbers: the tighter bound
+            merged[op] = _TIGHTER[op](merged[op], bound)
+        else:
+            return {"$and": [{path: clause}, condition]}
+    return {path: merged, **rest}
+
+
+_TIGHTER = {"$gt": max, "$gte": max, "$lt": min, "$lte": min}
 
 
 def _mongo_metrics(db: Any, run_ids: list, collections: tuple[str, ...]) -> dict[Any, dict[str, dict[str, list]]]:

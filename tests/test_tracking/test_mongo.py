@@ -90,6 +90,8 @@ def test_whole_record_in_a_real_server(runs_dir, tmp_path, mongo_db, capsys):
     run_indexes = {tuple(i["key"]) for i in db["runs"].index_information().values()}
     assert {(("status", 1), ("start_time", -1)), (("experiment.name", 1), ("start_time", -1))} <= run_indexes
     assert {(("meta.run_uid", 1),), (("test acc", 1),), (("FNFE", 1),)} <= run_indexes
+    sorted_on = {(("metric_summary.val__acc.last", 1),), (("metric_summary.val__loss.min", 1),)}
+    assert sorted_on <= run_indexes  # what a listing sorted on a metric reads a range of
     fs = gridfs.GridFS(db)
     sources = dict(doc["experiment"]["sources"])
     assert (

@@ -4,6 +4,7 @@ the same queries on the real MongoDB-wire server."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -443,7 +444,81 @@ def test_mongo_newest_pages_from_an_id_window_are_the_servers_sorted_pages(mongo
     runs = client[name]["runs"]
     runs.insert_many([{"_id": i, "status": "FAILED" if n % 4 == 0 else "COMPLETED"} for n, i in enumerate(ids)])
     ensure_indexes(client[name])
-    for condition in ({}, {"status": "FAILED"}):
-        for offset, limit in ((0, 50), (50, 50), (10, 7), (0, 1000)):
+    named = [
+        {"_id": ids[5]},  # runs show
+        {"_id": {"$in": ids[3:9]}, "status": "COMPLETED"},
+        {"_id": {"$lt": ids[-40]}},  # a page token's range, and one on the window's own operator
+        {"_id": {"$gt": ids[50], "$lte": ids[-3]}, "status": "FAILED"},
+        {"_id": {"$gt": ids[-30]}, "status": "FAILED"},  # fewer than some pages: the window crosses the bound
+        {"$or": [{"_id": {"$lt": ids[9]}}, {"status": "FAILED"}]},
+    ]
+    for condition in ({}, {"status": "FAILED"}, *named):
+        for offset, limit in ((0, 50), (50, 50), (10, 7), (0, 1000), (0, 1)):
             expected = [d["_id"] for d in runs.find(condition).sort("_id", -1).skip(offset).limit(limit)]
             assert [d["_id"] for d in _newest_page(runs, condition, {}, offset, limit)] == expected
+
+
+def _sorted_runs(runs, condition: dict, order: list, offset: int, limit: int) -> list:
+    """The ids of a page of the server's own sort of every matching run, a missing value last both ways."""
+    path, direction = order[0]
+    if direction == -1:
+        return [d["_id"] for d in runs.find(condition, {"_id": 1}).sort(order).skip(offset).limit(limit)]
+    has = list(runs.find({"$and": [condition, {path: {"$ne": None}}]}, {"_id": 1}).sort(order))
+    lacks = list(runs.find({"$and": [condition, {path: None}]}, {"_id": 1}).sort(order))
+    return [d["_id"] for d in has + lacks][offset : offset + limit]
+
+
+@pytest.mark.parametrize("odd_value", [None, "a string"], ids=["numbers", "a-string-among-them"])
+def test_mongo_sorted_pages_from_a_threshold_range_are_the_servers_sorted_pages(mongo_db, odd_value):
+    """A page sorted on an indexed metric summary, read from a range of its best values (what SecantusDB answers
+    from an index), against the server's own sort of every run: ties at the threshold, NaN, null and missing
+    values, gaps in the ids, both directions, a second sort key, offsets, a condition on the sort key itself, one
+    on a field no index holds, one that matches fewer runs than the page."""
+    from runner.tracking.mongo import ensure_indexes
+    from runner.tracking.runstore import _server_page, _threshold_page
+
+    client, name = mongo_db
+    runs = client[name]["runs"]
+    rng = random.Random(5)
+    docs = []
+    for n, run_id in enumerate([*range(1, 500, 2), 777, 5000]):
+        acc = round(rng.uniform(0.5, 1.0), 2)  # 51 values: ties everywhere
+        acc = math.nan if n % 41 == 0 else None if n % 37 == 0 else acc
+        summary = {"val__acc": {"last": acc}, "val__loss": {"min": round(rng.uniform(0, 1), 1)}}
+        config = {"solver": {"method": rng.choice(SOLVERS)}, "train": {"lr": rng.choice([1, 2])}}
+        doc = {"_id": run_id, "config": config}
+        docs.append(doc if n % 29 == 0 else {**doc, "metric_summary": summary})
+    docs[7]["config"]["solver"]["method"] = docs[9]["config"]["solver"]["method"] = "rare"
+    if odd_value is not None:
+        docs[11]["metric_summary"]["val__acc"]["last"] = odd_value
+    ensure_indexes(client[name])
+    runs.insert_many(docs)
+    acc, loss = "metric_summary.val__acc.last", "metric_summary.val__loss.min"
+    orders = [
+        [(acc, -1), ("_id", -1)],
+        [(acc, 1), ("_id", -1)],
+        [(acc, -1), ("config.train.lr", 1), ("_id", -1)],
+        [(loss, 1), ("config.train.lr", -1), ("_id", -1)],
+    ]
+    conditions = [
+        {},
+        {"config.solver.method": "rk4"},
+        {acc: {"$gt": 0.8}},
+        {acc: {"$gte": 0.95}},  # the range's own operator, both ways: the tighter bound of the two
+        {acc: {"$lte": 0.55}},
+        {acc: {"$lt": 0.6}, "config.train.lr": 2},
+        {"config.solver.method": "rare"},
+        {"$or": [{"config.solver.method": "rk4"}, {acc: {"$lt": 0.6}}]},
+    ]
+    windowed = 0
+    for order in orders:
+        for condition in conditions:
+            for offset, limit in ((0, 10), (0, 1), (25, 10), (3, 50), (0, 400)):
+                expected = _sorted_runs(runs, condition, order, offset, limit)
+                page = _server_page(runs, condition, {"_id": 1}, order, offset, limit)
+                assert [d["_id"] for d in page] == expected, (order, condition, offset, limit)
+                from_range = _threshold_page(runs, condition, {"_id": 1}, order, offset, limit)
+                assert from_range is None or [d["_id"] for d in from_range] == expected
+                windowed += from_range is not None
+    # the range answers most pages; a string sorts before every number descending, so those go to the full sort
+    assert windowed >= (70 if odd_value is None else 35)
