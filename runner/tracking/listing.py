@@ -24,6 +24,8 @@ LINK_COLUMNS = ("resumed_from", "continued_as", "superseded_by")  # summary_row'
 REQUEST_KEY = "request"  # in a derived run's config (a re-evaluation): the digest of what it was made from
 DAMAGE = (OSError, ValueError, KeyError, TypeError, AttributeError)  # what a damaged run folder raises
 
+EXPORT_PAGE = 500  # runs a MongoDB export reads per query
+
 
 @dataclass(frozen=True)
 class Query:
@@ -267,18 +269,31 @@ class MongoSource:
         columns = [*summary_columns(), *dict.fromkeys(f.name for f in extra)]
 
         def generate() -> Iterator[dict[str, Any]]:
-            step = 500
-            offset, left = query.offset, query.limit or None
+            # Newest first, each page goes on below the last id, as page tokens do: an offset makes the server
+            # read every run above it again for each page (72 s for 10,000 runs on SecantusDB).
+            step = EXPORT_PAGE
+            offset, left, after = query.offset, query.limit or None, query.after
             while left is None or left > 0:
                 size = step if left is None else min(step, left)
                 records, _ = read_mongo_page(
-                    self.client, self.db_name, query.where, query.sort, size, offset, lazy=True, count=False
+                    self.client,
+                    self.db_name,
+                    query.where,
+                    query.sort,
+                    size,
+                    0 if after is not None else offset,
+                    lazy=True,
+                    count=False,
+                    after=after,
                 )
                 rows = [_record_row(r, extra) for r in records]
                 yield from with_links_here(rows, self.ids_by_uid([uid for row in rows for uid in link_uids(row)]))
                 if len(records) < size:
                     return
-                offset += size
+                if query.sort:
+                    offset += size
+                else:
+                    after = records[-1].id
                 left = None if left is None else left - size
 
         return columns, generate()

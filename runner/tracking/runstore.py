@@ -200,7 +200,7 @@ def read_mongo_page(
         keyset = q.Compare(q.Field("column", "id"), "<", after)
         page_where = keyset if where is None else q.Logical("and", (keyset, where))
         records, _ = read_mongo_page(client, db_name, page_where, None, limit, 0, lazy, count=False)
-        return records, read_mongo_page(client, db_name, where, None, 1, 0, True, count=count)[1]
+        return records, read_mongo_page(client, db_name, where, None, 1, 0, True)[1] if count else 0
     db = client[db_name]
     condition = q.to_mongo(where)
     order = q.mongo_sort(sort or []) if newest_first or sort else [("_id", 1)]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from odeflow.errors import UserError
+from runner.tracking import listing
 from runner.tracking import query as q
 from runner.tracking.index import INDEX_FILE, RunIndex, folder_signature, using_index
 from runner.tracking.listing import FileSource, MongoSource, Query
@@ -337,7 +338,7 @@ def _mongo_doc(store: Path, run_id: int, summarized: bool) -> tuple[dict, list[d
 
 
 @pytest.mark.parametrize("old_documents", [False, True])
-def test_mongo_answers_every_query_as_the_index_does(synthetic, mongo_db, old_documents):
+def test_mongo_answers_every_query_as_the_index_does(synthetic, mongo_db, old_documents, monkeypatch):
     store, _ = synthetic
     client, name = mongo_db
     docs = [_mongo_doc(store, i, summarized=not (old_documents and i % 3 == 0)) for i in range(1, RUNS + 1)]
@@ -360,6 +361,12 @@ def test_mongo_answers_every_query_as_the_index_does(synthetic, mongo_db, old_do
         assert page.total == expected.total, where
     for where, sort in [(None, None), (ISSUE_QUERY, "-metrics.val.acc")]:
         assert pages(source, where, sort, limit=40) == pages(FileSource(store), where, sort, limit=40)
+    monkeypatch.setattr(listing, "EXPORT_PAGE", 7)  # an export of many pages from these few runs
+    exports = [(None, None, 0), ("status = 'COMPLETED'", None, 30), (ISSUE_QUERY, "-metrics.val.acc", 0)]
+    for where, sort, limit in exports:
+        query = Query.parse(where, sort, limit)
+        exported = [row["id"] for row in source.rows(query)[1]]
+        assert exported == [row["id"] for row in FileSource(store).rows(query)[1]], where
 
 
 def test_python_matching_agrees_with_the_index(synthetic):
