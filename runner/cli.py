@@ -102,7 +102,7 @@ def store_of(cfg):
 
 def answering_client(store):
     """A client of the store's MongoDB that has answered and accepted its credentials (raises otherwise)."""
-    client = store.client()
+    client = store.client(patient=True)
     client[store.db_name].list_collection_names()  # unlike ping, needs authentication
     return client
 
@@ -550,6 +550,18 @@ def main(argv: list[str]) -> int:
         print(
             f"error: cannot use {exc.filename}: {exc.strerror or exc}\n  fix: give a path in a folder that exists and "
             f"that you can write (--out, paths.runs or ODEFLOW_RUNS)",
+            file=sys.stderr,
+        )
+        return 2
+    except Exception as exc:
+        if not type(exc).__module__.startswith("pymongo"):
+            raise
+        print(  # the database answered when the command began (source_of checked), then failed under it
+            f"error: MongoDB stopped answering during this command ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160] if str(exc) else 'no reason given'})\n"
+            "  fix: check that the server still runs (make dashboard starts one); a query that makes it read every "
+            "run (a count, or a sort on an unindexed key: see README, MongoDB listings) answers sooner narrowed "
+            "with --where or sorted on an indexed metric",
             file=sys.stderr,
         )
         return 2

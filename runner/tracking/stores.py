@@ -47,6 +47,7 @@ def env_file() -> Path:
 
 FILE_STORE_PRIORITY = 40  # Sacred calls observers by priority; the first to return an id names the run
 RESERVE_FILE = ".odeflow-reserve"  # in a running run's folder; readers look at run.json, metrics.json, info.json
+PATIENT_CONNECT_MS = 300_000  # how long a reachable server may be busy before a reading command gives up
 RESERVE_BYTES = 512 * 1024  # a run's status, its unsaved epochs and its index entry fit in this
 
 
@@ -223,10 +224,15 @@ class MongoStore:
     def local_dir(self) -> Path:
         return Path(self.journal_dir).expanduser()
 
-    def client(self):
+    def client(self, patient: bool = False):
+        """A client that gives up on an unreachable server after `timeout_ms`. A patient one (the commands that
+        read runs) lets a reachable server take longer over a query: the client's monitor times its heartbeat
+        with the connect timeout, and a server busy with one long query (SecantusDB counting 100,000 runs) misses
+        a 3 s heartbeat, which cancels the query under way ("operation cancelled")."""
         import pymongo
 
-        return pymongo.MongoClient(self.url, serverSelectionTimeoutMS=self.timeout_ms, connectTimeoutMS=self.timeout_ms)
+        connect_ms = max(self.timeout_ms, PATIENT_CONNECT_MS) if patient else self.timeout_ms
+        return pymongo.MongoClient(self.url, serverSelectionTimeoutMS=self.timeout_ms, connectTimeoutMS=connect_ms)
 
 
 @dataclass(frozen=True)
