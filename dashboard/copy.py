@@ -49,9 +49,6 @@ SACRED_FORMAT = "MongoObserver-0.7.0"
 PROGRESS_EVERY = 5.0  # seconds between progress lines
 KNOWN_PER_WRITE = 1000  # folders recorded as already copied per write
 BATCH_SECONDS = 0.4  # a batch's writes take about this long, so a stop waits for at most one short batch
-# The artifacts one batch may carry: the database server holds a whole insert in its own memory while it writes
-# it (512 runs with their figures and checkpoints took it to 2.8 GB, whatever its cache size).
-BATCH_ARTIFACT_BYTES = 16 * 1024 * 1024
 
 
 def signature(run_dir: Path) -> list[list[int]]:
@@ -114,9 +111,6 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.runs)
-
-    def artifact_bytes(self) -> int:
-        return sum(len(chunk["data"]) for chunk in self.chunks)
 
 
 class Copier:
@@ -209,11 +203,7 @@ class Copier:
                 if self.stop.is_set():
                     break
                 self._add(batch, run_dir, sig, changed, is_journal, in_db)
-                if (
-                    len(batch) >= self._batch_size
-                    or len(batch.known) >= KNOWN_PER_WRITE
-                    or batch.artifact_bytes() >= BATCH_ARTIFACT_BYTES
-                ):
+                if len(batch) >= self._batch_size or len(batch.known) >= KNOWN_PER_WRITE:
                     batches.put(batch)
                     batch = Batch()
             if len(batch) or batch.known:

@@ -472,35 +472,6 @@ def test_the_same_reevaluation_asked_for_again_in_mongodb_logs_no_second_run(run
     assert "as run 2: nothing new is logged" in again and "ODE-ness gap" in again  # its table, out of GridFS
 
 
-def test_the_dashboards_copy_closes_a_batch_at_its_artifact_bytes(tmp_path, monkeypatch):
-    """A batch of runs with large artifacts is written before it reaches its run count: the database server holds
-    a whole insert in memory while it writes it (512 runs with their figures took it to 2.8 GB)."""
-    import queue
-    import threading
-
-    from dashboard import copy as dashboard_copy
-    from dashboard.copy import Copier, signature
-
-    journal = tmp_path / "journal"
-    for folder in range(1, 11):
-        _journalled(journal, folder, f"uid-{folder}", "COMPLETED")
-        run_dir = journal / str(folder)
-        (run_dir / "figure.png").write_bytes(os.urandom(100_000))
-        record = json.loads((run_dir / "run.json").read_text())
-        (run_dir / "run.json").write_text(json.dumps({**record, "artifacts": ["figure.png"]}))
-    monkeypatch.setattr(dashboard_copy, "BATCH_ARTIFACT_BYTES", 250_000)
-    copier = Copier(None, [journal], threading.Event(), log=lambda *_: None)
-    pending = [(journal / str(f), signature(journal / str(f)), False, False) for f in range(1, 11)]
-    batches: queue.Queue = queue.Queue()
-    failed: list = []
-    copier._read(pending, {}, batches, failed)
-    sizes = []
-    while (batch := batches.get()) is not None:
-        sizes.append(len(batch))
-        assert batch.artifact_bytes() < 250_000 + 100_000  # closed by the run that passed the bound
-    assert not failed and sizes == [3, 3, 3, 1]  # 16 runs a batch by count alone
-
-
 def test_a_database_that_stops_answering_during_a_listing_is_one_line(tmp_path, mongo_db, capsys, monkeypatch):
     """The server answered when the command began, then failed under a query (killed, or its client's monitor
     gave up on it): one line naming the cause and the fix, no traceback. The reading client waits for a busy
