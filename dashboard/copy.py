@@ -134,6 +134,7 @@ class Copier:
         self._sources: dict[tuple[str, str], Any] = {}
         self._batch_size = 16
         self._next_id: int | None = None
+        self._copied_ids: list[Any] = []  # relinked once the copy is done
 
     # --- the whole copy ------------------------------------------------------------------------------
 
@@ -188,7 +189,7 @@ class Copier:
             raise failed[0]
         if not self.stop.is_set():
             if self.counts["copied"]:
-                relink(self.db)  # the copied runs' links name the ids their runs have here
+                relink(self.db, self._copied_ids)  # the copied runs' links name the ids their runs have here
             self.finished = True
             self.log(
                 f"copy done: {self.counts['copied']} runs copied, {self.counts['already_there']} already there"
@@ -228,6 +229,7 @@ class Copier:
             return
         if there is not None:  # a changed run, or one the database holds partly: rewritten in place
             mongo_id = replay(run_dir, self.db.client, self.db.name)
+            self._copied_ids.append(mongo_id)
             self._record([(run_dir, sig, mongo_id)])
             if is_journal:
                 write_marker(run_dir, uid, mongo_id, True)
@@ -335,6 +337,7 @@ class Copier:
             upsert=True,
         )
         self._insert_runs(batch.runs)
+        self._copied_ids.extend(document["_id"] for document in batch.runs)
         for document, series, artifacts in zip(batch.runs, batch.metrics, batch.artifacts, strict=True):
             for s in series:
                 s["run_id"] = document["_id"]

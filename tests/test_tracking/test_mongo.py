@@ -427,6 +427,12 @@ def test_links_between_runs_name_the_runs_ids_in_the_database_they_were_pushed_t
         assert meta["uid-c"]["reevaluates"] == by_uid["uid-b"]
         assert meta["uid-d"]["reproduces"] is None and meta["uid-d"]["reproduces_uid"] == "uid-not-pushed"
 
+    # The run a link named arrives later, pushed on its own: the link of the run already there finds it then.
+    _journalled(journal, 5, "uid-not-pushed", "COMPLETED")
+    quiet_sync(journal, client, name)
+    by_uid = ids()
+    assert db["runs"].find_one({"_id": by_uid["uid-d"]})["meta"]["reproduces"] == by_uid["uid-not-pushed"]
+
     # Copied by the dashboard into a database of its own (other ids again): the links follow there too.
     import threading
 
