@@ -339,12 +339,12 @@ def test_failed_trials_are_recorded_the_sweep_goes_on_and_ends_with_its_report(r
     )
 
 
-def test_a_sweep_stopped_by_sigterm_interrupts_its_trial_and_resumes(runs_dir: Path, tmp_path: Path):
-    import signal
+def _signal_during_trial_1(runs_dir: Path, sweep_dir: Path, n_trials: int, signum: int, wait: float):
+    """(the sweep's arguments, its process, its stderr): a sweep of `n_trials` several-second trials, sent `signum`
+    `wait` seconds after its trial 1 (run 2) started."""
     import time
 
-    sweep_dir = tmp_path / "sweep"
-    args = ["-m", *TINY, f"hydra.sweep.dir={sweep_dir}", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1"]
+    args = ["-m", *TINY, f"hydra.sweep.dir={sweep_dir}", f"hydra.sweeper.n_trials={n_trials}", "hydra.sweeper.n_jobs=1"]
     args += ["train.max_epochs=15", "train.patience=15"]  # trials of several seconds
     env = {**os.environ, "ODEFLOW_RUNS": str(runs_dir)}
     victim = subprocess.Popen(
@@ -353,12 +353,20 @@ def test_a_sweep_stopped_by_sigterm_interrupts_its_trial_and_resumes(runs_dir: P
     )  # fmt: skip
     try:
         assert any('Started run with ID "2"' in line for line in victim.stdout)  # trial 1 is a tracked run
-        time.sleep(0.5)  # into its training
-        victim.send_signal(signal.SIGTERM)
+        time.sleep(wait)
+        victim.send_signal(signum)
         _, stderr = victim.communicate(timeout=120)
     finally:
         if victim.poll() is None:
             victim.kill()
+    return args, victim, stderr
+
+
+def test_a_sweep_stopped_by_sigterm_interrupts_its_trial_and_resumes(runs_dir: Path, tmp_path: Path):
+    import signal
+
+    sweep_dir = tmp_path / "sweep"
+    args, victim, stderr = _signal_during_trial_1(runs_dir, sweep_dir, 3, signal.SIGTERM, 0.5)  # into its training
     assert victim.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr[-3000:]
     line = stderr.strip().splitlines()[-1]
     assert (
@@ -382,20 +390,7 @@ def test_a_trial_killed_with_sigkill_runs_again_and_its_lost_attempt_points_to_t
     import signal
 
     sweep_dir = tmp_path / "sweep"
-    args = ["-m", *TINY, f"hydra.sweep.dir={sweep_dir}", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1"]
-    args += ["train.max_epochs=15", "train.patience=15"]  # trials of several seconds
-    env = {**os.environ, "ODEFLOW_RUNS": str(runs_dir)}
-    victim = subprocess.Popen(
-        [sys.executable, "-m", "runner", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
-        assert any('Started run with ID "2"' in line for line in victim.stdout)  # trial 1 is a tracked run
-        victim.send_signal(signal.SIGKILL)
-        victim.communicate(timeout=120)
-    finally:
-        if victim.poll() is None:
-            victim.kill()
+    args, _, _ = _signal_during_trial_1(runs_dir, sweep_dir, 2, signal.SIGKILL, 0.0)
     assert [r.status for r in read_file_store(runs_dir / "store")] == ["COMPLETED", "RUNNING"]
     assert "run 2 DEAD: its process is gone" in run_cli(["runs", "list"], runs_dir).stdout
 
