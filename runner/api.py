@@ -47,21 +47,25 @@ def runs(
     columns: str | list[str] | None = None,
     store: Any = None,
     page_token: str | None = None,
+    exact_count: bool = False,
 ) -> pd.DataFrame:
     """One row per matching run (newest first unless `sort` says otherwise; `limit=0` for every match) with the
     columns of `runs list` and any `columns` asked for (e.g. "config.train.lr", "min(metrics.val.loss)").
     `where` and `sort` are README's query language; a wrong one raises a UserError with a caret under the fault.
-    `frame.attrs["matched"]` counts every match; `frame.attrs["next_page_token"]`, where more match, is what
-    `page_token` takes (with the same `where` and `sort`) for the next page."""
+    `frame.attrs["matched"]` counts every match (`frame.attrs["matched_exact"]` False: estimated from a sample of
+    runs, where a large MongoDB database on SecantusDB would take longer to count; `exact_count=True` waits for the
+    count); `frame.attrs["next_page_token"]`, where more match, is what `page_token` takes (with the same `where`
+    and `sort`) for the next page."""
     sort_text = ",".join(sort) if isinstance(sort, list) else sort
     query = Query.parse(where, sort_text, limit, offset, columns, page_token=page_token)
-    page = _source(store).page(query)
-    return _frame(page.rows, page.total, query.next_page_token(page))
+    page = _source(store).page(query, exact_count=exact_count)
+    return _frame(page.rows, page.total, query.next_page_token(page), page.total_exact)
 
 
-def _frame(rows: list[dict], total: int, next_page_token: str | None = None) -> pd.DataFrame:
+def _frame(rows: list[dict], total: int, next_page_token: str | None = None, exact: bool = True) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     frame.attrs["matched"] = total  # how many runs matched in all (the frame may hold one page of them)
+    frame.attrs["matched_exact"] = exact
     frame.attrs["next_page_token"] = next_page_token
     return frame
 

@@ -184,6 +184,7 @@ def _query_of(args: argparse.Namespace, words: list[str], source):
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from runner.tracking import browse
+    from runner.tracking.mongo_counts import Count
     from runner.tracking.outcome import link_uids
 
     words, overrides = _split(args.words)
@@ -203,17 +204,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
         records = source.records(_query_of(args, words, source)[0])
     if args.action == "list":
         query, shorthands = _query_of(args, words, source)
-        page = source.page(query)
+        page = source.page(query, exact_count=args.exact_count)
+        total, size = Count(page.total, page.total_exact), Count(page.store_size, page.store_size_exact)
         if not page.rows and page.total == 0 and any(v is not None for v in shorthands.values()) and not args.where:
-            print(browse.no_match_note_of(source, page.store_size, **shorthands))
+            print(browse.no_match_note_of(source, size, **shorthands))
             return 0
         print(browse.format_rows(page.rows, page.dead, [f.name for f in query.columns], page.ids_by_uid))
         filtered = query.where is not None
-        print(
-            browse.footer(
-                len(page.rows), page.total, query.offset, page.store_size, filtered, query.next_page_token(page)
-            )
-        )
+        print(browse.footer(len(page.rows), total, query.offset, size, filtered, query.next_page_token(page)))
     elif args.action == "compare":
         print(browse.compare_runs(records))
     elif args.action == "export":
@@ -465,6 +463,12 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_parser("reindex", help="rebuild the file store's index from its run folders")
     for action in (listing, compare, export, plot):
         add_query_options(action, default_limit=50 if action is listing else 0)
+    listing.add_argument(
+        "--exact-count",
+        action="store_true",
+        help="count every matching run however long the database takes (MongoDB on SecantusDB estimates large "
+        "counts from a sample of runs)",
+    )
     for action in actions.choices.values():
         action.add_argument("words", nargs="*", help=words_help)
     runs.set_defaults(handler=cmd_runs)

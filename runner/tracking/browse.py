@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from odeflow.errors import UserError
+from runner.tracking.mongo_counts import Count
 from runner.tracking.outcome import DEAD, LINKS, SUPERSEDED, advice, describe_links, links_of, shown_status
 from runner.tracking.runstore import RunRecord, runs_frame, summary_row
 
@@ -117,18 +118,26 @@ def run_note(row: dict[str, Any], dead: bool, ids_by_uid: dict[str, list[Any]] |
     return f"{said}: {todo}" if todo else said
 
 
-def footer(shown: int, total: int, offset: int, store_size: int, filtered: bool, token: str | None = None) -> str:
+def footer(shown: int, total: Count, offset: int, store_size: Count, filtered: bool, token: str | None = None) -> str:
     """How many runs matched, and how to see the rest (`token`: the next page's, where more runs match)."""
-    of_store = f" ({store_size:,} in the store)" if filtered else ""
-    if shown == total and not offset:
-        return f"{total:,} run{'s' * (total != 1)} matched{of_store}"
+    of_store = f" ({store_size} in the store)" if filtered else ""
+    estimated = "" if total.exact else ESTIMATED
+    if shown == total.n and total.exact and not offset:
+        return f"{total} run{'s' * (total.n != 1)} matched{of_store}{estimated}"
     if shown == 0:
-        return f"no runs after the first {offset:,}: {total:,} matched{of_store}"
+        return f"no runs after the first {offset:,}: {total} matched{of_store}{estimated}"
     more = f"; --limit 0 for all, --page-token {token} for the next page" if token else ""
-    return f"runs {offset + 1:,}-{offset + shown:,} of {total:,} matched{of_store}{more}"
+    return f"runs {offset + 1:,}-{offset + shown:,} of {total} matched{of_store}{more}{estimated}"
 
 
-def no_match_note_of(source, size: int, **criteria: str | None) -> str:
+# A footer's note on a count estimated from a sample of run ids (runner.tracking.mongo_counts)
+ESTIMATED = (
+    "\n(an estimate from a sample of the runs: counting them all would take the server longer; "
+    "--exact-count waits for it)"
+)
+
+
+def no_match_note_of(source, size: Count, **criteria: str | None) -> str:
     """What a filter that matched nothing could have matched: the values of each filtered column in the store."""
     notes = []
     for key, value in criteria.items():

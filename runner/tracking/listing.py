@@ -16,6 +16,7 @@ from typing import Any
 
 from odeflow.errors import UserError
 from runner.tracking import query as q
+from runner.tracking.mongo_counts import Count, RunCounter
 from runner.tracking.outcome import DEAD, SUPERSEDED, link_target, link_uids
 from runner.tracking.runstore import RunRecord, _read_run_folder, read_mongo_page, record_value, summary_row
 
@@ -70,7 +71,8 @@ class Query:
         """The token of the page after `page` (None when it was the last): the position after it, and its last
         run, from which a newest-first listing goes on exactly, even when new runs came meanwhile."""
         shown = len(page.rows)
-        if not shown or not self.limit or self.offset + shown >= page.total:
+        last = self.offset + shown >= page.total if page.total_exact else shown < self.limit
+        if not shown or not self.limit or last:
             return None
         state = {"q": self.fingerprint(), "o": self.offset + shown, "a": page.rows[-1]["id"]}
         return base64.urlsafe_b64encode(json.dumps(state, separators=(",", ":")).encode()).decode().rstrip("=")
@@ -107,6 +109,9 @@ class Page:
     dead: list[Any]  # ids on the page that are RUNNING in the store with their process gone
     store_size: int  # how many runs the store holds
     ids_by_uid: dict[str, list[Any]] = field(default_factory=dict)  # the ids here of the runs the rows link to
+    # False where a count is an estimate: MongoDB on a server that would take longer to count (mongo_counts)
+    total_exact: bool = True
+    store_size_exact: bool = True
 
 
 def with_links_here(rows: list[dict[str, Any]], ids_by_uid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -134,7 +139,8 @@ class FileSource:
     def describe(self) -> str:
         return str(self.dir)
 
-    def page(self, query: Query) -> Page:
+    def page(self, query: Query, exact_count: bool = False) -> Page:
+        """A page and how many runs match (the index counts exactly: `exact_count` changes nothing here)."""
         from runner.tracking.index import using_index
 
         def work(index) -> Page:
@@ -239,15 +245,28 @@ class MongoSource:
     def describe(self) -> str:
         return f"MongoDB database {self.db_name}"
 
-    def page(self, query: Query) -> Page:
+    def page(self, query: Query, exact_count: bool = False) -> Page:
+        """A page and how many runs match: counted within mongo_counts' budget and estimated beyond it, unless
+        `exact_count`."""
+        counter = RunCounter(self.client[self.db_name]["runs"], exact=exact_count)
         records, total = read_mongo_page(
-            self.client, self.db_name, query.where, query.sort, query.limit, query.offset, lazy=True, after=query.after
+            self.client,
+            self.db_name,
+            query.where,
+            query.sort,
+            query.limit,
+            query.offset,
+            lazy=True,
+            counter=counter,
+            after=query.after,
         )
+        assert total is not None  # a counter was given
         rows = [_record_row(r, query.columns) for r in records]
         dead = sorted(r.id for r in records if r.liveness == "dead")
         linked = self.ids_by_uid([uid for row in rows for uid in link_uids(row)])
-        size = self.client[self.db_name]["runs"].estimated_document_count()
-        return Page(with_links_here(rows, linked), total, dead, size, linked)
+        total = Count(max(total.n, query.offset + len(rows)), total.exact)  # an estimate is at least the page
+        size = total if query.where is None else counter.count({})
+        return Page(with_links_here(rows, linked), total.n, dead, size.n, linked, total.exact, size.exact)
 
     def ids_by_uid(self, uids: list[str]) -> dict[str, list[Any]]:
         from runner.tracking.mongo import ids_by_uid
@@ -283,7 +302,6 @@ class MongoSource:
                     size,
                     0 if after is not None else offset,
                     lazy=True,
-                    count=False,
                     after=after,
                 )
                 rows = [_record_row(r, extra) for r in records]

@@ -11,6 +11,7 @@ database. A comparison with a value the run lacks is false (and `not` of it true
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -393,6 +394,33 @@ def _merged(parts: list[dict]) -> dict | None:
             return None
         merged.update(part)
     return merged
+
+
+TIGHTER_BOUND = {"$gt": max, "$gte": max, "$lt": min, "$lte": min}  # of two bounds of a range, the narrower
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def narrowed(condition: dict, path: str, clause: dict) -> dict:
+    """The condition and `{path: clause}` as one filter document, the path first: SecantusDB answers a filter from
+    the index of its first indexed field (and reads every document for a top-level $and, kept for clashes)."""
+    rest = {k: v for k, v in condition.items() if k != path}
+    if path not in condition:
+        return {path: clause, **rest}
+    existing = condition[path]
+    if not isinstance(existing, dict) or not all(k.startswith("$") for k in existing):
+        return {"$and": [{path: clause}, condition]}
+    merged = dict(existing)
+    for op, bound in clause.items():
+        if op not in merged:
+            merged[op] = bound
+        elif op in TIGHTER_BOUND and is_number(bound) and is_number(merged[op]):  # numbers: the tighter bound
+            merged[op] = TIGHTER_BOUND[op](merged[op], bound)
+        else:
+            return {"$and": [{path: clause}, condition]}
+    return {path: merged, **rest}
 
 
 def mongo_sort(keys: list[SortKey]) -> list[tuple[str, int]]:

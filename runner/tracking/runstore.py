@@ -14,7 +14,9 @@ from typing import Any
 
 import pandas as pd
 
+from runner.tracking.mongo_counts import SAMPLE_CHUNK, Count, RunCounter, top_run_id
 from runner.tracking.outcome import failure_cause
+from runner.tracking.query import TIGHTER_BOUND, is_number, narrowed
 
 
 @dataclass
@@ -182,11 +184,12 @@ def read_mongo_page(
     limit: int = 0,
     offset: int = 0,
     lazy: bool = False,
-    count: bool = True,
+    counter: RunCounter | None = None,
     newest_first: bool = True,
     after: Any = None,
-) -> tuple[list[RunRecord], int]:
-    """(the runs a query matches, filtered, sorted and paged on the server; how many match in all).
+) -> tuple[list[RunRecord], Count | None]:
+    """(the runs a query matches, filtered, sorted and paged on the server; how many match in all, where a counter
+    is given: a page that is not full tells without one, the others count with it, within its budget).
 
     A run document carries its metrics' summaries (`metric_summary`), so a listing (lazy) reads no metric
     history; documents written before that are filtered here, their summaries made from the metrics collection.
@@ -199,13 +202,13 @@ def read_mongo_page(
     if after is not None and not sort and newest_first:  # the page below a token's last run; the total of all
         keyset = q.Compare(q.Field("column", "id"), "<", after)
         page_where = keyset if where is None else q.Logical("and", (keyset, where))
-        records, _ = read_mongo_page(client, db_name, page_where, None, limit, 0, lazy, count=False)
-        return records, read_mongo_page(client, db_name, where, None, 1, 0, True)[1] if count else 0
+        records, _ = read_mongo_page(client, db_name, page_where, None, limit, 0, lazy)
+        return records, _count_mongo(client[db_name], where, counter) if counter else None
     db = client[db_name]
     condition = q.to_mongo(where)
     order = q.mongo_sort(sort or []) if newest_first or sort else [("_id", 1)]
     projection = LISTING_PROJECTION if lazy else {"captured_out": 0}
-    summarized = _narrowed(condition, "metric_summary", {"$exists": True})
+    summarized = narrowed(condition, "metric_summary", {"$exists": True})
     # Only a query on metrics needs the old documents apart (the server cannot compare their summaries): such a
     # search costs a scan of the collection, which SecantusDB makes for any query it cannot answer from an index.
     on_metrics = any(f.scope == "metrics" for f in [*q.fields_of(where), *(k.field for k in sort or [])])
@@ -217,16 +220,14 @@ def read_mongo_page(
         docs = _server_page(db["runs"], summarized, projection, order, 0, offset + limit if limit else 0)
         new = [_mongo_record(d, db_name, {}) for d in docs]
         records = _python_order(new + old, sort or [], newest_first)
-        total = db["runs"].count_documents(summarized) + len(old) if count else 0
+        told = not limit or len(docs) < offset + limit  # every matching run with summaries is in `new`
+        total = (Count(len(records)) if told else _old_and_new(counter, summarized, len(old))) if counter else None
         records = records[offset : offset + limit if limit else None]
     else:
         docs = _server_page(db["runs"], condition, projection, order, offset, limit)
         records = [_mongo_record(d, db_name, {}) for d in docs]
-        total = (
-            (db["runs"].count_documents(condition) if condition else db["runs"].estimated_document_count())
-            if count
-            else 0
-        )
+        told = len(docs) < limit and (docs or not offset) or not limit  # a page that is not full: the last one
+        total = (Count(offset + len(docs)) if told else counter.count(condition)) if counter else None
     unsummarized = [r for r in records if not r.metric_summary and not r.metrics]
     if not lazy or unsummarized:  # histories: all asked for, or those of old documents for their summaries
         wanted = records if not lazy else unsummarized
@@ -234,6 +235,17 @@ def read_mongo_page(
         for r in wanted:
             r.metrics = histories.get(r.id, r.metrics)
     return records, total
+
+
+def _old_and_new(counter: RunCounter, summarized: dict, old: int) -> Count:
+    """The count of the runs with summaries that match, and of the old documents (matched here) that do."""
+    new = counter.count(summarized)
+    return Count(new.n + old, new.exact)
+
+
+def _count_mongo(db: Any, where: Any, counter: RunCounter) -> Count:
+    """How many runs match `where` in all (a page token's page does not tell)."""
+    return read_mongo_page(db.client, db.name, where, None, 1, 0, True, counter)[1] or Count(0)
 
 
 def _server_page(runs: Any, condition: dict, projection: dict, order: list, offset: int, limit: int) -> list[dict]:
@@ -268,23 +280,18 @@ def _newest_page(runs: Any, condition: dict, projection: dict, offset: int, limi
     with string or ObjectId ids (which sort above numbers) is read whole, and so are ids the condition names
     (`runs show`, `id in (...)`: points the server looks up); a range of ids in the condition (a page token's)
     narrows the window."""
-    from bson import ObjectId
-
-    wanted, top = offset + limit, runs.estimated_document_count()
-    for first_of_type in ("", ObjectId("0" * 24)):  # ranges, which the index answers (a $type test reads all)
-        if runs.find_one({"_id": {"$gte": first_of_type}}, {"_id": 1}) is not None:
-            top = 0
+    wanted, named = offset + limit, condition.get("_id")
     if any(k.startswith("$") for k in condition):  # an `or` at the top: SecantusDB reads every run for each window
         top = 0
-    named = condition.get("_id")
-    if named is not None and not (isinstance(named, dict) and set(named) <= set(_TIGHTER)):
+    elif named is not None and not (isinstance(named, dict) and set(named) <= set(TIGHTER_BOUND)):
         top = 0
-    elif named is not None:
-        top = min([top, *(v for k, v in named.items() if k in ("$lt", "$lte") and _is_number(v))])
+    else:  # below the condition's upper bound on ids (a page token's), else below the highest id (0: read whole)
+        bounds = [v for k, v in (named or {}).items() if k in ("$lt", "$lte") and is_number(v)]
+        top = min(bounds) if bounds else top_run_id(runs) or 0
     width = 2 * wanted
     while top - width > 0:
-        narrowed = _narrowed(condition, "_id", {"$gt": top - width})
-        page = list(runs.find(narrowed, projection).sort([("_id", -1)]).limit(wanted))
+        window = narrowed(condition, "_id", {"$gt": top - width})
+        page = list(runs.find(window, projection).sort([("_id", -1)]).limit(wanted))
         if len(page) >= wanted:
             return page[offset:]
         width *= 8
@@ -306,8 +313,8 @@ def _threshold_page(
     answers a range from an index) all but the range's. Ascending, NaN sorts before every number: those runs
     come first. The first t: of a sample of the key's values (√N runs read by id, evenly spread over Sacred's
     integer ids), the one about two pages of runs pass. None (the caller sorts every run) where no index leads with
-    the key, the sample holds no number, a value of another type sorts before the numbers, or the sample's
-    last value leaves the page short."""
+    the key, the ids are not Sacred's integers, the sample holds no number, a value of another type sorts before the
+    numbers, or the sample's last value leaves the page short."""
     path, direction = order[0]
     if any(k.startswith("$") for k in condition):  # SecantusDB reads every run for each range of such a filter
         return None
@@ -316,52 +323,28 @@ def _threshold_page(
     descending, wanted = direction == -1, offset + limit
     if descending and any(runs.find_one({path: probe}, {"_id": 1}) for probe in _ABOVE_NUMBERS):
         return None
-    total = runs.estimated_document_count()
-    count = min(total, max(16, math.isqrt(total)))
-    ids = sorted({1 + n * total // count for n in range(count)})
-    sample = (_dig(doc, path) for doc in runs.find({"_id": {"$in": ids}}, {path: 1}))
-    values = sorted((v for v in sample if _is_number(v)), reverse=descending)
+    top = top_run_id(runs)
+    if top is None:
+        return None
+    count = min(top, max(16, math.isqrt(top)))
+    ids = sorted({1 + n * top // count for n in range(count)})
+    chunks = (ids[start : start + SAMPLE_CHUNK] for start in range(0, len(ids), SAMPLE_CHUNK))
+    sample = (_dig(doc, path) for chunk in chunks for doc in runs.find({"_id": {"$in": chunk}}, {path: 1}))
+    values = sorted((v for v in sample if is_number(v)), reverse=descending)
     if not values:
         return None
-    nan = _narrowed(condition, path, {"$eq": math.nan})
+    nan = narrowed(condition, path, {"$eq": math.nan})
     first = [] if descending else list(runs.find(nan, projection).sort(order).limit(wanted))
-    rank = max(1, math.ceil(2 * wanted * len(ids) / total))
+    rank = max(1, math.ceil(2 * wanted * len(ids) / top))
     while len(first) < wanted:
         bound = {"$gte" if descending else "$lte": values[min(rank, len(values)) - 1]}
-        page = list(runs.find(_narrowed(condition, path, bound), projection).sort(order).limit(wanted - len(first)))
+        page = list(runs.find(narrowed(condition, path, bound), projection).sort(order).limit(wanted - len(first)))
         if len(first) + len(page) >= wanted:
             return (first + page)[offset:]
         if rank >= len(values):
             return None
         rank *= 4
     return first[offset:wanted]
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
-
-
-def _narrowed(condition: dict, path: str, clause: dict) -> dict:
-    """The condition and `{path: clause}` as one filter document, the path first: SecantusDB answers a filter from
-    the index of its first indexed field (and reads every document for a top-level $and, kept for clashes)."""
-    rest = {k: v for k, v in condition.items() if k != path}
-    if path not in condition:
-        return {path: clause, **rest}
-    existing = condition[path]
-    if not isinstance(existing, dict) or not all(k.startswith("$") for k in existing):
-        return {"$and": [{path: clause}, condition]}
-    merged = dict(existing)
-    for op, bound in clause.items():
-        if op not in merged:
-            merged[op] = bound
-        elif op in _TIGHTER and _is_number(bound) and _is_number(merged[op]):  # numbers: the tighter bound
-            merged[op] = _TIGHTER[op](merged[op], bound)
-        else:
-            return {"$and": [{path: clause}, condition]}
-    return {path: merged, **rest}
-
-
-_TIGHTER = {"$gt": max, "$gte": max, "$lt": min, "$lte": min}
 
 
 def _mongo_metrics(db: Any, run_ids: list, collections: tuple[str, ...]) -> dict[Any, dict[str, dict[str, list]]]:

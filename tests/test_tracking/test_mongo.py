@@ -494,7 +494,7 @@ def test_a_database_that_stops_answering_during_a_listing_is_one_line(tmp_path, 
     assert source.client.options.pool_options.connect_timeout * 1000 == PATIENT_CONNECT_MS
     assert source.client.options.server_selection_timeout == 3
 
-    def cancelled(self, query):
+    def cancelled(self, query, exact_count=False):
         raise pymongo.errors.AutoReconnect("operation cancelled")
 
     monkeypatch.setattr(MongoSource, "page", cancelled)
