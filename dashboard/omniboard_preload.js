@@ -6,6 +6,8 @@
 // 2. Omniboard takes its login only as `-u user:password:secret`, and a command line is readable by every
 //    local user (/proc/<pid>/cmdline). The login comes in ODEFLOW_OMNIBOARD_LOGIN (the environment is
 //    private to the user) and is added to process.argv here, in memory: the real command line never has it.
+// 3. Omniboard's opening queries (the run table's first page, the count of runs, the tag list) read every run
+//    on SecantusDB: they are narrowed to the runs they need, with the same answers (omniboard_queries.js).
 'use strict';
 
 const net = require('net');
@@ -29,3 +31,5 @@ delete process.env.ODEFLOW_OMNIBOARD_LOGIN;
 if (login) {
   process.argv.push('-u', login);
 }
+
+require('./omniboard_queries').narrowOmniboardQueries();

@@ -404,3 +404,52 @@ def test_omniboard_in_a_browser(dashboard_env, tmp_path):
     finally:
         stop_dashboard(proc)
     print(f"screenshots in {tmp_path}")
+
+
+def test_omniboards_opening_queries_read_only_the_runs_they_need_and_answer_as_before(tmp_path):
+    """Omniboard's first page, count of runs and tag list on a database of 400 runs with gaps in their ids, through
+    its own API: the same answers as the server's sort, count and distinct of every run, read from a window of the
+    highest ids, the collection's count and the tagged runs (dashboard/omniboard_queries.js says so in its log)."""
+    import random
+    import urllib.parse
+    import urllib.request
+
+    from dashboard.omniboard import Omniboard
+    from runner.tracking.mongo import ensure_indexes
+
+    if shutil.which("node") is None:
+        pytest.skip("needs Node.js")
+    rng = random.Random(7)
+    ids = [*sorted(rng.sample(range(1, 580), 398)), 599, 600]  # 580-598 deleted: a window of the top ids widens
+    runs = [{"_id": i, "status": rng.choice(["COMPLETED", "FAILED"]), "config": {"seed": i}} for i in ids]
+    for run in rng.sample(runs, 5):
+        run["omniboard"] = {"tags": rng.sample(["rk4", "baseline", "wide"], 2)}
+    server = DatabaseServer(tmp_path / "db").start()
+    omniboard = None
+    try:
+        db = pymongo.MongoClient(server.url)["odeflow"]
+        ensure_indexes(db)
+        db["runs"].insert_many(runs)
+        omniboard = Omniboard(server.url, "odeflow", free_port(), tmp_path / "omniboard").start()
+
+        def ask(path: str, **query: object) -> object:
+            url = f"{omniboard.url.rstrip('/')}/api/v1/{path}?{urllib.parse.urlencode(query)}"
+            with urllib.request.urlopen(url, timeout=60) as response:
+                return json.loads(response.read())
+
+        newest = [d["_id"] for d in db["runs"].find({}, {"_id": 1}).sort("_id", -1)]
+        for skip, limit in ((0, 50), (50, 50), (0, 5), (360, 50), (395, 10)):
+            page = ask("Runs", select="_id,status", sort_by="_id", order_by=-1, query="{}", skip=skip, limit=limit)
+            assert [run["_id"] for run in page] == newest[skip : skip + limit], (skip, limit)
+        failed = ask("Runs", select="_id", sort_by="_id", order_by=-1, query='{"status": "FAILED"}', limit=20)
+        newest_failed = [d["_id"] for d in db["runs"].find({"status": "FAILED"}).sort("_id", -1)]
+        assert [r["_id"] for r in failed] == newest_failed[:20]  # a filter: Omniboard's own query
+        assert ask("Runs/count", query="{}") == {"count": 400}
+        assert ask("Runs", distinct="omniboard.tags") == sorted(db["runs"].distinct("omniboard.tags"))
+        log = omniboard.log_file.read_text()
+        assert "odeflow: run table page read from the runs with ids above" in log
+        assert "odeflow: runs counted by the collection" in log and "tags read from the 5 runs that have one" in log
+    finally:
+        if omniboard is not None:
+            omniboard.stop()
+        server.stop()

@@ -76,6 +76,7 @@ RUN_INDEXES = [
     [("meta.run_uid", 1)],  # sync and the dashboard's copy find a journalled run's document by it
     # relink finds the runs whose links name a run just copied or pushed by these
     *([(f"meta.{key}_uid", 1)] for key in LINKS),
+    [("omniboard.tags", 1)],  # Omniboard's tag list: the runs that have a tag (dashboard/omniboard_queries.js)
 ]
 
 
