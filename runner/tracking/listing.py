@@ -264,7 +264,8 @@ class MongoSource:
         rows = [_record_row(r, query.columns) for r in records]
         dead = sorted(r.id for r in records if r.liveness == "dead")
         linked = self.ids_by_uid([uid for row in rows for uid in link_uids(row)])
-        total = Count(max(total.n, query.offset + len(rows)), total.exact)  # an estimate is at least the page
+        if rows and not total.exact:  # an estimate is at least what the pages so far hold
+            total = Count(max(total.n, query.offset + len(rows)), exact=False)
         size = total if query.where is None else counter.count({})
         return Page(with_links_here(rows, linked), total.n, dead, size.n, linked, total.exact, size.exact)
 

@@ -226,7 +226,7 @@ def read_mongo_page(
     else:
         docs = _server_page(db["runs"], condition, projection, order, offset, limit)
         records = [_mongo_record(d, db_name, {}) for d in docs]
-        told = len(docs) < limit and (docs or not offset) or not limit  # a page that is not full: the last one
+        told = (not limit or len(docs) < limit) and (docs or not offset)  # the last page, not beyond it
         total = (Count(offset + len(docs)) if told else counter.count(condition)) if counter else None
     unsummarized = [r for r in records if not r.metric_summary and not r.metrics]
     if not lazy or unsummarized:  # histories: all asked for, or those of old documents for their summaries

@@ -121,16 +121,19 @@ def test_reusing_freed_host_memory_stops_the_page_faults_of_new_tensors():
         return took, int(count)
 
     # glibc's default hands part of the freed 48 MiB back each step in most processes (4,096 to 61,280 faults in
-    # 5 steps here): at least one 8 MiB tensor's 2,048 pages fault in again. In about a third of the processes it
-    # keeps them (0 faults; it depends on where the heap lands), so the default gets up to 10 processes to show it.
+    # 5 steps here, never fewer): at least two 8 MiB tensors' 2,048 pages fault in again. In about a third of the
+    # processes it keeps them (0 faults; it depends on where the heap lands), so the default gets up to 10
+    # processes to show it.
     defaults = []
-    while len(defaults) < 10 and not any(count >= 2048 for _, count in defaults):
+    while len(defaults) < 10 and not any(count >= 4096 for _, count in defaults):
         defaults.append(faults("off"))
-    assert all(took == "False" for took, _ in defaults) and defaults[-1][1] >= 2048, defaults
-    # Kept for reuse, none fault in. Once in a full suite run (another worker busy beside it) one process of
-    # three faulted 4,096 pages anyway, so the claim is checked on the median of three processes.
+    assert all(took == "False" for took, _ in defaults) and defaults[-1][1] >= 4096, defaults
+    # Kept for reuse, none fault in. In full suite runs (another worker busy beside it) one process of three
+    # faulted 4,096 pages once, and two of three faulted 2,048 once (one tensor's pages; not reproduced alone), so
+    # the claim is checked on the median of three processes: at most one tensor's pages, less than the 4,096
+    # the default faults at the least when it hands memory back.
     reused = [faults("on") for _ in range(3)]
-    assert all(took == "True" for took, _ in reused) and sorted(count for _, count in reused)[1] < 100, reused
+    assert all(took == "True" for took, _ in reused) and sorted(count for _, count in reused)[1] <= 2048 + 64, reused
 
 
 def test_max_iterations_takes_exactly_that_many_steps_and_final_keeps_the_last_iterate():

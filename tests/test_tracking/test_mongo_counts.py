@@ -153,6 +153,8 @@ def test_a_listing_with_an_estimated_count_says_so_and_pages_on(server, runs, mo
     assert [r["id"] for r in exact.rows] == [r["id"] for r in page.rows]
     last = source.page(Query.parse("id > 1490", limit=20))  # not a full page: it tells how many match, no count
     assert (last.total, last.total_exact) == (len(last.rows), True)
+    beyond = source.page(Query.parse("status = 'FAILED'", limit=0, offset=5000), exact_count=True)  # past the end
+    assert beyond.rows == [] and beyond.total == exact.total
 
     # the command line, the server's time limits running out: the count estimated and labelled; --exact-count
     listing = ["runs", "list", "tracking=mongo", "tracking.db_name=counts", "--limit", "5"]
