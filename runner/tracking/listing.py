@@ -18,10 +18,16 @@ from odeflow.errors import UserError
 from runner.tracking import query as q
 from runner.tracking.mongo_counts import Count, RunCounter
 from runner.tracking.outcome import DEAD, SUPERSEDED, link_target, link_uids
-from runner.tracking.runstore import RunRecord, _read_run_folder, read_mongo_page, record_value, summary_row
+from runner.tracking.runstore import (
+    LINK_COLUMNS,
+    RunRecord,
+    _read_run_folder,
+    read_mongo_page,
+    record_value,
+    summary_row,
+)
 
 DEFAULT_LIMIT = 50
-LINK_COLUMNS = ("resumed_from", "continued_as", "superseded_by")  # summary_row's links (and <link>_uid)
 REQUEST_KEY = "request"  # in a derived run's config (a re-evaluation): the digest of what it was made from
 DAMAGE = (OSError, ValueError, KeyError, TypeError, AttributeError)  # what a damaged run folder raises
 

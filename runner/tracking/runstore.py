@@ -18,6 +18,8 @@ from runner.tracking.mongo_counts import SAMPLE_CHUNK, Count, RunCounter, top_ru
 from runner.tracking.outcome import failure_cause
 from runner.tracking.query import TIGHTER_BOUND, is_number, narrowed
 
+LINK_COLUMNS = ("resumed_from", "continued_as", "superseded_by")  # summary_row's links (and <link>_uid)
+
 
 @dataclass
 class RunRecord:
@@ -493,8 +495,8 @@ def summary_row(r: RunRecord) -> dict[str, Any]:
         "experiment": r.experiment,
         "status": r.status,
         "cause": failure_cause(r.fail_trace) if r.status == "FAILED" else None,  # why it failed, where known
-        **{key: r.meta.get(key) for key in ("resumed_from", "continued_as", "superseded_by")},  # listing.LINK_COLUMNS
-        **{f"{key}_uid": r.meta.get(f"{key}_uid") for key in ("resumed_from", "continued_as", "superseded_by")},
+        **{key: r.meta.get(key) for key in LINK_COLUMNS},
+        **{f"{key}_uid": r.meta.get(f"{key}_uid") for key in LINK_COLUMNS},
         "dataset": choices.get("data", str(r.config.get("data", {}).get("_target_", ""))),
         "model": choices.get("model", str(r.config.get("model", {}).get("_target_", ""))),
         "solver": r.config.get("solver", {}).get("method") if is_ode else None,
