@@ -50,7 +50,7 @@ class RunCounter:
 
     def count(self, condition: dict) -> Count:
         """How many runs match the (MongoDB filter) condition."""
-        if self.exact or not self._countable_in_ranges(condition):
+        if self.exact or not narrowed_by_id_ranges(condition):
             return Count(self._server_count(condition))
         if not condition and self._left_ms():
             try:
@@ -99,13 +99,14 @@ class RunCounter:
     def _left_ms(self) -> int:
         return max(0, int((self.deadline - time.monotonic()) * 1000))
 
-    @staticmethod
-    def _countable_in_ranges(condition: dict) -> bool:
-        """Whether ranges of ids narrow this condition on SecantusDB: not with an operator at its top (an `or`:
-        the server reads every run for it) nor with ids it names (points, which the server counts at once)."""
-        named = condition.get("_id")
-        ranged = named is None or (isinstance(named, dict) and set(named) <= set(TIGHTER_BOUND))
-        return ranged and not any(key.startswith("$") for key in condition)
+
+def narrowed_by_id_ranges(condition: dict) -> bool:
+    """Whether ranges of run ids narrow this (MongoDB filter) condition on SecantusDB: not with an operator at its
+    top (an `or`, a `not`: the server reads every run for it) nor with ids it names (points, which the server looks
+    up at once); a range of ids in it (a page token's) is fine."""
+    named = condition.get("_id")
+    ranged = named is None or (isinstance(named, dict) and set(named) <= set(TIGHTER_BOUND))
+    return ranged and not any(key.startswith("$") for key in condition)
 
 
 def top_run_id(runs: Any) -> int | None:

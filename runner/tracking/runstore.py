@@ -14,10 +14,11 @@ from typing import Any
 
 import pandas as pd
 
-from runner.tracking.mongo_counts import SAMPLE_CHUNK, Count, RunCounter, top_run_id
+from runner.tracking.mongo_counts import SAMPLE_CHUNK, Count, RunCounter, narrowed_by_id_ranges, top_run_id
 from runner.tracking.outcome import failure_cause
-from runner.tracking.query import TIGHTER_BOUND, is_number, narrowed
+from runner.tracking.query import is_number, narrowed
 
+TopId = Callable[[], "int | None"]  # the highest run id of a runs collection, looked up when first asked for
 LINK_COLUMNS = ("resumed_from", "continued_as", "superseded_by")  # summary_row's links (and <link>_uid)
 
 
@@ -210,6 +211,7 @@ def read_mongo_page(
     condition = q.to_mongo(where)
     order = q.mongo_sort(sort or []) if newest_first or sort else [("_id", 1)]
     projection = LISTING_PROJECTION if lazy else {"captured_out": 0}
+    top_id = counter.top_id if counter else None  # looked up once for the page and its count
     summarized = narrowed(condition, "metric_summary", {"$exists": True})
     # Only a query on metrics needs the old documents apart (the server cannot compare their summaries): such a
     # search costs a scan of the collection, which SecantusDB makes for any query it cannot answer from an index.
@@ -219,14 +221,14 @@ def read_mongo_page(
         histories = _mongo_metrics(db, [d["_id"] for d in old_docs], (COST_METRICS_COLLECTION,))
         old = [_mongo_record(d, db_name, histories.get(d["_id"], {})) for d in old_docs]
         old = [r for r in old if q.matches(where, lambda f, r=r: record_value(r, f))]
-        docs = _server_page(db["runs"], summarized, projection, order, 0, offset + limit if limit else 0)
+        docs = _server_page(db["runs"], summarized, projection, order, 0, offset + limit if limit else 0, top_id)
         new = [_mongo_record(d, db_name, {}) for d in docs]
         records = _python_order(new + old, sort or [], newest_first)
         told = not limit or len(docs) < offset + limit  # every matching run with summaries is in `new`
         total = (Count(len(records)) if told else _old_and_new(counter, summarized, len(old))) if counter else None
         records = records[offset : offset + limit if limit else None]
     else:
-        docs = _server_page(db["runs"], condition, projection, order, offset, limit)
+        docs = _server_page(db["runs"], condition, projection, order, offset, limit, top_id)
         records = [_mongo_record(d, db_name, {}) for d in docs]
         told = (not limit or len(docs) < limit) and (docs or not offset)  # the last page, not beyond it
         total = (Count(offset + len(docs)) if told else counter.count(condition)) if counter else None
@@ -250,14 +252,16 @@ def _count_mongo(db: Any, where: Any, counter: RunCounter) -> Count:
     return read_mongo_page(db.client, db.name, where, None, 1, 0, True, counter)[1] or Count(0)
 
 
-def _server_page(runs: Any, condition: dict, projection: dict, order: list, offset: int, limit: int) -> list[dict]:
+def _server_page(
+    runs: Any, condition: dict, projection: dict, order: list, offset: int, limit: int, top_id: TopId | None = None
+) -> list[dict]:
     """One page, sorted on the server. MongoDB sorts a missing value first when ascending; the index (and so
     every backend) puts it last: an ascending first key reads the runs that have it, then those that lack it."""
     path, direction = order[0]
     if order == [("_id", -1)] and limit:
-        return _newest_page(runs, condition, projection, offset, limit)
+        return _newest_page(runs, condition, projection, offset, limit, top_id)
     if limit and path != "_id":
-        page = _threshold_page(runs, condition, projection, order, offset, limit)
+        page = _threshold_page(runs, condition, projection, order, offset, limit, top_id)
         if page is not None:
             return page
     if direction == -1 or path == "_id":
@@ -274,22 +278,20 @@ def _server_page(runs: Any, condition: dict, projection: dict, order: list, offs
     return page + list(cursor.limit(limit - len(page)) if limit else cursor)
 
 
-def _newest_page(runs: Any, condition: dict, projection: dict, offset: int, limit: int) -> list[dict]:
+def _newest_page(
+    runs: Any, condition: dict, projection: dict, offset: int, limit: int, top_id: TopId | None = None
+) -> list[dict]:
     """One page of the newest runs (by id), read from a window of the highest ids (`_id > low`), widened until it
     holds the page. A window holds every run above `low`, so a full page from it is the page on any server; it
     spares a server that reads every document for a sort with a limit (SecantusDB, which answers a range from
     an index: the observer's index on `_id`) all but the window's. Run ids are Sacred's integers; a database
     with string or ObjectId ids (which sort above numbers) is read whole, and so are ids the condition names
     (`runs show`, `id in (...)`: points the server looks up); a range of ids in the condition (a page token's)
-    narrows the window."""
-    wanted, named = offset + limit, condition.get("_id")
-    if any(k.startswith("$") for k in condition):  # an `or` at the top: SecantusDB reads every run for each window
-        top = 0
-    elif named is not None and not (isinstance(named, dict) and set(named) <= set(TIGHTER_BOUND)):
-        top = 0
-    else:  # below the condition's upper bound on ids (a page token's), else below the highest id (0: read whole)
-        bounds = [v for k, v in (named or {}).items() if k in ("$lt", "$lte") and is_number(v)]
-        top = min(bounds) if bounds else top_run_id(runs) or 0
+    narrows the window. `top_id`: the highest run id, where the caller looks it up already (RunCounter.top_id)."""
+    wanted, top = offset + limit, 0  # 0: read whole
+    if narrowed_by_id_ranges(condition):  # below its upper bound on ids (a page token's), else below the highest id
+        bounds = [v for k, v in condition.get("_id", {}).items() if k in ("$lt", "$lte") and is_number(v)]
+        top = min(bounds) if bounds else (top_id or (lambda: top_run_id(runs)))() or 0
     width = 2 * wanted
     while top - width > 0:
         window = narrowed(condition, "_id", {"$gt": top - width})
@@ -306,7 +308,7 @@ _ABOVE_NUMBERS = ({"$gte": ""}, {"$in": [False, True]}, {"$gte": dt.datetime.min
 
 
 def _threshold_page(
-    runs: Any, condition: dict, projection: dict, order: list, offset: int, limit: int
+    runs: Any, condition: dict, projection: dict, order: list, offset: int, limit: int, top_id: TopId | None = None
 ) -> list[dict] | None:
     """One page of a sort whose first key has an index, read from a range of its best values: `key >= t` when
     descending (`key <= t` ascending) with the condition, t widened until the range holds the page. The range holds
@@ -325,7 +327,7 @@ def _threshold_page(
     descending, wanted = direction == -1, offset + limit
     if descending and any(runs.find_one({path: probe}, {"_id": 1}) for probe in _ABOVE_NUMBERS):
         return None
-    top = top_run_id(runs)
+    top = (top_id or (lambda: top_run_id(runs)))()
     if top is None:
         return None
     count = min(top, max(16, math.isqrt(top)))
